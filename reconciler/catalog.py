@@ -1,0 +1,425 @@
+"""Load, merge and validate a catalog directory into a ``Catalog``.
+
+Every ``*.yaml``, ``*.yml`` and ``*.json`` file under the directory is read (recursively, in
+sorted order). Problems are collected, never raised one at a time: the user gets every problem
+of every file at once as ``FILE:LINE: images[3].min_disk: message``. YAML 1.1's surprises
+(``no`` as a bool, ``1.10`` as a float, ``~`` as null) are errors that say to quote the value,
+because a catalog must never silently turn a name into a number.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.errors import CatalogError, Problem
+from reconciler.models import Catalog, ImageSpec
+from reconciler.profiles import FIELDS, INT_FIELDS, STRING_FIELDS, Profile
+
+_BaseLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SUFFIXES = (".yaml", ".yml", ".json")
+_TOP_KEYS = ("defaults", "images")
+_TRUE_FALSE = {"true": True, "false": False}
+
+
+# --- YAML loading with line numbers and strict scalars -------------------------------------
+
+class LineDict(dict[Any, Any]):
+    """A mapping that remembers the line of itself and of each key."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+    duplicates: list[tuple[Any, int]]
+
+
+class LineList(list[Any]):
+    """A sequence that remembers the line of each item."""
+
+    line: int = 0
+    lines: list[int]
+
+
+class RawScalar:
+    """A YAML scalar that YAML 1.1 would silently turn into a bool, number, date or null."""
+
+    __slots__ = ("kind", "text", "value")
+
+    def __init__(self, text: str, kind: str, value: Any) -> None:
+        self.text, self.kind, self.value = text, kind, value
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    pass
+
+
+def _construct_map(loader: Any, node: yaml.MappingNode) -> Iterator[LineDict]:
+    data = LineDict()
+    data.line = node.start_mark.line + 1
+    data.key_lines, data.duplicates = {}, []
+    yield data
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=False)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, RawScalar):
+            key = key.text  # a key like `on:` or `1.10:` is meant as text
+        try:
+            hash(key)
+        except TypeError:
+            data.duplicates.append((f"<{type(key).__name__} key>", line))
+            continue
+        if key in data:
+            data.duplicates.append((key, line))
+        data[key] = loader.construct_object(value_node, deep=False)
+        data.key_lines[key] = line
+
+
+def _construct_seq(loader: Any, node: yaml.SequenceNode) -> Iterator[LineList]:
+    data = LineList()
+    data.line = node.start_mark.line + 1
+    data.lines = [item.start_mark.line + 1 for item in node.value]
+    yield data
+    data.extend(loader.construct_object(item, deep=False) for item in node.value)
+
+
+def _construct_bool(loader: Any, node: yaml.ScalarNode) -> Any:
+    value = _TRUE_FALSE.get(node.value.lower())
+    return RawScalar(node.value, "bool", node.value) if value is None else value
+
+
+def _raw(kind: str, constructor: Any) -> Any:
+    def construct(loader: Any, node: yaml.ScalarNode) -> RawScalar:
+        return RawScalar(node.value, kind, constructor(loader, node))
+    return construct
+
+
+def _construct_null(loader: Any, node: yaml.ScalarNode) -> RawScalar:
+    return RawScalar(node.value or "", "null", None)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+_Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+_Loader.add_constructor("tag:yaml.org,2002:null", _construct_null)
+_Loader.add_constructor("tag:yaml.org,2002:float",
+                        _raw("number", yaml.SafeLoader.construct_yaml_float))
+_Loader.add_constructor("tag:yaml.org,2002:timestamp",
+                        _raw("date", yaml.SafeLoader.construct_yaml_timestamp))
+
+
+def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
+    """Read one file; return its data or the problems that stopped it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [Problem(display, None, "", f"cannot read file: {exc.strerror}")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return None, [Problem(display, line, "", f"is not valid UTF-8 (byte 0x{raw[exc.start]:02x}"
+                                                 f" at offset {exc.start}); save it as UTF-8")]
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        return yaml.load(text, Loader=_Loader), []
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = " ".join(filter(None, [exc.context, exc.problem]))
+        return None, [Problem(display, line, "", f"is not valid YAML: {what}")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(display, None, "", f"is not valid YAML: {exc}")]
+
+
+# --- validation --------------------------------------------------------------------------
+
+def did_you_mean(key: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(known)}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, RawScalar):
+        if value.kind == "null":
+            return "empty or null" + (f" ({value.text})" if value.text else "")
+        return f"read by YAML as a {value.kind} ({value.text})"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"a number ({value})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, str):
+        return f"text ({value[:40]!r})"
+    return f"a {type(value).__name__}"
+
+
+def _quote_hint(value: Any) -> str:
+    if isinstance(value, RawScalar) and value.text:
+        return f'; quote it to keep the text: "{value.text}"'
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'; quote it: "{value}"'
+    return ""
+
+
+class _FileChecker:
+    """Validates one parsed file against a profile, collecting problems."""
+
+    def __init__(self, display: str, profile: Profile, strict: bool) -> None:
+        self.display, self.profile, self.strict = display, profile, strict
+        self.problems: list[Problem] = []
+        self.warnings: dict[str, list[Problem]] = {}
+
+    def error(self, line: int | None, path: str, message: str) -> None:
+        self.problems.append(Problem(self.display, line, path, message))
+
+    def check(self, data: Any) -> list[tuple[dict[str, Any], int, str]]:
+        """Return (merged fields, line, path) per valid image."""
+        if data is None or (isinstance(data, RawScalar) and data.kind == "null"):
+            self.error(1, "", "is empty; a catalog file holds `images:` (a list) and optional "
+                              "`defaults:`")
+            return []
+        if not isinstance(data, LineDict):
+            self.error(getattr(data, "line", 1), "", f"must be a mapping with `images:` and "
+                       f"optional `defaults:`, but it is {_describe(data)}")
+            return []
+        self._duplicates(data, "")
+        for key in data:
+            if key not in _TOP_KEYS:
+                self.error(data.key_lines.get(key), str(key), "unknown top-level key"
+                           + did_you_mean(str(key), _TOP_KEYS))
+        defaults: dict[str, Any] = {}
+        if "defaults" in data:
+            raw_defaults = data["defaults"]
+            if not isinstance(raw_defaults, LineDict):
+                self.error(data.key_lines["defaults"], "defaults",
+                           f"must be a mapping, but it is {_describe(raw_defaults)}")
+            else:
+                defaults = self._fields(raw_defaults, "defaults", allow_name=False) or {}
+        images = data.get("images")
+        if "images" not in data:
+            self.error(data.line, "images", "is missing; list the images under `images:`")
+            return []
+        if not isinstance(images, LineList):
+            self.error(data.key_lines["images"], "images",
+                       f"must be a list of images, but it is {_describe(images)}")
+            return []
+        out = []
+        for i, (item, line) in enumerate(zip(images, images.lines, strict=True)):
+            path = f"images[{i}]"
+            if not isinstance(item, LineDict):
+                self.error(line, path, f"must be a mapping with at least `name:`, but it is "
+                                       f"{_describe(item)}")
+                continue
+            fields = self._fields(item, path, allow_name=True)
+            if fields is None:
+                continue
+            if "name" not in fields:
+                self.error(item.line, f"{path}.name", "is required")
+                continue
+            out.append((_merge(defaults, fields), item.line, path))
+        return out
+
+    def _duplicates(self, data: LineDict, path: str) -> None:
+        for key, line in data.duplicates:
+            self.error(line, f"{path}.{key}" if path else str(key),
+                       "is given twice in the same mapping; keep one")
+
+    def _fields(self, data: LineDict, path: str, *, allow_name: bool) -> dict[str, Any] | None:
+        """Type-check the known fields of an image or defaults mapping."""
+        before = len(self.problems)
+        self._duplicates(data, path)
+        out: dict[str, Any] = {}
+        known = FIELDS if allow_name else FIELDS[1:]
+        for key, value in data.items():
+            line = data.key_lines.get(key, data.line)
+            field = "os_version" if key == "__os_version" else key
+            where = f"{path}.{key}"
+            if field not in known:
+                hint = "; `name` belongs to each image, not to defaults" if key == "name" else \
+                    did_you_mean(str(key), known)
+                self.error(line, where, "unknown field" + hint)
+                continue
+            if field in out:
+                self.error(line, where, "os_version and __os_version are the same field; keep one")
+                continue
+            checked = self._typed(field, value, line, where)
+            if checked is not None:
+                out[field] = checked
+        return out if len(self.problems) == before else None
+
+    def _typed(self, field: str, value: Any, line: int, where: str) -> Any:
+        if isinstance(value, RawScalar) and value.kind == "null":
+            self.error(line, where, f"is {_describe(value)}; give a value, quote it to mean the "
+                                    "text, or remove the key")
+            return None
+        if field in STRING_FIELDS:
+            if not isinstance(value, str):
+                self.error(line, where, f"must be text, but YAML read it as "
+                           f"{_describe(value).removeprefix('read by YAML as ')}{_quote_hint(value)}")
+                return None
+            return self._value(field, value, line, where)
+        if field in INT_FIELDS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.error(line, where, f"must be a whole number, but it is {_describe(value)}")
+                return None
+            return self._value(field, int(value), line, where)
+        if field == "protected":
+            if not isinstance(value, bool):
+                hint = " (YAML 1.1 reads yes/no/on/off as booleans; write true or false)" if (
+                    isinstance(value, RawScalar) and value.kind == "bool") else ""
+                self.error(line, where, f"must be true or false, but it is {_describe(value)}"
+                           + hint)
+                return None
+            return value
+        if field == "tags":
+            return self._tags(value, line, where)
+        return self._properties(value, line, where)
+
+    def _value(self, field: str, value: Any, line: int, where: str) -> Any:
+        message = self.profile.check_value(field, value)
+        if message:
+            self.error(line, where, message)
+            return None
+        return value
+
+    def _tags(self, value: Any, line: int, where: str) -> tuple[str, ...] | None:
+        if not isinstance(value, LineList):
+            self.error(line, where, f"must be a list of text, but it is {_describe(value)}")
+            return None
+        ok = True
+        for i, (tag, tag_line) in enumerate(zip(value, value.lines, strict=True)):
+            if not isinstance(tag, str):
+                self.error(tag_line, f"{where}[{i}]", f"must be text, but it is "
+                           f"{_describe(tag)}{_quote_hint(tag)}")
+                ok = False
+                continue
+            message = self.profile.check_tag(tag)
+            if message:
+                self.error(tag_line, f"{where}[{i}]", message)
+                ok = False
+        return tuple(value) if ok else None
+
+    def _properties(self, value: Any, line: int, where: str) -> dict[str, str] | None:
+        if not isinstance(value, LineDict):
+            self.error(line, where, f"must be a mapping of text to text, but it is "
+                                    f"{_describe(value)}")
+            return None
+        self._duplicates(value, where)
+        ok = True
+        for key, item in value.items():
+            key_line = value.key_lines.get(key, value.line)
+            if not isinstance(key, str):
+                self.error(key_line, f"{where}.{key}", "property names must be text; quote it")
+                ok = False
+                continue
+            message = self.profile.check_property_key(key)
+            if message is None and not isinstance(item, str):
+                message = (f"property values must be text, but it is {_describe(item)}"
+                           f"{_quote_hint(item)}")
+            if message is None:
+                message = self.profile.check_value(key, item)
+            if message:
+                self.error(key_line, f"{where}.{key}", message)
+                ok = False
+        return dict(value) if ok else None
+
+
+def _merge(defaults: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
+    """Scalars override defaults; tags are united (defaults first); properties merge."""
+    merged = {**defaults, **image}
+    if "tags" in defaults and "tags" in image:
+        merged["tags"] = tuple(dict.fromkeys((*defaults["tags"], *image["tags"])))
+    if "properties" in defaults and "properties" in image:
+        merged["properties"] = {**defaults["properties"], **image["properties"]}
+    return merged
+
+
+def catalog_files(directory: Path) -> list[Path]:
+    return sorted(
+        (Path(root) / name for root, _, names in os.walk(directory) for name in names
+         if name.endswith(SUFFIXES) and not name.startswith(".")),
+        key=lambda p: p.relative_to(directory).as_posix(),
+    )
+
+
+def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = False) -> Catalog:
+    """Load and validate every catalog file; raise CatalogError listing every problem."""
+    root = Path(directory)
+    if not root.exists():
+        raise CatalogError([Problem(str(root), None, "", "catalog directory does not exist; "
+                                    "pass --catalog DIR or set RECONCILE_CATALOG")])
+    if not root.is_dir():
+        raise CatalogError([Problem(str(root), None, "", "is not a directory; --catalog takes "
+                                    "the directory holding the *.yaml files")])
+    files = catalog_files(root)
+    if not files:
+        raise CatalogError([Problem(str(root), None, "", "holds no *.yaml, *.yml or *.json "
+                                    "catalog files")])
+    problems: list[Problem] = []
+    lint: list[Problem] = []
+    seen: dict[str, tuple[str, int]] = {}
+    specs: list[ImageSpec] = []
+    warnings: dict[str, tuple[str, ...]] = {}
+    for path in files:
+        display = path.as_posix()
+        data, file_problems = parse_file(path, display)
+        if file_problems:
+            problems.extend(file_problems)
+            continue
+        checker = _FileChecker(display, profile, strict)
+        images = checker.check(data)
+        problems.extend(checker.problems)
+        for fields, line, where in images:
+            name = fields["name"]
+            if name in seen:
+                first_file, first_line = seen[name]
+                problems.append(Problem(display, line, f"{where}.name", f"duplicate image name "
+                                        f"{name!r}; first defined at {first_file}:{first_line}"))
+                continue
+            seen[name] = (display, line)
+            spec_fields = {**profile.defaults, **fields}
+            messages = profile.lint(spec_fields)
+            if messages:
+                found = [Problem(display, line, f"{where}.{f}", m, "warning") for f, m in messages]
+                lint.extend(found)
+                warnings[name] = tuple(f"{p.path.split('.', 1)[1]} {p.message}" for p in found)
+            specs.append(ImageSpec.model_construct(
+                **{**_SPEC_DEFAULTS, **spec_fields}, file=display, line=line))
+    if strict:
+        problems.extend(Problem(p.file, p.line, p.path, f"{p.message} (--strict)") for p in lint)
+    if problems:
+        raise CatalogError(problems)
+    specs.sort(key=lambda s: s.name)
+    return Catalog.model_construct(
+        directory=str(root), profile=profile.name, images=tuple(specs),
+        warnings=warnings, files=tuple(p.as_posix() for p in files),
+    )
+
+
+# Every optional field, explicitly: model_construct skips validation, so nothing may be missing.
+_SPEC_DEFAULTS: dict[str, Any] = {
+    "os_version": None, "visibility": None, "protected": None, "container_format": None,
+    "disk_format": None, "min_ram": None, "min_disk": None, "tags": (), "properties": {},
+}
+
+
+def lint_problems(catalog: Catalog) -> list[str]:
+    """Lint warnings as display lines, in catalog order."""
+    by_name = {s.name: s for s in catalog.images}
+    out = []
+    for name, messages in sorted(catalog.warnings.items()):
+        spec = by_name[name]
+        out.extend(f"{spec.file}:{spec.line}: {name}: {m}" for m in messages)
+    return out

@@ -1,0 +1,128 @@
+"""The one exception tree of reconcile.
+
+Library code raises these; only ``cli.py`` turns them into a message and an exit code
+(every one of them exits 1). Each carries the data a user needs to act on it, and its
+``str()`` is the complete, secret-free message.
+
+    ReconcileError
+    ├── ConfigError            bad option, config file or environment value
+    ├── CatalogError           the catalog cannot be loaded or is invalid (all problems at once)
+    ├── StateError             the state file cannot be used
+    │   ├── StateVersionError  written by a newer reconcile, or unknown schema
+    │   └── StateLockedError   another apply holds the lock (pid, host, start time)
+    ├── PlanFileError          a saved plan is unreadable, stale or already applied
+    └── ApiError               the Image API answered with an error or not at all
+        ├── AuthError          401: token missing, invalid or expired
+        ├── ClientError        other 4xx: the request itself is wrong; never retried
+        ├── ServerError        429 and 5xx: retried with backoff
+        └── TransportError     no (complete) answer: connect/read timeout, reset
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ReconcileError(Exception):
+    """Base of every error reconcile reports to the user."""
+
+
+class ConfigError(ReconcileError):
+    """An option, the config file or an environment value is invalid."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a catalog file."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+    severity: str = "error"  # "error" or "warning"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        field = f" {self.path}:" if self.path else ""
+        return f"{where}:{field} {self.message}"
+
+
+class CatalogError(ReconcileError):
+    """The catalog could not be loaded; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"catalog is invalid ({n} problem{'s' if n != 1 else ''}); nothing was sent or written"
+        super().__init__("\n".join([head, *(str(p) for p in self.problems)]))
+
+
+class StateError(ReconcileError):
+    """The state file cannot be read or written."""
+
+
+class StateVersionError(StateError):
+    """The state file's schema is newer than this reconcile understands."""
+
+
+class StateLockedError(StateError):
+    """Another apply holds the state lock."""
+
+    def __init__(self, path: str, pid: int | None, host: str | None, started_at: str | None):
+        self.pid, self.host, self.started_at = pid, host, started_at
+        holder = f"pid {pid} on host {host}, started {started_at}" if pid else "another process"
+        super().__init__(
+            f"state file {path} is locked by {holder}; wait for that run to finish "
+            "(a killed run releases the lock by itself)"
+        )
+
+
+class PlanFileError(ReconcileError):
+    """A saved plan cannot be applied."""
+
+
+class ApiError(ReconcileError):
+    """The Image API failed a request. Messages are sanitised: no tokens, no HTML, truncated."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status, self.code, self.message = status, code, message
+        self.request_id, self.method, self.url = request_id, method, url
+        self.retry_after = retry_after
+        parts = [f"{method} {url}" if method and url else "", f"HTTP {status}" if status else ""]
+        if code and code != str(status):
+            parts.append(code)
+        head = " ".join(p for p in parts if p)
+        rid = f" (request id {request_id})" if request_id else ""
+        super().__init__(f"{head}: {message}{rid}" if head else f"{message}{rid}")
+
+
+class AuthError(ApiError):
+    """401: the token is missing, invalid or expired."""
+
+
+class ClientError(ApiError):
+    """A 4xx other than 401 and 429: the request is wrong and retrying will not help."""
+
+
+class ServerError(ApiError):
+    """429 or 5xx: the service is busy or failing; safe to retry after looking for the image."""
+
+
+class TransportError(ApiError):
+    """No complete answer. ``sent`` is True when the request may have reached the server."""
+
+    def __init__(self, message: str, *, sent: bool, method: str | None = None,
+                 url: str | None = None) -> None:
+        self.sent = sent
+        super().__init__(message, method=method, url=url)

@@ -1,0 +1,198 @@
+"""Immutable values passed between reconcile's layers.
+
+The catalog loader produces ``ImageSpec`` values, the state store produces ``Record`` values,
+the planner turns both into a ``Plan`` of ``Change`` values, the applier adds ``Outcome``
+values, and ``RunReport`` is the one view model every report format renders.
+Hot paths build these with ``model_construct`` after their own validation, because a
+100,000-image catalog must not pay for pydantic validating data twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+#: The extra property that carries a create's nonce, so a create whose answer was lost can be
+#: found again by name and marker instead of being sent twice.
+MARKER_PROPERTY = "reconcile_marker"
+
+Action = Literal["create", "unchanged", "drift", "orphan", "blocked"]
+ACTIONS: tuple[Action, ...] = ("create", "unchanged", "drift", "orphan", "blocked")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageSpec(Frozen):
+    """One desired image, with the profile's defaults applied. ``None`` means "not sent"."""
+
+    name: str
+    os_version: str | None = None
+    visibility: str | None = None
+    protected: bool | None = None
+    container_format: str | None = None
+    disk_format: str | None = None
+    min_ram: int | None = None
+    min_disk: int | None = None
+    tags: tuple[str, ...] = ()
+    properties: dict[str, str] = {}
+    file: str = ""
+    line: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The POST /v2/images request body, without the marker."""
+        body: dict[str, Any] = {"name": self.name}
+        if self.os_version is not None:
+            body["__os_version"] = self.os_version
+        for key in ("visibility", "protected", "container_format", "disk_format",
+                    "min_ram", "min_disk"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        if self.tags:
+            body["tags"] = list(self.tags)
+        body.update(self.properties)
+        return body
+
+    def digest(self) -> str:
+        return body_digest(self.body())
+
+
+def body_digest(body: dict[str, Any]) -> str:
+    """A stable digest of a request body; the marker never counts."""
+    clean = {k: v for k, v in body.items() if k != MARKER_PROPERTY}
+    if "tags" in clean:
+        clean["tags"] = sorted(clean["tags"])  # the server treats tags as a set
+    text = json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Catalog(Frozen):
+    """A loaded, valid catalog: images sorted by name, plus lint warnings per image."""
+
+    directory: str
+    profile: str
+    images: tuple[ImageSpec, ...]
+    warnings: dict[str, tuple[str, ...]] = {}
+    files: tuple[str, ...] = ()
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for spec in self.images:
+            h.update(f"{spec.name}\0{spec.digest()}\n".encode())
+        return h.hexdigest()
+
+
+class Record(Frozen):
+    """What the state store knows about one managed image."""
+
+    name: str
+    image_id: str
+    spec_digest: str
+    request: dict[str, Any]
+    response: dict[str, Any]
+    status: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    recorded_at: str
+    run_id: str | None = None
+    origin: str = "created"
+
+
+class PendingCreate(Frozen):
+    """A journal entry whose create may or may not have reached the server."""
+
+    nonce: str
+    name: str
+    run_id: str
+    started_at: str
+
+
+class FieldDiff(Frozen):
+    field: str
+    before: Any = None
+    after: Any = None
+
+
+class Change(Frozen):
+    """The planner's verdict for one image."""
+
+    name: str
+    action: Action
+    reason: str
+    detail: str = ""
+    diff: tuple[FieldDiff, ...] = ()
+    warnings: tuple[str, ...] = ()
+    file: str | None = None
+    line: int | None = None
+    image_id: str | None = None
+    spec: ImageSpec | None = None
+
+
+class Plan(Frozen):
+    target: str
+    profile: str
+    catalog_digest: str
+    changes: tuple[Change, ...]
+
+    def count(self, action: Action) -> int:
+        return sum(1 for c in self.changes if c.action == action)
+
+    def summary(self) -> dict[str, int]:
+        counts = dict.fromkeys(ACTIONS, 0)
+        for c in self.changes:
+            counts[c.action] += 1
+        return counts
+
+    @property
+    def creates(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action == "create")
+
+
+class ErrorInfo(Frozen):
+    message: str
+    status: int | None = None
+    code: str | None = None
+    request_id: str | None = None
+
+
+OutcomeResult = Literal["created", "adopted", "failed", "skipped"]
+
+
+class Outcome(Frozen):
+    """What apply did for one create."""
+
+    name: str
+    result: OutcomeResult
+    image_id: str | None = None
+    status: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    attempts: int = 0
+    duration_s: float = 0.0
+    error: ErrorInfo | None = None
+    request: dict[str, Any] | None = None
+
+
+class RunReport(Frozen):
+    """The view model every report format renders."""
+
+    format_version: int = 1
+    mode: Literal["plan", "apply"]
+    dry_run: bool = False
+    generated_at: str
+    tool_version: str
+    catalog: str
+    target: str
+    profile: str
+    catalog_digest: str
+    summary: dict[str, int]
+    changes: tuple[Change, ...]
+    outcomes: tuple[Outcome, ...] = ()
+    warnings: tuple[str, ...] = ()
+    duration_s: float | None = None
+    run_id: str | None = None
