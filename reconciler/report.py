@@ -1,0 +1,178 @@
+"""Render a ``RunReport`` as text, markdown, html (Jinja2 templates) or json.
+
+All four formats show the same view model. Size rules, so reports stay useful for 100,000
+images: ``text`` and ``html`` list at most ``LIST_LIMIT`` entries per section and say how many
+they left out; ``markdown`` (a pull-request comment) is guaranteed to fit ``MARKDOWN_LIMIT``
+characters by cutting sections step by step and saying what was cut; ``json`` is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from reconciler.models import ACTIONS, Change, Outcome, RunReport
+
+FORMATS = ("text", "markdown", "html", "json")
+MARKDOWN_LIMIT = 65_536
+LIST_LIMIT = 1_000
+# Entries per section tried in turn until the markdown fits; 0 leaves counts only.
+_MARKDOWN_CAPS = (LIST_LIMIT, 300, 100, 30, 10, 0)
+_TEMPLATE = {"text": "report.txt.j2", "markdown": "report.md.j2", "html": "report.html.j2"}
+_COLORS = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "dim": "2", "bold": "1"}
+SYMBOL = {"create": "+", "unchanged": "=", "drift": "~", "orphan": "?", "blocked": "!"}
+HEADING = {"create": "To create", "unchanged": "Unchanged", "drift": "Drifted",
+           "orphan": "Orphaned (left untouched)", "blocked": "Blocked"}
+COLOR = {"create": "green", "unchanged": "dim", "drift": "yellow", "orphan": "cyan",
+         "blocked": "red", "created": "green", "adopted": "cyan", "failed": "red"}
+
+
+def builtin_templates() -> Path:
+    """The packaged templates; from a source checkout, the top-level templates/ folder."""
+    packaged = Path(str(resources.files("reconciler.templates")))
+    if (packaged / _TEMPLATE["text"]).exists():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def _environment(override: Path | None) -> jinja2.Environment:
+    paths = [str(override)] if override else []
+    paths.append(str(builtin_templates()))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(paths),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"),
+                                            default_for_string=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["value"] = _show_value
+    return env
+
+
+def render(report: RunReport, fmt: str, *, color: bool = False,
+           templates: Path | None = None) -> str:
+    """The report in one of FORMATS."""
+    if fmt == "json":
+        return json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n"
+    template = _environment(templates).get_template(_TEMPLATE[fmt])
+    if fmt != "markdown":
+        return template.render(_view(report, LIST_LIMIT, color=color and fmt == "text"))
+    total = len(report.changes) + len(report.outcomes)
+    caps = [c for c in _MARKDOWN_CAPS if c * 150 < MARKDOWN_LIMIT or c >= total] or [0]
+    text = ""
+    for cap in caps:
+        text = template.render(_view(report, cap, color=False))
+        if len(text) <= MARKDOWN_LIMIT:
+            return text
+    cut = "\n\n_(report cut to fit 65,536 characters; see the JSON report)_\n"
+    return text[: MARKDOWN_LIMIT - len(cut)] + cut
+
+
+def _view(report: RunReport, cap: int, *, color: bool) -> dict[str, Any]:
+    groups: dict[str, list[Change]] = {a: [] for a in ACTIONS}
+    for change in report.changes:
+        groups[change.action].append(change)
+    results: dict[str, list[Outcome]] = {"created": [], "adopted": [], "failed": [],
+                                         "skipped": []}
+    for outcome in report.outcomes:
+        results[outcome.result].append(outcome)
+
+    def paint(text: str, name: str) -> str:
+        code = _COLORS.get(COLOR.get(name, name))
+        return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
+
+    return {
+        "r": report,
+        "s": report.summary,
+        "groups": {a: g[:cap] for a, g in groups.items()},
+        "omitted": {a: max(0, len(g) - cap) for a, g in groups.items()},
+        "results": {k: v[:cap] for k, v in results.items()},
+        "results_omitted": {k: max(0, len(v) - cap) for k, v in results.items()},
+        "cut": any(len(g) > cap for g in groups.values()) or any(
+            len(v) > cap for v in results.values()),
+        "cap": cap,
+        "actions": ACTIONS,
+        "symbol": SYMBOL,
+        "heading": HEADING,
+        "paint": paint,
+        "plan_line": plan_line(report.summary),
+        "apply_line": apply_line(report.summary) if report.mode == "apply" else "",
+    }
+
+
+def plan_line(s: dict[str, int]) -> str:
+    return (f"Plan: {s['create']} to create, {s['unchanged']} unchanged, {s['drift']} drifted, "
+            f"{s['orphan']} orphaned, {s['blocked']} blocked.")
+
+
+def apply_line(s: dict[str, int]) -> str:
+    return (f"Apply: {s.get('created', 0)} created, {s.get('adopted', 0)} adopted, "
+            f"{s.get('failed', 0)} failed.")
+
+
+def _show_value(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": change.name,
+        "action": change.action,
+        "reason": change.reason,
+        "detail": change.detail,
+        "file": change.file,
+        "line": change.line,
+        "image_id": change.image_id,
+        "diff": [{"field": d.field, "before": d.before, "after": d.after} for d in change.diff],
+        "warnings": list(change.warnings),
+    }
+    if change.action == "create" and change.spec is not None:
+        out["request"] = change.spec.body()
+    return out
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "name": outcome.name,
+        "result": outcome.result,
+        "image_id": outcome.image_id,
+        "status": outcome.status,
+        "created_at": outcome.created_at,
+        "updated_at": outcome.updated_at,
+        "attempts": outcome.attempts,
+        "duration_s": round(outcome.duration_s, 3),
+        "error": outcome.error.model_dump() if outcome.error else None,
+    }
+
+
+def to_json(report: RunReport) -> dict[str, Any]:
+    """The documented, versioned JSON report (format_version 1)."""
+    out: dict[str, Any] = {
+        "format_version": report.format_version,
+        "mode": report.mode,
+        "dry_run": report.dry_run,
+        "generated_at": report.generated_at,
+        "tool_version": report.tool_version,
+        "catalog": report.catalog,
+        "target": report.target,
+        "profile": report.profile,
+        "catalog_digest": report.catalog_digest,
+        "run_id": report.run_id,
+        "duration_s": report.duration_s,
+        "summary": report.summary,
+        "changes": [change_json(c) for c in report.changes],
+        "warnings": list(report.warnings),
+    }
+    if report.mode == "apply":
+        out["outcomes"] = [outcome_json(o) for o in report.outcomes]
+    return out

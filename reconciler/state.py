@@ -1,0 +1,329 @@
+"""The SQLite state store: image records, run history, the create journal and the apply lock.
+
+One file, readable with plain ``sqlite3``. The schema version lives in ``PRAGMA user_version``
+and changes only through ``MIGRATIONS``; a file from a newer reconcile is refused, an older
+one is copied to a backup and migrated when it is opened for writing. Read-only commands open
+the file with ``mode=ro`` and migrate an old file in memory, so reading never changes a byte.
+Every write is one transaction that also bumps ``meta.revision``, which saved plans pin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from reconciler.errors import StateError, StateLockedError, StateVersionError
+from reconciler.models import PendingCreate, Record
+
+DEFAULT_PATH = "reconcile-state.db"
+
+
+def _v1(db: Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["images"].create({
+        "target": str, "name": str, "image_id": str, "spec_digest": str,
+        "request_json": str, "response_json": str, "status": str, "created_at": str,
+        "updated_at": str, "recorded_at": str, "run_id": str,
+    }, pk=("target", "name"), not_null={"image_id", "spec_digest", "recorded_at"})
+    db["runs"].create({
+        "id": str, "mode": str, "target": str, "profile": str, "catalog_digest": str,
+        "started_at": str, "finished_at": str, "host": str, "pid": int, "tool_version": str,
+        "summary_json": str, "created": int, "failed": int, "outcome": str, "error": str,
+    }, pk="id")
+    db["journal"].create({
+        "nonce": str, "target": str, "name": str, "run_id": str, "request_json": str,
+        "state": str, "started_at": str, "resolved_at": str, "image_id": str, "note": str,
+    }, pk="nonce")
+    db.execute("INSERT INTO meta (key, value) VALUES ('revision', '0')")
+
+
+def _v2(db: Database) -> None:
+    # v2: records say how they came to be (created, adopted, imported); runs count adoptions;
+    # pending journal entries are found by index at the start of every apply.
+    db["images"].add_column("origin", str, not_null_default="created")
+    db["runs"].add_column("adopted", int, not_null_default=0)
+    db["journal"].create_index(["target", "state"], if_not_exists=True)
+
+
+#: MIGRATIONS[i] upgrades a schema of version i to version i + 1.
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _migrate(conn: sqlite3.Connection, current: int, upto: int = SCHEMA_VERSION) -> None:
+    db = Database(conn)
+    with conn:
+        for version in range(current, upto):
+            MIGRATIONS[version](db)
+        conn.execute(f"PRAGMA user_version = {upto}")
+
+
+class StateStore:
+    """Records, runs and journal of one state file. Writes are serialised by a lock."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, *, writable: bool) -> None:
+        self.conn, self.path, self.writable = conn, path, writable
+        self._write_lock = threading.Lock()
+
+    # --- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> StateStore | None:
+        """Open for reading, never writing; None when the file does not exist yet."""
+        p = Path(path)
+        if not p.exists():
+            return None
+        if p.is_dir():
+            raise StateError(f"state file {p} is a directory; pass a file path with --state")
+        try:
+            conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True,
+                                   check_same_thread=False)
+            version = _check_version(conn, str(p))
+            if version < SCHEMA_VERSION:
+                # Migrate a copy in memory: reading an old file must not change it.
+                memory = sqlite3.connect(":memory:", check_same_thread=False)
+                conn.backup(memory)
+                conn.close()
+                _migrate(memory, version)
+                conn = memory
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read state file {p}: {exc}") from None
+        return cls(conn, str(p), writable=False)
+
+    @classmethod
+    def open_for_write(cls, path: str | Path) -> StateStore:
+        """Open (creating if needed) and migrate to the current schema, backing up first."""
+        p = Path(path)
+        if p.is_dir():
+            raise StateError(f"state file {p} is a directory; pass a file path with --state")
+        if not p.parent.exists():
+            raise StateError(f"cannot create state file {p}: directory {p.parent} does not exist")
+        try:
+            conn = sqlite3.connect(str(p), check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA synchronous = FULL")
+            version = _check_version(conn, str(p))
+            if 0 < version < SCHEMA_VERSION:
+                backup = p.with_name(f"{p.name}.bak-v{version}-"
+                                     f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+                conn.close()
+                shutil.copy2(p, backup)
+                conn = sqlite3.connect(str(p), check_same_thread=False, timeout=30)
+                conn.execute("PRAGMA synchronous = FULL")
+            if version < SCHEMA_VERSION:
+                _migrate(conn, version)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state file {p} for writing: {exc}") from None
+        except OSError as exc:
+            raise StateError(f"cannot back up state file {p}: {exc.strerror}") from None
+        return cls(conn, str(p), writable=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- reading -------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        return int(row[0]) if row else 0
+
+    def targets(self) -> list[str]:
+        rows = self.conn.execute("SELECT DISTINCT target FROM images UNION "
+                                 "SELECT DISTINCT target FROM journal WHERE state = 'pending'")
+        return sorted(r[0] for r in rows)
+
+    def records(self, target: str) -> dict[str, Record]:
+        cursor = self.conn.execute(
+            "SELECT name, image_id, spec_digest, request_json, response_json, status, "
+            "created_at, updated_at, recorded_at, run_id, origin FROM images WHERE target = ?",
+            (target,))
+        return {row[0]: _record(row) for row in cursor}
+
+    def record(self, target: str, name: str) -> Record | None:
+        row = self.conn.execute(
+            "SELECT name, image_id, spec_digest, request_json, response_json, status, "
+            "created_at, updated_at, recorded_at, run_id, origin FROM images "
+            "WHERE target = ? AND name = ?", (target, name)).fetchone()
+        return _record(row) if row else None
+
+    def records_named(self, name: str) -> list[tuple[str, Record]]:
+        rows = self.conn.execute(
+            "SELECT name, image_id, spec_digest, request_json, response_json, status, "
+            "created_at, updated_at, recorded_at, run_id, origin, target FROM images "
+            "WHERE name = ? ORDER BY target", (name,))
+        return [(row[11], _record(row[:11])) for row in rows]
+
+    def all_records(self) -> list[tuple[str, Record]]:
+        rows = self.conn.execute(
+            "SELECT name, image_id, spec_digest, request_json, response_json, status, "
+            "created_at, updated_at, recorded_at, run_id, origin, target FROM images "
+            "ORDER BY target, name")
+        return [(row[11], _record(row[:11])) for row in rows]
+
+    def pending(self, target: str) -> list[PendingCreate]:
+        rows = self.conn.execute(
+            "SELECT nonce, name, run_id, started_at FROM journal "
+            "WHERE target = ? AND state = 'pending' ORDER BY started_at, name", (target,))
+        return [PendingCreate.model_construct(nonce=r[0], name=r[1], run_id=r[2], started_at=r[3])
+                for r in rows]
+
+    def pending_request(self, nonce: str) -> dict[str, Any]:
+        row = self.conn.execute("SELECT request_json FROM journal WHERE nonce = ?",
+                                (nonce,)).fetchone()
+        return dict(json.loads(row[0])) if row else {}
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(
+            "SELECT id, mode, target, profile, started_at, finished_at, host, pid, tool_version,"
+            " summary_json, created, adopted, failed, outcome, error FROM runs "
+            "ORDER BY started_at DESC, id DESC LIMIT ?", (limit,))
+        names = [d[0] for d in cursor.description]
+        out = []
+        for row in cursor:
+            run = dict(zip(names, row, strict=True))
+            run["summary"] = json.loads(run.pop("summary_json") or "{}")
+            out.append(run)
+        return out
+
+    # --- writing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic transaction that also bumps the revision."""
+        if not self.writable:
+            raise StateError("internal error: state store opened read-only")
+        with self._write_lock, self.conn:
+            self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                              "WHERE key = 'revision'")
+            yield self.conn
+
+    def start_run(self, run_id: str, *, target: str, profile: str, catalog_digest: str,
+                  tool_version: str, started_at: str) -> None:
+        with self._write() as c:
+            # A run still marked running while we hold the lock was killed.
+            c.execute("UPDATE runs SET outcome = 'interrupted' WHERE outcome = 'running'")
+            c.execute(
+                "INSERT INTO runs (id, mode, target, profile, catalog_digest, started_at, host,"
+                " pid, tool_version, summary_json, created, adopted, failed, outcome) "
+                "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, 'running')",
+                (run_id, target, profile, catalog_digest, started_at, socket.gethostname(),
+                 os.getpid(), tool_version))
+
+    def finish_run(self, run_id: str, *, summary: dict[str, int], created: int, adopted: int,
+                   failed: int, outcome: str, error: str | None = None) -> None:
+        with self._write() as c:
+            c.execute("UPDATE runs SET finished_at = ?, summary_json = ?, created = ?, "
+                      "adopted = ?, failed = ?, outcome = ?, error = ? WHERE id = ?",
+                      (now_iso(), json.dumps(summary, sort_keys=True), created, adopted, failed,
+                       outcome, error, run_id))
+
+    def journal_open(self, *, nonce: str, target: str, name: str, run_id: str,
+                     request: dict[str, Any]) -> None:
+        """Write the intent to create before the POST, so a lost answer can be found again."""
+        with self._write() as c:
+            c.execute("INSERT INTO journal (nonce, target, name, run_id, request_json, state, "
+                      "started_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                      (nonce, target, name, run_id, json.dumps(request, sort_keys=True),
+                       now_iso()))
+
+    def journal_release(self, nonce: str, note: str) -> None:
+        """The create certainly did not happen: close the entry without a record."""
+        with self._write() as c:
+            c.execute("UPDATE journal SET state = 'released', resolved_at = ?, note = ? "
+                      "WHERE nonce = ?", (now_iso(), note, nonce))
+
+    def save_record(self, target: str, record: Record, *, nonce: str | None = None) -> None:
+        """Record an image and close its journal entry in one transaction."""
+        with self._write() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO images (target, name, image_id, spec_digest, "
+                "request_json, response_json, status, created_at, updated_at, recorded_at, "
+                "run_id, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (target, record.name, record.image_id, record.spec_digest,
+                 json.dumps(record.request, sort_keys=True),
+                 json.dumps(record.response, sort_keys=True), record.status, record.created_at,
+                 record.updated_at, record.recorded_at, record.run_id, record.origin))
+            if nonce:
+                c.execute("UPDATE journal SET state = 'done', resolved_at = ?, image_id = ? "
+                          "WHERE nonce = ?", (now_iso(), record.image_id, nonce))
+
+    def forget(self, target: str, name: str) -> bool:
+        with self._write() as c:
+            return c.execute("DELETE FROM images WHERE target = ? AND name = ?",
+                             (target, name)).rowcount > 0
+
+    # --- the apply lock ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the apply lock. The kernel releases it if the process dies, even by SIGKILL."""
+        lock_path = f"{self.path}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                raise StateLockedError(self.path, holder.get("pid"), holder.get("host"),
+                                       holder.get("started_at")) from None
+            info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                               "started_at": now_iso()}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_version(conn: sqlite3.Connection, path: str) -> int:
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path} is not a reconcile state file ({exc}); point --state at the "
+                         "right file or move this one away") from None
+    if version > SCHEMA_VERSION:
+        raise StateVersionError(
+            f"state file {path} has schema version {version}, but this reconcile understands "
+            f"up to {SCHEMA_VERSION}; upgrade reconcile (the file was left untouched)")
+    if version == 0 and tables:
+        raise StateError(f"{path} is an SQLite file but not a reconcile state file (it has "
+                         f"tables {', '.join(sorted(tables))}); use another --state path")
+    if version > 0 and not {"meta", "images", "runs", "journal"} <= tables:
+        raise StateError(f"state file {path} is damaged: tables are missing; restore it from "
+                         "a backup")
+    return version
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    return Record.model_construct(
+        name=row[0], image_id=row[1], spec_digest=row[2], request=json.loads(row[3] or "{}"),
+        response=json.loads(row[4] or "{}"), status=row[5], created_at=row[6],
+        updated_at=row[7], recorded_at=row[8], run_id=row[9], origin=row[10] or "created")
