@@ -1,0 +1,569 @@
+"""HTTP client for the Image API (Huawei Cloud IMS / OpenStack Glance v2 ``/v2/images``).
+
+``ImageClient`` sends one request per call and turns every failure into the ``ApiError`` family
+of ``reconciler.errors``: ``error_from_response`` maps an HTTP error answer (every body shape of
+api-contract §9) and ``TransportError.sent`` says whether a request that got no answer may have
+reached the server. The only retry done here is the single re-authentication after a 401
+(api-contract §11.2); backoff and the look-up-before-retry protocol belong to the applier,
+which alone knows whether repeating a request is safe. One client is shared by the applier's
+worker threads: it keeps no per-request state, and httpx's connection pool is thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from html.parser import HTMLParser
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from .errors import (
+    ApiError,
+    AuthError,
+    ClientError,
+    ConfigError,
+    ServerError,
+    TransportError,
+)
+
+__all__ = [
+    "DEFAULT_USER_AGENT",
+    "ImageClient",
+    "StaticToken",
+    "TokenProvider",
+    "error_from_response",
+]
+
+
+def _package_version() -> str:
+    try:
+        return version("reconcile")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+DEFAULT_USER_AGENT = f"reconcile/{_package_version()}"
+
+# Sized for the applier's thread pool: a worker must never wait for a free connection.
+_POOL_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+_MAX_PAGE_SIZE = 1000  # Glance's api_limit_max; larger limits are silently capped (§10.1)
+_MAX_MESSAGE = 500
+_MAX_CODE = 64
+# Only the head of a non-JSON body is parsed: the message is in the first lines, and a
+# megabyte of HTML must cost neither time nor log space.
+_SCAN_LIMIT = 64 * 1024
+_REDACTED = "***"
+_GONE_STATUSES = frozenset({"deleted", "pending_delete", "killed"})
+
+
+class TokenProvider(Protocol):
+    """Where the client gets its ``X-Auth-Token``; ``reconciler.auth`` adds Keystone refresh."""
+
+    def token(self) -> str:
+        """The token to send now."""
+        ...
+
+    def invalidate(self, failed_token: str) -> bool:
+        """Drop ``failed_token`` after a 401; True if a fresh token can be tried."""
+        ...
+
+
+class StaticToken:
+    """A fixed token (e.g. ``OS_TOKEN``): nothing to refresh, so a 401 is final."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ConfigError("the API token is empty")
+        self._token = token
+
+    def token(self) -> str:
+        return self._token
+
+    def invalidate(self, failed_token: str) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "StaticToken(***)"  # a repr ends up in tracebacks and logs
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+def error_from_response(response: httpx.Response, *, secrets: Iterable[str] = ()) -> ApiError:
+    """Map an error answer to the ``ApiError`` subclass for its status, with a clean message.
+
+    401 → ``AuthError``; 429 and 5xx → ``ServerError`` (with ``retry_after``); other 4xx →
+    ``ClientError``; any other status → ``ApiError``. The body is read in the order of
+    api-contract §9.5; tags are stripped, whitespace collapsed, the message truncated, and
+    every string in ``secrets`` (the tokens sent) is replaced by ``***``.
+    """
+    secret_list = [s for s in secrets if s]
+    status = response.status_code
+    reason = response.reason_phrase or httpx.codes.get_reason_phrase(status)
+    response.read()
+    text = _redact(response.text, secret_list)
+
+    code: object = None
+    message = ""
+    body_request_id: object = None
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError:
+        body = None
+        message = _text_of_html(text) if _looks_like_html(response, text) else text[:_SCAN_LIMIT]
+    else:
+        found = _code_and_message(body)
+        if found is not None:
+            code, raw_message = found
+            message = raw_message if isinstance(raw_message, str) else json.dumps(raw_message)
+        else:
+            message = text[:_SCAN_LIMIT]
+        if isinstance(body, dict):
+            body_request_id = body.get("request_id")
+
+    message = _without_status_line(_clean(message), status, reason) or reason or "no message"
+    request_id = (
+        response.headers.get("x-request-id")
+        or response.headers.get("x-openstack-request-id")
+        or (body_request_id if isinstance(body_request_id, str) else None)
+    )
+    if request_id:
+        request_id = _truncate(_redact(request_id, secret_list), _MAX_CODE)
+    method, url = _request_line(response)
+    fields: dict[str, Any] = {
+        "status": status,
+        "code": _code_text(code, status, secret_list),
+        "request_id": request_id,
+        "method": method,
+        "url": url,
+    }
+    message = _truncate(_redact(message, secret_list), _MAX_MESSAGE)
+    if status == 401:
+        return AuthError(message, **fields)
+    if status == 429 or 500 <= status <= 599:
+        return ServerError(message, retry_after=_retry_after(response), **fields)
+    if 400 <= status <= 499:
+        return ClientError(message, **fields)
+    return ApiError(message, **fields)
+
+
+def _code_and_message(body: object) -> tuple[object, object] | None:
+    """Find (code, message) like the Huawei SDK: known key pairs first, then nested objects."""
+    if not isinstance(body, dict):
+        return None
+    for code_key, message_key in (
+        ("error_code", "error_msg"),  # API gateway
+        ("errorCode", "errorMsg"),
+        ("code", "message"),  # Glance webob; inside "error": IMS and keystonemiddleware
+    ):
+        if code_key in body and message_key in body:
+            return body[code_key], body[message_key]
+    for value in body.values():
+        found = _code_and_message(value)
+        if found is not None:
+            return found
+    for message_key in ("error_msg", "errorMsg", "message"):
+        if message_key in body:
+            return None, body[message_key]
+    return None
+
+
+def _code_text(code: object, status: int, secrets: Sequence[str]) -> str:
+    # Glance's "code" is the status line ("400 Bad Request") and keystonemiddleware's an int:
+    # neither says more than the status, so only service codes such as IMG.0056 are kept.
+    if isinstance(code, str) and code.strip() and not re.match(r"\d{3}(\s|$)", code.strip()):
+        return _truncate(_redact(_clean(code), secrets), _MAX_CODE)
+    return str(status)
+
+
+def _looks_like_html(response: httpx.Response, text: str) -> bool:
+    head = text.lstrip()[:64].lower()
+    return "html" in response.headers.get("content-type", "") or head.startswith(
+        ("<!doctype", "<html")
+    )
+
+
+class _TextExtractor(HTMLParser):
+    """Collects the visible text of an HTML page; the title would only repeat the status."""
+
+    _HIDDEN = frozenset({"head", "title", "script", "style"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN:
+            self._hidden_depth += 1
+        self.parts.append(" ")  # "<h1>400 Bad Request</h1>Detail" must not glue words
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN and self._hidden_depth:
+            self._hidden_depth -= 1
+        self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden_depth:
+            self.parts.append(data)
+
+
+def _text_of_html(text: str) -> str:
+    extractor = _TextExtractor()
+    extractor.feed(text[:_SCAN_LIMIT])
+    extractor.close()
+    return "".join(extractor.parts)
+
+
+def _clean(text: str) -> str:
+    """Strip tags (Glance's JSON messages carry ``<br />``) and collapse whitespace."""
+    text = re.sub(r"<[^<>]*>", " ", text)
+    text = re.sub(r"<[^<>]*$", " ", text)  # a tag cut in half by _SCAN_LIMIT
+    return " ".join(text.split())
+
+
+def _without_status_line(message: str, status: int, reason: str) -> str:
+    # webob's plain-text and HTML bodies open with "400 Bad Request", which the error's
+    # own "HTTP 400" already says.
+    for line in {f"{status} {reason}", f"{status} {httpx.codes.get_reason_phrase(status)}"}:
+        if message.lower().startswith(line.lower()):
+            return message[len(line) :].lstrip(" :-")
+    return message
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    value = response.headers.get("retry-after", "").strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    when = _http_date(value)
+    if when is None:
+        return None
+    # Measured against the server's own Date header when there is one, so a skewed local
+    # clock does not turn "in 30 s" into "now" or "in an hour".
+    now = _http_date(response.headers.get("date", "")) or datetime.now(UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _http_date(value: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _request_line(response: httpx.Response) -> tuple[str | None, str | None]:
+    try:
+        request = response.request
+    except RuntimeError:  # a Response built by hand has no request
+        return None, None
+    return request.method, _safe_url(request.url)
+
+
+def _safe_url(url: httpx.URL) -> str:
+    # Errors are logged and shown: no query string, no user info.
+    return str(url.copy_with(query=None, fragment=None, userinfo=b""))
+
+
+# --------------------------------------------------------------------------- transport errors
+
+# Failures that happen before any byte of the request can have reached the server.
+_NOT_SENT: tuple[type[httpx.TransportError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+)
+
+
+def _transport_error(
+    exc: httpx.TransportError, request: httpx.Request, secrets: Sequence[str]
+) -> TransportError:
+    # Anything not known to fail before sending (read/write timeouts and errors, a server that
+    # hangs up) counts as possibly received: the applier then looks before it retries.
+    sent = not isinstance(exc, _NOT_SENT)
+    what = (
+        "no complete response; the request may have been received"
+        if sent
+        else "the request was not sent"
+    )
+    detail = _truncate(_redact(_clean(str(exc)), secrets), 200)
+    kind = type(exc).__name__
+    return TransportError(
+        f"{what} ({kind}: {detail})" if detail else f"{what} ({kind})",
+        sent=sent,
+        method=request.method,
+        url=_safe_url(request.url),
+    )
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def _normalise_endpoint(endpoint: str) -> str:
+    root = endpoint.strip().rstrip("/")
+    if root.endswith("/v2"):
+        root = root[: -len("/v2")].rstrip("/")
+    if not re.match(r"https?://[^/]", root):
+        raise ConfigError(f"image endpoint {endpoint!r} must be an http:// or https:// URL")
+    return root
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
+    if isinstance(verify, bool):
+        return verify
+    # httpx 0.28 deprecates verify=<path>; build the context it would have built.
+    try:
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the CA bundle {verify}: {exc}") from exc
+
+
+class ImageClient:
+    """The Image API calls reconcile makes: create, get, delete and list image metadata.
+
+    ``http`` injects a ready ``httpx.Client`` (tests pass one on ``httpx.MockTransport``);
+    ``connect_timeout``, ``read_timeout`` and ``verify`` then do not apply, and ``close()``
+    leaves it open. The client is safe to call from many threads at once.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        token_provider: TokenProvider,
+        http: httpx.Client | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        verify: bool | str = True,
+        user_agent: str = DEFAULT_USER_AGENT,
+    ) -> None:
+        self.endpoint = _normalise_endpoint(endpoint)
+        self._tokens = token_provider
+        self._user_agent = user_agent
+        self._owns_http = http is None
+        self._http = (
+            http
+            if http is not None
+            else httpx.Client(
+                timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+                limits=_POOL_LIMITS,
+                verify=_ssl_context(verify),
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"ImageClient({self.endpoint!r})"
+
+    def close(self) -> None:
+        """Close the connection pool, unless it was passed in."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> ImageClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- API calls
+
+    def create_image(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v2/images``; returns the created image (expected status 201)."""
+        response, tokens = self._send("POST", "/v2/images", json_body=body)
+        if not response.is_success:
+            raise error_from_response(response, secrets=tokens)
+        image = self._json_object(response, "the image may have been created")
+        if not isinstance(image.get("id"), str) or not image["id"]:
+            raise self._bad_body(response, "has no image id; the image may have been created")
+        return image
+
+    def get_image(self, image_id: str) -> dict[str, Any] | None:
+        """``GET /v2/images/{id}``; None if the image does not exist (404)."""
+        response, tokens = self._send("GET", self._image_path(image_id))
+        if response.status_code == 404:
+            return None
+        if not response.is_success:
+            raise error_from_response(response, secrets=tokens)
+        return self._json_object(response)
+
+    def delete_image(self, image_id: str) -> None:
+        """``DELETE /v2/images/{id}``; a missing image is a ``ClientError`` with status 404."""
+        response, tokens = self._send("DELETE", self._image_path(image_id))
+        if not response.is_success:
+            raise error_from_response(response, secrets=tokens)
+
+    def list_images(
+        self,
+        filters: Mapping[str, str | Sequence[str]] | None = None,
+        *,
+        page_size: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """``GET /v2/images`` page by page; a sequence value repeats the parameter (``tag``).
+
+        Each next page is the original query plus ``marker=<last id>``: Glance's ``next`` link
+        keeps only one value of a repeated parameter (api-contract §10.2).
+        """
+        if not 1 <= page_size <= _MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {_MAX_PAGE_SIZE}")
+        params: list[tuple[str, str]] = []
+        for key, value in (filters or {}).items():
+            if key in ("limit", "marker"):
+                raise ValueError(f"{key!r} is managed by list_images, not a filter")
+            values = [value] if isinstance(value, str) else list(value)
+            params.extend((key, v) for v in values)
+        params.append(("limit", str(page_size)))
+
+        marker: str | None = None
+        while True:
+            query = (*params, ("marker", marker)) if marker else tuple(params)
+            response, tokens = self._send("GET", "/v2/images", params=query)
+            if not response.is_success:
+                raise error_from_response(response, secrets=tokens)
+            page = self._json_object(response)
+            images = page.get("images")
+            if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
+                raise self._bad_body(response, "has no list of images")
+            yield from images
+            if not images:
+                return
+            last_id = images[-1].get("id")
+            if not isinstance(last_id, str) or last_id == marker:
+                raise self._bad_body(
+                    response, "cannot be paged: its last image id is missing or repeats the marker"
+                )
+            # A short page ends the listing, unless the server says there is more: a server
+            # that caps limit below page_size returns short pages that still have a "next".
+            if len(images) < page_size and "next" not in page:
+                return
+            marker = last_id
+
+    def find_images(self, name: str, **props: str) -> list[dict[str, Any]]:
+        """Live images whose name and properties equal the given ones exactly.
+
+        The server's match may ignore case (MySQL collation), so results are checked again
+        here; deleted and killed images are dropped (api-contract §10.3).
+        """
+        filters: dict[str, str] = dict(props)
+        # Glance reads a leading "in:" as a list operator; such a name is matched here only.
+        if not name.startswith("in:"):
+            filters["name"] = name
+        wanted = {"name": name, **props}
+        return [
+            image
+            for image in self.list_images(filters)
+            if all(image.get(key) == value for key, value in wanted.items())
+            and image.get("status") not in _GONE_STATUSES
+        ]
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _image_path(self, image_id: str) -> str:
+        if not image_id:
+            raise ValueError("image_id must not be empty")  # would address the list instead
+        return f"/v2/images/{quote(image_id, safe='')}"
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: tuple[tuple[str, str], ...] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> tuple[httpx.Response, list[str]]:
+        """Send once, and once more with a fresh token after a 401 if the provider has one.
+
+        Returns the response and the tokens used, which error messages must never show.
+        """
+        tokens = [self._tokens.token()]
+        response = self._attempt(method, path, params, json_body, tokens)
+        if response.status_code == 401 and self._tokens.invalidate(tokens[-1]):
+            tokens.append(self._tokens.token())
+            response = self._attempt(method, path, params, json_body, tokens)
+        return response, tokens
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: tuple[tuple[str, str], ...] | None,
+        json_body: Mapping[str, Any] | None,
+        tokens: list[str],
+    ) -> httpx.Response:
+        headers = {
+            "X-Auth-Token": tokens[-1],
+            "Accept": "application/json",  # webob answers JSON instead of HTML (§9.1)
+            "User-Agent": self._user_agent,
+        }
+        content: bytes | None = None
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            content = json.dumps(json_body, ensure_ascii=False).encode()
+        request = self._http.build_request(
+            method, self.endpoint + path, params=params, headers=headers, content=content
+        )
+        try:
+            return self._http.send(request)
+        except httpx.TransportError as exc:
+            # "from None": a chained httpx error would print its own text in tracebacks, and
+            # h11 quotes offending header values, which may be the token.
+            raise _transport_error(exc, request, tokens) from None
+
+    @staticmethod
+    def _json_object(response: httpx.Response, consequence: str = "") -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            problem = "is not JSON"
+        else:
+            if isinstance(body, dict):
+                return body
+            problem = "is not a JSON object"
+        raise ImageClient._bad_body(
+            response, f"{problem}; {consequence}" if consequence else problem
+        )
+
+    @staticmethod
+    def _bad_body(response: httpx.Response, problem: str) -> ApiError:
+        method, url = _request_line(response)
+        request_id = response.headers.get("x-request-id") or response.headers.get(
+            "x-openstack-request-id"
+        )
+        return ApiError(
+            f"unexpected response: the body {problem}",
+            status=response.status_code,
+            request_id=request_id,
+            method=method,
+            url=url,
+        )
