@@ -444,10 +444,14 @@ class ImageClient:
             values = [value] if isinstance(value, str) else list(value)
             params.extend((key, v) for v in values)
         params.append(("limit", str(page_size)))
+        return self._pages(tuple(params), page_size)  # a generator would defer the checks above
 
+    def _pages(
+        self, params: tuple[tuple[str, str], ...], page_size: int
+    ) -> Iterator[dict[str, Any]]:
         marker: str | None = None
         while True:
-            query = (*params, ("marker", marker)) if marker else tuple(params)
+            query = (*params, ("marker", marker)) if marker else params
             response, tokens = self._send("GET", "/v2/images", params=query)
             if not response.is_success:
                 raise error_from_response(response, secrets=tokens)

@@ -380,7 +380,7 @@ def test_list_rejects_managed_params_and_bad_page_size(
 ) -> None:
     client = make_client(lambda r: pytest.fail("sent"))
     with pytest.raises(ValueError):
-        list(client.list_images(filters, page_size=page_size))
+        client.list_images(filters, page_size=page_size)
 
 
 def test_find_images_keeps_only_exact_live_matches() -> None:
