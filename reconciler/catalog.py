@@ -56,7 +56,7 @@ class RawScalar:
         return self.text
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+class _Loader(_BaseLoader):  # type: ignore[misc]
     pass
 
 
@@ -124,8 +124,8 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        return None, [Problem(display, line, "", f"is not valid UTF-8 (byte 0x{raw[exc.start]:02x}"
+        bad_line = raw.count(b"\n", 0, exc.start) + 1
+        return None, [Problem(display, bad_line, "", f"is not valid UTF-8 (byte 0x{raw[exc.start]:02x}"
                                                  f" at offset {exc.start}); save it as UTF-8")]
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -266,8 +266,9 @@ class _FileChecker:
             return None
         if field in STRING_FIELDS:
             if not isinstance(value, str):
-                self.error(line, where, f"must be text, but YAML read it as "
-                           f"{_describe(value).removeprefix('read by YAML as ')}{_quote_hint(value)}")
+                what = _describe(value).removeprefix("read by YAML as ")
+                self.error(line, where, f"must be text, but YAML read it as {what}"
+                           + _quote_hint(value))
                 return None
             return self._value(field, value, line, where)
         if field in INT_FIELDS:
@@ -418,7 +419,7 @@ _SPEC_DEFAULTS: dict[str, Any] = {
 def lint_problems(catalog: Catalog) -> list[str]:
     """Lint warnings as display lines, in catalog order."""
     by_name = {s.name: s for s in catalog.images}
-    out = []
+    out: list[str] = []
     for name, messages in sorted(catalog.warnings.items()):
         spec = by_name[name]
         out.extend(f"{spec.file}:{spec.line}: {name}: {m}" for m in messages)

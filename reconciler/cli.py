@@ -8,8 +8,10 @@ because exit code 2 means "plan succeeded and has changes" (``--detailed-exitcod
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import threading
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,18 +21,22 @@ from typing import Any, NoReturn
 import click
 
 from reconciler import __version__
+from reconciler.applier import RetryPolicy
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
+from reconciler.client import ImageClient, StaticToken
 from reconciler.errors import ConfigError, ReconcileError
+from reconciler.models import Outcome
 from reconciler.operations import (
     Clock,
+    apply_catalog,
+    dry_run_report,
     get_profile,
     make_plan,
-    normalize_endpoint,
     open_existing,
     utc_now,
 )
 from reconciler.profiles import PROFILES
-from reconciler.report import FORMATS, render
+from reconciler.report import FORMATS, plan_line, render
 from reconciler.state import DEFAULT_PATH
 
 CONFIG_FILE = "reconcile.toml"
@@ -150,7 +156,8 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-@click.group(cls=ReconcileGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=ReconcileGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="reconcile")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help=f"Settings file (default: ./{CONFIG_FILE} if present).")
@@ -244,6 +251,207 @@ def plan_cmd(rt: Runtime, catalog: Path, state: Path, profile: str, strict: bool
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
         raise click.exceptions.Exit(2)
+
+
+# --- apply ---------------------------------------------------------------------------------
+
+def _token(token_file: Path | None) -> StaticToken:
+    """The API token: --token-file, else OS_AUTH_TOKEN. Never echoed anywhere."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --token-file {token_file}: "
+                              f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+        if not token:
+            raise ConfigError(f"--token-file {token_file} is empty")
+        return StaticToken(token)
+    token = os.environ.get("OS_AUTH_TOKEN", "").strip()
+    if not token:
+        raise ConfigError("no credentials: set OS_AUTH_TOKEN or pass --token-file FILE")
+    return StaticToken(token)
+
+
+class _Progress:
+    """A one-line progress display on a terminal's stderr; silent elsewhere."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.total, self.done = enabled, 0, 0
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.done += 1
+            self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
+            if self.enabled and self.total:
+                width = 30
+                filled = width * min(self.done, self.total) // self.total
+                parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
+                click.echo(f"\r[{'#' * filled}{'-' * (width - filled)}] "
+                           f"{self.done}/{self.total} {parts}\x1b[K", err=True, nl=False)
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            click.echo("", err=True)
+
+
+class _JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", record.name),
+            "message": record.getMessage(),
+        }
+        for key in ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s",
+                    "run_id"):
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        return json.dumps(doc, sort_keys=True)
+
+
+def _setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    logger = logging.getLogger("reconciler")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    if log_format == "json":
+        handler.setFormatter(_JsonLogFormatter())
+        logger.setLevel(logging.INFO)
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.setLevel(logging.WARNING)
+
+
+@cli.command()
+@catalog_option
+@state_option
+@profile_option
+@strict_option
+@endpoint_option
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the API token from this file (default: $OS_AUTH_TOKEN).")
+@report_options
+@click.option("--dry-run", is_flag=True,
+              help="Print the exact request bodies; touch neither the API nor the state file.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed without "
+                                                  "a terminal, e.g. in cron).")
+@click.option("--parallelism", type=click.IntRange(1, 64), default=10, show_default=True,
+              help="How many creates run at once.")
+@click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
+              help="Retries per image for 429, 5xx and connection errors.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, help="Seconds to wait for a connection.")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, help="Seconds to wait for an answer.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Logs on stderr: text (warnings only) or JSON lines "
+                                      "(every event, for cron).")
+@click.pass_obj
+def apply(rt: Runtime, catalog: Path, state: Path, profile: str, strict: bool,
+          endpoint: str | None, token_file: Path | None, fmt: str, output: Path | None,
+          templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
+          connect_timeout: float, read_timeout: float, log_format: str) -> None:
+    """Create the images the catalog has and the state lacks, and record each one.
+
+    Never creates an image twice: each create is journaled with a marker before it is sent,
+    and a lost answer is looked up before anything is sent again. Safe to kill at any
+    moment; the next apply resolves what was in flight. Exits 1 if any image failed.
+
+    \b
+    Examples:
+      reconcile apply --dry-run
+      OS_AUTH_TOKEN=... reconcile apply --endpoint https://ims.example.com --yes
+      reconcile apply --yes --log-format json --format html --output report.html
+    """
+    _setup_logging(log_format)
+    if dry_run:
+        report = dry_run_report(catalog, state, profile=profile, strict=strict,
+                                endpoint=endpoint, clock=rt.clock)
+        _write_report(render(report, fmt, color=_color(output), templates=templates), output)
+        return
+    if not endpoint:
+        raise ConfigError("apply needs the Image API endpoint: pass --endpoint URL or set "
+                          "RECONCILE_ENDPOINT")
+    tokens = _token(token_file)
+    if not yes:
+        preview = make_plan(catalog, state, profile=profile, strict=strict, endpoint=endpoint,
+                            clock=rt.clock)
+        if not sys.stdin.isatty():
+            raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
+                              "in a terminal")
+        click.echo(plan_line(preview.plan.summary()), err=True)
+        if not preview.plan.creates and not preview.plan.count("blocked"):
+            click.echo("nothing to create", err=True)
+        elif not click.confirm(f"Create {len(preview.plan.creates)} image(s) at {endpoint}?",
+                               err=True):
+            raise click.exceptions.Abort()
+    progress = _Progress(sys.stderr.isatty())
+    api = rt.extra.get("api") or ImageClient(
+        endpoint, token_provider=tokens, connect_timeout=connect_timeout,
+        read_timeout=read_timeout)
+    try:
+        result = apply_catalog(
+            catalog, state, profile=profile, strict=strict, endpoint=endpoint, api=api,
+            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            clock=rt.clock, on_outcome=progress,
+            on_plan=lambda p: progress.start(len(p.creates)))
+    finally:
+        progress.close()
+        if isinstance(api, ImageClient):
+            api.close()
+    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
+    if result.aborted:
+        raise ReconcileError(f"run aborted: {result.aborted}")
+    if result.failed:
+        raise click.exceptions.Exit(1)
+
+
+# --- sandbox ---------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port; 0 picks a free one.")
+@click.option("--profile", type=click.Choice(list(PROFILES)), default="ims",
+              show_default=True, help="Validation rules and response shape.")
+@click.option("--token", help="Require this X-Auth-Token (default: accept any).")
+@click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Delay added to every API request.")
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Fraction of requests answered 500/503 (nothing committed).")
+@click.option("--throttle-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Fraction of requests answered 429 with Retry-After.")
+@click.option("--drop-response-rate", type=click.FloatRange(0, 1), default=0.0,
+              show_default=True,
+              help="Fraction of creates committed, then the connection dropped unanswered.")
+@click.option("--seed", type=int, help="Seed for the fault injection (deterministic runs).")
+@click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
+              help="JSON file keeping the images across restarts.")
+@click.option("--verbose", "-v", is_flag=True, help="Log every request to stderr.")
+def sandbox(host: str, port: int, profile: str, token: str | None, latency_ms: int,
+            fail_rate: float, throttle_rate: float, drop_response_rate: float,
+            seed: int | None, data: Path | None, verbose: bool) -> None:
+    """Serve a local IMS-compatible Image API for demos and tests.
+
+    Prints `listening on http://HOST:PORT` once ready; stops on Ctrl-C or SIGTERM.
+
+    \b
+    Examples:
+      reconcile sandbox --port 8080
+      reconcile sandbox --drop-response-rate 0.3 --fail-rate 0.1 --throttle-rate 0.1 --seed 7
+    """
+    from reconciler.sandbox import SandboxConfig, serve
+
+    config = SandboxConfig(host=host, port=port, profile=profile, token=token,
+                           latency_ms=latency_ms, fail_rate=fail_rate,
+                           throttle_rate=throttle_rate, drop_response_rate=drop_response_rate,
+                           seed=seed, data_file=str(data) if data else None, verbose=verbose)
+    serve(config, lambda url: click.echo(f"listening on {url}"))
 
 
 # --- state and history ---------------------------------------------------------------------

@@ -324,7 +324,8 @@ def _transport_error(
 # --------------------------------------------------------------------------- the client
 
 
-def _normalise_endpoint(endpoint: str) -> str:
+def normalize_endpoint(endpoint: str) -> str:
+    """The API root of an endpoint (no trailing / or /v2); also the state's target key."""
     root = endpoint.strip().rstrip("/")
     if root.endswith("/v2"):
         root = root[: -len("/v2")].rstrip("/")
@@ -364,7 +365,7 @@ class ImageClient:
         verify: bool | str = True,
         user_agent: str = DEFAULT_USER_AGENT,
     ) -> None:
-        self.endpoint = _normalise_endpoint(endpoint)
+        self.endpoint = normalize_endpoint(endpoint)
         self._tokens = token_provider
         self._user_agent = user_agent
         self._owns_http = http is None

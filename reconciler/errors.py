@@ -54,7 +54,8 @@ class CatalogError(ReconcileError):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
         n = len(self.problems)
-        head = f"catalog is invalid ({n} problem{'s' if n != 1 else ''}); nothing was sent or written"
+        plural = "s" if n != 1 else ""
+        head = f"catalog is invalid ({n} problem{plural}); nothing was sent or written"
         super().__init__("\n".join([head, *(str(p) for p in self.problems)]))
 
 

@@ -143,7 +143,7 @@ class Plan(Frozen):
         return sum(1 for c in self.changes if c.action == action)
 
     def summary(self) -> dict[str, int]:
-        counts = dict.fromkeys(ACTIONS, 0)
+        counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         for c in self.changes:
             counts[c.action] += 1
         return counts

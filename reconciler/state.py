@@ -31,18 +31,18 @@ DEFAULT_PATH = "reconcile-state.db"
 
 
 def _v1(db: Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["images"].create({
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("images").create({
         "target": str, "name": str, "image_id": str, "spec_digest": str,
         "request_json": str, "response_json": str, "status": str, "created_at": str,
         "updated_at": str, "recorded_at": str, "run_id": str,
     }, pk=("target", "name"), not_null={"image_id", "spec_digest", "recorded_at"})
-    db["runs"].create({
+    db.table("runs").create({
         "id": str, "mode": str, "target": str, "profile": str, "catalog_digest": str,
         "started_at": str, "finished_at": str, "host": str, "pid": int, "tool_version": str,
         "summary_json": str, "created": int, "failed": int, "outcome": str, "error": str,
     }, pk="id")
-    db["journal"].create({
+    db.table("journal").create({
         "nonce": str, "target": str, "name": str, "run_id": str, "request_json": str,
         "state": str, "started_at": str, "resolved_at": str, "image_id": str, "note": str,
     }, pk="nonce")
@@ -52,9 +52,9 @@ def _v1(db: Database) -> None:
 def _v2(db: Database) -> None:
     # v2: records say how they came to be (created, adopted, imported); runs count adoptions;
     # pending journal entries are found by index at the start of every apply.
-    db["images"].add_column("origin", str, not_null_default="created")
-    db["runs"].add_column("adopted", int, not_null_default=0)
-    db["journal"].create_index(["target", "state"], if_not_exists=True)
+    db.table("images").add_column("origin", str, not_null_default="created")
+    db.table("runs").add_column("adopted", int, not_null_default=0)
+    db.table("journal").create_index(["target", "state"], if_not_exists=True)
 
 
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1.
