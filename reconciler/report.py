@@ -52,6 +52,7 @@ def _environment(override: Path | None) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["value"] = _show_value
+    env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
     return env
 
 
@@ -102,7 +103,8 @@ def _view(report: RunReport, cap: int, *, color: bool) -> dict[str, Any]:
         "heading": HEADING,
         "paint": paint,
         "plan_line": plan_line(report.summary),
-        "apply_line": apply_line(report.summary) if report.mode == "apply" else "",
+        "apply_line": apply_line(report.summary) if report.outcomes or (
+            report.mode == "apply" and not report.dry_run) else "",
     }
 
 
@@ -117,11 +119,7 @@ def apply_line(s: dict[str, int]) -> str:
 
 
 def _show_value(value: Any) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    return json.dumps(value, ensure_ascii=False)
+    return "(unset)" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def change_json(change: Change) -> dict[str, Any]:
