@@ -1,0 +1,70 @@
+"""Settings of one sandbox instance; fault rates may be changed while it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from reconciler.errors import ConfigError
+from reconciler.sandbox.validation import OsVersionPolicy, Profile
+
+# The project id of Huawei's documented create example (api-contract §5.3).
+DEFAULT_PROJECT_ID = "b912fb4a4c464b568ecfca1071b21b10"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SandboxConfig:
+    """How the sandbox answers.
+
+    ``token`` set: every ``/v2`` request must carry it in ``X-Auth-Token`` (else 401), and
+    ``POST /v3/auth/tokens`` issues it; unset: any token, or none, is accepted. ``password``
+    set: ``/v3/auth/tokens`` checks it. Fault rates are fractions of ``/v2`` requests, drawn
+    from one ``random.Random(seed)``, so a seeded run is repeatable for a given request order:
+    ``fail_rate`` answers 500/503 without committing anything, ``throttle_rate`` answers 429
+    with ``Retry-After: retry_after_s``, ``drop_response_rate`` commits a create and then
+    closes the connection without a response. ``os_version_policy="fallback"`` stores an
+    unknown ``__os_version`` as ``Other Linux(64 bit)`` instead of answering IMG.0056.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    profile: Profile = "ims"
+    token: str | None = None
+    password: str | None = None
+    project_id: str = DEFAULT_PROJECT_ID
+    latency_ms: float = 0.0
+    fail_rate: float = 0.0
+    throttle_rate: float = 0.0
+    retry_after_s: float = 1.0
+    drop_response_rate: float = 0.0
+    seed: int | None = None
+    data_file: str | None = None
+    os_version_policy: OsVersionPolicy = "reject"
+    token_ttl_s: float = 24 * 3600.0
+    verbose: bool = False
+    clock: Callable[[], datetime] = field(default=utcnow, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.profile not in ("ims", "glance"):
+            raise ConfigError(f"sandbox profile must be 'ims' or 'glance', not {self.profile!r}")
+        if self.os_version_policy not in ("reject", "fallback"):
+            raise ConfigError(
+                f"os_version_policy must be 'reject' or 'fallback', not {self.os_version_policy!r}"
+            )
+        rates = {
+            "fail_rate": self.fail_rate,
+            "throttle_rate": self.throttle_rate,
+            "drop_response_rate": self.drop_response_rate,
+        }
+        for name, rate in rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1, not {rate}")
+        if self.fail_rate + self.throttle_rate > 1.0:
+            raise ConfigError("fail_rate + throttle_rate must not exceed 1")
+        if self.latency_ms < 0 or self.retry_after_s < 0:
+            raise ConfigError("latency_ms and retry_after_s must not be negative")
