@@ -140,7 +140,7 @@ class SandboxApp:
         image_id = str(body.get("id") or uuid.uuid4())
         image = build_foreign_image(
             body,
-            profile=self.config.profile,
+            profile=self.config.api_profile,
             owner=self.config.project_id,
             image_id=image_id,
             now=isotime(self.config.clock()),
@@ -191,14 +191,14 @@ class SandboxApp:
         cfg = self.config
         create = validate_create(
             req.body,
-            profile=cfg.profile,
+            profile=cfg.api_profile,
             project_id=cfg.project_id,
-            os_version_policy=cfg.os_version_policy,
+            os_version_policy=cfg.unknown_os_version,
         )
         image_id = create.image_id or str(uuid.uuid4())
         image = build_image(
             create,
-            profile=cfg.profile,
+            profile=cfg.api_profile,
             image_id=image_id,
             owner=cfg.project_id,
             now=isotime(cfg.clock()),

@@ -33,7 +33,7 @@ class SandboxConfig:
 
     host: str = "127.0.0.1"
     port: int = 0
-    profile: Profile = "ims"
+    profile: str = "ims"  # "ims" or "glance"; a plain str so CLI choices pass as they are
     token: str | None = None
     password: str | None = None
     project_id: str = DEFAULT_PROJECT_ID
@@ -44,10 +44,20 @@ class SandboxConfig:
     drop_response_rate: float = 0.0
     seed: int | None = None
     data_file: str | None = None
-    os_version_policy: OsVersionPolicy = "reject"
+    os_version_policy: str = "reject"  # or "fallback"
     token_ttl_s: float = 24 * 3600.0
     verbose: bool = False
     clock: Callable[[], datetime] = field(default=utcnow, repr=False)
+
+    @property
+    def api_profile(self) -> Profile:
+        """``profile`` narrowed for the typed internals (validated in ``__post_init__``)."""
+        return "glance" if self.profile == "glance" else "ims"
+
+    @property
+    def unknown_os_version(self) -> OsVersionPolicy:
+        """``os_version_policy`` narrowed likewise."""
+        return "fallback" if self.os_version_policy == "fallback" else "reject"
 
     def __post_init__(self) -> None:
         if self.profile not in ("ims", "glance"):
