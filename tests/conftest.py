@@ -86,7 +86,7 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             obj: Runtime | None = None) -> Result:
         return CliRunner().invoke(cli, [str(a) for a in args], env=env,
                                   obj=obj or Runtime(clock=fixed_clock),
-                                  catch_exceptions=False)
+                                  catch_exceptions=False, prog_name="reconcile")
 
     return run
 
