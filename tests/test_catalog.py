@@ -370,6 +370,49 @@ def test_aliased_image_is_located_at_the_alias(
     assert f"{root.as_posix()}/a.yaml:4: images[1].name: duplicate" in result.stderr
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: catalog._Loader keeps YAML 1.1 int resolution, "
+                   "so `min_disk: 010` silently loads as 8 (octal) and `1:30` as 90 "
+                   "(base 60) instead of being an error that says to write a plain number")
+@pytest.mark.parametrize("text", ["010", "1:30"], ids=["octal", "sexagesimal"])
+def test_yaml_11_integer_surprises_are_errors(
+        text: str, write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
+    root = write_catalog(image(f"min_disk: {text}"))
+    result = run_cli(["validate", "--catalog", root])
+    assert_clean_failure(result)
+    assert f"{root.as_posix()}/a.yaml:3: images[0].min_disk:" in result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: catalog._quote_hint quotes the converted int, so "
+                   "`name: 010` is told to write \"8\" and `tags: [0755]` to write \"493\"")
+@pytest.mark.parametrize(("lines", "path", "source"), [
+    (("tags: [0755]",), "images[0].tags[0]", "0755"),
+    (("properties:", "  mode: 0755"), "images[0].properties.mode", "0755"),
+], ids=["tag", "property"])
+def test_quote_hint_repeats_what_the_user_wrote(
+        lines: tuple[str, ...], path: str, source: str, write_catalog: Callable[..., Path],
+        run_cli: Callable[..., Result]) -> None:
+    root = write_catalog(image(*lines))
+    result = run_cli(["validate", "--catalog", root])
+    assert_clean_failure(result)
+    assert path in result.stderr
+    assert f'"{source}"' in result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Profile.max_tags / max_properties (128, Glance's "
+                   "quotas, 413 beyond) are defined but never checked by catalog._FileChecker")
+@pytest.mark.parametrize(("lines", "path"), [
+    (("tags: [" + ", ".join(f"t{i}" for i in range(129)) + "]",), "images[0].tags"),
+    (("properties:", *(f"  k{i}: v" for i in range(129))), "images[0].properties"),
+], ids=["129_tags", "129_properties"])
+def test_more_than_128_tags_or_properties_is_an_error(
+        lines: tuple[str, ...], path: str, write_catalog: Callable[..., Path],
+        run_cli: Callable[..., Result]) -> None:
+    root = write_catalog(image(*lines))
+    result = run_cli(["validate", "--catalog", root])
+    assert_clean_failure(result)
+    assert f"{root.as_posix()}/a.yaml:3: {path}:" in result.stderr
+
+
 # --- what valid catalogs load to ----------------------------------------------------------
 
 def test_defaults_merge_tags_united_properties_merged_scalars_overridden(
@@ -439,6 +482,18 @@ def test_images_are_sorted_by_name_and_remember_file_and_line(
     catalog = load_catalog(root, IMS)
     assert [(s.name, Path(s.file).name, s.line) for s in catalog.images] == [
         ("alpha", "b.yaml", 3), ("mid", "c.yml", 3), ("zeta", "b.yaml", 2)]
+
+
+def test_other_suffixes_and_hidden_files_are_ignored(write_catalog: Callable[..., Path]) -> None:
+    root = write_catalog({"a.yaml": "images:\n  - name: a\n", "notes.txt": "images: [",
+                          ".draft.yaml": "images: [", "b.yml": "images:\n  - name: b\n"})
+    catalog = load_catalog(root, IMS)
+    assert [Path(f).name for f in catalog.files] == ["a.yaml", "b.yml"]
+
+
+def test_crlf_and_bom_keep_line_numbers(write_catalog: Callable[..., Path]) -> None:
+    root = write_catalog({"a.yaml": "\ufeffimages:\r\n  - name: a\r\n  - name: b\r\n"})
+    assert [s.line for s in load_catalog(root, IMS).images] == [2, 3]
 
 
 def test_load_catalog_raises_catalog_error_with_problems(
