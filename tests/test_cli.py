@@ -373,3 +373,44 @@ def test_wrongly_typed_setting_in_toml_exits_1_cleanly(tmp_path: Path, run_cli: 
     result = run_cli(["validate"])
     assert result.exit_code == 1
     assert "reconcile.toml" in result.stderr
+
+
+# --- which endpoint's records plan compares with --------------------------------------------------
+
+@pytest.fixture
+def two_targets(tmp_path: Path, catalog_dir: Path, make_state: Callable[..., Path],
+                make_record: Callable[..., Record]) -> Path:
+    """The catalog recorded in sync at one endpoint; nothing but an orphan at another."""
+    state = make_state(tmp_path / "state.db", records_of(catalog_dir, make_record),
+                       target="https://ims.one.example")
+    return make_state(state, [make_record(ImageSpec(name="elsewhere", min_disk=4), "id-x")],
+                      target="https://ims.two.example")
+
+
+def test_plan_without_endpoint_refuses_a_state_with_several_targets(
+        catalog_dir: Path, two_targets: Path, run_cli: Run) -> None:
+    result = run_cli(["plan", "--catalog", catalog_dir, "--state", two_targets])
+    assert result.exit_code == 1
+    assert "https://ims.one.example, https://ims.two.example" in result.stderr
+    assert "--endpoint" in result.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["https://ims.one.example", "https://ims.one.example/",
+                                      "https://ims.one.example/v2"])
+def test_endpoint_selects_that_targets_records(endpoint: str, catalog_dir: Path,
+                                               two_targets: Path, run_cli: Run) -> None:
+    result = run_cli(["plan", "--catalog", catalog_dir, "--state", two_targets, "--format",
+                      "json", "--endpoint", endpoint, "--detailed-exitcode"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["target"] == "https://ims.one.example"
+    assert report["summary"]["unchanged"] == 2
+
+
+@pytest.mark.parametrize("endpoint", ["ftp://ims.example", "ims.example.com", "https://"])
+def test_endpoint_that_is_not_an_http_url_exits_1(endpoint: str, catalog_dir: Path,
+                                                  tmp_path: Path, run_cli: Run) -> None:
+    result = run_cli(["plan", "--catalog", catalog_dir, "--state", tmp_path / "none.db",
+                      "--endpoint", endpoint])
+    assert result.exit_code == 1
+    assert "must be an http:// or https:// URL" in result.stderr
