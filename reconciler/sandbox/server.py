@@ -176,7 +176,7 @@ class Sandbox:
         self._server = _Server((self.config.host, self.config.port), self._app)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.02},
             name=f"sandbox-{self.port}",
             daemon=True,
         )

@@ -66,10 +66,12 @@ class ImageStore:
         self._deleted: set[str] = set()
         self._next_seq = 0
         self._data_file = data_file
+        self._version = 0  # bumped by every mutation
+        self._saved_version = -1
+        self._save_lock = threading.Lock()
         if data_file is not None:
             self._load(data_file)
-            with self._lock:
-                self._save()  # fail at start, not on the first create, if it is not writable
+            self._persist(0)  # fail at start, not on the first create, if it is not writable
 
     def insert(self, image: dict[str, Any]) -> Record:
         """Add *image*; 409 if its id exists or existed."""
@@ -81,7 +83,9 @@ class ImageStore:
             record = Record(self._next_seq, image, encoded)
             self._next_seq += 1
             self._add(record)
-            self._save()
+            self._version += 1
+            version = self._version
+        self._persist(version)
         return record
 
     def get(self, image_id: str) -> Record | None:
@@ -97,8 +101,10 @@ class ImageStore:
             index = bisect.bisect_left(self._order, record.order_key, key=_order_key)
             del self._order[index]
             self._deleted.add(image_id)
-            self._save()
-            return True
+            self._version += 1
+            version = self._version
+        self._persist(version)
+        return True
 
     def records(self) -> list[Record]:
         """All records in insertion order."""
@@ -180,20 +186,34 @@ class ImageStore:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: malformed sandbox data file ({exc!r})") from exc
 
-    def _save(self) -> None:
-        """Rewrite the data file atomically; the caller holds the lock."""
+    def _persist(self, version: int) -> None:
+        """Return once the data file holds a snapshot that includes mutation *version*.
+
+        Writers queue on one lock; whoever gets it writes the newest snapshot, so concurrent
+        creates share one write instead of each rewriting the whole file.
+        """
         if self._data_file is None:
             return
+        with self._save_lock:
+            if self._saved_version >= version:
+                return
+            with self._lock:
+                text, snapshot = self._serialise(), self._version
+            tmp = f"{self._data_file}.tmp"
+            try:
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                os.replace(tmp, self._data_file)
+            except OSError as exc:
+                message = f"cannot write sandbox data file {self._data_file}: {exc}"
+                raise ConfigError(message) from exc
+            self._saved_version = snapshot
+
+    def _serialise(self) -> str:
+        """The data file's text, joined from cached encodings; the caller holds the lock."""
         images = ",\n".join(
             f'{{"seq": {r.seq}, "image": {r.encoded}}}' for r in self._by_id.values()
         )
         header = json.dumps({"format": _FORMAT, "version": _VERSION, "next_seq": self._next_seq})
         deleted = json.dumps(sorted(self._deleted))
-        text = f'{header[:-1]}, "deleted_ids": {deleted},\n"images": [\n{images}\n]}}\n'
-        tmp = f"{self._data_file}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, self._data_file)
-        except OSError as exc:
-            raise ConfigError(f"cannot write sandbox data file {self._data_file}: {exc}") from exc
+        return f'{header[:-1]}, "deleted_ids": {deleted},\n"images": [\n{images}\n]}}\n'
