@@ -258,6 +258,8 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     ("glance", "empty-tag-and-zero-disk", {"tags": [""], "min_disk": 0}),
     ("glance", "vmdk", {"disk_format": "vmdk"}),
     ("glance", "owner-is-project", {"owner": DEFAULT_PROJECT_ID}),
+    ("glance", "os-hash-fields-ignored", {"os_hash_algo": None, "os_hash_value": "ab"}),
+    ("ims", "os-hash-fields-ignored", {"os_hash_algo": None}),
 ]
 
 

@@ -167,7 +167,8 @@ class SandboxApp:
         accept = req.headers.get("accept", "")
         if fault.status == 429:
             reply = apig_throttled() if cfg.profile == "ims" else webob_default(429, accept)
-            reply.headers.append(("Retry-After", f"{cfg.retry_after_s:g}"))
+            retry_after = f"{cfg.retry_after_s:.3f}".rstrip("0").rstrip(".")
+            reply.headers.append(("Retry-After", retry_after or "0"))
             return reply
         if fault.status is not None:
             return webob_default(fault.status, accept)

@@ -263,5 +263,5 @@ def serve(config: SandboxConfig, on_ready: Callable[[str], None]) -> None:
         pass
     finally:
         sandbox.stop()
-        if in_main:
+        if in_main and previous is not None:  # None: the old handler was not set from Python
             signal.signal(signal.SIGTERM, previous)

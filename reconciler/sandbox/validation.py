@@ -293,6 +293,10 @@ def validate_create(
         if key in base:
             base[key] = _as_int(base[key])
     image_id = base.pop("id", None)
+    # In the schema but not base kwargs: Glance stores them as extras that the real (null)
+    # attributes then shadow in every response, so they are as good as ignored.
+    for key in ("os_hash_algo", "os_hash_value"):
+        extras.pop(key, None)
     req = CreateRequest(base=base, image_id=image_id, tags=tags, extras=extras)
     _check_glance_domain(req, project_id, profile)
     if profile == "ims":
