@@ -24,8 +24,25 @@ test: lint  ## lint, then the whole test suite
 test-fast: install  ## the suite without lint
 	$(BIN)/pytest -q -x
 
+# The demo: a sandbox on a free loopback port, plan, apply, plan again (no changes left),
+# with a temporary state file; the apply report is written to demo-report.html.
 demo: install  ## reconcile the example catalog against a local sandbox
-	@$(BIN)/python bench/demo.py
+	@set -e; tmp=$$(mktemp -d); \
+	$(BIN)/reconcile sandbox --port 0 > $$tmp/sandbox.out 2>&1 & spid=$$!; \
+	trap 'kill $$spid 2>/dev/null; rm -rf $$tmp' EXIT; \
+	for i in $$(seq 100); do grep -q '^listening on' $$tmp/sandbox.out && break; sleep 0.1; done; \
+	url=$$(sed -n 's/^listening on //p' $$tmp/sandbox.out); \
+	test -n "$$url" || { cat $$tmp/sandbox.out; echo "sandbox did not start"; exit 1; }; \
+	export RECONCILE_ENDPOINT=$$url RECONCILE_STATE=$$tmp/state.db OS_AUTH_TOKEN=demo-token; \
+	echo "== sandbox listening on $$url"; \
+	echo "== reconcile plan"; $(BIN)/reconcile plan; \
+	echo; echo "== reconcile apply --yes"; \
+	$(BIN)/reconcile apply --yes --format html --output demo-report.html; \
+	$(BIN)/reconcile state list; \
+	echo; echo "== reconcile plan (again: nothing left to do)"; \
+	$(BIN)/reconcile plan --detailed-exitcode; \
+	echo; echo "== reconcile history"; $(BIN)/reconcile history; \
+	echo; echo "demo done: open demo-report.html for the apply report"
 
 bench: install  ## benchmarks; appends to bench/RESULTS.md
 	$(BIN)/python bench/run.py

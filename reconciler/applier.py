@@ -210,9 +210,25 @@ class Applier:
         return self._failed(name, exc, attempt, started, prefix)
 
     def _find(self, name: str, nonce: str) -> dict[str, Any] | None:
-        """The live image carrying this nonce, if any (the oldest, should there be two)."""
-        found = [i for i in self.api.find_images(name, **{MARKER_PROPERTY: nonce})
-                 if i.get("status") not in _GONE]
+        """The live image carrying this nonce, if any (the oldest, should there be two).
+
+        A look-up is a read, so busy answers and lost connections are simply retried.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                images = self.api.find_images(name, **{MARKER_PROPERTY: nonce})
+                break
+            except (ServerError, TransportError) as exc:
+                if attempt >= self.retry.attempts or self._stop.is_set():
+                    raise
+                delay = self.retry.delay(attempt, exc.retry_after, self.rng)
+                log.warning("%s: look-up failed: %s; retrying in %.1fs", name, exc, delay,
+                            extra={"event": "lookup_retry", "image": name,
+                                   "status": exc.status, "attempt": attempt})
+                self.sleep(delay)
+        found = [i for i in images if i.get("status") not in _GONE]
         found.sort(key=lambda i: (str(i.get("created_at")), str(i.get("id"))))
         return found[0] if found else None
 

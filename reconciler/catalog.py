@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class LineDict(dict[Any, Any]):
     line: int = 0
     key_lines: dict[Any, int]
     duplicates: list[tuple[Any, int]]
+    bad_keys: list[tuple[str, int]]
 
 
 class LineList(list[Any]):
@@ -63,7 +65,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
 def _construct_map(loader: Any, node: yaml.MappingNode) -> Iterator[LineDict]:
     data = LineDict()
     data.line = node.start_mark.line + 1
-    data.key_lines, data.duplicates = {}, []
+    data.key_lines, data.duplicates, data.bad_keys = {}, [], []
     yield data
     loader.flatten_mapping(node)
     for key_node, value_node in node.value:
@@ -71,10 +73,8 @@ def _construct_map(loader: Any, node: yaml.MappingNode) -> Iterator[LineDict]:
         line = key_node.start_mark.line + 1
         if isinstance(key, RawScalar):
             key = key.text  # a key like `on:` or `1.10:` is meant as text
-        try:
-            hash(key)
-        except TypeError:
-            data.duplicates.append((f"<{type(key).__name__} key>", line))
+        if isinstance(key, (list, dict)):
+            data.bad_keys.append((_describe(key), line))
             continue
         if key in data:
             data.duplicates.append((key, line))
@@ -101,6 +101,16 @@ def _raw(kind: str, constructor: Any) -> Any:
     return construct
 
 
+_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
+
+
+def _construct_int(loader: Any, node: yaml.ScalarNode) -> Any:
+    # YAML 1.1 reads 010 as 8, 0x10 as 16 and 1:30 as 90: only plain decimals are numbers here.
+    if _PLAIN_INT.match(node.value):
+        return int(node.value)
+    return RawScalar(node.value, "number", yaml.SafeLoader.construct_yaml_int(loader, node))
+
+
 def _construct_null(loader: Any, node: yaml.ScalarNode) -> RawScalar:
     return RawScalar(node.value or "", "null", None)
 
@@ -109,6 +119,7 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 _Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
 _Loader.add_constructor("tag:yaml.org,2002:null", _construct_null)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor("tag:yaml.org,2002:float",
                         _raw("number", yaml.SafeLoader.construct_yaml_float))
 _Loader.add_constructor("tag:yaml.org,2002:timestamp",
@@ -125,8 +136,9 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         bad_line = raw.count(b"\n", 0, exc.start) + 1
-        return None, [Problem(display, bad_line, "", f"is not valid UTF-8 (byte 0x{raw[exc.start]:02x}"
-                                                 f" at offset {exc.start}); save it as UTF-8")]
+        byte = raw[exc.start]
+        return None, [Problem(display, bad_line, "", f"is not valid UTF-8 (byte 0x{byte:02x} "
+                                                     f"at offset {exc.start}); save it as UTF-8")]
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
@@ -235,6 +247,8 @@ class _FileChecker:
         for key, line in data.duplicates:
             self.error(line, f"{path}.{key}" if path else str(key),
                        "is given twice in the same mapping; keep one")
+        for what, line in data.bad_keys:
+            self.error(line, path, f"has a key that is {what}; keys must be text")
 
     def _fields(self, data: LineDict, path: str, *, allow_name: bool) -> dict[str, Any] | None:
         """Type-check the known fields of an image or defaults mapping."""
@@ -273,7 +287,9 @@ class _FileChecker:
             return self._value(field, value, line, where)
         if field in INT_FIELDS:
             if isinstance(value, bool) or not isinstance(value, int):
-                self.error(line, where, f"must be a whole number, but it is {_describe(value)}")
+                hint = "; write a plain decimal number" if isinstance(value, RawScalar) else ""
+                self.error(line, where, f"must be a whole number, but it is "
+                           f"{_describe(value)}{hint}")
                 return None
             return self._value(field, int(value), line, where)
         if field == "protected":
@@ -310,6 +326,10 @@ class _FileChecker:
             if message:
                 self.error(tag_line, f"{where}[{i}]", message)
                 ok = False
+        if len(set(value)) > self.profile.max_tags:
+            self.error(line, where, f"has {len(set(value))} tags; the API allows at most "
+                                    f"{self.profile.max_tags}")
+            ok = False
         return tuple(value) if ok else None
 
     def _properties(self, value: Any, line: int, where: str) -> dict[str, str] | None:
@@ -319,6 +339,10 @@ class _FileChecker:
             return None
         self._duplicates(value, where)
         ok = True
+        if len(value) > self.profile.max_properties:
+            self.error(line, where, f"has {len(value)} properties; the API allows at most "
+                                    f"{self.profile.max_properties}")
+            ok = False
         for key, item in value.items():
             key_line = value.key_lines.get(key, value.line)
             if not isinstance(key, str):

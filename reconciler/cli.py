@@ -40,9 +40,14 @@ from reconciler.report import FORMATS, plan_line, render
 from reconciler.state import DEFAULT_PATH
 
 CONFIG_FILE = "reconcile.toml"
-# reconcile.toml keys and the option each one sets (in every command that has it).
-CONFIG_KEYS = ("catalog", "state", "profile", "endpoint", "format", "templates", "strict",
-               "parallelism", "log_format", "connect_timeout", "read_timeout")
+# reconcile.toml keys: (the parameter each one sets in every command that has it, its type).
+CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
+    "catalog": ("catalog", str), "state": ("state", str), "profile": ("profile", str),
+    "endpoint": ("endpoint", str), "format": ("fmt", str), "templates": ("templates", str),
+    "strict": ("strict", bool), "parallelism": ("parallelism", int),
+    "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
+    "read_timeout": ("read_timeout", (int, float)),
+}
 
 
 @dataclass
@@ -63,11 +68,18 @@ def _load_config(path: Path) -> dict[str, Any]:
     section = data.get("reconcile", data)
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [reconcile] must be a table")
-    for key in section:
+    settings: dict[str, Any] = {}
+    for key, value in section.items():
         if key not in CONFIG_KEYS:
             raise ConfigError(f"{path}: unknown setting {key!r}"
-                              + did_you_mean(key, CONFIG_KEYS))
-    return section
+                              + did_you_mean(key, tuple(CONFIG_KEYS)))
+        param, kind = CONFIG_KEYS[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            names = kind.__name__ if isinstance(kind, type) else "number"
+            raise ConfigError(f"{path}: setting {key!r} must be a {names.replace('str', 'string')}"
+                              f", not {type(value).__name__} ({value!r})")
+        settings[param] = value
+    return settings
 
 
 def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]:
@@ -471,7 +483,13 @@ def state() -> None:
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines for scripts.")
 def state_list(state: Path, as_json: bool) -> None:
-    """List recorded images: name, id, status, created_at, endpoint."""
+    """List recorded images: name, id, status, created_at, endpoint.
+
+    \b
+    Examples:
+      reconcile state list
+      reconcile state list --json | jq -r .image_id
+    """
     store = open_existing(state)
     try:
         rows = store.all_records()
@@ -498,7 +516,13 @@ def state_list(state: Path, as_json: bool) -> None:
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def state_show(name: str, state: Path, as_json: bool) -> None:
-    """Show everything recorded about one image: ids, timestamps, request and response."""
+    """Show everything recorded about one image: ids, timestamps, request and response.
+
+    \b
+    Examples:
+      reconcile state show ubuntu-18.04-base
+      reconcile state show ubuntu-18.04-base --json | jq .response.created_at
+    """
     store = open_existing(state)
     try:
         found = store.records_named(name)

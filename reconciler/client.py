@@ -242,8 +242,13 @@ def _without_status_line(message: str, status: int, reason: str) -> str:
 
 def _redact(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
-        text = text.replace(secret, _REDACTED)
+        # A 1-3 character "token" is no secret, and masking it would garble every message.
+        if len(secret) >= _MIN_SECRET:
+            text = text.replace(secret, _REDACTED)
     return text
+
+
+_MIN_SECRET = 4
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -37,15 +37,6 @@ def resolve(path: tuple[str, ...]) -> click.Command:
 
 
 COMMANDS = list(walk(cli))
-MISSING_EXAMPLE = {("state", "list"), ("state", "show")}
-
-
-def with_known_bugs(paths: list[tuple[str, ...]]) -> list[object]:
-    return [pytest.param(p, id=" ".join(p), marks=pytest.mark.xfail(
-        strict=True, reason=f"BUG: `reconcile {' '.join(p)} --help` has no Example section"))
-        if p in MISSING_EXAMPLE else pytest.param(p, id=" ".join(p)) for p in paths]
-
-
 def test_walk_finds_the_documented_commands() -> None:
     assert {("validate",), ("plan",), ("state",), ("state", "list"), ("state", "show"),
             ("history",)} <= set(COMMANDS)
@@ -61,7 +52,7 @@ def test_every_command_has_help(path: tuple[str, ...], run_cli: Run) -> None:
     assert summary[0] in " ".join(result.stdout.split())  # help is re-wrapped
 
 
-@pytest.mark.parametrize("path", with_known_bugs(COMMANDS))
+@pytest.mark.parametrize("path", [pytest.param(p, id=" ".join(p)) for p in COMMANDS])
 def test_every_command_help_shows_an_example(path: tuple[str, ...], run_cli: Run) -> None:
     result = run_cli([*path, "--help"])
     assert result.exit_code == 0
@@ -334,9 +325,6 @@ def test_strict_setting_in_toml_applies(tmp_path: Path, write_catalog: Callable[
     assert "(--strict)" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli._default_map matches settings to parameter "
-                   "names, and --format's parameter is `fmt`, so `format` in reconcile.toml "
-                   "is silently ignored")
 def test_format_setting_in_toml_applies(tmp_path: Path, catalog_dir: Path,
                                         run_cli: Run) -> None:
     (tmp_path / "reconcile.toml").write_text('format = "json"\n')
@@ -366,8 +354,6 @@ def test_missing_config_file_given_explicitly_exits_1(run_cli: Run) -> None:
     assert "nowhere.toml: cannot read" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a wrongly typed value in reconcile.toml "
-                   "(catalog = 5) reaches click.Path and raises TypeError with a traceback")
 def test_wrongly_typed_setting_in_toml_exits_1_cleanly(tmp_path: Path, run_cli: Run) -> None:
     (tmp_path / "reconcile.toml").write_text("catalog = 5\n")
     result = run_cli(["validate"])
