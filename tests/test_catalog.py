@@ -347,7 +347,7 @@ def test_strict_plan_refuses_lint_finding(
     assert "images[0].os_version:" in result.stderr
 
 
-# --- edge cases found while writing these tests ----------------------------------------------------
+# --- edge cases found while writing these tests ---------------------------------------
 
 def test_unhashable_key_is_not_reported_as_a_duplicate(
         write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
