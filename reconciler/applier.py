@@ -22,12 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from reconciler.errors import ApiError, AuthError, ClientError, ServerError, TransportError
-from reconciler.models import MARKER_PROPERTY, Change, ErrorInfo, ImageSpec, Outcome, Record
+from reconciler.models import (
+    GONE_STATUSES,
+    MARKER_PROPERTY,
+    Change,
+    ErrorInfo,
+    ImageSpec,
+    Outcome,
+    Record,
+    body_digest,
+)
 from reconciler.state import StateStore, now_iso
 
 log = logging.getLogger("reconciler.apply")
-
-_GONE = frozenset({"deleted", "pending_delete", "killed"})
 
 
 class ImageApi(Protocol):
@@ -228,7 +235,7 @@ class Applier:
                             extra={"event": "lookup_retry", "image": name,
                                    "status": exc.status, "attempt": attempt})
                 self.sleep(delay)
-        found = [i for i in images if i.get("status") not in _GONE]
+        found = [i for i in images if i.get("status") not in GONE_STATUSES]
         found.sort(key=lambda i: (str(i.get("created_at")), str(i.get("id"))))
         return found[0] if found else None
 
@@ -236,7 +243,7 @@ class Applier:
                 started: float, attempts: int, *, result: str = "created",
                 origin: str = "created") -> Outcome:
         record = Record.model_construct(
-            name=name, image_id=image["id"], spec_digest=_digest(body), request=body,
+            name=name, image_id=image["id"], spec_digest=body_digest(body), request=body,
             response=image, status=image.get("status"), created_at=image.get("created_at"),
             updated_at=image.get("updated_at"), recorded_at=now_iso(), run_id=self.run_id,
             origin=origin)
@@ -272,6 +279,13 @@ class Applier:
             self._stop.set()
 
 
-def _digest(body: dict[str, Any]) -> str:
-    from reconciler.models import body_digest
-    return body_digest(body)
+def adoption_request(spec: ImageSpec, image: dict[str, Any]) -> dict[str, Any]:
+    """What we would have sent to get ``image``: the catalog's fields, valued as in the cloud.
+
+    Recording this (not the catalog's body) keeps the record honest: if the image differs
+    from the catalog, the next plan shows it as drift.
+    """
+    request = {key: image.get(key) for key in spec.body()}
+    if MARKER_PROPERTY in image:
+        request[MARKER_PROPERTY] = image[MARKER_PROPERTY]
+    return request

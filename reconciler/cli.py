@@ -7,32 +7,37 @@ because exit code 2 means "plan succeeded and has changes" (``--detailed-exitcod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__
+from reconciler import __version__, planfile
 from reconciler.applier import RetryPolicy
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
 from reconciler.client import ImageClient, StaticToken
 from reconciler.errors import ConfigError, ReconcileError
-from reconciler.models import Outcome
+from reconciler.models import Outcome, Plan
 from reconciler.operations import (
+    ApplyRequest,
     Clock,
     apply_catalog,
     dry_run_report,
+    forget_image,
     get_profile,
+    import_image,
     make_plan,
     open_existing,
+    save_plan,
     utc_now,
 )
 from reconciler.profiles import PROFILES
@@ -233,39 +238,17 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
                f"(profile {profile})")
 
 
-@cli.command("plan")
-@catalog_option
-@state_option
-@profile_option
-@strict_option
-@endpoint_option
-@report_options
-@click.option("--detailed-exitcode", is_flag=True,
-              help="Exit 2 when the plan has changes (create, drift, orphan or blocked), "
-                   "0 when everything is unchanged.")
-@click.pass_obj
-def plan_cmd(rt: Runtime, catalog: Path, state: Path, profile: str, strict: bool,
-             endpoint: str | None, fmt: str, output: Path | None, templates: Path | None,
-             detailed_exitcode: bool) -> None:
-    """Show what apply would do: compare the catalog with the state file.
-
-    Works offline and without credentials; never creates or changes the state file.
-
-    \b
-    Examples:
-      reconcile plan
-      reconcile plan --format markdown --detailed-exitcode > comment.md
-      reconcile plan --format html --output plan.html
-    """
-    result = make_plan(catalog, state, profile=profile, strict=strict, endpoint=endpoint,
-                       clock=rt.clock)
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
-    summary = result.plan.summary()
-    if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
-        raise click.exceptions.Exit(2)
+def token_file_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+                        help="Read the API token from this file (default: $OS_AUTH_TOKEN).")(f)
 
 
-# --- apply ---------------------------------------------------------------------------------
+def timeout_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
+                     show_default=True, help="Seconds to wait for a connection.")(f)
+    return click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
+                        show_default=True, help="Seconds to wait for an answer.")(f)
+
 
 def _token(token_file: Path | None) -> StaticToken:
     """The API token: --token-file, else OS_AUTH_TOKEN. Never echoed anywhere."""
@@ -283,6 +266,74 @@ def _token(token_file: Path | None) -> StaticToken:
         raise ConfigError("no credentials: set OS_AUTH_TOKEN or pass --token-file FILE")
     return StaticToken(token)
 
+
+@contextlib.contextmanager
+def _api(rt: Runtime, endpoint: str | None, token_file: Path | None, *, why: str,
+         connect_timeout: float = 10.0, read_timeout: float = 60.0) -> Iterator[ImageClient]:
+    """An Image API client for commands that talk to the cloud; closed afterwards."""
+    if not endpoint:
+        raise ConfigError(f"{why} needs the Image API endpoint: pass --endpoint URL or set "
+                          "RECONCILE_ENDPOINT")
+    injected = rt.extra.get("api")
+    client = injected or ImageClient(endpoint, token_provider=_token(token_file),
+                                     connect_timeout=connect_timeout, read_timeout=read_timeout)
+    try:
+        yield client
+    finally:
+        if client is not injected:
+            client.close()
+
+
+@cli.command("plan")
+@catalog_option
+@state_option
+@profile_option
+@strict_option
+@endpoint_option
+@token_file_option
+@click.option("--refresh", is_flag=True,
+              help="Also read the cloud (needs --endpoint and a token): find images deleted "
+                   "or changed out of band, lost records to adopt, and same-name duplicates.")
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Save the plan to this file; `reconcile apply FILE` applies exactly it.")
+@report_options
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
+                   "everything is unchanged.")
+@timeout_options
+@click.pass_obj
+def plan_cmd(rt: Runtime, catalog: Path, state: Path, profile: str, strict: bool,
+             endpoint: str | None, token_file: Path | None, refresh: bool, out: Path | None,
+             fmt: str, output: Path | None, templates: Path | None, detailed_exitcode: bool,
+             connect_timeout: float, read_timeout: float) -> None:
+    """Show what apply would do: compare the catalog with the state file.
+
+    Works offline and without credentials unless --refresh is given; never creates or
+    changes the state file.
+
+    \b
+    Examples:
+      reconcile plan
+      reconcile plan --format markdown --detailed-exitcode > comment.md
+      reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
+    """
+    with contextlib.ExitStack() as stack:
+        api = stack.enter_context(_api(rt, endpoint, token_file, why="plan --refresh",
+                                       connect_timeout=connect_timeout,
+                                       read_timeout=read_timeout)) if refresh else None
+        result = make_plan(catalog, state, profile=profile, strict=strict, endpoint=endpoint,
+                           api=api, clock=rt.clock)
+    if out is not None:
+        saved = save_plan(result, out, clock=rt.clock)
+        click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
+                   f"`reconcile apply {out}`", err=True)
+    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
+    summary = result.plan.summary()
+    if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
+        raise click.exceptions.Exit(2)
+
+
+# --- apply ---------------------------------------------------------------------------------
 
 class _Progress:
     """A one-line progress display on a terminal's stderr; silent elsewhere."""
@@ -339,14 +390,28 @@ def _setup_logging(log_format: str) -> None:
         logger.setLevel(logging.WARNING)
 
 
+def _confirm(preview: Plan, endpoint: str) -> None:
+    if not sys.stdin.isatty():
+        raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
+                          "in a terminal")
+    click.echo(plan_line(preview.summary()), err=True)
+    work = len(preview.creates) + len(preview.adoptions) + preview.count("blocked")
+    if work and not click.confirm(f"Create {len(preview.creates)} and adopt "
+                                  f"{len(preview.adoptions)} image(s) at {endpoint}?", err=True):
+        raise click.exceptions.Abort()
+
+
 @cli.command()
+@click.argument("plan_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @catalog_option
 @state_option
 @profile_option
 @strict_option
 @endpoint_option
-@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Read the API token from this file (default: $OS_AUTH_TOKEN).")
+@token_file_option
+@click.option("--refresh/--no-refresh", default=True, show_default=True,
+              help="Read the cloud first: recreate images deleted out of band, adopt lost "
+                   "records, block same-name duplicates.")
 @report_options
 @click.option("--dry-run", is_flag=True,
               help="Print the exact request bodies; touch neither the API nor the state file.")
@@ -356,70 +421,64 @@ def _setup_logging(log_format: str) -> None:
               help="How many creates run at once.")
 @click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
               help="Retries per image for 429, 5xx and connection errors.")
-@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
-              show_default=True, help="Seconds to wait for a connection.")
-@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
-              show_default=True, help="Seconds to wait for an answer.")
+@timeout_options
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Logs on stderr: text (warnings only) or JSON lines "
                                       "(every event, for cron).")
 @click.pass_obj
-def apply(rt: Runtime, catalog: Path, state: Path, profile: str, strict: bool,
-          endpoint: str | None, token_file: Path | None, fmt: str, output: Path | None,
-          templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
-          connect_timeout: float, read_timeout: float, log_format: str) -> None:
+def apply(rt: Runtime, plan_file: Path | None, catalog: Path, state: Path, profile: str,
+          strict: bool, endpoint: str | None, token_file: Path | None, refresh: bool,
+          fmt: str, output: Path | None, templates: Path | None, dry_run: bool, yes: bool,
+          parallelism: int, retries: int, connect_timeout: float, read_timeout: float,
+          log_format: str) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
     and a lost answer is looked up before anything is sent again. Safe to kill at any
-    moment; the next apply resolves what was in flight. Exits 1 if any image failed.
+    moment; the next apply resolves what was in flight. With PLAN_FILE (from `plan --out`)
+    it applies exactly that plan, once, or refuses if anything changed since.
+    Exits 1 if any image failed or is blocked.
 
     \b
     Examples:
       reconcile apply --dry-run
       OS_AUTH_TOKEN=... reconcile apply --endpoint https://ims.example.com --yes
       reconcile apply --yes --log-format json --format html --output report.html
+      reconcile apply plan.json --yes
     """
     _setup_logging(log_format)
+    saved = planfile.read(plan_file) if plan_file else None
+    if saved is not None:
+        endpoint = endpoint or saved.target
     if dry_run:
+        if saved is not None:
+            raise ConfigError("--dry-run shows a catalog's plan; a saved plan is already "
+                              f"reviewable: `cat {plan_file}`")
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
         _write_report(render(report, fmt, color=_color(output), templates=templates), output)
         return
-    if not endpoint:
-        raise ConfigError("apply needs the Image API endpoint: pass --endpoint URL or set "
-                          "RECONCILE_ENDPOINT")
-    tokens = _token(token_file)
-    if not yes:
-        preview = make_plan(catalog, state, profile=profile, strict=strict, endpoint=endpoint,
-                            clock=rt.clock)
-        if not sys.stdin.isatty():
-            raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
-                              "in a terminal")
-        click.echo(plan_line(preview.plan.summary()), err=True)
-        if not preview.plan.creates and not preview.plan.count("blocked"):
-            click.echo("nothing to create", err=True)
-        elif not click.confirm(f"Create {len(preview.plan.creates)} image(s) at {endpoint}?",
-                               err=True):
-            raise click.exceptions.Abort()
-    progress = _Progress(sys.stderr.isatty())
-    api = rt.extra.get("api") or ImageClient(
-        endpoint, token_provider=tokens, connect_timeout=connect_timeout,
-        read_timeout=read_timeout)
-    try:
-        result = apply_catalog(
-            catalog, state, profile=profile, strict=strict, endpoint=endpoint, api=api,
-            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
-            clock=rt.clock, on_outcome=progress,
-            on_plan=lambda p: progress.start(len(p.creates)))
-    finally:
-        progress.close()
-        if isinstance(api, ImageClient):
-            api.close()
+    with _api(rt, endpoint, token_file, why="apply", connect_timeout=connect_timeout,
+              read_timeout=read_timeout) as api:
+        assert endpoint is not None
+        if not yes:
+            preview = make_plan(saved.catalog if saved else catalog, state,
+                                profile=saved.profile if saved else profile, strict=strict,
+                                endpoint=endpoint, api=api if refresh else None, clock=rt.clock)
+            _confirm(preview.plan, endpoint)
+        progress = _Progress(sys.stderr.isatty())
+        try:
+            result = apply_catalog(ApplyRequest(
+                catalog_dir=catalog, state_path=state, profile=profile, endpoint=endpoint,
+                api=api, strict=strict, refresh=refresh, saved=saved, parallelism=parallelism,
+                retry=RetryPolicy(attempts=retries + 1), clock=rt.clock, on_outcome=progress,
+                on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
+        finally:
+            progress.close()
     _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
-    if result.failed:
+    if result.failed or result.blocked:
         raise click.exceptions.Exit(1)
 
 
@@ -470,7 +529,7 @@ def sandbox(host: str, port: int, profile: str, token: str | None, latency_ms: i
 
 @cli.group()
 def state() -> None:
-    """Read what the state file records (read-only commands).
+    """Read what the state file records; import or forget images.
 
     \b
     Examples:
@@ -546,6 +605,53 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
         click.echo(f"{'spec_digest:':<13} {doc['spec_digest']}")
         click.echo("request:  " + json.dumps(doc["request"], sort_keys=True))
         click.echo("response: " + json.dumps(resp, sort_keys=True))
+
+
+@state.command("import")
+@click.argument("name")
+@click.argument("image_id")
+@catalog_option
+@state_option
+@profile_option
+@endpoint_option
+@token_file_option
+@click.option("--force", is_flag=True,
+              help="Import even if the image differs from the catalog entry (it then shows "
+                   "as drift), or replace an existing record.")
+@click.pass_obj
+def state_import(rt: Runtime, name: str, image_id: str, catalog: Path, state: Path,
+                 profile: str, endpoint: str | None, token_file: Path | None,
+                 force: bool) -> None:
+    """Start managing an existing image: record IMAGE_ID under the catalog name NAME.
+
+    The image is fetched and compared with the catalog entry first; differing fields are
+    listed and the import is refused unless --force.
+
+    \b
+    Example:
+      reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
+    """
+    with _api(rt, endpoint, token_file, why="state import") as api:
+        assert endpoint is not None
+        record = import_image(catalog, state, name, image_id, profile=profile,
+                              endpoint=endpoint, api=api, force=force)
+    click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
+               f"{record.created_at})")
+
+
+@state.command("forget")
+@click.argument("name")
+@state_option
+@endpoint_option
+def state_forget(name: str, state: Path, endpoint: str | None) -> None:
+    """Stop managing NAME: drop its record. The image stays in the cloud, untouched.
+
+    \b
+    Example:
+      reconcile state forget ubuntu-16.04-legacy
+    """
+    image_id = forget_image(state, name, endpoint=endpoint)
+    click.echo(f"forgot {name} ({image_id}); the image itself was not touched")
 
 
 @cli.command()

@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict
 #: found again by name and marker instead of being sent twice.
 MARKER_PROPERTY = "reconcile_marker"
 
-Action = Literal["create", "unchanged", "drift", "orphan", "blocked"]
-ACTIONS: tuple[Action, ...] = ("create", "unchanged", "drift", "orphan", "blocked")
+Action = Literal["create", "adopt", "unchanged", "drift", "orphan", "blocked"]
+ACTIONS: tuple[Action, ...] = ("create", "adopt", "unchanged", "drift", "orphan", "blocked")
+#: Image statuses that mean "not there any more".
+GONE_STATUSES = frozenset({"deleted", "pending_delete", "killed"})
 
 
 class Frozen(BaseModel):
@@ -103,6 +105,17 @@ class Record(Frozen):
     origin: str = "created"
 
 
+class Observed(Frozen):
+    """What a refresh saw in the cloud: the target project's live images.
+
+    ``gone`` maps recorded image ids that are confirmed missing to how they went (``404``,
+    ``deleted``, ``killed``); a recorded id absent from both was not looked at.
+    """
+
+    images: tuple[dict[str, Any], ...] = ()
+    gone: dict[str, str] = {}
+
+
 class PendingCreate(Frozen):
     """A journal entry whose create may or may not have reached the server."""
 
@@ -131,6 +144,7 @@ class Change(Frozen):
     line: int | None = None
     image_id: str | None = None
     spec: ImageSpec | None = None
+    remote: dict[str, Any] | None = None  # the image to adopt
 
 
 class Plan(Frozen):
@@ -151,6 +165,10 @@ class Plan(Frozen):
     @property
     def creates(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.action == "create")
+
+    @property
+    def adoptions(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action == "adopt")
 
 
 class ErrorInfo(Frozen):

@@ -9,19 +9,31 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler import __version__
-from reconciler.applier import Applier, ImageApi, RetryPolicy
+from reconciler import __version__, planfile
+from reconciler.applier import Applier, RetryPolicy, adoption_request
 from reconciler.catalog import load_catalog
-from reconciler.client import normalize_endpoint
-from reconciler.errors import ConfigError, StateError
-from reconciler.models import Catalog, Outcome, Plan, RunReport
-from reconciler.planner import plan
+from reconciler.client import ImageClient, normalize_endpoint
+from reconciler.errors import ConfigError, PlanFileError, StateError
+from reconciler.models import (
+    GONE_STATUSES,
+    Catalog,
+    Change,
+    Observed,
+    Outcome,
+    Plan,
+    Record,
+    RunReport,
+    body_digest,
+)
+from reconciler.planfile import SavedPlan
+from reconciler.planner import diff_bodies, plan
 from reconciler.profiles import PROFILES, Profile
-from reconciler.state import StateStore
+from reconciler.refresh import observe
+from reconciler.state import StateStore, now_iso
 
 Clock = Callable[[], datetime]
 
@@ -59,24 +71,38 @@ class PlanResult:
     plan: Plan
     report: RunReport
     state_revision: int
+    observed: Observed | None
 
 
 def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
-              clock: Clock = utc_now) -> PlanResult:
-    """Plan offline: the catalog against the state file, which is only read (never created)."""
+              api: ImageClient | None = None, clock: Clock = utc_now) -> PlanResult:
+    """Compare the catalog with the state file, which is only read (never created).
+
+    With ``api`` the cloud is read too (``--refresh``); without it the plan is offline.
+    """
     catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
     store = StateStore.open_readonly(state_path)
     try:
         target = resolve_target(store, endpoint)
         records = store.records(target) if store else {}
-        pending = {p.name for p in store.pending(target)} if store else set()
+        pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
         revision = store.revision() if store else 0
     finally:
         if store:
             store.close()
-    result = plan(catalog, records, target=target, pending=pending)
-    return PlanResult(catalog, result, plan_report(catalog, result, clock=clock), revision)
+    observed = observe(api, catalog.profile, records.values()) if api else None
+    result = plan(catalog, records, target=target, pending=pending, observed=observed)
+    report = plan_report(catalog, result, clock=clock)
+    return PlanResult(catalog, result, report, revision, observed)
+
+
+def save_plan(result: PlanResult, path: Path, *, clock: Clock = utc_now) -> SavedPlan:
+    saved = planfile.build(result.plan, catalog=result.catalog.directory,
+                           state_revision=result.state_revision, created_at=iso(clock()),
+                           tool_version=__version__, observed=result.observed)
+    planfile.write(saved, path)
+    return saved
 
 
 def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = utc_now) -> RunReport:
@@ -84,8 +110,7 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = utc_now) -> Ru
         format_version=1, mode="plan", dry_run=False, generated_at=iso(clock()),
         tool_version=__version__, catalog=catalog.directory, target=result.target,
         profile=result.profile, catalog_digest=result.catalog_digest, summary=result.summary(),
-        changes=result.changes, outcomes=(), warnings=(),
-        duration_s=None, run_id=None,
+        changes=result.changes, outcomes=(), warnings=(), duration_s=None, run_id=None,
     )
 
 
@@ -97,17 +122,6 @@ def open_existing(state_path: str | Path) -> StateStore:
     return store
 
 
-@dataclass(frozen=True)
-class ApplyResult:
-    report: RunReport
-    failed: int
-    aborted: str | None
-
-
-def new_run_id(clock: Clock = utc_now) -> str:
-    return f"{clock().astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
-
-
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                    strict: bool = False, endpoint: str | None = None,
                    clock: Clock = utc_now) -> RunReport:
@@ -117,69 +131,174 @@ def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: 
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 
-def apply_catalog(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
-                  endpoint: str, api: ImageApi, strict: bool = False, parallelism: int = 10,
-                  retry: RetryPolicy | None = None, clock: Clock = utc_now,
-                  on_outcome: Callable[[Outcome], None] = lambda o: None,
-                  on_plan: Callable[[Plan], None] = lambda p: None) -> ApplyResult:
-    """Create what the catalog has and the state lacks, under the state lock.
+# --- apply ---------------------------------------------------------------------------------
 
-    Pending creates of earlier runs are resolved first, then the plan is made again from
-    the state as it is now, so what was shown for confirmation can never be applied twice.
+@dataclass(frozen=True)
+class ApplyResult:
+    report: RunReport
+    failed: int
+    blocked: int
+    aborted: str | None
+
+
+def new_run_id(clock: Clock = utc_now) -> str:
+    return f"{clock().astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class ApplyRequest:
+    """Everything one apply needs. ``saved``: apply exactly this saved plan."""
+
+    catalog_dir: str | Path
+    state_path: str | Path
+    profile: str
+    endpoint: str
+    api: ImageClient
+    strict: bool = False
+    refresh: bool = True
+    saved: SavedPlan | None = None
+    parallelism: int = 10
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    clock: Clock = utc_now
+    on_outcome: Callable[[Outcome], None] = lambda o: None
+    on_plan: Callable[[Plan], None] = lambda p: None
+
+
+def apply_catalog(req: ApplyRequest) -> ApplyResult:
+    """Create (and adopt) what the catalog has and the state lacks, under the state lock.
+
+    Pending creates of earlier runs are resolved first and the plan is made from the state
+    as it is then, so a create shown for confirmation can never happen twice. A saved plan is
+    checked against the world before anything is written, and then applied once.
     """
-    catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
-    target = normalize_endpoint(endpoint)
-    store = StateStore.open_for_write(state_path)
+    saved = req.saved
+    if saved is not None and normalize_endpoint(req.endpoint) != saved.target:
+        raise PlanFileError(f"the plan was made for {saved.target}, not {req.endpoint}")
+    catalog = load_catalog(saved.catalog if saved else req.catalog_dir,
+                           get_profile(saved.profile if saved else req.profile),
+                           strict=req.strict)
+    target = normalize_endpoint(req.endpoint)
+    store = StateStore.open_for_write(req.state_path)
     try:
         with store.lock():
-            return _apply_locked(store, catalog, target, api, parallelism,
-                                 retry or RetryPolicy(), clock, on_outcome, on_plan)
+            return _apply_locked(req, store, catalog, target)
     finally:
         store.close()
 
 
-def _apply_locked(store: StateStore, catalog: Catalog, target: str, api: ImageApi,
-                  parallelism: int, retry: RetryPolicy, clock: Clock,
-                  on_outcome: Callable[[Outcome], None],
-                  on_plan: Callable[[Plan], None]) -> ApplyResult:
-    started, t0 = clock(), time.monotonic()
-    run_id = new_run_id(clock)
+def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
+                  target: str) -> ApplyResult:
+    t0 = time.monotonic()
+    chosen: set[tuple[str, str]] | None = None
+    if req.saved is not None:
+        chosen = _check_saved(req, store, catalog, target)
+    run_id = new_run_id(req.clock)
     store.start_run(run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest(), tool_version=__version__,
-                    started_at=iso(started))
-    applier = Applier(store, api, target, run_id, parallelism=parallelism, retry=retry,
-                      on_outcome=on_outcome)
+                    started_at=iso(req.clock()))
+    if req.saved is not None:
+        store.mark_plan_applied(req.saved.plan_id, run_id)
+    applier = Applier(store, req.api, target, run_id, parallelism=req.parallelism,
+                      retry=req.retry, on_outcome=req.on_outcome)
     outcomes: list[Outcome] = []
     summary: dict[str, int] = {}
+    result: Plan | None = None
     try:
         outcomes.extend(applier.recover())
-        pending = {p.name for p in store.pending(target)}
-        result = plan(catalog, store.records(target), target=target, pending=pending)
-        summary = result.summary()
-        on_plan(result)
         if applier.abort_reason is None:
-            outcomes.extend(applier.create_all(result.creates))
+            records = store.records(target)
+            observed = observe(req.api, catalog.profile, records.values()) \
+                if req.refresh else None
+            pending = {p.name: p.nonce for p in store.pending(target)}
+            result = plan(catalog, records, target=target, pending=pending, observed=observed)
+            summary = result.summary()
+            req.on_plan(result)
+            todo = [c for c in result.changes if chosen is None or (c.name, c.action) in chosen]
+            outcomes.extend(_adopt(store, target, run_id, catalog, todo, req.on_outcome))
+            outcomes.extend(applier.create_all([c for c in todo if c.action == "create"]))
     except KeyboardInterrupt:
         _finish(store, run_id, summary, outcomes, "interrupted", "interrupted")
+        raise
+    except Exception as exc:
+        _finish(store, run_id, summary, outcomes, "failed", str(exc))
         raise
     counts = _counts(outcomes)
     if applier.abort_reason:
         verdict = "aborted"
-    elif counts["failed"]:
+    elif counts["failed"] or summary.get("blocked"):
         verdict = "partial" if counts["created"] + counts["adopted"] else "failed"
     else:
         verdict = "success"
     _finish(store, run_id, summary, outcomes, verdict, applier.abort_reason)
     report = RunReport.model_construct(
-        format_version=1, mode="apply", dry_run=False, generated_at=iso(clock()),
+        format_version=1, mode="apply", dry_run=False, generated_at=iso(req.clock()),
         tool_version=__version__, catalog=catalog.directory, target=target,
-        profile=catalog.profile, catalog_digest=result.catalog_digest,
-        summary={**summary, **counts}, changes=result.changes,
+        profile=catalog.profile, catalog_digest=catalog.digest(),
+        summary={**(summary or dict.fromkeys(("create", "adopt", "unchanged", "drift",
+                                               "orphan", "blocked"), 0)), **counts},
+        changes=result.changes if result else (),
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
         warnings=(f"run aborted: {applier.abort_reason}",) if applier.abort_reason else (),
         duration_s=time.monotonic() - t0, run_id=run_id,
     )
-    return ApplyResult(report, counts["failed"] + counts["skipped"], applier.abort_reason)
+    return ApplyResult(report, counts["failed"] + counts["skipped"], summary.get("blocked", 0),
+                       applier.abort_reason)
+
+
+def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog,
+                 target: str) -> set[tuple[str, str]]:
+    """Refuse a saved plan that was applied already or that the world has moved past.
+
+    Runs before anything is written. Returns the (name, action) pairs to carry out.
+    """
+    saved = req.saved
+    assert saved is not None
+    applied = store.plan_applied(saved.plan_id)
+    if applied:
+        raise PlanFileError(f"this plan was applied already (run {applied['run_id']} at "
+                            f"{applied['applied_at']}); a saved plan can be applied once only. "
+                            "Make a new plan with `reconcile plan --out FILE`")
+    records = store.records(target)
+    observed = observe(req.api, catalog.profile, records.values()) if req.refresh else None
+    reasons = planfile.stale_reasons(saved, catalog_digest=catalog.digest(),
+                                     state_revision=store.revision(), observed=observed)
+    if not reasons:
+        pending = {p.name: p.nonce for p in store.pending(target)}
+        fresh = plan(catalog, records, target=target, pending=pending, observed=observed)
+        now = {(c.name, c.action) for c in fresh.changes if c.action in ("create", "adopt")}
+        then = {(c.name, c.action) for c in saved.changes}
+        reasons.extend(f"{name}: the plan says {action}, now it would not"
+                       for name, action in sorted(then - now))
+        reasons.extend(f"{name}: now it would {action}, the plan does not say so"
+                       for name, action in sorted(now - then))
+    if reasons:
+        raise PlanFileError("the saved plan is stale; nothing was done. Make a new plan.\n"
+                            + "\n".join(f"  - {r}" for r in reasons))
+    return {(c.name, c.action) for c in saved.changes}
+
+
+def _adopt(store: StateStore, target: str, run_id: str, catalog: Catalog,
+           changes: list[Change], on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
+    """Record the images the plan found in the cloud carrying our marker."""
+    outcomes = []
+    for change in changes:
+        if change.action != "adopt" or change.remote is None or change.spec is None:
+            continue
+        remote = change.remote
+        request = adoption_request(change.spec, remote)
+        store.save_record(target, Record.model_construct(
+            name=change.name, image_id=remote["id"], spec_digest=body_digest(request),
+            request=request, response=remote, status=remote.get("status"),
+            created_at=remote.get("created_at"), updated_at=remote.get("updated_at"),
+            recorded_at=now_iso(), run_id=run_id, origin="adopted"))
+        outcome = Outcome.model_construct(
+            name=change.name, result="adopted", image_id=remote["id"],
+            status=remote.get("status"), created_at=remote.get("created_at"),
+            updated_at=remote.get("updated_at"), attempts=0, duration_s=0.0, error=None,
+            request=None)
+        on_outcome(outcome)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _counts(outcomes: list[Outcome]) -> dict[str, int]:
@@ -195,3 +314,64 @@ def _finish(store: StateStore, run_id: str, summary: dict[str, int], outcomes: l
     store.finish_run(run_id, summary=summary, created=counts["created"],
                      adopted=counts["adopted"], failed=counts["failed"] + counts["skipped"],
                      outcome=verdict, error=error)
+
+
+# --- import and forget ---------------------------------------------------------------------
+
+def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, image_id: str, *,
+                 profile: str, endpoint: str, api: ImageClient, force: bool = False) -> Record:
+    """Start managing an existing image under a catalog name, after comparing it."""
+    catalog = load_catalog(catalog_dir, get_profile(profile))
+    spec = next((s for s in catalog.images if s.name == name), None)
+    if spec is None:
+        raise ConfigError(f"{name!r} is not in the catalog {catalog_dir}; add it first")
+    image = api.get_image(image_id)
+    if image is None or image.get("status") in GONE_STATUSES:
+        raise ConfigError(f"image {image_id} does not exist at {endpoint}")
+    request = adoption_request(spec, image)
+    differences = diff_bodies(spec.body(), request)
+    if differences and not force:
+        lines = "\n".join(f"  - {d.field}: catalog {d.before!r}, image {d.after!r}"
+                          for d in differences)
+        raise ConfigError(f"image {image_id} differs from the catalog entry {name!r}; fix the "
+                          f"catalog or pass --force to import it anyway (it will show as "
+                          f"drift):\n{lines}")
+    target = normalize_endpoint(endpoint)
+    store = StateStore.open_for_write(state_path)
+    try:
+        with store.lock():
+            existing = store.record(target, name)
+            if existing and existing.image_id != image_id and not force:
+                raise ConfigError(f"{name!r} is already recorded as {existing.image_id}; "
+                                  "`reconcile state forget` it first, or pass --force")
+            record = Record.model_construct(
+                name=name, image_id=image_id, spec_digest=body_digest(request),
+                request=request, response=image, status=image.get("status"),
+                created_at=image.get("created_at"), updated_at=image.get("updated_at"),
+                recorded_at=now_iso(), run_id=None, origin="imported")
+            store.save_record(target, record)
+            return record
+    finally:
+        store.close()
+
+
+def forget_image(state_path: str | Path, name: str, *, endpoint: str | None) -> str:
+    """Stop managing an image (its record goes; the image stays). Returns its id."""
+    store = StateStore.open_readonly(state_path)
+    if store is None:
+        raise StateError(f"state file {state_path} does not exist: nothing to forget")
+    try:
+        target = resolve_target(store, endpoint)
+    finally:
+        store.close()
+    store = StateStore.open_for_write(state_path)
+    try:
+        with store.lock():
+            record = store.record(target, name)
+            if record is None:
+                raise ConfigError(f"{name!r} is not recorded for {target or 'any endpoint'}; "
+                                  "`reconcile state list` shows what is")
+            store.forget(target, name)
+            return record.image_id
+    finally:
+        store.close()

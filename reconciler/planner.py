@@ -1,12 +1,16 @@
-"""The planner: a pure function from (catalog, records, pending creates) to a ``Plan``.
+"""The planner: a pure function from (catalog, records, pending creates, observed cloud) to
+a ``Plan``.
 
 No I/O, no clock, no randomness: the same inputs give the same plan, in name order, which is
-what makes plans reviewable and saved plans comparable.
+what makes plans reviewable and saved plans comparable. Without ``observed`` (an offline
+plan) the records are taken at their word; with it, the cloud's view wins: deleted images are
+created again, lost records are adopted by their marker, and same-name images block.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from reconciler.models import (
@@ -15,6 +19,7 @@ from reconciler.models import (
     Change,
     FieldDiff,
     ImageSpec,
+    Observed,
     Plan,
     Record,
 )
@@ -24,12 +29,15 @@ PENDING_DETAIL = ("an earlier apply stopped while creating this image; the next 
 
 
 def plan(catalog: Catalog, records: Mapping[str, Record], *, target: str,
-         pending: Collection[str] = ()) -> Plan:
-    """One change per image in the catalog or the records. ``pending``: names with an
-    unresolved journal entry."""
+         pending: Mapping[str, str] | None = None, observed: Observed | None = None) -> Plan:
+    """One change per image in the catalog or the records.
+
+    ``pending``: name -> nonce of each unresolved journal entry. ``observed``: the cloud.
+    """
     specs = {s.name: s for s in catalog.images}
+    cloud = _Cloud(observed) if observed is not None else None
     changes = [
-        _change(name, specs.get(name), records.get(name), name in pending,
+        _change(name, specs.get(name), records.get(name), (pending or {}).get(name), cloud,
                 catalog.warnings.get(name, ()))
         for name in sorted(specs.keys() | records.keys())
     ]
@@ -37,33 +45,119 @@ def plan(catalog: Catalog, records: Mapping[str, Record], *, target: str,
                                 catalog_digest=catalog.digest(), changes=tuple(changes))
 
 
-def _change(name: str, spec: ImageSpec | None, record: Record | None, pending: bool,
-            warnings: tuple[str, ...]) -> Change:
-    where: dict[str, Any] = {"file": spec.file, "line": spec.line} if spec else {}
+class _Cloud:
+    """Observed images indexed by id and by name."""
+
+    def __init__(self, observed: Observed) -> None:
+        self.gone = observed.gone
+        self.by_id = {i["id"]: i for i in observed.images}
+        self.by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for image in observed.images:
+            self.by_name[str(image.get("name"))].append(image)
+
+
+def _change(name: str, spec: ImageSpec | None, record: Record | None, nonce: str | None,
+            cloud: _Cloud | None, warnings: tuple[str, ...]) -> Change:
+    where: dict[str, Any] = {"file": spec.file, "line": spec.line, "spec": spec,
+                             "warnings": warnings} if spec else {}
+    if cloud is None:
+        return _offline(name, spec, record, nonce is not None, where)
+    live = cloud.by_name.get(name, [])
+    remote = cloud.by_id.get(record.image_id) if record else None
+    if record and remote is None:
+        gone = _gone_detail(record, cloud)
+        if spec is None:
+            return _make(name, "orphan", "not_in_catalog", "recorded, no longer in the catalog, "
+                         f"and {gone}", image_id=record.image_id)
+        return _unrecorded(name, spec, live, nonce, where, "missing_remotely", gone)
+    if record and remote is not None:
+        if spec is None:
+            return _make(name, "orphan", "not_in_catalog", "recorded but no longer in the "
+                         "catalog; it is left in the cloud untouched", image_id=record.image_id)
+        others = [i for i in live if i["id"] != record.image_id]
+        if others:
+            return _make(name, "blocked", "duplicates", _duplicates_detail(name, live),
+                         image_id=record.image_id, **where)
+        remote_diff = diff_remote(record.request, remote)
+        if remote_diff:
+            return _make(name, "drift", "changed_remotely", "the image was changed outside "
+                         "reconcile (recorded → now in the cloud)", image_id=record.image_id,
+                         diff=remote_diff, **where)
+        return _compare(name, spec, record, where)
+    assert spec is not None
+    return _unrecorded(name, spec, live, nonce, where, "not_recorded", "")
+
+
+def _offline(name: str, spec: ImageSpec | None, record: Record | None, pending: bool,
+             where: dict[str, Any]) -> Change:
     if record is None:
-        assert spec is not None
         if pending:
-            return _make(name, "blocked", "pending_create", PENDING_DETAIL, spec=spec,
-                         warnings=warnings, **where)
-        return _make(name, "create", "not_recorded", spec=spec, warnings=warnings, **where)
+            return _make(name, "blocked", "pending_create", PENDING_DETAIL, **where)
+        return _make(name, "create", "not_recorded", **where)
     if spec is None:
         return _make(name, "orphan", "not_in_catalog",
                      "recorded but no longer in the catalog; it is left in the cloud untouched",
                      image_id=record.image_id)
+    return _compare(name, spec, record, where)
+
+
+def _compare(name: str, spec: ImageSpec, record: Record, where: dict[str, Any]) -> Change:
     if spec.digest() == record.spec_digest:
-        return _make(name, "unchanged", "in_sync", spec=spec, warnings=warnings,
-                     image_id=record.image_id, **where)
+        return _make(name, "unchanged", "in_sync", image_id=record.image_id, **where)
     return _make(name, "drift", "catalog_changed",
                  "the catalog differs from what was sent when the image was created; "
-                 "apply does not update images", spec=spec, warnings=warnings,
-                 image_id=record.image_id, diff=diff_bodies(record.request, spec.body()), **where)
+                 "apply does not update images", image_id=record.image_id,
+                 diff=diff_bodies(record.request, spec.body()), **where)
+
+
+def _unrecorded(name: str, spec: ImageSpec, live: list[dict[str, Any]], nonce: str | None,
+                where: dict[str, Any], reason: str, detail: str) -> Change:
+    """A catalog image the state does not (or no longer) track: what does the cloud hold?"""
+    if not live:
+        return _make(name, "create", reason, detail, **where)
+    if len(live) > 1:
+        return _make(name, "blocked", "duplicates", _duplicates_detail(name, live), **where)
+    image = live[0]
+    marker = image.get(MARKER_PROPERTY)
+    if marker and (nonce is None or marker == nonce):
+        how = ("found the image an interrupted apply created" if nonce else
+               "found an image reconcile created whose record was lost")
+        return _make(name, "adopt", "adopted", f"{how} ({image['id']}, created "
+                     f"{image.get('created_at')}); apply records it instead of creating another",
+                     image_id=image["id"], remote=image, **where)
+    return _make(name, "blocked", "name_taken",
+                 f"an image named {name!r} that reconcile did not create exists "
+                 f"({image['id']}, created {image.get('created_at')}); take it over with "
+                 f"`reconcile state import {name} {image['id']}`, or rename the catalog entry",
+                 image_id=image["id"], **where)
+
+
+def _gone_detail(record: Record, cloud: _Cloud) -> str:
+    how = cloud.gone.get(record.image_id, "not listed")
+    what = {"404": "was deleted out of band", "deleted": "was deleted out of band",
+            "pending_delete": "is being deleted", "killed": "was killed (upload failed)"}
+    return (f"{record.image_id} (recorded {record.recorded_at}) "
+            f"{what.get(how, 'is no longer in the cloud')}")
+
+
+def _duplicates_detail(name: str, live: list[dict[str, Any]]) -> str:
+    listed = ", ".join(f"{i['id']} (created {i.get('created_at')})"
+                       for i in sorted(live, key=lambda i: (str(i.get("created_at")), i["id"])))
+    return (f"{len(live)} live images are named {name!r}: {listed}. Delete all but one, then "
+            f"`reconcile state import {name} ID` the one to keep")
 
 
 def _make(name: str, action: str, reason: str, detail: str = "", **fields: Any) -> Change:
     values: dict[str, Any] = {"detail": detail, "diff": (), "warnings": (), "file": None,
-                              "line": None, "image_id": None, "spec": None}
+                              "line": None, "image_id": None, "spec": None, "remote": None}
     values.update(fields)
     return Change.model_construct(name=name, action=action, reason=reason, **values)
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    if key == "tags" and isinstance(old, list) and isinstance(new, list):
+        return set(old) == set(new)  # the server treats tags as a set
+    return bool(old == new)
 
 
 def diff_bodies(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
@@ -71,9 +165,12 @@ def diff_bodies(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[Fi
     out = []
     for key in sorted((before.keys() | after.keys()) - {MARKER_PROPERTY}):
         old, new = before.get(key), after.get(key)
-        if key == "tags" and old is not None and new is not None and set(old) == set(new):
-            continue
-        if old != new:
+        if not _same(key, old, new):
             field = "os_version" if key == "__os_version" else key
             out.append(FieldDiff.model_construct(field=field, before=old, after=new))
     return tuple(out)
+
+
+def diff_remote(request: Mapping[str, Any], remote: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
+    """Fields that were sent and now differ in the cloud. Fields the server adds are ignored."""
+    return diff_bodies(request, {k: remote.get(k) for k in request})

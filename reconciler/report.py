@@ -24,11 +24,16 @@ LIST_LIMIT = 1_000
 _MARKDOWN_CAPS = (LIST_LIMIT, 300, 100, 30, 10, 0)
 _TEMPLATE = {"text": "report.txt.j2", "markdown": "report.md.j2", "html": "report.html.j2"}
 _COLORS = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "dim": "2", "bold": "1"}
-SYMBOL = {"create": "+", "unchanged": "=", "drift": "~", "orphan": "?", "blocked": "!"}
-HEADING = {"create": "To create", "unchanged": "Unchanged", "drift": "Drifted",
-           "orphan": "Orphaned (left untouched)", "blocked": "Blocked"}
-COLOR = {"create": "green", "unchanged": "dim", "drift": "yellow", "orphan": "cyan",
-         "blocked": "red", "created": "green", "adopted": "cyan", "failed": "red"}
+SYMBOL = {"create": "+", "adopt": "<", "unchanged": "=", "drift": "~", "orphan": "?",
+          "blocked": "!"}
+HEADING = {"create": "To create", "adopt": "To adopt (found in the cloud)",
+           "unchanged": "Unchanged", "drift": "Drifted", "orphan": "Orphaned (left untouched)",
+           "blocked": "Blocked"}
+COLOR = {"create": "green", "adopt": "cyan", "unchanged": "dim", "drift": "yellow",
+         "orphan": "cyan", "blocked": "red", "created": "green", "adopted": "cyan",
+         "failed": "red", "skipped": "red"}
+#: Sections in the order markdown and html show them: what needs attention first.
+SECTIONS = ("blocked", "drift", "create", "adopt", "orphan", "unchanged")
 
 
 def builtin_templates() -> Path:
@@ -99,6 +104,7 @@ def _view(report: RunReport, cap: int, *, color: bool) -> dict[str, Any]:
             len(v) > cap for v in results.values()),
         "cap": cap,
         "actions": ACTIONS,
+        "sections": SECTIONS,
         "symbol": SYMBOL,
         "heading": HEADING,
         "paint": paint,
@@ -109,8 +115,9 @@ def _view(report: RunReport, cap: int, *, color: bool) -> dict[str, Any]:
 
 
 def plan_line(s: dict[str, int]) -> str:
-    return (f"Plan: {s['create']} to create, {s['unchanged']} unchanged, {s['drift']} drifted, "
-            f"{s['orphan']} orphaned, {s['blocked']} blocked.")
+    adopt = f"{s['adopt']} to adopt, " if s.get("adopt") else ""
+    return (f"Plan: {s['create']} to create, {adopt}{s['unchanged']} unchanged, "
+            f"{s['drift']} drifted, {s['orphan']} orphaned, {s['blocked']} blocked.")
 
 
 def apply_line(s: dict[str, int]) -> str:

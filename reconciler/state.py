@@ -57,8 +57,14 @@ def _v2(db: Database) -> None:
     db.table("journal").create_index(["target", "state"], if_not_exists=True)
 
 
+def _v3(db: Database) -> None:
+    # v3: saved plans that were applied, so that a plan file can be applied once only.
+    db.table("applied_plans").create({"plan_id": str, "applied_at": str, "run_id": str},
+                                     pk="plan_id")
+
+
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -187,6 +193,11 @@ class StateStore:
                                 (nonce,)).fetchone()
         return dict(json.loads(row[0])) if row else {}
 
+    def plan_applied(self, plan_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT applied_at, run_id FROM applied_plans WHERE plan_id = ?",
+                                (plan_id,)).fetchone()
+        return {"applied_at": row[0], "run_id": row[1]} if row else None
+
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         cursor = self.conn.execute(
             "SELECT id, mode, target, profile, started_at, finished_at, host, pid, tool_version,"
@@ -223,6 +234,11 @@ class StateStore:
                 "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, 'running')",
                 (run_id, target, profile, catalog_digest, started_at, socket.gethostname(),
                  os.getpid(), tool_version))
+
+    def mark_plan_applied(self, plan_id: str, run_id: str) -> None:
+        with self._write() as c:
+            c.execute("INSERT INTO applied_plans (plan_id, applied_at, run_id) VALUES (?, ?, ?)",
+                      (plan_id, now_iso(), run_id))
 
     def finish_run(self, run_id: str, *, summary: dict[str, int], created: int, adopted: int,
                    failed: int, outcome: str, error: str | None = None) -> None:

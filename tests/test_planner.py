@@ -38,7 +38,7 @@ def catalog(*specs: ImageSpec, warnings: dict[str, tuple[str, ...]] | None = Non
 
 
 def only_change(cat: Catalog, records: dict[str, Record], pending: tuple[str, ...] = ()) -> Any:
-    result = plan(cat, records, target=TARGET, pending=pending)
+    result = plan(cat, records, target=TARGET, pending={n: f"nonce-{n}" for n in pending})
     assert len(result.changes) == 1
     return result.changes[0]
 
@@ -171,8 +171,8 @@ def test_changes_are_in_name_order_across_actions() -> None:
 def test_same_inputs_give_equal_plans() -> None:
     cat = catalog(spec("b"), spec("a"), warnings={"a": ("os_version x",)})
     records = {"b": recorded(spec("b"), min_disk=1), "z": record("z", {"name": "z"})}
-    first = plan(cat, records, target=TARGET, pending=("a",))
-    second = plan(cat, dict(reversed(records.items())), target=TARGET, pending=["a"])
+    first = plan(cat, records, target=TARGET, pending={"a": "n1"})
+    second = plan(cat, dict(reversed(records.items())), target=TARGET, pending={"a": "n1"})
     assert first == second
 
 
@@ -190,8 +190,8 @@ def test_plan_summary_and_identity() -> None:
     records = {"same": record("same", spec("same").body()),
                "moved": recorded(spec("moved"), min_disk=1),
                "old": record("old", {"name": "old"})}
-    result = plan(cat, records, target=TARGET, pending=("stuck",))
-    assert result.summary() == {"create": 1, "unchanged": 1, "drift": 1, "orphan": 1,
+    result = plan(cat, records, target=TARGET, pending={"stuck": "n1"})
+    assert result.summary() == {"create": 1, "adopt": 0, "unchanged": 1, "drift": 1, "orphan": 1,
                                 "blocked": 1}
     assert (result.target, result.profile, result.catalog_digest) == (
         TARGET, "ims", cat.digest())
@@ -201,5 +201,5 @@ def test_plan_summary_and_identity() -> None:
 def test_empty_catalog_and_state_plan_nothing() -> None:
     result = plan(catalog(), {}, target="")
     assert result.changes == ()
-    assert result.summary() == dict.fromkeys(("create", "unchanged", "drift", "orphan",
+    assert result.summary() == dict.fromkeys(("create", "adopt", "unchanged", "drift", "orphan",
                                               "blocked"), 0)

@@ -74,7 +74,7 @@ def scenario(tmp_path: Path, write_catalog: Callable[..., Path],
         make_record(drifted, "0b0b0b0b-0000-4000-8000-000000000002", request=sent_before),
         make_record(ImageSpec(name="zulu-orphan", min_disk=40),
                     "0f0f0f0f-0000-4000-8000-000000000003"),
-    ], pending=["charlie-pending"])
+    ], pending={"charlie-pending": "nonce-1"})
     return tmp_path
 
 
@@ -101,7 +101,7 @@ def test_plan_report_matches_golden_file(
 def test_golden_scenario_covers_every_action(scenario: Path,
                                              run_cli: Callable[..., Result]) -> None:
     report = json.loads(plan_output(run_cli, "--format", "json").stdout)
-    assert report["summary"] == {"create": 2, "unchanged": 1, "drift": 1, "orphan": 1,
+    assert report["summary"] == {"create": 2, "adopt": 0, "unchanged": 1, "drift": 1, "orphan": 1,
                                  "blocked": 1}
     assert report["generated_at"] == "2024-05-17T12:30:00Z"
     assert report["target"] == TARGET
@@ -160,7 +160,7 @@ def test_html_override_template_is_autoescaped_too(
 # --- markdown size -------------------------------------------------------------------------------
 
 def report_of(changes: list[Change]) -> RunReport:
-    summary = dict.fromkeys(("create", "unchanged", "drift", "orphan", "blocked"), 0)
+    summary = dict.fromkeys(("create", "adopt", "unchanged", "drift", "orphan", "blocked"), 0)
     for c in changes:
         summary[c.action] += 1
     return RunReport(mode="plan", generated_at="2024-05-17T12:30:00Z", tool_version="0.1.0",

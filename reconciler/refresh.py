@@ -1,0 +1,51 @@
+"""Read what the cloud holds, for ``plan --refresh`` and ``apply``.
+
+Lists the target project's images (every page) and confirms, one by one, each recorded image
+the listing did not show, so a listing filter can never make a live image look deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+from reconciler.models import GONE_STATUSES, Observed, Record
+
+
+class ListingApi(Protocol):
+    def list_images(self, filters: Mapping[str, str] | None = None, *,
+                    page_size: int = 1000) -> Iterator[dict[str, Any]]: ...
+
+    def get_image(self, image_id: str) -> dict[str, Any] | None: ...
+
+
+# Huawei lists public ("gold") images too unless asked for private ones (api-contract §10.1).
+_FILTERS = {"ims": {"__imagetype": "private"}, "glance": {}}
+
+
+def observe(api: ListingApi, profile: str, records: Iterable[Record]) -> Observed:
+    records = list(records)
+    owners = {r.response.get("owner") for r in records} - {None}
+    images = [i for i in api.list_images(_FILTERS.get(profile, {}))
+              if i.get("status") not in GONE_STATUSES and _ours(i, owners)]
+    seen = {i["id"] for i in images}
+    gone: dict[str, str] = {}
+    for record in records:
+        if record.image_id in seen:
+            continue
+        image = api.get_image(record.image_id)
+        if image is None:
+            gone[record.image_id] = "404"
+        elif image.get("status") in GONE_STATUSES:
+            gone[record.image_id] = str(image["status"])
+        else:
+            images.append(image)
+            seen.add(image["id"])
+    return Observed.model_construct(images=tuple(images), gone=gone)
+
+
+def _ours(image: Mapping[str, Any], owners: set[Any]) -> bool:
+    """Public and community images of other projects are not ours to compare with."""
+    if image.get("visibility") not in ("public", "community"):
+        return True
+    return bool(owners) and image.get("owner") in owners
