@@ -245,6 +245,9 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                        applier.abort_reason)
 
 
+_MAX_REASONS = 20
+
+
 def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog,
                  target: str) -> set[tuple[str, str]]:
     """Refuse a saved plan that was applied already or that the world has moved past.
@@ -272,8 +275,11 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog,
         reasons.extend(f"{name}: now it would {action}, the plan does not say so"
                        for name, action in sorted(now - then))
     if reasons:
+        shown = [f"  - {r}" for r in reasons[:_MAX_REASONS]]
+        if len(reasons) > _MAX_REASONS:
+            shown.append(f"  … and {len(reasons) - _MAX_REASONS} more")
         raise PlanFileError("the saved plan is stale; nothing was done. Make a new plan.\n"
-                            + "\n".join(f"  - {r}" for r in reasons))
+                            + "\n".join(shown))
     return {(c.name, c.action) for c in saved.changes}
 
 
