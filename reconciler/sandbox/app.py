@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -109,6 +109,7 @@ class SandboxApp:
         self._faults = FaultInjector(config.seed)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
+        self._issued: dict[str, datetime] = {}  # Keystone-mode token -> expiry
 
     # -- entry point -------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class SandboxApp:
             return reply
         if fault.status is not None:
             return webob_default(fault.status, accept)
-        if cfg.token is not None and req.headers.get("x-auth-token") != cfg.token:
+        if not self._authorized(req.headers.get("x-auth-token")):
             return keystone_unauthorized(req.base_url)
         image_id = req.path.rstrip("/").rsplit("/", 1)[-1]
         match (kind, req.method):
@@ -352,6 +353,15 @@ class SandboxApp:
         ]
         return json_reply(200, {"versions": versions})
 
+    def _authorized(self, token: str | None) -> bool:
+        cfg = self.config
+        if cfg.token is not None and token == cfg.token:
+            return True
+        if cfg.password is not None:
+            expiry = self._issued.get(token or "")
+            return expiry is not None and cfg.clock() < expiry
+        return cfg.token is None
+
     def _issue_token(self, req: Request) -> Reply:
         """Keystone v3 ``POST /auth/tokens``: the token goes in ``X-Subject-Token``."""
         cfg = self.config
@@ -372,12 +382,16 @@ class SandboxApp:
             payload = {"error": {"code": 400, "title": "Bad Request", "message": str(exc)}}
             return json_reply(400, payload)
         expected = cfg.password if "password" in methods else cfg.token
-        if expected is not None and secret != expected:
+        if "token" in methods and cfg.password is not None:
+            expected = None if self._authorized(secret) else ""
+        if (expected is not None and secret != expected) or (
+                cfg.user is not None and "password" in methods
+                and user.get("name", user.get("id")) != cfg.user):
             return keystone_unauthorized(req.base_url)
         now = cfg.clock()
         endpoints = [
-            {"id": uuid.uuid4().hex, "interface": i, "region": "sandbox", "region_id": "sandbox",
-             "url": req.base_url}
+            {"id": uuid.uuid4().hex, "interface": i, "region": cfg.region,
+             "region_id": cfg.region, "url": req.base_url}
             for i in ("public", "internal", "admin")
         ]  # fmt: skip
         token: dict[str, Any] = {
@@ -401,5 +415,10 @@ class SandboxApp:
             token["catalog"] = [
                 {"type": "image", "name": service, "id": uuid.uuid4().hex, "endpoints": endpoints}
             ]
-        issued = cfg.token or f"sandbox-{uuid.uuid4().hex}"
+        if cfg.password is not None and cfg.token is None:
+            issued = f"sandbox-{uuid.uuid4().hex}"
+            with self._counts_lock:
+                self._issued[issued] = now + timedelta(seconds=cfg.token_ttl_s)
+        else:
+            issued = cfg.token or f"sandbox-{uuid.uuid4().hex}"
         return json_reply(201, {"token": token}, [("X-Subject-Token", issued)])

@@ -23,7 +23,9 @@ class SandboxConfig:
 
     ``token`` set: every ``/v2`` request must carry it in ``X-Auth-Token`` (else 401), and
     ``POST /v3/auth/tokens`` issues it; unset: any token, or none, is accepted. ``password``
-    set: ``/v3/auth/tokens`` checks it. Fault rates are fractions of ``/v2`` requests, drawn
+    set (Keystone mode): ``/v3/auth/tokens`` checks it (and ``user``, if set) and issues a new
+    token that expires after ``token_ttl_s``; ``/v2`` then accepts only unexpired issued
+    tokens (or ``token``). The catalog's image endpoints are in region ``region``. Fault rates are fractions of ``/v2`` requests, drawn
     from one ``random.Random(seed)``, so a seeded run is repeatable for a given request order:
     ``fail_rate`` answers 500/503 without committing anything, ``throttle_rate`` answers 429
     with ``Retry-After: retry_after_s``, ``drop_response_rate`` commits a create and then
@@ -46,6 +48,8 @@ class SandboxConfig:
     data_file: str | None = None
     os_version_policy: str = "reject"  # or "fallback"
     token_ttl_s: float = 24 * 3600.0
+    user: str | None = None
+    region: str = "sandbox"
     verbose: bool = False
     clock: Callable[[], datetime] = field(default=utcnow, repr=False)
 
