@@ -369,9 +369,11 @@ class ImageClient:
         read_timeout: float = 60.0,
         verify: bool | str = True,
         user_agent: str = DEFAULT_USER_AGENT,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.endpoint = normalize_endpoint(endpoint)
         self._tokens = token_provider
+        self._auth = auth  # request signing (AK/SK), applied to every request
         self._user_agent = user_agent
         self._owns_http = http is None
         self._http = (
@@ -532,10 +534,11 @@ class ImageClient:
         tokens: list[str],
     ) -> httpx.Response:
         headers = {
-            "X-Auth-Token": tokens[-1],
             "Accept": "application/json",  # webob answers JSON instead of HTML (§9.1)
             "User-Agent": self._user_agent,
         }
+        if tokens[-1]:  # no token when requests are signed instead (AK/SK)
+            headers["X-Auth-Token"] = tokens[-1]
         content: bytes | None = None
         if json_body is not None:
             headers["Content-Type"] = "application/json"
@@ -544,7 +547,7 @@ class ImageClient:
             method, self.endpoint + path, params=params, headers=headers, content=content
         )
         try:
-            return self._http.send(request)
+            return self._http.send(request, auth=self._auth)
         except httpx.TransportError as exc:
             # "from None": a chained httpx error would print its own text in tracebacks, and
             # h11 quotes offending header values, which may be the token.

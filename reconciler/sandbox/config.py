@@ -22,15 +22,17 @@ class SandboxConfig:
     """How the sandbox answers.
 
     ``token`` set: every ``/v2`` request must carry it in ``X-Auth-Token`` (else 401), and
-    ``POST /v3/auth/tokens`` issues it; unset: any token, or none, is accepted. ``password``
-    set (Keystone mode): ``/v3/auth/tokens`` checks it (and ``user``, if set) and issues a new
-    token that expires after ``token_ttl_s``; ``/v2`` then accepts only unexpired issued
-    tokens (or ``token``). The catalog's image endpoints are in region ``region``. Fault rates are fractions of ``/v2`` requests, drawn
-    from one ``random.Random(seed)``, so a seeded run is repeatable for a given request order:
-    ``fail_rate`` answers 500/503 without committing anything, ``throttle_rate`` answers 429
-    with ``Retry-After: retry_after_s``, ``drop_response_rate`` commits a create and then
-    closes the connection without a response. ``os_version_policy="fallback"`` stores an
-    unknown ``__os_version`` as ``Other Linux(64 bit)`` instead of answering IMG.0056.
+    ``POST /v3/auth/tokens`` issues it; unset: any token, or none, is accepted.
+    ``password`` set (Keystone mode): ``/v3/auth/tokens`` checks it (and ``user``, if set)
+    and issues a new token that expires after ``token_ttl_s``; ``/v2`` then accepts only
+    unexpired issued tokens (or ``token``). The catalog's image endpoints are in ``region``.
+
+    Fault rates are fractions of ``/v2`` requests, drawn from one ``random.Random(seed)``, so
+    a seeded run is repeatable for a given request order: ``fail_rate`` answers 500/503
+    without committing anything, ``throttle_rate`` answers 429 with
+    ``Retry-After: retry_after_s``, ``drop_response_rate`` commits a create and then closes
+    the connection without a response. ``os_version_policy="fallback"`` stores an unknown
+    ``__os_version`` as ``Other Linux(64 bit)`` instead of answering IMG.0056.
     """
 
     host: str = "127.0.0.1"

@@ -1,0 +1,415 @@
+"""Credentials and endpoint discovery, the way OpenStack and Huawei Cloud users have them.
+
+Sources, first match wins (``resolve`` documents the same order):
+
+1. ``--token-file FILE``: a static token.
+2. ``--os-cloud NAME`` or ``OS_CLOUD``: an entry of ``clouds.yaml`` (+ ``secure.yaml``), searched
+   like openstacksdk: ``$OS_CLIENT_CONFIG_FILE``, ``./``, ``~/.config/openstack/``,
+   ``/etc/openstack/``.
+3. ``OS_AUTH_TOKEN``: a static token.
+4. ``OS_AUTH_URL`` with ``OS_USERNAME``/``OS_USER_ID`` and ``OS_PASSWORD``: Keystone v3
+   password auth (Huawei IAM is this flow with the region as the project name).
+5. ``HUAWEICLOUD_SDK_AK`` and ``HUAWEICLOUD_SDK_SK`` (+ ``HUAWEICLOUD_SDK_PROJECT_ID``): every
+   request is signed with ``SDK-HMAC-SHA256``.
+
+Keystone tokens are refreshed ``REFRESH_MARGIN_S`` before they expire, one refresh at a time
+however many workers ask, and once more after a 401. Secrets live only in these objects: their
+``repr`` hides them and error messages are built without them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import httpx
+import yaml
+
+from reconciler.client import StaticToken, TokenProvider, error_from_response
+from reconciler.errors import ApiError, AuthError, ConfigError, TransportError
+
+REFRESH_MARGIN_S = 120.0
+
+
+# --- Keystone v3 password ------------------------------------------------------------------
+
+@dataclass
+class KeystonePassword:
+    """A TokenProvider backed by Keystone v3 (or Huawei IAM) password authentication."""
+
+    auth_url: str
+    password: str = field(repr=False)
+    username: str | None = None
+    user_id: str | None = None
+    user_domain_name: str | None = None
+    user_domain_id: str | None = None
+    project_name: str | None = None
+    project_id: str | None = None
+    project_domain_name: str | None = None
+    project_domain_id: str | None = None
+    http: httpx.Client = field(default_factory=httpx.Client, repr=False)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+    margin_s: float = REFRESH_MARGIN_S
+    refreshes: int = 0  # authentications after the first one
+    _token: str | None = field(default=None, repr=False)
+    _expires: datetime | None = None
+    _catalog: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _authenticated: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.username or self.user_id):
+            raise ConfigError("Keystone auth needs OS_USERNAME or OS_USER_ID")
+        if self.username and not (self.user_domain_name or self.user_domain_id):
+            raise ConfigError("Keystone auth by user name needs OS_USER_DOMAIN_NAME or "
+                              "OS_USER_DOMAIN_ID (on Huawei Cloud: the account name)")
+        if not (self.project_name or self.project_id):
+            raise ConfigError("Keystone auth needs OS_PROJECT_NAME or OS_PROJECT_ID (on Huawei "
+                              "Cloud the project name is the region, e.g. cn-north-4)")
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None or self._expiring():
+                self._authenticate()
+            assert self._token is not None
+            return self._token
+
+    def invalidate(self, failed_token: str) -> bool:
+        """After a 401: forget that token so the next ``token()`` authenticates again."""
+        with self._lock:
+            if self._token == failed_token:
+                self._token = None
+        return True
+
+    def catalog(self) -> list[dict[str, Any]]:
+        self.token()
+        return self._catalog
+
+    def _expiring(self) -> bool:
+        if self._expires is None:
+            return False
+        return (self._expires - self.clock()).total_seconds() < self.margin_s
+
+    def _authenticate(self) -> None:
+        url = self.auth_url.rstrip("/")
+        url = f"{url}/auth/tokens" if url.endswith("/v3") else f"{url}/v3/auth/tokens"
+        try:
+            response = self.http.post(url, json=self._body(),
+                                      headers={"Accept": "application/json"})
+        except httpx.TransportError as exc:
+            raise TransportError(f"cannot reach Keystone at {self.auth_url} "
+                                 f"({type(exc).__name__})", sent=False) from None
+        if response.status_code != 201:
+            error = error_from_response(response, secrets=[self.password])
+            if response.status_code == 401:
+                who = self.username or self.user_id
+                raise AuthError(f"Keystone at {self.auth_url} rejected the credentials of "
+                                f"{who!r}: {error.message}", status=401,
+                                request_id=error.request_id) from None
+            raise error
+        token = response.headers.get("X-Subject-Token")
+        try:
+            body = response.json()["token"]
+            expires = _parse_time(body["expires_at"])
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(f"Keystone at {self.auth_url} answered without a usable token "
+                           "body") from None
+        if not token:
+            raise ApiError(f"Keystone at {self.auth_url} answered without X-Subject-Token")
+        if self._authenticated:
+            self.refreshes += 1
+        self._authenticated = True
+        self._token, self._expires = token, expires
+        self._catalog = list(body.get("catalog") or [])
+
+    def _body(self) -> dict[str, Any]:
+        user: dict[str, Any] = {"password": self.password}
+        if self.user_id:
+            user["id"] = self.user_id
+        else:
+            user["name"] = self.username
+            user["domain"] = _ref(self.user_domain_name, self.user_domain_id)
+        if self.project_id:
+            project: dict[str, Any] = {"id": self.project_id}
+        else:
+            project = {"name": self.project_name,
+                       "domain": _ref(self.project_domain_name or self.user_domain_name,
+                                      self.project_domain_id or self.user_domain_id)}
+        return {"auth": {"identity": {"methods": ["password"], "password": {"user": user}},
+                         "scope": {"project": project}}}
+
+
+def _ref(name: str | None, ident: str | None) -> dict[str, str]:
+    return {"id": ident} if ident else {"name": name or "Default"}
+
+
+def _parse_time(value: str) -> datetime:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def image_endpoint(catalog: list[dict[str, Any]], *, region: str | None,
+                   interface: str = "public") -> str:
+    """The ``image`` service's URL for the region and interface, as the openstack CLI picks."""
+    services = [s for s in catalog if s.get("type") == "image"]
+    if not services:
+        raise ConfigError("the token's service catalog has no image service; pass --endpoint")
+    found = [e for s in services for e in s.get("endpoints", [])
+             if e.get("interface") == interface
+             and (region is None or region in (e.get("region"), e.get("region_id")))]
+    if not found:
+        regions = sorted({str(e.get("region_id") or e.get("region")) for s in services
+                          for e in s.get("endpoints", [])})
+        raise ConfigError(f"no {interface} image endpoint for region {region or '(any)'} in the "
+                          f"service catalog (regions: {', '.join(regions) or 'none'}); set "
+                          "OS_REGION_NAME or pass --endpoint")
+    if region is None and len({e.get("region_id") or e.get("region") for e in found}) > 1:
+        raise ConfigError("the image service has endpoints in several regions; set "
+                          "OS_REGION_NAME (or region_name in clouds.yaml)")
+    return str(found[0]["url"])
+
+
+# --- Huawei AK/SK signing ------------------------------------------------------------------
+
+SIGN_ALGORITHM = "SDK-HMAC-SHA256"
+_SIGNED = ("content-type", "host", "x-project-id", "x-sdk-date", "x-security-token")
+
+
+@dataclass
+class AkSkAuth(httpx.Auth):
+    """Signs each request like Huawei's SDK (``huaweicloudsdkcore.signer.Signer``)."""
+
+    requires_request_body = True
+
+    ak: str
+    sk: str = field(repr=False)
+    project_id: str
+    security_token: str | None = field(default=None, repr=False)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self.sign(request)
+        yield request
+
+    def sign(self, request: httpx.Request) -> None:
+        request.headers["X-Sdk-Date"] = self.clock().strftime("%Y%m%dT%H%M%SZ")
+        request.headers["X-Project-Id"] = self.project_id
+        if self.security_token:
+            request.headers["X-Security-Token"] = self.security_token
+        request.headers.pop("X-Auth-Token", None)
+        signed = sorted(h for h in _SIGNED if h in request.headers)
+        string_to_sign = "\n".join([SIGN_ALGORITHM, request.headers["X-Sdk-Date"],
+                                    hashlib.sha256(canonical_request(request, signed).encode())
+                                    .hexdigest()])
+        signature = hmac.new(self.sk.encode(), string_to_sign.encode(), hashlib.sha256)
+        request.headers["Authorization"] = (
+            f"{SIGN_ALGORITHM} Access={self.ak}, SignedHeaders={';'.join(signed)}, "
+            f"Signature={signature.hexdigest()}")
+
+
+def canonical_request(request: httpx.Request, signed: list[str]) -> str:
+    path = "/".join(quote(part, safe="~") for part in unquote(request.url.path).split("/"))
+    if not path.endswith("/"):
+        path += "/"
+    query = "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}"
+                     for k, v in sorted(request.url.params.multi_items()))
+    headers = "".join(f"{h}:{request.headers[h].strip()}\n" for h in signed)
+    body = hashlib.sha256(request.content).hexdigest()
+    return "\n".join([request.method.upper(), path, query, headers, ";".join(signed), body])
+
+
+class NoToken:
+    """The TokenProvider for signed requests: there is no token to send or refresh."""
+
+    refreshes = 0
+
+    def token(self) -> str:
+        return ""
+
+    def invalidate(self, failed_token: str) -> bool:
+        return False
+
+
+# --- clouds.yaml ---------------------------------------------------------------------------
+
+def config_dirs(env: Mapping[str, str]) -> list[Path]:
+    return [Path.cwd(), Path(env.get("HOME", "~")).expanduser() / ".config" / "openstack",
+            Path("/etc/openstack")]
+
+
+def _find(env: Mapping[str, str], names: tuple[str, ...], override: str) -> Path | None:
+    if env.get(override):
+        path = Path(env[override]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{override}={path} does not exist")
+        return path
+    for directory in config_dirs(env):
+        for name in names:
+            if (directory / name).is_file():
+                return directory / name
+    return None
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from None
+    if not isinstance(data, dict) or not isinstance(data.get("clouds", {}), dict):
+        raise ConfigError(f"{path}: expected a mapping with `clouds:`")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def load_cloud(name: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The named cloud of clouds.yaml, with secure.yaml merged over it."""
+    clouds_path = _find(env, ("clouds.yaml", "clouds.yml"), "OS_CLIENT_CONFIG_FILE")
+    if clouds_path is None:
+        raise ConfigError(f"cloud {name!r} requested but no clouds.yaml found (looked in "
+                          + ", ".join(str(d) for d in config_dirs(env)) + ")")
+    clouds = _load_yaml(clouds_path).get("clouds", {})
+    if name not in clouds:
+        raise ConfigError(f"{clouds_path} has no cloud {name!r}; it has: "
+                          + (", ".join(sorted(clouds)) or "none"))
+    cloud = clouds[name]
+    secure_path = _find(env, ("secure.yaml", "secure.yml"), "OS_CLIENT_SECURE_FILE")
+    if secure_path is not None:
+        secure = _load_yaml(secure_path).get("clouds", {}).get(name, {})
+        cloud = _merge(cloud, secure)
+    if not isinstance(cloud, dict):
+        raise ConfigError(f"{clouds_path}: cloud {name!r} must be a mapping")
+    return cloud
+
+
+# --- resolution ----------------------------------------------------------------------------
+
+@dataclass
+class Credentials:
+    """How to authenticate and where the Image API is."""
+
+    tokens: TokenProvider
+    endpoint: str
+    source: str  # for messages: "token file", "clouds.yaml cloud 'x'", ...
+    signer: httpx.Auth | None = None
+    verify: bool | str = True
+
+    @property
+    def refreshes(self) -> int:
+        return int(getattr(self.tokens, "refreshes", 0))
+
+
+def resolve(env: Mapping[str, str], *, endpoint: str | None, token_file: Path | None,
+            os_cloud: str | None, interface: str | None, cacert: str | None,
+            insecure: bool, http_factory: Callable[[bool | str], httpx.Client]) -> Credentials:
+    """Pick the credential source (first match of the module docstring's list)."""
+    verify: bool | str = False if insecure else (cacert or env.get("OS_CACERT") or True)
+    cloud_name = os_cloud or None
+    if token_file is not None:
+        return Credentials(StaticToken(_read_token(token_file)), _need(endpoint),
+                           "--token-file", verify=verify)
+    if cloud_name is None and not env.get("OS_AUTH_TOKEN"):
+        cloud_name = env.get("OS_CLOUD") or None
+    if cloud_name is not None:
+        return _from_cloud(cloud_name, env, endpoint, interface, verify, http_factory)
+    if env.get("OS_AUTH_TOKEN", "").strip():
+        return Credentials(StaticToken(env["OS_AUTH_TOKEN"].strip()), _need(endpoint),
+                           "OS_AUTH_TOKEN", verify=verify)
+    if env.get("OS_AUTH_URL"):
+        auth = {k[3:].lower(): v for k, v in env.items() if k.startswith("OS_") and v}
+        return _keystone(auth, env.get("OS_REGION_NAME"), endpoint,
+                         interface or env.get("OS_INTERFACE") or "public", verify,
+                         http_factory, "OS_* variables")
+    if env.get("HUAWEICLOUD_SDK_AK") or env.get("HUAWEICLOUD_SDK_SK"):
+        ak, sk = env.get("HUAWEICLOUD_SDK_AK", ""), env.get("HUAWEICLOUD_SDK_SK", "")
+        project = env.get("HUAWEICLOUD_SDK_PROJECT_ID") or env.get("OS_PROJECT_ID", "")
+        if not (ak and sk and project):
+            raise ConfigError("AK/SK signing needs HUAWEICLOUD_SDK_AK, HUAWEICLOUD_SDK_SK and "
+                              "HUAWEICLOUD_SDK_PROJECT_ID")
+        signer = AkSkAuth(ak, sk, project, env.get("HUAWEICLOUD_SDK_SECURITY_TOKEN") or None)
+        return Credentials(NoToken(), _need(endpoint), "AK/SK", signer=signer, verify=verify)
+    raise ConfigError("no credentials: set OS_AUTH_TOKEN, or OS_CLOUD (clouds.yaml), or "
+                      "OS_AUTH_URL with OS_USERNAME and OS_PASSWORD, or HUAWEICLOUD_SDK_AK/SK, "
+                      "or pass --token-file FILE")
+
+
+def _need(endpoint: str | None) -> str:
+    if not endpoint:
+        raise ConfigError("this credential gives no service catalog: pass --endpoint URL or "
+                          "set RECONCILE_ENDPOINT")
+    return endpoint
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read --token-file {path}: "
+                          f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+    if not token:
+        raise ConfigError(f"--token-file {path} is empty")
+    return token
+
+
+def _from_cloud(name: str, env: Mapping[str, str], endpoint: str | None,
+                interface: str | None, verify: bool | str,
+                http_factory: Callable[[bool | str], httpx.Client]) -> Credentials:
+    cloud = load_cloud(name, env)
+    auth = {k: str(v) for k, v in (cloud.get("auth") or {}).items() if v is not None}
+    if verify is True:
+        if cloud.get("cacert"):
+            verify = str(cloud["cacert"])
+        elif cloud.get("verify") is False:
+            verify = False
+    source = f"clouds.yaml cloud {name!r}"
+    if cloud.get("auth_type") in ("token", "v3token", "admin_token") or (
+            "token" in auth and "password" not in auth):
+        if "token" not in auth:
+            raise ConfigError(f"{source} has auth_type token but no auth.token")
+        return Credentials(StaticToken(auth["token"]), _need(endpoint or cloud.get(
+            "image_endpoint_override")), source, verify=verify)
+    return _keystone(auth, cloud.get("region_name"), endpoint or cloud.get(
+        "image_endpoint_override"), interface or cloud.get("interface") or "public", verify,
+        http_factory, source)
+
+
+def _keystone(auth: Mapping[str, str], region: str | None, endpoint: str | None,
+              interface: str, verify: bool | str,
+              http_factory: Callable[[bool | str], httpx.Client], source: str) -> Credentials:
+    if not auth.get("auth_url"):
+        raise ConfigError(f"{source}: auth_url is missing")
+    if not auth.get("password"):
+        raise ConfigError(f"{source}: a password is needed (OS_PASSWORD or auth.password)")
+    provider = KeystonePassword(
+        auth_url=auth["auth_url"], password=auth["password"], username=auth.get("username"),
+        user_id=auth.get("user_id"),
+        user_domain_name=auth.get("user_domain_name") or auth.get("domain_name"),
+        user_domain_id=auth.get("user_domain_id") or auth.get("domain_id"),
+        project_name=auth.get("project_name") or auth.get("tenant_name"),
+        project_id=auth.get("project_id") or auth.get("tenant_id"),
+        project_domain_name=auth.get("project_domain_name"),
+        project_domain_id=auth.get("project_domain_id"), http=http_factory(verify))
+    url = endpoint or image_endpoint(provider.catalog(), region=region, interface=interface)
+    return Credentials(provider, url, source, verify=verify)
+
+
+def default_env() -> dict[str, str]:
+    return dict(os.environ)
