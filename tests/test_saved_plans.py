@@ -422,6 +422,19 @@ def test_damaged_or_foreign_plan_file_is_refused_with_a_clear_message(
     assert world.server() == {}
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: planfile.read catches JSONDecodeError but not the "
+                   "RecursionError json.loads raises on deeply nested input: traceback, not exit 1")
+def test_deeply_nested_json_plan_file_is_refused_without_a_traceback(world: World) -> None:
+    world.plan_file.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+
+    try:
+        result = world.apply_file()
+    except RecursionError:
+        pytest.fail("apply raised RecursionError instead of refusing the plan file")
+
+    assert_refused(world, result, 0, str(world.plan_file))
+    assert not world.state.exists()
+
 def test_missing_plan_file_is_refused_with_a_clear_message(world: World) -> None:
     result = world.cli("apply", world.plan_file, "--yes")
 
