@@ -327,6 +327,33 @@ def test_refreshed_plan_is_refused_when_the_image_to_adopt_was_deleted(
     assert "img-001" not in world.server()
 
 
+def test_refreshed_plan_is_refused_when_the_image_to_adopt_was_changed(
+        half_applied: World) -> None:
+    from reconciler.sandbox.store import Record as StoreRecord
+
+    world = half_applied
+    image_id = world.records()["img-001"]
+    with sqlite3.connect(world.state) as conn:
+        conn.execute("DELETE FROM images WHERE name = 'img-001'")
+    conn.close()
+    world.save("--refresh")
+    store = world.sb._app.store  # change the image in place, as an out-of-band PATCH would
+    with store._lock:
+        old = store._by_id[image_id]
+        image = {**old.image, "min_disk": 99, "updated_at": "2099-01-01T00:00:00Z"}
+        new = StoreRecord(old.seq, image, json.dumps(image))
+        store._by_id[image_id] = new
+        store._order[store._order.index(old)] = new
+    before = sha256(world.state)
+    posts = world.sb.post_count
+
+    result = world.apply_file()
+
+    assert_refused(world, result, posts, "img-001", "the images in the cloud changed",
+                   "2099-01-01T00:00:00Z")
+    assert sha256(world.state) == before
+    assert "img-001" not in world.records()
+
 def test_refreshed_plan_is_refused_when_a_recorded_image_was_deleted(
         half_applied: World) -> None:
     world = half_applied
