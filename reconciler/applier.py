@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from reconciler.client import RetryPolicy
 from reconciler.errors import ApiError, AuthError, ClientError, ServerError, TransportError
 from reconciler.models import (
     GONE_STATUSES,
@@ -43,20 +44,6 @@ class ImageApi(Protocol):
     def create_image(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
     def find_images(self, name: str, **props: str) -> list[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 6          # sends and look-ups per image, in all
-    base_delay: float = 0.5    # first backoff, doubled each time, with ±50 % jitter
-    max_delay: float = 30.0
-    max_retry_after: float = 120.0
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
-        backoff: float = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return backoff * rng.uniform(0.5, 1.5)
 
 
 class RunAborted(Exception):
@@ -95,7 +82,7 @@ class Applier:
                                              "the pending create of an earlier run could not "
                                              "be resolved: "))
                 if isinstance(exc, AuthError):
-                    self._abort(f"authentication failed: {exc.message}")
+                    self.abort(f"authentication failed: {exc.message}")
                     break
                 continue
             if found is None:
@@ -140,7 +127,7 @@ class Applier:
                     for fut in done:
                         outcomes.append(self._deliver(fut.result()))
             except KeyboardInterrupt:
-                self._abort("interrupted")
+                self.abort("interrupted")
                 for fut in running:
                     outcomes.append(self._deliver(fut.result()))
                 raise
@@ -184,7 +171,7 @@ class Applier:
             except AuthError as exc:
                 if not maybe_created:
                     self.store.journal_release(nonce, "HTTP 401: not created")
-                self._abort(f"authentication failed: {exc.message}")
+                self.abort(f"authentication failed: {exc.message}")
                 return self._failed(spec.name, exc, attempt, started)
             except ClientError as exc:
                 self.store.journal_release(nonce, f"HTTP {exc.status}: not created")
@@ -219,23 +206,10 @@ class Applier:
     def _find(self, name: str, nonce: str) -> dict[str, Any] | None:
         """The live image carrying this nonce, if any (the oldest, should there be two).
 
-        A look-up is a read, so busy answers and lost connections are simply retried.
+        Busy answers to the look-up are retried by the client (reads are safe to repeat).
         """
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                images = self.api.find_images(name, **{MARKER_PROPERTY: nonce})
-                break
-            except (ServerError, TransportError) as exc:
-                if attempt >= self.retry.attempts or self._stop.is_set():
-                    raise
-                delay = self.retry.delay(attempt, exc.retry_after, self.rng)
-                log.warning("%s: look-up failed: %s; retrying in %.1fs", name, exc, delay,
-                            extra={"event": "lookup_retry", "image": name,
-                                   "status": exc.status, "attempt": attempt})
-                self.sleep(delay)
-        found = [i for i in images if i.get("status") not in GONE_STATUSES]
+        found = [i for i in self.api.find_images(name, **{MARKER_PROPERTY: nonce})
+                 if i.get("status") not in GONE_STATUSES]
         found.sort(key=lambda i: (str(i.get("created_at")), str(i.get("id"))))
         return found[0] if found else None
 
@@ -273,7 +247,8 @@ class Applier:
             error=ErrorInfo.model_construct(message=f"not attempted: {reason}", status=None,
                                             code=None, request_id=None))
 
-    def _abort(self, reason: str) -> None:
+    def abort(self, reason: str) -> None:
+        """Stop the run: nothing new starts; what runs finishes and is recorded."""
         if not self._stop.is_set():
             self.abort_reason = reason
             self._stop.set()

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import httpx
 
 from reconciler import __version__, planfile
-from reconciler.applier import RetryPolicy
+from reconciler.auth import Credentials, resolve
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
-from reconciler.client import ImageClient, StaticToken
+from reconciler.client import ImageClient, RetryPolicy, http_client
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
@@ -60,6 +61,7 @@ class Runtime:
     """What flags cannot carry, injected by tests through ``obj=``."""
 
     clock: Clock = utc_now
+    env: dict[str, str] | None = None  # None: the process environment
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,8 +171,17 @@ class ReconcileGroup(click.Group):
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    _notice(f"error: {message}", level=logging.ERROR)
     sys.exit(1)
+
+
+def _notice(message: str, *, level: int = logging.INFO) -> None:
+    """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
+    if isinstance(getattr(_LOG_HANDLER, "formatter", None), _JsonLogFormatter):
+        _LOGGER.log(level, message.removeprefix("error: "), extra={"event": "notice" if
+                    level < logging.ERROR else "error"})
+    else:
+        click.echo(message, err=True)
 
 
 @click.group(cls=ReconcileGroup,
@@ -193,6 +204,7 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     """
     if not isinstance(ctx.obj, Runtime):
         ctx.obj = Runtime()
+    _setup_logging("text")  # apply may switch to JSON lines
     path = config_path or Path(CONFIG_FILE)
     if config_path or path.exists():
         ctx.default_map = _default_map(cli, _load_config(path))
@@ -208,7 +220,7 @@ def _write_report(text: str, output: Path | None) -> None:
         os.replace(tmp, output)
     except OSError as exc:
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
-    click.echo(f"report written to {output}", err=True)
+    _notice(f"report written to {output}")
 
 
 def _color(output: Path | None) -> bool:
@@ -238,50 +250,77 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
                f"(profile {profile})")
 
 
-def token_file_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
-                        help="Read the API token from this file (default: $OS_AUTH_TOKEN).")(f)
-
-
-def timeout_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Where credentials come from; the order of precedence is in ``reconciler.auth``."""
+    f = click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Read a static API token from this file.")(f)
+    f = click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD).")(f)
+    f = click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
+                     help="Service catalog interface for the image endpoint (default: "
+                          "$OS_INTERFACE or public).")(f)
+    f = click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
+                     help="CA bundle for TLS verification (default: $OS_CACERT).")(f)
+    f = click.option("--insecure", is_flag=True,
+                     help="Do not verify TLS certificates (prints a warning every run).")(f)
     f = click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
                      show_default=True, help="Seconds to wait for a connection.")(f)
     return click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
                         show_default=True, help="Seconds to wait for an answer.")(f)
 
 
-def _token(token_file: Path | None) -> StaticToken:
-    """The API token: --token-file, else OS_AUTH_TOKEN. Never echoed anywhere."""
-    if token_file is not None:
-        try:
-            token = token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read --token-file {token_file}: "
-                              f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
-        if not token:
-            raise ConfigError(f"--token-file {token_file} is empty")
-        return StaticToken(token)
-    token = os.environ.get("OS_AUTH_TOKEN", "").strip()
-    if not token:
-        raise ConfigError("no credentials: set OS_AUTH_TOKEN or pass --token-file FILE")
-    return StaticToken(token)
+@dataclass(frozen=True)
+class AuthFlags:
+    token_file: Path | None
+    os_cloud: str | None
+    interface: str | None
+    cacert: str | None
+    insecure: bool
+    connect_timeout: float
+    read_timeout: float
 
 
 @contextlib.contextmanager
-def _api(rt: Runtime, endpoint: str | None, token_file: Path | None, *, why: str,
-         connect_timeout: float = 10.0, read_timeout: float = 60.0) -> Iterator[ImageClient]:
-    """An Image API client for commands that talk to the cloud; closed afterwards."""
-    if not endpoint:
-        raise ConfigError(f"{why} needs the Image API endpoint: pass --endpoint URL or set "
-                          "RECONCILE_ENDPOINT")
+def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
+         retries: int = 5) -> Iterator[ApiSession]:
+    """An Image API client and its credentials; closed afterwards."""
+    if flags.insecure:
+        click.echo("warning: --insecure: TLS certificates are NOT verified; anyone on the "
+                   "network path can read the token and change answers", err=True)
     injected = rt.extra.get("api")
-    client = injected or ImageClient(endpoint, token_provider=_token(token_file),
-                                     connect_timeout=connect_timeout, read_timeout=read_timeout)
+    if injected is not None:
+        yield ApiSession(injected, None)
+        return
+
+    def factory(verify: bool | str) -> httpx.Client:
+        return http_client(verify, connect_timeout=flags.connect_timeout,
+                           read_timeout=flags.read_timeout)
+
+    creds = resolve(rt.env if rt.env is not None else dict(os.environ), endpoint=endpoint,
+                    token_file=flags.token_file, os_cloud=flags.os_cloud,
+                    interface=flags.interface, cacert=flags.cacert, insecure=flags.insecure,
+                    http_factory=factory)
+    client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
+                         verify=creds.verify, connect_timeout=flags.connect_timeout,
+                         read_timeout=flags.read_timeout,
+                         read_retry=RetryPolicy(attempts=retries + 1))
     try:
-        yield client
+        yield ApiSession(client, creds)
     finally:
-        if client is not injected:
-            client.close()
+        client.close()
+
+
+@dataclass(frozen=True)
+class ApiSession:
+    client: ImageClient
+    credentials: Credentials | None
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.endpoint
+
+    @property
+    def refreshes(self) -> int:
+        return self.credentials.refreshes if self.credentials else 0
 
 
 @cli.command("plan")
@@ -290,7 +329,7 @@ def _api(rt: Runtime, endpoint: str | None, token_file: Path | None, *, why: str
 @profile_option
 @strict_option
 @endpoint_option
-@token_file_option
+@auth_options
 @click.option("--refresh", is_flag=True,
               help="Also read the cloud (needs --endpoint and a token): find images deleted "
                    "or changed out of band, lost records to adopt, and same-name duplicates.")
@@ -300,12 +339,11 @@ def _api(rt: Runtime, endpoint: str | None, token_file: Path | None, *, why: str
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
                    "everything is unchanged.")
-@timeout_options
 @click.pass_obj
-def plan_cmd(rt: Runtime, catalog: Path, state: Path, profile: str, strict: bool,
-             endpoint: str | None, token_file: Path | None, refresh: bool, out: Path | None,
-             fmt: str, output: Path | None, templates: Path | None, detailed_exitcode: bool,
-             connect_timeout: float, read_timeout: float) -> None:
+def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: bool,
+             endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
+             output: Path | None, templates: Path | None, detailed_exitcode: bool,
+             **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
     Works offline and without credentials unless --refresh is given; never creates or
@@ -318,11 +356,10 @@ def plan_cmd(rt: Runtime, catalog: Path, state: Path, profile: str, strict: bool
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
     """
     with contextlib.ExitStack() as stack:
-        api = stack.enter_context(_api(rt, endpoint, token_file, why="plan --refresh",
-                                       connect_timeout=connect_timeout,
-                                       read_timeout=read_timeout)) if refresh else None
-        result = make_plan(catalog, state, profile=profile, strict=strict, endpoint=endpoint,
-                           api=api, clock=rt.clock)
+        session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if refresh else None
+        result = make_plan(catalog, state, profile=profile, strict=strict,
+                           endpoint=session.endpoint if session else endpoint,
+                           api=session.client if session else None, clock=rt.clock)
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock)
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
@@ -377,23 +414,24 @@ class _JsonLogFormatter(logging.Formatter):
         return json.dumps(doc, sort_keys=True)
 
 
+_LOGGER = logging.getLogger("reconciler")
+_LOG_HANDLER: logging.Handler | None = None
+
+
 def _setup_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    logger = logging.getLogger("reconciler")
-    logger.handlers[:] = [handler]
-    logger.propagate = False
+    global _LOG_HANDLER
+    _LOG_HANDLER = logging.StreamHandler(sys.stderr)
+    _LOGGER.handlers[:] = [_LOG_HANDLER]
+    _LOGGER.propagate = False
     if log_format == "json":
-        handler.setFormatter(_JsonLogFormatter())
-        logger.setLevel(logging.INFO)
+        _LOG_HANDLER.setFormatter(_JsonLogFormatter())
+        _LOGGER.setLevel(logging.INFO)
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        logger.setLevel(logging.WARNING)
+        _LOG_HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        _LOGGER.setLevel(logging.WARNING)
 
 
 def _confirm(preview: Plan, endpoint: str) -> None:
-    if not sys.stdin.isatty():
-        raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
-                          "in a terminal")
     click.echo(plan_line(preview.summary()), err=True)
     work = len(preview.creates) + len(preview.adoptions) + preview.count("blocked")
     if work and not click.confirm(f"Create {len(preview.creates)} and adopt "
@@ -408,7 +446,7 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 @profile_option
 @strict_option
 @endpoint_option
-@token_file_option
+@auth_options
 @click.option("--refresh/--no-refresh", default=True, show_default=True,
               help="Read the cloud first: recreate images deleted out of band, adopt lost "
                    "records, block same-name duplicates.")
@@ -421,16 +459,14 @@ def _confirm(preview: Plan, endpoint: str) -> None:
               help="How many creates run at once.")
 @click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
               help="Retries per image for 429, 5xx and connection errors.")
-@timeout_options
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Logs on stderr: text (warnings only) or JSON lines "
                                       "(every event, for cron).")
 @click.pass_obj
-def apply(rt: Runtime, plan_file: Path | None, catalog: Path, state: Path, profile: str,
-          strict: bool, endpoint: str | None, token_file: Path | None, refresh: bool,
-          fmt: str, output: Path | None, templates: Path | None, dry_run: bool, yes: bool,
-          parallelism: int, retries: int, connect_timeout: float, read_timeout: float,
-          log_format: str) -> None:
+def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, profile: str,
+          strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
+          templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
+          log_format: str, **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
@@ -458,20 +494,23 @@ def apply(rt: Runtime, plan_file: Path | None, catalog: Path, state: Path, profi
                                 endpoint=endpoint, clock=rt.clock)
         _write_report(render(report, fmt, color=_color(output), templates=templates), output)
         return
-    with _api(rt, endpoint, token_file, why="apply", connect_timeout=connect_timeout,
-              read_timeout=read_timeout) as api:
-        assert endpoint is not None
+    if not yes and not sys.stdin.isatty():
+        raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
+                          "in a terminal")
+    with _api(rt, endpoint, AuthFlags(**auth), retries) as session:
         if not yes:
             preview = make_plan(saved.catalog if saved else catalog, state,
                                 profile=saved.profile if saved else profile, strict=strict,
-                                endpoint=endpoint, api=api if refresh else None, clock=rt.clock)
-            _confirm(preview.plan, endpoint)
+                                endpoint=session.endpoint,
+                                api=session.client if refresh else None, clock=rt.clock)
+            _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
         try:
             result = apply_catalog(ApplyRequest(
-                catalog_dir=catalog, state_path=state, profile=profile, endpoint=endpoint,
-                api=api, strict=strict, refresh=refresh, saved=saved, parallelism=parallelism,
-                retry=RetryPolicy(attempts=retries + 1), clock=rt.clock, on_outcome=progress,
+                catalog_dir=catalog, state_path=state, profile=profile,
+                endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
+                saved=saved, parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+                clock=rt.clock, on_outcome=progress, refreshes=lambda: session.refreshes,
                 on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
         finally:
             progress.close()
@@ -614,14 +653,13 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
 @state_option
 @profile_option
 @endpoint_option
-@token_file_option
+@auth_options
 @click.option("--force", is_flag=True,
               help="Import even if the image differs from the catalog entry (it then shows "
                    "as drift), or replace an existing record.")
 @click.pass_obj
-def state_import(rt: Runtime, name: str, image_id: str, catalog: Path, state: Path,
-                 profile: str, endpoint: str | None, token_file: Path | None,
-                 force: bool) -> None:
+def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state: Path,
+                 profile: str, endpoint: str | None, force: bool, **auth: Any) -> None:
     """Start managing an existing image: record IMAGE_ID under the catalog name NAME.
 
     The image is fetched and compared with the catalog entry first; differing fields are
@@ -631,10 +669,9 @@ def state_import(rt: Runtime, name: str, image_id: str, catalog: Path, state: Pa
     Example:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
     """
-    with _api(rt, endpoint, token_file, why="state import") as api:
-        assert endpoint is not None
+    with _api(rt, endpoint, AuthFlags(**auth)) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
-                              endpoint=endpoint, api=api, force=force)
+                              endpoint=session.endpoint, api=session.client, force=force)
     click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
                f"{record.created_at})")
 

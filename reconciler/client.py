@@ -12,10 +12,14 @@ worker threads: it keeps no per-request state, and httpx's connection pool is th
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import re
 import ssl
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
@@ -34,6 +38,8 @@ from .errors import (
     ServerError,
     TransportError,
 )
+
+log = logging.getLogger("reconciler.client")
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -339,6 +345,30 @@ def normalize_endpoint(endpoint: str) -> str:
     return root
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry: exponential backoff with ±50 % jitter, or the
+    server's ``Retry-After`` when it gives one."""
+
+    attempts: int = 6          # tries in all, the first one included
+    base_delay: float = 0.5    # first backoff, doubled each time
+    max_delay: float = 30.0
+    max_retry_after: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        backoff: float = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return backoff * rng.uniform(0.5, 1.5)
+
+
+def http_client(verify: bool | str = True, *, connect_timeout: float = 10.0,
+                read_timeout: float = 60.0) -> httpx.Client:
+    """A pooled client sized for the applier's worker threads; ``verify`` may be a CA path."""
+    return httpx.Client(timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+                        limits=_POOL_LIMITS, verify=_ssl_context(verify))
+
+
 def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
     if isinstance(verify, bool):
         return verify
@@ -370,21 +400,17 @@ class ImageClient:
         verify: bool | str = True,
         user_agent: str = DEFAULT_USER_AGENT,
         auth: httpx.Auth | None = None,
+        read_retry: RetryPolicy | None = None,
     ) -> None:
         self.endpoint = normalize_endpoint(endpoint)
         self._tokens = token_provider
         self._auth = auth  # request signing (AK/SK), applied to every request
+        self._read_retry = read_retry
+        self._rng = random.Random()
         self._user_agent = user_agent
         self._owns_http = http is None
-        self._http = (
-            http
-            if http is not None
-            else httpx.Client(
-                timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-                limits=_POOL_LIMITS,
-                verify=_ssl_context(verify),
-            )
-        )
+        self._http = http if http is not None else http_client(
+            verify, connect_timeout=connect_timeout, read_timeout=read_timeout)
 
     def __repr__(self) -> str:
         return f"ImageClient({self.endpoint!r})"
@@ -514,16 +540,37 @@ class ImageClient:
         params: tuple[tuple[str, str], ...] | None = None,
         json_body: Mapping[str, Any] | None = None,
     ) -> tuple[httpx.Response, list[str]]:
-        """Send once, and once more with a fresh token after a 401 if the provider has one.
+        """Send, and once more with a fresh token after a 401 if the provider has one.
 
-        Returns the response and the tokens used, which error messages must never show.
+        Reads (GET) are also retried on 429, 5xx and lost connections when ``read_retry`` is
+        set: they change nothing, so retrying them is always safe. Writes are never retried
+        here; the applier owns that protocol. Returns the response and the tokens used,
+        which error messages must never show.
         """
-        tokens = [self._tokens.token()]
-        response = self._attempt(method, path, params, json_body, tokens)
-        if response.status_code == 401 and self._tokens.invalidate(tokens[-1]):
-            tokens.append(self._tokens.token())
-            response = self._attempt(method, path, params, json_body, tokens)
-        return response, tokens
+        attempt = 0
+        while True:
+            attempt += 1
+            retry = self._read_retry if method == "GET" else None
+            try:
+                tokens = [self._tokens.token()]
+                response = self._attempt(method, path, params, json_body, tokens)
+                if response.status_code == 401 and self._tokens.invalidate(tokens[-1]):
+                    tokens.append(self._tokens.token())
+                    response = self._attempt(method, path, params, json_body, tokens)
+            except TransportError as exc:
+                if retry is None or attempt >= retry.attempts:
+                    raise
+                delay, why = retry.delay(attempt, None, self._rng), str(exc)
+            else:
+                busy = response.status_code == 429 or 500 <= response.status_code <= 599
+                if retry is None or not busy or attempt >= retry.attempts:
+                    return response, tokens
+                delay = retry.delay(attempt, _retry_after(response), self._rng)
+                why = f"HTTP {response.status_code}"
+            log.warning("%s %s: %s; retrying in %.1fs (attempt %d of %d)", method, path, why,
+                        delay, attempt, retry.attempts,
+                        extra={"event": "read_retry", "attempt": attempt})
+            time.sleep(delay)
 
     def _attempt(
         self,

@@ -214,3 +214,4 @@ class RunReport(Frozen):
     warnings: tuple[str, ...] = ()
     duration_s: float | None = None
     run_id: str | None = None
+    auth_refreshes: int = 0  # Keystone re-authentications during the run

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler import __version__, planfile
-from reconciler.applier import Applier, RetryPolicy, adoption_request
+from reconciler.applier import Applier, adoption_request
 from reconciler.catalog import load_catalog
-from reconciler.client import ImageClient, normalize_endpoint
-from reconciler.errors import ConfigError, PlanFileError, StateError
+from reconciler.client import ImageClient, RetryPolicy, normalize_endpoint
+from reconciler.errors import AuthError, ConfigError, PlanFileError, StateError
 from reconciler.models import (
     GONE_STATUSES,
     Catalog,
@@ -111,6 +111,7 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = utc_now) -> Ru
         tool_version=__version__, catalog=catalog.directory, target=result.target,
         profile=result.profile, catalog_digest=result.catalog_digest, summary=result.summary(),
         changes=result.changes, outcomes=(), warnings=(), duration_s=None, run_id=None,
+        auth_refreshes=0,
     )
 
 
@@ -162,6 +163,7 @@ class ApplyRequest:
     clock: Clock = utc_now
     on_outcome: Callable[[Outcome], None] = lambda o: None
     on_plan: Callable[[Plan], None] = lambda p: None
+    refreshes: Callable[[], int] = lambda: 0  # token refreshes so far, for the report
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -207,8 +209,13 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         outcomes.extend(applier.recover())
         if applier.abort_reason is None:
             records = store.records(target)
-            observed = observe(req.api, catalog.profile, records.values()) \
-                if req.refresh else None
+            observed = None
+            if req.refresh:
+                try:
+                    observed = observe(req.api, catalog.profile, records.values())
+                except AuthError as exc:
+                    # Nothing can be sent either; the report lists what was not done.
+                    applier.abort(f"authentication failed: {exc.message}")
             pending = {p.name: p.nonce for p in store.pending(target)}
             result = plan(catalog, records, target=target, pending=pending, observed=observed)
             summary = result.summary()
@@ -239,7 +246,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         changes=result.changes if result else (),
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
         warnings=(f"run aborted: {applier.abort_reason}",) if applier.abort_reason else (),
-        duration_s=time.monotonic() - t0, run_id=run_id,
+        duration_s=time.monotonic() - t0, run_id=run_id, auth_refreshes=req.refreshes(),
     )
     return ApplyResult(report, counts["failed"] + counts["skipped"], summary.get("blocked", 0),
                        applier.abort_reason)

@@ -101,6 +101,8 @@ def read(path: Path) -> SavedPlan:
         raise PlanFileError(f"cannot read plan file {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanFileError(f"{path} is not a saved plan (not JSON: {exc})") from None
+    except RecursionError:
+        raise PlanFileError(f"{path} is not a saved plan (JSON nested too deeply)") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise PlanFileError(f"{path} is not a saved plan (make one with `reconcile plan --out "
                             f"{path}`)")

@@ -78,7 +78,7 @@ def _change(name: str, spec: ImageSpec | None, record: Record | None, nonce: str
         if others:
             return _make(name, "blocked", "duplicates", _duplicates_detail(name, live),
                          image_id=record.image_id, **where)
-        remote_diff = diff_remote(record.request, remote)
+        remote_diff = diff_remote(record, remote)
         if remote_diff:
             return _make(name, "drift", "changed_remotely", "the image was changed outside "
                          "reconcile (recorded → now in the cloud)", image_id=record.image_id,
@@ -171,6 +171,13 @@ def diff_bodies(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[Fi
     return tuple(out)
 
 
-def diff_remote(request: Mapping[str, Any], remote: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
-    """Fields that were sent and now differ in the cloud. Fields the server adds are ignored."""
-    return diff_bodies(request, {k: remote.get(k) for k in request})
+def diff_remote(record: Record, remote: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
+    """Fields that were sent and now differ in the cloud from what the cloud answered then.
+
+    Compared with the recorded answer, not the request: the server may normalise a value at
+    create (an unknown os_version becomes "Other Linux(64 bit)"), which is not drift.
+    Fields the server adds on its own are ignored.
+    """
+    keys = record.request.keys() - {MARKER_PROPERTY}
+    then = {k: record.response.get(k, record.request[k]) for k in keys}
+    return diff_bodies(then, {k: remote.get(k) for k in keys})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from reconciler.models import GONE_STATUSES, Observed, Record
+from reconciler.models import GONE_STATUSES, MARKER_PROPERTY, Observed, Record
 
 
 class ListingApi(Protocol):
@@ -45,7 +45,8 @@ def observe(api: ListingApi, profile: str, records: Iterable[Record]) -> Observe
 
 
 def _ours(image: Mapping[str, Any], owners: set[Any]) -> bool:
-    """Public and community images of other projects are not ours to compare with."""
-    if image.get("visibility") not in ("public", "community"):
+    """Public and community images of other projects are not ours to compare with; an image
+    with our marker always is (it may be the only trace of a lost state file)."""
+    if image.get("visibility") not in ("public", "community") or MARKER_PROPERTY in image:
         return True
     return bool(owners) and image.get("owner") in owners

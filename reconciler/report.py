@@ -174,6 +174,7 @@ def to_json(report: RunReport) -> dict[str, Any]:
         "catalog_digest": report.catalog_digest,
         "run_id": report.run_id,
         "duration_s": report.duration_s,
+        "auth_refreshes": report.auth_refreshes,
         "summary": report.summary,
         "changes": [change_json(c) for c in report.changes],
         "warnings": list(report.warnings),
