@@ -485,6 +485,13 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
     _setup_logging(log_format)
     saved = planfile.read(plan_file) if plan_file else None
     if saved is not None:
+        ctx = click.get_current_context()
+        given = {p for p in ("catalog", "profile", "refresh")
+                 if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE}
+        if given:
+            raise ConfigError(f"{', '.join('--' + g for g in sorted(given))}: a saved plan "
+                              "fixes the catalog and profile, and is always checked against "
+                              "the cloud (that is what makes it safe to apply once only)")
         endpoint = endpoint or saved.target
     if dry_run:
         if saved is not None:

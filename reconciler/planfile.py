@@ -106,7 +106,7 @@ def read(path: Path) -> SavedPlan:
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise PlanFileError(f"{path} is not a saved plan (make one with `reconcile plan --out "
                             f"{path}`)")
-    if data.get("format_version") != FORMAT_VERSION:
+    if type(data.get("format_version")) is not int or data["format_version"] != FORMAT_VERSION:
         raise PlanFileError(f"{path} has plan format {data.get('format_version')!r}; this "
                             f"reconcile reads format {FORMAT_VERSION}; make the plan again")
     try:

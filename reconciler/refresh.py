@@ -45,8 +45,13 @@ def observe(api: ListingApi, profile: str, records: Iterable[Record]) -> Observe
 
 
 def _ours(image: Mapping[str, Any], owners: set[Any]) -> bool:
-    """Public and community images of other projects are not ours to compare with; an image
-    with our marker always is (it may be the only trace of a lost state file)."""
-    if image.get("visibility") not in ("public", "community") or MARKER_PROPERTY in image:
+    """Public and community images of other projects are not ours to compare with.
+
+    The project is known from the records' owners; with no records (a lost state file) an
+    image carrying our marker counts as ours, since it may be the only trace left.
+    """
+    if image.get("visibility") not in ("public", "community"):
         return True
-    return bool(owners) and image.get("owner") in owners
+    if owners:
+        return image.get("owner") in owners
+    return MARKER_PROPERTY in image

@@ -282,10 +282,6 @@ def test_apply_does_not_touch_an_image_changed_out_of_band(applied: World) -> No
     assert json.loads(result.stdout)["summary"]["drift"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: planner.diff_remote compares the recorded request, "
-                   "not the recorded response, with the cloud: a value the server normalised at "
-                   "create (unknown __os_version -> 'Other Linux(64 bit)') shows as drift "
-                   "changed_remotely right after a clean apply")
 def test_value_the_server_normalised_at_create_is_not_drift(
         tmp_path: Path, run_cli: Callable[..., Result]) -> None:
     sb = Sandbox(SandboxConfig(os_version_policy="fallback", retry_after_s=0.05)).start()
@@ -596,14 +592,7 @@ def test_own_community_image_is_adopted_after_the_state_file_is_lost(
         sb.stop()
 
 
-FOREIGN_MARKED_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG: refresh._ours keeps every image carrying reconcile_marker, "
-    "whatever its owner: another project's public image with a marker blocks a recorded name "
-    "as duplicates, or is adopted (recorded as ours) when the name is not recorded")
-
-
-@pytest.mark.parametrize("visibility", [pytest.param("public", marks=FOREIGN_MARKED_BUG),
-                                        "community"])
+@pytest.mark.parametrize("visibility", ["public", "community"])
 def test_marked_public_image_of_another_project_is_no_duplicate(
         applied: World, visibility: str) -> None:
     """Another team's reconcile may publish an image of the same name: it carries a marker too,
@@ -617,8 +606,7 @@ def test_marked_public_image_of_another_project_is_no_duplicate(
     assert actions(doc) == dict.fromkeys(NAMES, "unchanged")
 
 
-@pytest.mark.parametrize("visibility", [pytest.param("public", marks=FOREIGN_MARKED_BUG),
-                                        "community"])
+@pytest.mark.parametrize("visibility", ["public", "community"])
 def test_marked_public_image_of_another_project_is_never_adopted(
         world: World, visibility: str) -> None:
     theirs = world.sb.add_image({"name": "img-001", "visibility": visibility,

@@ -449,8 +449,6 @@ def test_damaged_or_foreign_plan_file_is_refused_with_a_clear_message(
     assert world.server() == {}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: planfile.read catches JSONDecodeError but not the "
-                   "RecursionError json.loads raises on deeply nested input: traceback, not exit 1")
 def test_deeply_nested_json_plan_file_is_refused_without_a_traceback(world: World) -> None:
     world.plan_file.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
 

@@ -91,4 +91,6 @@ def build_foreign_image(
     image = build_image(req, profile=profile, image_id=image_id, owner=owner, now=now)
     image.update(body)
     image["tags"] = tags
+    if profile == "ims" and image.get("visibility") == "public" and "__imagetype" not in body:
+        image["__imagetype"] = "gold"  # Huawei's public images (api-contract §10.1)
     return image
