@@ -61,6 +61,7 @@ class KeystonePassword:
     refreshes: int = 0  # authentications after the first one
     _token: str | None = field(default=None, repr=False)
     _expires: datetime | None = None
+    _lifetime_s: float = 0.0
     _catalog: list[dict[str, Any]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _authenticated: bool = False
@@ -96,7 +97,10 @@ class KeystonePassword:
     def _expiring(self) -> bool:
         if self._expires is None:
             return False
-        return (self._expires - self.clock()).total_seconds() < self.margin_s
+        # 120 s ahead, like keystoneauth; but never more than half a (short) token's life,
+        # or every call would authenticate again.
+        margin = min(self.margin_s, self._lifetime_s / 2)
+        return (self._expires - self.clock()).total_seconds() < margin
 
     def _authenticate(self) -> None:
         url = self.auth_url.rstrip("/")
@@ -119,6 +123,7 @@ class KeystonePassword:
         try:
             body = response.json()["token"]
             expires = _parse_time(body["expires_at"])
+            issued = _parse_time(body["issued_at"]) if body.get("issued_at") else self.clock()
         except (ValueError, KeyError, TypeError):
             raise ApiError(f"Keystone at {self.auth_url} answered without a usable token "
                            "body") from None
@@ -128,6 +133,7 @@ class KeystonePassword:
             self.refreshes += 1
         self._authenticated = True
         self._token, self._expires = token, expires
+        self._lifetime_s = max(0.0, (expires - issued).total_seconds())
         self._catalog = list(body.get("catalog") or [])
 
     def _body(self) -> dict[str, Any]:

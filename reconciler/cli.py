@@ -537,6 +537,13 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="ims",
               show_default=True, help="Validation rules and response shape.")
 @click.option("--token", help="Require this X-Auth-Token (default: accept any).")
+@click.option("--password", help="Keystone mode: POST /v3/auth/tokens checks this password "
+                                 "and issues expiring tokens, the only ones /v2 accepts.")
+@click.option("--user", help="Keystone mode: also check the user name.")
+@click.option("--token-ttl", type=click.FloatRange(min=0.1), default=86400.0,
+              show_default=True, help="Keystone mode: seconds an issued token lives.")
+@click.option("--region", default="sandbox", show_default=True,
+              help="Region of the image endpoint in the token's service catalog.")
 @click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True,
               help="Delay added to every API request.")
 @click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
@@ -550,7 +557,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
 @click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
               help="JSON file keeping the images across restarts.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request to stderr.")
-def sandbox(host: str, port: int, profile: str, token: str | None, latency_ms: int,
+def sandbox(host: str, port: int, profile: str, token: str | None, password: str | None,
+            user: str | None, token_ttl: float, region: str, latency_ms: int,
             fail_rate: float, throttle_rate: float, drop_response_rate: float,
             seed: int | None, data: Path | None, verbose: bool) -> None:
     """Serve a local IMS-compatible Image API for demos and tests.
@@ -561,10 +569,12 @@ def sandbox(host: str, port: int, profile: str, token: str | None, latency_ms: i
     Examples:
       reconcile sandbox --port 8080
       reconcile sandbox --drop-response-rate 0.3 --fail-rate 0.1 --throttle-rate 0.1 --seed 7
+      reconcile sandbox --password s3cret --token-ttl 5 --region cn-north-4   # Keystone
     """
     from reconciler.sandbox import SandboxConfig, serve
 
     config = SandboxConfig(host=host, port=port, profile=profile, token=token,
+                           password=password, user=user, token_ttl_s=token_ttl, region=region,
                            latency_ms=latency_ms, fail_rate=fail_rate,
                            throttle_rate=throttle_rate, drop_response_rate=drop_response_rate,
                            seed=seed, data_file=str(data) if data else None, verbose=verbose)
