@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import tomllib
@@ -431,6 +432,16 @@ def _setup_logging(log_format: str) -> None:
         _LOGGER.setLevel(logging.WARNING)
 
 
+def _stop_gracefully_on_sigterm() -> None:
+    """A scheduler's SIGTERM stops apply like Ctrl-C: creates in flight finish and are recorded.
+    (SIGKILL is safe too; the next apply then resolves them from the journal.)"""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _confirm(preview: Plan, endpoint: str) -> None:
     click.echo(plan_line(preview.summary()), err=True)
     work = len(preview.creates) + len(preview.adoptions) + preview.count("blocked")
@@ -513,6 +524,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
             _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
         try:
+            _stop_gracefully_on_sigterm()
             result = apply_catalog(ApplyRequest(
                 catalog_dir=catalog, state_path=state, profile=profile,
                 endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
