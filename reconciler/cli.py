@@ -432,14 +432,21 @@ def _setup_logging(log_format: str) -> None:
         _LOGGER.setLevel(logging.WARNING)
 
 
-def _stop_gracefully_on_sigterm() -> None:
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
     """A scheduler's SIGTERM stops apply like Ctrl-C: creates in flight finish and are recorded.
     (SIGKILL is safe too; the next apply then resolves them from the journal.)"""
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _confirm(preview: Plan, endpoint: str) -> None:
@@ -524,13 +531,14 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
             _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
         try:
-            _stop_gracefully_on_sigterm()
-            result = apply_catalog(ApplyRequest(
-                catalog_dir=catalog, state_path=state, profile=profile,
-                endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
-                saved=saved, parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
-                clock=rt.clock, on_outcome=progress, refreshes=lambda: session.refreshes,
-                on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
+            with _sigterm_as_interrupt():
+                result = apply_catalog(ApplyRequest(
+                    catalog_dir=catalog, state_path=state, profile=profile,
+                    endpoint=session.endpoint, api=session.client, strict=strict,
+                    refresh=refresh, saved=saved, parallelism=parallelism,
+                    retry=RetryPolicy(attempts=retries + 1), clock=rt.clock,
+                    on_outcome=progress, refreshes=lambda: session.refreshes,
+                    on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
         finally:
             progress.close()
     _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
