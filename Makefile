@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lint test test-fast demo bench clean
+.PHONY: install lint test test-fast test-glance demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ test: lint  ## lint, then the whole test suite
 
 test-fast: install  ## the suite without lint
 	$(BIN)/pytest -q -x
+
+# Integration suite against a real OpenStack Glance from PyPI (tests/glance). Builds or reuses
+# .glance-venv/ (about a minute the first time), then starts Glance on loopback per test.
+# RECONCILE_SKIP_GLANCE=1 is the only way to skip it.
+test-glance: install  ## reconcile against a real OpenStack Glance (slow)
+	@if [ "$$RECONCILE_SKIP_GLANCE" = 1 ]; then \
+	  echo "RECONCILE_SKIP_GLANCE=1: the Glance integration suite was NOT run"; exit 0; fi; \
+	$(BIN)/python tests/glance/glance_server.py --setup && \
+	$(BIN)/pytest -m glance tests/glance -q
 
 # The demo: a sandbox on a free loopback port, plan, apply, plan again (no changes left),
 # with a temporary state file; the apply report is written to demo-report.html.
