@@ -1,0 +1,205 @@
+"""Helpers shared by the apply tests: catalogs on disk, sandboxes, and what the state file and
+the server hold, read independently of reconcile's own code (plain ``sqlite3`` and HTTP)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from reconciler.sandbox import Sandbox, SandboxConfig
+
+#: The console script of this venv (``python -m reconciler.cli`` would not run ``main``).
+RECONCILE = Path(sys.executable).with_name("reconcile")
+OS_VERSIONS = ("Ubuntu 18.04 server 64bit", "CentOS 7.6 64bit", "EulerOS 2.9 64bit")
+#: Known to the client only as a warning; the sandbox's ``ims`` profile answers IMG.0056.
+UNKNOWN_OS_VERSION = "Plan9 4th edition 64bit"
+
+
+def image_names(count: int, prefix: str = "img") -> list[str]:
+    return [f"{prefix}-{i:03d}" for i in range(count)]
+
+
+def write_images(root: Path, names: Iterable[str], *, file: str = "images.yaml",
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """A catalog directory with one valid ``ims`` image per name (tags and a property too)."""
+    root.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i, name in enumerate(names):
+        image: dict[str, Any] = {
+            "name": name, "os_version": OS_VERSIONS[i % len(OS_VERSIONS)],
+            "min_disk": 40, "tags": ["reconcile-test", f"n{i}"],
+            "properties": {"build_id": f"{i:08d}"},
+        }
+        image.update((overrides or {}).get(name, {}))
+        images.append(image)
+    doc = {"defaults": {"disk_format": "zvhd2", "min_ram": 1024}, "images": images}
+    (root / file).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return root
+
+
+def generate_catalog(out: Path, images: int, files: int, seed: int = 1) -> None:
+    """bench/gen_catalog.py's ``generate`` (bench/ is no package, so it is loaded by path)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "gen_catalog.py"
+    spec = importlib.util.spec_from_file_location("gen_catalog", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.generate(out, images, files, seed)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def catalog_names(root: Path) -> list[str]:
+    """Every image name of a catalog directory, read with plain YAML."""
+    names: list[str] = []
+    for path in sorted(root.rglob("*.yaml")):
+        names += [i["name"] for i in yaml.safe_load(path.read_text(encoding="utf-8"))["images"]]
+    return names
+
+
+# --- the sandbox -------------------------------------------------------------------------------
+
+SandboxFactory = Callable[..., Sandbox]
+
+
+def sandboxes() -> Iterator[SandboxFactory]:
+    """Body of a ``sandbox`` fixture: make(**SandboxConfig fields) -> a started Sandbox
+    (Retry-After 0.05 s by default); all are stopped at the end."""
+    started: list[Sandbox] = []
+
+    def make(**config: Any) -> Sandbox:
+        sb = Sandbox(SandboxConfig(**{"retry_after_s": 0.05, **config})).start()
+        started.append(sb)
+        return sb
+
+    yield make
+    for sb in started:
+        sb.stop()
+
+
+def by_name(images: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for image in images:
+        out.setdefault(str(image.get("name")), []).append(image)
+    return out
+
+
+def live_image(sb: Sandbox, image_id: str) -> dict[str, Any]:
+    """GET /v2/images/{id} over HTTP, as any client would see it."""
+    headers = {"Accept": "application/json"}
+    if sb.config.token:
+        headers["X-Auth-Token"] = sb.config.token
+    saved = (sb.config.fail_rate, sb.config.throttle_rate)
+    sb.config.fail_rate = sb.config.throttle_rate = 0.0
+    try:
+        response = httpx.get(f"{sb.url}/v2/images/{image_id}", headers=headers, timeout=10)
+    finally:
+        sb.config.fail_rate, sb.config.throttle_rate = saved
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body, dict)
+    return body
+
+
+def total_requests(sb: Sandbox) -> int:
+    return sum(sb.request_count.values())
+
+
+# --- the state file, read with plain sqlite3 ---------------------------------------------------
+
+def query(state: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    try:
+        return list(conn.execute(sql, params))
+    finally:
+        conn.close()
+
+
+def recorded(state: Path) -> dict[str, dict[str, Any]]:
+    """name -> {image_id, request, response, status, created_at, updated_at, origin, target}."""
+    rows = query(state, "SELECT name, image_id, request_json, response_json, status, created_at,"
+                        " updated_at, origin, target FROM images")
+    names = [r[0] for r in rows]
+    assert len(names) == len(set(names)), f"a name is recorded twice: {sorted(names)}"
+    return {r[0]: {"image_id": r[1], "request": json.loads(r[2]), "response": json.loads(r[3]),
+                   "status": r[4], "created_at": r[5], "updated_at": r[6], "origin": r[7],
+                   "target": r[8]} for r in rows}
+
+
+def journal(state: Path) -> list[tuple[str, str, str]]:
+    """(name, state, nonce) of every journal entry."""
+    return [(r[0], r[1], r[2]) for r in query(state, "SELECT name, state, nonce FROM journal")]
+
+
+def pending_names(state: Path) -> list[str]:
+    return sorted(name for name, st, _ in journal(state) if st == "pending")
+
+
+def runs(state: Path) -> list[dict[str, Any]]:
+    rows = query(state, "SELECT id, outcome, created, adopted, failed, error FROM runs "
+                        "ORDER BY started_at, rowid")
+    return [dict(zip(("id", "outcome", "created", "adopted", "failed", "error"), r, strict=True))
+            for r in rows]
+
+
+def assert_converged(sb: Sandbox, state: Path, names: Iterable[str]) -> None:
+    """Exactly one image per catalog name on the server, each recorded once with its id, and no
+    create left pending."""
+    wanted = sorted(names)
+    server = by_name(sb.images())
+    duplicates = {n: len(v) for n, v in server.items() if len(v) > 1}
+    assert duplicates == {}, f"duplicate images on the server: {duplicates}"
+    assert sorted(server) == wanted
+    records = recorded(state)
+    assert sorted(records) == wanted
+    mismatched = {n: (records[n]["image_id"], server[n][0]["id"]) for n in wanted
+                  if records[n]["image_id"] != server[n][0]["id"]}
+    assert mismatched == {}, f"recorded ids differ from the server's: {mismatched}"
+    assert pending_names(state) == []
+
+
+# --- subprocesses ------------------------------------------------------------------------------
+
+def subprocess_env(token: str = "tok-test") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RECONCILE_") and k not in ("NO_COLOR", "OS_AUTH_TOKEN")}
+    env["OS_AUTH_TOKEN"] = token
+    return env
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             alive: Callable[[], bool] = lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert alive(), f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every non-empty line parsed as a JSON object (fails on the first line that is not)."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            pytest.fail(f"not a JSON line on stderr: {line!r}")
+        assert isinstance(doc, dict), line
+        out.append(doc)
+    return out
