@@ -222,7 +222,8 @@ class AkSkAuth(httpx.Auth):
 
 
 def canonical_request(request: httpx.Request, signed: list[str]) -> str:
-    path = "/".join(quote(part, safe="~") for part in unquote(request.url.path).split("/"))
+    raw_path = request.url.raw_path.split(b"?", 1)[0].decode("ascii")  # still percent-encoded
+    path = "/".join(quote(part, safe="~") for part in unquote(raw_path).split("/"))
     if not path.endswith("/"):
         path += "/"
     query = "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}"
@@ -328,12 +329,10 @@ def resolve(env: Mapping[str, str], *, endpoint: str | None, token_file: Path | 
             insecure: bool, http_factory: Callable[[bool | str], httpx.Client]) -> Credentials:
     """Pick the credential source (first match of the module docstring's list)."""
     verify: bool | str = False if insecure else (cacert or env.get("OS_CACERT") or True)
-    cloud_name = os_cloud or None
     if token_file is not None:
         return Credentials(StaticToken(_read_token(token_file)), _need(endpoint),
                            "--token-file", verify=verify)
-    if cloud_name is None and not env.get("OS_AUTH_TOKEN"):
-        cloud_name = env.get("OS_CLOUD") or None
+    cloud_name = os_cloud or env.get("OS_CLOUD") or None
     if cloud_name is not None:
         return _from_cloud(cloud_name, env, endpoint, interface, verify, http_factory)
     if env.get("OS_AUTH_TOKEN", "").strip():

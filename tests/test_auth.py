@@ -555,9 +555,6 @@ def test_os_cloud_flag_beats_os_auth_token(token_cloud: str) -> None:
     assert creds.tokens.token() == "cloud-token"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reconciler/auth.py resolve() lets OS_AUTH_TOKEN "
-                   "override OS_CLOUD, against its docstring order (OS_CLOUD is source 2, "
-                   "OS_AUTH_TOKEN source 3)")
 def test_os_cloud_variable_beats_os_auth_token(token_cloud: str) -> None:
     creds = resolve_env({"OS_CLOUD": token_cloud, "OS_AUTH_TOKEN": "env-token"},
                         endpoint=ENDPOINT)
