@@ -174,6 +174,32 @@ def test_unlisted_os_interface_is_an_error(keystone: Sandbox, invoke: Invoke) ->
     assert "no private image endpoint" in result.stderr
 
 
+def test_unreachable_keystone_is_a_clean_error(invoke: Invoke) -> None:
+    with Sandbox() as sb:
+        env = os_vars(sb)  # a port that was just free, and is closed again
+    url = env["OS_AUTH_URL"].removesuffix("/v3")
+    result = invoke(APPLY, env)
+    assert_clean_failure(result)
+    assert f"cannot reach Keystone at {url}/v3" in result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: reconciler/auth.py KeystonePassword._authenticate "
+                   "catches only httpx.TransportError; a malformed OS_AUTH_URL raises "
+                   "httpx.InvalidURL, which escapes as a traceback")
+def test_malformed_auth_url_is_a_clean_error(keystone: Sandbox, invoke: Invoke) -> None:
+    result = invoke(APPLY, os_vars(keystone, OS_AUTH_URL="https://iam.example.com:50OO/v3"))
+    assert_clean_failure(result)
+    assert "iam.example.com:50OO" in result.stderr
+
+
+def test_auth_url_without_a_password_is_a_clean_error(keystone: Sandbox, invoke: Invoke) -> None:
+    env = {k: v for k, v in os_vars(keystone).items() if k != "OS_PASSWORD"}
+    result = invoke(APPLY, env)
+    assert_clean_failure(result)
+    assert "OS_PASSWORD" in result.stderr
+    assert token_posts(keystone) == 0
+
+
 def hand_made_catalog() -> list[dict[str, Any]]:
     def endpoint(region: str, interface: str) -> dict[str, str]:
         return {"region": region, "region_id": region, "interface": interface,
@@ -203,6 +229,11 @@ def test_image_endpoint_without_a_region_refuses_to_guess_between_regions() -> N
 def test_image_endpoint_unknown_region_lists_the_regions() -> None:
     with pytest.raises(ConfigError, match=rf"regions: {REGION}, eu-west-0\)"):
         image_endpoint(hand_made_catalog(), region="ap-southeast-1")
+
+
+def test_image_endpoint_without_an_image_service_asks_for_endpoint() -> None:
+    with pytest.raises(ConfigError, match="no image service; pass --endpoint"):
+        image_endpoint(hand_made_catalog()[:1], region=REGION)
 
 
 def fake_keystone(catalog: list[dict[str, Any]]) -> Callable[[bool | str], httpx.Client]:
@@ -626,6 +657,18 @@ def test_insecure_prints_a_warning_on_every_run(keystone: Sandbox, invoke: Invok
     assert INSECURE_WARNING in plan.stderr
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: reconciler/cli.py _api() prints the --insecure "
+                   "warning with click.echo instead of _notice, so with --log-format json it is "
+                   "the one plain-text line among the JSON events on stderr")
+def test_insecure_warning_is_a_json_event_with_json_logs(keystone: Sandbox,
+                                                         invoke: Invoke) -> None:
+    result = invoke([*APPLY, "--insecure", "--log-format", "json", "-o", "report.json"],
+                    os_vars(keystone))
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert any("--insecure" in event["message"] for event in events)
+
+
 def test_no_warning_without_insecure(keystone: Sandbox, invoke: Invoke) -> None:
     result = invoke(APPLY, os_vars(keystone))
     assert result.exit_code == 0, result.output
@@ -701,7 +744,10 @@ def acceptance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             results[key] = CliRunner().invoke(cli, args, obj=Runtime(env=dict(run_env)),
                                               catch_exceptions=False, prog_name="reconcile")
 
-        run("apply", [*APPLY, "--parallelism", "16", "--log-format", "json"])
+        # 4 at a time, not 16: 300 creates of 50 ms each then take at least 3.75 s, longer than
+        # half a 5 s token's life, so a refresh is certain however fast reconcile gets (at 16
+        # they take about 2.5 s, right at the edge).
+        run("apply", [*APPLY, "--parallelism", "4", "--log-format", "json"])
         run("html", [*APPLY, "--log-format", "json", "--format", "html", "-o", "report.html"])
         run("markdown", [*APPLY, "--format", "markdown", "--output", "report.md"])
         run("text", ["apply", "--yes", "--catalog", "catalog", "--state", "state.db"])
@@ -733,8 +779,10 @@ def test_acceptance_creates_every_image_once_and_reports_the_refreshes(
     names = names_in(sb)
     assert len(names) == len(set(names)) == 300
     assert sb.post_count == 300
-    # Runs take longer than half a 5 s token's life, so tokens are refreshed (not 401'd).
-    assert report["auth_refreshes"] >= 1, report["duration_s"]
+    # The run outlasts half a 5 s token's life: the token was refreshed, never 401'd (above:
+    # no create was sent twice).
+    assert report["auth_refreshes"] >= 1
+    assert sb.request_count[("POST", "tokens")] >= report["auth_refreshes"] + 1
     for key in ("html", "markdown", "text", "saved"):
         assert acceptance["results"][key].exit_code == 0, acceptance["results"][key].output
     assert json.loads(acceptance["results"]["plan"].stdout)["summary"]["create"] == 0
