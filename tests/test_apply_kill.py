@@ -147,8 +147,8 @@ def test_rerun_adopts_images_whose_answer_the_killed_run_never_saw(
     sb = sandbox(latency_ms=100, drop_response_rate=1.0)
     catalog, state, names = setup(tmp_path)
     run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4")
-    wait_for(lambda: sb.post_count >= 4, 30, "four creates", alive=run.alive)
-    sb.config.latency_ms = 3000
+    wait_for(lambda: len(sb.images()) >= 4, 30, "four creates committed", alive=run.alive)
+    sb.config.latency_ms = 3000  # before any look-up: they start >= 0.25 s after a drop
     time.sleep(0.5)
     assert run.kill() == -signal.SIGKILL
     sb.config.latency_ms, sb.config.drop_response_rate = 0, 0.0
@@ -245,7 +245,7 @@ def lock_holder(state: Path) -> dict[str, Any]:
 def test_second_concurrent_apply_fails_fast_naming_the_lock_holder(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
     sb = sandbox(latency_ms=200)
-    catalog, state, names = setup(tmp_path, 20)
+    catalog, state, names = setup(tmp_path, 30)  # about 3 s of creates
     first = Apply(tmp_path, sb, state, catalog, "--parallelism", "2")
     wait_for(lambda: lock_holder(state).get("pid") == first.proc.pid, 30,
              "the first apply to take the lock", alive=first.alive)
