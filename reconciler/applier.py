@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from reconciler.client import RetryPolicy
@@ -46,8 +47,24 @@ class ImageApi(Protocol):
     def find_images(self, name: str, **props: str) -> list[dict[str, Any]]: ...
 
 
-class RunAborted(Exception):
-    """Raised inside a worker when the run must stop (401, interrupt)."""
+#: How long after it was sent an unanswered create may still land. Until then a create that
+#: cannot be found is not presumed lost: it is neither sent again nor released.
+DEFAULT_SETTLE_S = 120.0
+
+
+class _Unsettled(Exception):
+    """The run stopped before a lost create's fate was known."""
+
+
+def _fate(exc: ApiError) -> str:
+    """What a failed create tells about the image: ``refused`` (certainly not created),
+    ``answered`` (the server is done: one look-up decides) or ``unanswered`` (it may still
+    be in progress)."""
+    if isinstance(exc, TransportError):
+        return "unanswered" if exc.sent else "refused"
+    if exc.status == 429:
+        return "refused"  # throttled at the gateway, before the service
+    return "unanswered" if exc.status in (502, 504) else "answered"
 
 
 @dataclass
@@ -60,6 +77,7 @@ class Applier:
     run_id: str
     parallelism: int = 10
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    settle_s: float = DEFAULT_SETTLE_S
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
@@ -86,6 +104,13 @@ class Applier:
                     break
                 continue
             if found is None:
+                age = (datetime.now(UTC) - _parse_iso(entry.started_at)).total_seconds()
+                if age < self.settle_s:
+                    log.warning("%s: the create sent %ds ago by run %s may still land; it is "
+                                "left pending (blocked) until %ds after it was sent",
+                                entry.name, age, entry.run_id, self.settle_s,
+                                extra={"event": "recover_waiting", "image": entry.name})
+                    continue
                 self.store.journal_release(entry.nonce, f"not found by run {self.run_id}")
                 log.info("released pending create of %s: not on the server", entry.name,
                          extra={"event": "recover_released", "image": entry.name})
@@ -150,48 +175,67 @@ class Applier:
         body = {**spec.body(), MARKER_PROPERTY: nonce}
         self.store.journal_open(nonce=nonce, target=self.target, name=spec.name,
                                 run_id=self.run_id, request=body)
-        maybe_created = False  # True once a send may have reached the server
         attempt = 0
         while True:
             attempt += 1
+            sent_at = time.monotonic()
             try:
-                if maybe_created:
-                    found = self._find(spec.name, nonce)
-                    if found is not None:
-                        log.info("found %s after a lost answer; not sending it again",
-                                 spec.name, extra={"event": "found_after_loss",
-                                                   "image": spec.name, "image_id": found["id"]})
-                        return self._record(spec.name, body, found, nonce, started, attempt)
-                    maybe_created = False
-                    if self._stop.is_set():
-                        self.store.journal_release(nonce, "not created; run stopped")
-                        return self._skipped(spec.name)
                 image = self.api.create_image(body)
                 return self._record(spec.name, body, image, nonce, started, attempt)
             except AuthError as exc:
-                if not maybe_created:
-                    self.store.journal_release(nonce, "HTTP 401: not created")
+                self.store.journal_release(nonce, "HTTP 401: not created")
                 self.abort(f"authentication failed: {exc.message}")
                 return self._failed(spec.name, exc, attempt, started)
             except ClientError as exc:
                 self.store.journal_release(nonce, f"HTTP {exc.status}: not created")
                 return self._failed(spec.name, exc, attempt, started)
             except (ServerError, TransportError) as exc:
-                # 429 is refused before the backend; a 5xx or a lost answer may hide a create.
-                sent = exc.sent if isinstance(exc, TransportError) else exc.status != 429
-                maybe_created = maybe_created or sent
-                if attempt >= self.retry.attempts or self._stop.is_set():
-                    return self._give_up(spec.name, nonce, exc, attempt, started,
-                                         maybe_created)
-                delay = self.retry.delay(attempt, exc.retry_after, self.rng)
-                log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", spec.name, exc,
-                            delay, attempt, self.retry.attempts,
-                            extra={"event": "retry", "image": spec.name, "status": exc.status,
-                                   "code": exc.code, "request_id": exc.request_id,
-                                   "attempt": attempt, "delay_s": round(delay, 3)})
-                self.sleep(delay)
+                error: ApiError = exc
             except ApiError as exc:  # a 2xx without a usable body: the image may exist
                 return self._give_up(spec.name, nonce, exc, attempt, started, True)
+            fate = _fate(error)
+            if fate != "refused":
+                try:
+                    found = self._settle(spec.name, nonce, sent_at, wait=fate == "unanswered")
+                except (ApiError, _Unsettled):
+                    return self._give_up(spec.name, nonce, error, attempt, started, True)
+                if found is not None:
+                    log.info("found %s after a lost answer; not sending it again", spec.name,
+                             extra={"event": "found_after_loss", "image": spec.name,
+                                    "image_id": found["id"]})
+                    return self._record(spec.name, body, found, nonce, started, attempt)
+            if attempt >= self.retry.attempts or self._stop.is_set():
+                return self._give_up(spec.name, nonce, error, attempt, started, False)
+            delay = self.retry.delay(attempt, error.retry_after, self.rng)
+            log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", spec.name, error,
+                        delay, attempt, self.retry.attempts,
+                        extra={"event": "retry", "image": spec.name, "status": error.status,
+                               "code": error.code, "request_id": error.request_id,
+                               "attempt": attempt, "delay_s": round(delay, 3)})
+            self.sleep(delay)
+
+    def _settle(self, name: str, nonce: str, sent_at: float, *,
+                wait: bool) -> dict[str, Any] | None:
+        """After a failed create: the image, if it was created after all; None if it was not.
+
+        An answered failure (500, 503) means the server is done with the request, so one
+        look-up decides. Without an answer (timeout, dropped connection, 502/504 from a
+        gateway) the server may still be working on it: look again, backing off, until
+        ``settle_s`` after the send, and only then call it not created. Raises _Unsettled
+        if the run stops first.
+        """
+        looks = 0
+        while True:
+            found = self._find(name, nonce)
+            if found is not None or not wait:
+                return found
+            left = self.settle_s - (time.monotonic() - sent_at)
+            if left <= 0:
+                return None
+            if self._stop.is_set():
+                raise _Unsettled
+            looks += 1
+            self.sleep(min(left, self.retry.delay(looks, None, self.rng)))
 
     def _give_up(self, name: str, nonce: str, exc: ApiError, attempt: int, started: float,
                  maybe_created: bool) -> Outcome:
@@ -252,6 +296,11 @@ class Applier:
         if not self._stop.is_set():
             self.abort_reason = reason
             self._stop.set()
+
+
+def _parse_iso(value: str) -> datetime:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def adoption_request(spec: ImageSpec, image: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import click
 import httpx
 
 from reconciler import __version__, planfile
+from reconciler.applier import DEFAULT_SETTLE_S
 from reconciler.auth import Credentials, resolve
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
 from reconciler.client import ImageClient, RetryPolicy, http_client
@@ -477,6 +478,10 @@ def _confirm(preview: Plan, endpoint: str) -> None:
               help="How many creates run at once.")
 @click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
               help="Retries per image for 429, 5xx and connection errors.")
+@click.option("--settle-time", type=click.FloatRange(min=0), default=DEFAULT_SETTLE_S,
+              show_default=True, envvar="RECONCILE_SETTLE_TIME", show_envvar=True,
+              help="Seconds after sending an unanswered create during which it may still "
+                   "land: until then it is looked for, never sent again.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Logs on stderr: text (warnings only) or JSON lines "
                                       "(every event, for cron).")
@@ -484,7 +489,7 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, profile: str,
           strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
           templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
-          log_format: str, **auth: Any) -> None:
+          settle_time: float, log_format: str, **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
@@ -536,7 +541,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
                     catalog_dir=catalog, state_path=state, profile=profile,
                     endpoint=session.endpoint, api=session.client, strict=strict,
                     refresh=refresh, saved=saved, parallelism=parallelism,
-                    retry=RetryPolicy(attempts=retries + 1), clock=rt.clock,
+                    retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
+                    clock=rt.clock,
                     on_outcome=progress, refreshes=lambda: session.refreshes,
                     on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
         finally:

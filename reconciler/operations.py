@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler import __version__, planfile
-from reconciler.applier import Applier, adoption_request
+from reconciler.applier import DEFAULT_SETTLE_S, Applier, adoption_request
 from reconciler.catalog import load_catalog
 from reconciler.client import ImageClient, RetryPolicy, normalize_endpoint
 from reconciler.errors import AuthError, ConfigError, PlanFileError, StateError
@@ -164,6 +164,7 @@ class ApplyRequest:
     on_outcome: Callable[[Outcome], None] = lambda o: None
     on_plan: Callable[[Plan], None] = lambda p: None
     refreshes: Callable[[], int] = lambda: 0  # token refreshes so far, for the report
+    settle_s: float = DEFAULT_SETTLE_S
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -201,7 +202,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     if req.saved is not None:
         store.mark_plan_applied(req.saved.plan_id, run_id)
     applier = Applier(store, req.api, target, run_id, parallelism=req.parallelism,
-                      retry=req.retry, on_outcome=req.on_outcome)
+                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome)
     outcomes: list[Outcome] = []
     summary: dict[str, int] = {}
     result: Plan | None = None

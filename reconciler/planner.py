@@ -114,6 +114,10 @@ def _unrecorded(name: str, spec: ImageSpec, live: list[dict[str, Any]], nonce: s
                 where: dict[str, Any], reason: str, detail: str) -> Change:
     """A catalog image the state does not (or no longer) track: what does the cloud hold?"""
     if not live:
+        if nonce is not None:
+            return _make(name, "blocked", "pending_create", "an earlier create of this image "
+                         "got no answer and may still land; it is not sent again until its "
+                         "settle time has passed (apply --settle-time)", **where)
         return _make(name, "create", reason, detail, **where)
     if len(live) > 1:
         return _make(name, "blocked", "duplicates", _duplicates_detail(name, live), **where)

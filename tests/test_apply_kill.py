@@ -89,8 +89,14 @@ def setup(tmp_path: Path, count: int = IMAGES) -> tuple[Path, Path, list[str]]:
 
 
 def finish(tmp_path: Path, sb: Sandbox, state: Path, catalog: Path) -> dict[str, Any]:
-    """Re-run apply, fault-free, as cron would; it must succeed at once. Returns its report."""
-    rerun = Apply(tmp_path, sb, state, catalog, "--format", "json")
+    """Re-run apply, fault-free, as cron would; it must succeed at once. Returns its report.
+
+    Every request the sandbox got has been answered by now, so a create still unseen cannot
+    land any more: the settle window (how long an unanswered create may still land, 120 s by
+    default) is shortened to 1 s, and waited out, so that the re-run may create it again.
+    """
+    time.sleep(1.0)
+    rerun = Apply(tmp_path, sb, state, catalog, "--format", "json", "--settle-time", "1")
     assert rerun.wait() == 0, rerun.output()
     report = json.loads(rerun.stdout)
     assert isinstance(report, dict)
@@ -142,16 +148,16 @@ def test_killed_apply_is_finished_by_the_next_one_without_duplicates(
 @pytest.mark.timeout(90)
 def test_rerun_adopts_images_whose_answer_the_killed_run_never_saw(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
-    # Every create is committed and its answer dropped; the look-ups that would find them
-    # are slowed down, and the process is killed while they wait.
-    sb = sandbox(latency_ms=100, drop_response_rate=1.0)
+    # Every request takes longer than the client waits: creates commit on the server, but
+    # neither their answers nor the look-ups for them ever reach the client, which is killed.
+    sb = sandbox(latency_ms=1000)
     catalog, state, names = setup(tmp_path)
-    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4")
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--read-timeout", "0.3",
+                "--no-refresh")
     wait_for(lambda: len(sb.images()) >= 4, 30, "four creates committed", alive=run.alive)
-    sb.config.latency_ms = 3000  # before any look-up: they start >= 0.25 s after a drop
-    time.sleep(0.5)
     assert run.kill() == -signal.SIGKILL
-    sb.config.latency_ms, sb.config.drop_response_rate = 0, 0.0
+    time.sleep(1.2)  # creates the server had received commit meanwhile
+    sb.config.latency_ms = 0
     markers = {i.get(MARKER_PROPERTY): i["name"] for i in sb.images()}
     pending = {nonce: name for name, st, nonce in journal(state) if st == "pending"}
     adoptable = {name for nonce, name in pending.items() if nonce in markers}
@@ -186,20 +192,11 @@ def test_sigterm_stops_gracefully_recording_every_create_in_flight(
 
 # A create the server is still processing when the client stops waiting for it can land after
 # the look-up that was meant to find it. Both tests below make POSTs slow (3 s) and reads fast.
-SLOW_CREATE_BUG = (
-    "BUG: a create still being processed by the server is treated as 'not created' once one "
-    "look-up misses it, and is sent again; when the first POST lands there are two images. "
-    "{where}")
-
-
 def duplicates_after_slow_creates_land(sb: Sandbox) -> dict[str, int]:
     time.sleep(3.2)  # every POST the sandbox received has committed by now
     return {n: len(v) for n, v in by_name(sb.images()).items() if len(v) > 1}
 
 
-@pytest.mark.xfail(strict=True, reason=SLOW_CREATE_BUG.format(
-    where="applier.Applier.recover releases a pending entry of a run killed seconds ago "
-          "(journal_release 'not found by run ...') and the re-run creates the image again"))
 @pytest.mark.timeout(90)
 def test_create_still_in_flight_when_killed_is_not_duplicated_by_the_rerun(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
@@ -210,13 +207,14 @@ def test_create_still_in_flight_when_killed_is_not_duplicated_by_the_rerun(
     assert run.kill() == -signal.SIGKILL
     sb.config.latency_ms = 0
     rerun = Apply(tmp_path, sb, state, catalog, "--format", "json")  # as cron would, at once
-    rerun.wait()
+    assert rerun.wait() == 1, rerun.output()  # the in-flight creates block their names
+    blocked = [c for c in json.loads(rerun.stdout)["changes"] if c["action"] == "blocked"]
+    assert blocked and {c["reason"] for c in blocked} == {"pending_create"}
     assert duplicates_after_slow_creates_land(sb) == {}
+    finish(tmp_path, sb, state, catalog)  # the landed creates are adopted, the rest created
+    assert_converged(sb, state, [c["name"] for c in json.loads(rerun.stdout)["changes"]])
 
 
-@pytest.mark.xfail(strict=True, reason=SLOW_CREATE_BUG.format(
-    where="applier.Applier._create_one: after a read timeout (TransportError sent=True) one "
-          "_find miss sets maybe_created=False and the same body is POSTed again"))
 @pytest.mark.timeout(90)
 def test_create_outliving_the_read_timeout_is_not_sent_again(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
