@@ -108,6 +108,9 @@ class KeystonePassword:
         try:
             response = self.http.post(url, json=self._body(),
                                       headers={"Accept": "application/json"})
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise ConfigError(f"the Keystone URL {self.auth_url!r} is not valid ({exc}); "
+                              "check OS_AUTH_URL or auth_url in clouds.yaml") from None
         except httpx.TransportError as exc:
             raise TransportError(f"cannot reach Keystone at {self.auth_url} "
                                  f"({type(exc).__name__})", sent=False) from None
@@ -279,6 +282,12 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, not {type(value).__name__}")
+    return value
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -297,13 +306,12 @@ def load_cloud(name: str, env: Mapping[str, str]) -> dict[str, Any]:
     if name not in clouds:
         raise ConfigError(f"{clouds_path} has no cloud {name!r}; it has: "
                           + (", ".join(sorted(clouds)) or "none"))
-    cloud = clouds[name]
+    cloud = _mapping(clouds[name], f"{clouds_path}: cloud {name!r}")
     secure_path = _find(env, ("secure.yaml", "secure.yml"), "OS_CLIENT_SECURE_FILE")
     if secure_path is not None:
         secure = _load_yaml(secure_path).get("clouds", {}).get(name, {})
-        cloud = _merge(cloud, secure)
-    if not isinstance(cloud, dict):
-        raise ConfigError(f"{clouds_path}: cloud {name!r} must be a mapping")
+        cloud = _merge(cloud, _mapping(secure, f"{secure_path}: cloud {name!r}"))
+    _mapping(cloud.get("auth") or {}, f"{clouds_path}: cloud {name!r}: auth")
     return cloud
 
 

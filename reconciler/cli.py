@@ -285,11 +285,9 @@ class AuthFlags:
 def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
          retries: int = 5) -> Iterator[ApiSession]:
     """An Image API client and its credentials; closed afterwards."""
-    if flags.insecure:
-        click.echo("warning: --insecure: TLS certificates are NOT verified; anyone on the "
-                   "network path can read the token and change answers", err=True)
     injected = rt.extra.get("api")
     if injected is not None:
+        _warn_insecure(flags.insecure)
         yield ApiSession(injected, None)
         return
 
@@ -301,6 +299,7 @@ def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
                     token_file=flags.token_file, os_cloud=flags.os_cloud,
                     interface=flags.interface, cacert=flags.cacert, insecure=flags.insecure,
                     http_factory=factory)
+    _warn_insecure(creds.verify is False)
     client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
                          verify=creds.verify, connect_timeout=flags.connect_timeout,
                          read_timeout=flags.read_timeout,
@@ -309,6 +308,13 @@ def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
         yield ApiSession(client, creds)
     finally:
         client.close()
+
+
+def _warn_insecure(insecure: bool) -> None:
+    if insecure:  # every run, whether from --insecure or `verify: false` in clouds.yaml
+        _notice("warning: TLS certificates are NOT verified (--insecure or verify: false); "
+                "anyone on the network path can read the token and change answers",
+                level=logging.WARNING)
 
 
 @dataclass(frozen=True)

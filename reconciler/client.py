@@ -342,6 +342,10 @@ def normalize_endpoint(endpoint: str) -> str:
         root = root[: -len("/v2")].rstrip("/")
     if not re.match(r"https?://[^/]", root):
         raise ConfigError(f"image endpoint {endpoint!r} must be an http:// or https:// URL")
+    try:
+        httpx.URL(root)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"image endpoint {endpoint!r} is not a valid URL: {exc}") from None
     return root
 
 

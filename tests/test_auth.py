@@ -183,9 +183,6 @@ def test_unreachable_keystone_is_a_clean_error(invoke: Invoke) -> None:
     assert f"cannot reach Keystone at {url}/v3" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reconciler/auth.py KeystonePassword._authenticate "
-                   "catches only httpx.TransportError; a malformed OS_AUTH_URL raises "
-                   "httpx.InvalidURL, which escapes as a traceback")
 def test_malformed_auth_url_is_a_clean_error(keystone: Sandbox, invoke: Invoke) -> None:
     result = invoke(APPLY, os_vars(keystone, OS_AUTH_URL="https://iam.example.com:50OO/v3"))
     assert_clean_failure(result)
@@ -536,25 +533,15 @@ def test_malformed_clouds_yaml_is_a_clear_error_naming_the_file(invoke: Invoke,
     assert "not valid YAML" in result.stderr
 
 
-def xfail_bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
-
-
 MALFORMED_CLOUDS = [
     pytest.param("clouds: [prod]\n", None, "clouds.yaml", id="clouds is a list"),
     pytest.param("clouds:\n  hw:\n", None, "clouds.yaml", id="empty cloud"),
     pytest.param("clouds:\n  hw:\n", "clouds:\n  hw: {auth: {password: pw}}\n", "clouds.yaml",
-                 id="empty cloud with a secure.yaml entry",
-                 marks=xfail_bug("reconciler/auth.py load_cloud() merges secure.yaml into a "
-                                 "None cloud before checking it is a mapping: TypeError")),
+                 id="empty cloud with a secure.yaml entry"),
     pytest.param("clouds:\n  hw:\n    auth: [username, password]\n", None, "clouds.yaml",
-                 id="auth is a list",
-                 marks=xfail_bug("reconciler/auth.py _from_cloud() calls .items() on a "
-                                 "non-mapping auth: AttributeError")),
+                 id="auth is a list"),
     pytest.param("clouds:\n  hw: {auth: {username: u}}\n", "clouds:\n  hw: oops\n",
-                 "secure.yaml", id="secure.yaml entry is a string",
-                 marks=xfail_bug("reconciler/auth.py _merge() calls .items() on a non-mapping "
-                                 "secure.yaml entry: AttributeError")),
+                 "secure.yaml", id="secure.yaml entry is a string"),
 ]
 
 
@@ -675,7 +662,7 @@ def test_token_file_beats_a_broken_os_cloud_at_the_cli(invoke: Invoke, work: Pat
 
 # --- 7. TLS flags --------------------------------------------------------------------------
 
-INSECURE_WARNING = "warning: --insecure: TLS certificates are NOT verified"
+INSECURE_WARNING = "warning: TLS certificates are NOT verified"
 
 
 def test_insecure_prints_a_warning_on_every_run(keystone: Sandbox, invoke: Invoke) -> None:
@@ -690,9 +677,6 @@ def test_insecure_prints_a_warning_on_every_run(keystone: Sandbox, invoke: Invok
     assert INSECURE_WARNING in plan.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reconciler/cli.py _api() prints the --insecure "
-                   "warning with click.echo instead of _notice, so with --log-format json it is "
-                   "the one plain-text line among the JSON events on stderr")
 def test_insecure_warning_is_a_json_event_with_json_logs(keystone: Sandbox,
                                                          invoke: Invoke) -> None:
     result = invoke([*APPLY, "--insecure", "--log-format", "json", "-o", "report.json"],
