@@ -145,23 +145,48 @@ def test_killed_apply_is_finished_by_the_next_one_without_duplicates(
     assert outcomes[-1] == "success" and "running" not in outcomes, outcomes
 
 
-@pytest.mark.timeout(90)
-def test_rerun_adopts_images_whose_answer_the_killed_run_never_saw(
-        tmp_path: Path, sandbox: SandboxFactory) -> None:
+def lose_answers_to_timeouts(tmp_path: Path, sb: Sandbox, state: Path, catalog: Path) -> None:
     # Every request takes longer than the client waits: creates commit on the server, but
     # neither their answers nor the look-ups for them ever reach the client, which is killed.
-    sb = sandbox(latency_ms=1000)
-    catalog, state, names = setup(tmp_path)
+    sb.config.latency_ms = 1000
     run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--read-timeout", "0.3",
                 "--no-refresh")
     wait_for(lambda: len(sb.images()) >= 4, 30, "four creates committed", alive=run.alive)
     assert run.kill() == -signal.SIGKILL
     time.sleep(1.2)  # creates the server had received commit meanwhile
+
+
+def lose_answers_to_drops(tmp_path: Path, sb: Sandbox, state: Path, catalog: Path) -> None:
+    # Every create is committed and its answer dropped; the look-ups that would find them
+    # are slowed down, and the process is killed while they wait.
+    sb.config.latency_ms, sb.config.drop_response_rate = 100, 1.0
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4")
+    wait_for(lambda: sb.post_count >= 4, 30, "four creates sent", alive=run.alive)
+    # The four POSTs commit (and are dropped) 100 ms after they arrived; the look-ups sent
+    # right after the drops now take 3 s, and the process is killed while they wait.
+    sb.config.latency_ms = 3000
+    wait_for(lambda: len(sb.images()) >= 4, 30, "four creates committed", alive=run.alive)
+    time.sleep(0.3)
+    assert run.kill() == -signal.SIGKILL
+    sb.config.drop_response_rate = 0.0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("lose_answers", [
+    pytest.param(lose_answers_to_timeouts, id="read-timeouts"),
+    pytest.param(lose_answers_to_drops, id="dropped-responses"),
+])
+def test_rerun_adopts_images_whose_answer_the_killed_run_never_saw(
+        lose_answers: Callable[[Path, Sandbox, Path, Path], None], tmp_path: Path,
+        sandbox: SandboxFactory) -> None:
+    sb = sandbox()
+    catalog, state, names = setup(tmp_path)
+    lose_answers(tmp_path, sb, state, catalog)
     sb.config.latency_ms = 0
     markers = {i.get(MARKER_PROPERTY): i["name"] for i in sb.images()}
     pending = {nonce: name for name, st, nonce in journal(state) if st == "pending"}
     adoptable = {name for nonce, name in pending.items() if nonce in markers}
-    assert len(adoptable) >= 4, (pending, markers)  # the scenario really happened
+    assert adoptable, (pending, markers)  # the scenario really happened (typically 4 names)
     assert recorded(state).keys().isdisjoint(adoptable)
     images_before, posts_before = len(sb.images()), sb.post_count
     report = finish(tmp_path, sb, state, catalog)
@@ -224,8 +249,9 @@ def test_create_outliving_the_read_timeout_is_not_sent_again(
                 "--no-refresh")
     wait_for(lambda: sb.post_count >= 2, 30, "two creates in flight", alive=run.alive)
     sb.config.latency_ms = 0
-    run.wait()
+    assert run.wait() == 0, run.output()  # found once they land, within the settle time
     assert duplicates_after_slow_creates_land(sb) == {}
+    assert_converged(sb, state, image_names(2))
 
 
 # --- 10. two applies on one state file ---------------------------------------------------------
