@@ -326,8 +326,8 @@ class _FileChecker:
             if message:
                 self.error(tag_line, f"{where}[{i}]", message)
                 ok = False
-        if len(set(value)) > self.profile.max_tags:
-            self.error(line, where, f"has {len(set(value))} tags; the API allows at most "
+        if len(value) > self.profile.max_tags:  # the server counts duplicates too
+            self.error(line, where, f"has {len(value)} tags; the API allows at most "
                                     f"{self.profile.max_tags}")
             ok = False
         return tuple(value) if ok else None
@@ -339,9 +339,9 @@ class _FileChecker:
             return None
         self._duplicates(value, where)
         ok = True
-        if len(value) > self.profile.max_properties:
-            self.error(line, where, f"has {len(value)} properties; the API allows at most "
-                                    f"{self.profile.max_properties}")
+        if len(value) + 1 > self.profile.max_properties:  # + reconcile's marker
+            self.error(line, where, f"has {len(value)} properties; with reconcile's marker the "
+                                    f"API allows at most {self.profile.max_properties - 1}")
             ok = False
         for key, item in value.items():
             key_line = value.key_lines.get(key, value.line)
@@ -414,6 +414,13 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                                         f"{name!r}; first defined at {first_file}:{first_line}"))
                 continue
             seen[name] = (display, line)
+            extras = len(fields.get("properties", ())) + ("os_version" in fields) + 1
+            if extras > profile.max_properties:
+                problems.append(Problem(display, line, f"{where}.properties", f"has {extras} "
+                                        "extra properties with os_version and reconcile's "
+                                        f"marker; the API allows at most "
+                                        f"{profile.max_properties}"))
+                continue
             spec_fields = {**profile.defaults, **fields}
             messages = profile.lint(spec_fields)
             if messages:

@@ -60,6 +60,8 @@ class Profile:
     max_string: int | None  # longest string value allowed anywhere, None = no limit
     computed_keys: frozenset[str] = field(default_factory=frozenset)
     lint_ims_rules: bool = False
+    empty_strings: bool = False  # an empty os_version or property name is accepted
+    admin_visibilities: frozenset[str] = field(default_factory=frozenset)
 
     def check_value(self, key: str, value: Any) -> str | None:
         """The error for one already type-checked field value, or None."""
@@ -73,6 +75,10 @@ class Profile:
                 return "must not be empty"
             if len(value) > self.name_max:
                 return f"is {len(value)} characters long; at most {self.name_max} allowed"
+        elif key == "visibility" and value in self.admin_visibilities:
+            return (f"{value!r} needs the admin role under {self.name}'s default policy (403 "
+                    "publicize_image); create the image private or shared and have an admin "
+                    "change its visibility")
         elif key == "visibility" and value not in self.visibilities:
             return _one_of(value, self.visibilities, self.name)
         elif key == "container_format" and value not in self.container_formats:
@@ -85,7 +91,7 @@ class Profile:
                 return f"is {value}; the {self.name} profile allows {lo} to {hi} (GB)"
         elif key == "min_ram" and not 0 <= value <= INT32_MAX:
             return f"is {value}; must be between 0 and {INT32_MAX} (MB)"
-        elif key == "os_version" and not value:
+        elif key == "os_version" and not value and not self.empty_strings:
             return "must not be empty"
         return None
 
@@ -107,7 +113,7 @@ class Profile:
             return "starts with os_glance, a namespace reserved for the server"
         if key in self.computed_keys:
             return f"is computed by the server from os_version; the {self.name} profile forbids it"
-        if not key:
+        if not key and not self.empty_strings:
             return "property names must not be empty"
         if len(key) > 255:
             return f"is {len(key)} characters long; property names allow at most 255"
@@ -177,6 +183,8 @@ GLANCE = Profile(
     max_tags=128,
     max_properties=128,
     max_string=None,
+    empty_strings=True,
+    admin_visibilities=frozenset({"public"}),
 )
 
 PROFILES: dict[str, Profile] = {"ims": IMS, "glance": GLANCE}

@@ -459,11 +459,18 @@ def test_quoted_number_like_name_is_text(write_catalog: Callable[..., Path]) -> 
     assert [s.name for s in load_catalog(root, IMS).images] == ["1.10", "no"]
 
 
-def test_glance_profile_accepts_public_visibility_and_min_disk_zero(
+def test_glance_profile_accepts_shared_visibility_and_min_disk_zero(
         write_catalog: Callable[..., Path]) -> None:
-    root = write_catalog(image("visibility: public", "min_disk: 0", "container_format: ovf"))
+    root = write_catalog(image("visibility: shared", "min_disk: 0", "container_format: ovf"))
     spec = load_catalog(root, GLANCE).images[0]
-    assert (spec.visibility, spec.min_disk, spec.container_format) == ("public", 0, "ovf")
+    assert (spec.visibility, spec.min_disk, spec.container_format) == ("shared", 0, "ovf")
+
+
+def test_glance_profile_refuses_public_visibility_which_needs_an_admin(
+        write_catalog: Callable[..., Path]) -> None:
+    root = write_catalog(image("visibility: public"))
+    with pytest.raises(CatalogError, match="admin"):
+        load_catalog(root, GLANCE)
 
 
 def test_images_are_sorted_by_name_and_remember_file_and_line(
