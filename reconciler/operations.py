@@ -19,6 +19,7 @@ from reconciler.catalog import load_catalog
 from reconciler.client import ImageClient, RetryPolicy, normalize_endpoint
 from reconciler.errors import AuthError, ConfigError, PlanFileError, StateError
 from reconciler.models import (
+    ACTIONS,
     GONE_STATUSES,
     Catalog,
     Change,
@@ -197,7 +198,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         chosen = _check_saved(req, store, catalog, target)
     run_id = new_run_id(req.clock)
     store.start_run(run_id, target=target, profile=catalog.profile,
-                    catalog_digest=catalog.digest(), tool_version=__version__,
+                    catalog_digest=catalog.digest, tool_version=__version__,
                     started_at=iso(req.clock()))
     if req.saved is not None:
         store.mark_plan_applied(req.saved.plan_id, run_id)
@@ -241,9 +242,8 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     report = RunReport.model_construct(
         format_version=1, mode="apply", dry_run=False, generated_at=iso(req.clock()),
         tool_version=__version__, catalog=catalog.directory, target=target,
-        profile=catalog.profile, catalog_digest=catalog.digest(),
-        summary={**(summary or dict.fromkeys(("create", "adopt", "unchanged", "drift",
-                                               "orphan", "blocked"), 0)), **counts},
+        profile=catalog.profile, catalog_digest=catalog.digest,
+        summary={**(summary or dict.fromkeys(ACTIONS, 0)), **counts},
         changes=result.changes if result else (),
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
         warnings=(f"run aborted: {applier.abort_reason}",) if applier.abort_reason else (),
@@ -271,7 +271,7 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog,
                             "Make a new plan with `reconcile plan --out FILE`")
     records = store.records(target)
     observed = observe(req.api, catalog.profile, records.values()) if req.refresh else None
-    reasons = planfile.stale_reasons(saved, catalog_digest=catalog.digest(),
+    reasons = planfile.stale_reasons(saved, catalog_digest=catalog.digest,
                                      state_revision=store.revision(), observed=observed)
     if not reasons:
         pending = {p.name: p.nonce for p in store.pending(target)}

@@ -42,7 +42,7 @@ def plan(catalog: Catalog, records: Mapping[str, Record], *, target: str,
         for name in sorted(specs.keys() | records.keys())
     ]
     return Plan.model_construct(target=target, profile=catalog.profile,
-                                catalog_digest=catalog.digest(), changes=tuple(changes))
+                                catalog_digest=catalog.digest, changes=tuple(changes))
 
 
 class _Cloud:
@@ -102,7 +102,7 @@ def _offline(name: str, spec: ImageSpec | None, record: Record | None, pending: 
 
 
 def _compare(name: str, spec: ImageSpec, record: Record, where: dict[str, Any]) -> Change:
-    if spec.digest() == record.spec_digest:
+    if spec.digest == record.spec_digest:
         return _make(name, "unchanged", "in_sync", image_id=record.image_id, **where)
     return _make(name, "drift", "catalog_changed",
                  "the catalog differs from what was sent when the image was created; "

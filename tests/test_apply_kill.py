@@ -12,6 +12,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +61,7 @@ class Apply:
             self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=subprocess_env(),
                                          cwd=tmp_path)
         self.started = time.monotonic()
+        self.state = state
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -103,6 +105,15 @@ def finish(tmp_path: Path, sb: Sandbox, state: Path, catalog: Path) -> dict[str,
     return report
 
 
+def lock_holder(state: Path) -> dict[str, Any]:
+    lock = Path(f"{state}.lock")
+    try:
+        doc = json.loads(lock.read_bytes() or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 # --- 9. SIGKILL at different moments -----------------------------------------------------------
 
 def after_seconds(seconds: float) -> Callable[[Sandbox, Apply], bool]:
@@ -114,8 +125,9 @@ def after_posts(posts: int) -> Callable[[Sandbox, Apply], bool]:
 
 
 MOMENTS = [
-    pytest.param(after_seconds(0.3), id="0.3s-starting-up"),
-    pytest.param(after_seconds(0.8), id="0.8s"),
+    pytest.param(after_seconds(0.1), id="0.1s-starting-up"),  # imports alone take longer
+    pytest.param(lambda sb, run: lock_holder(run.state).get("pid") == run.proc.pid,
+                 id="lock-taken"),
     pytest.param(after_posts(1), id="first-POST-in-flight"),
     pytest.param(after_posts(13), id="13-POSTs"),
     pytest.param(after_posts(IMAGES - 2), id="near-the-end"),
@@ -254,16 +266,36 @@ def test_create_outliving_the_read_timeout_is_not_sent_again(
     assert_converged(sb, state, image_names(2))
 
 
+DIE_IN_MIGRATION = """
+import os, signal, sys
+from reconciler import state
+def killed(db):
+    os.kill(os.getpid(), signal.SIGKILL)
+state.MIGRATIONS[1] = killed  # SIGKILL arrives after schema step 1, before the last one
+state.StateStore.open_for_write(sys.argv[1])
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: state._migrate is not atomic: Python's sqlite3 opens no transaction for DDL, so each "
+    "CREATE TABLE of _v1 commits at once; a first apply killed inside "
+    "StateStore.open_for_write leaves tables with user_version 0, which _check_version refuses "
+    "for ever ('an SQLite file but not a reconcile state file')"))
+@pytest.mark.timeout(90)
+def test_first_apply_killed_while_creating_the_state_file_does_not_brick_it(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    sb = sandbox()
+    catalog, state, names = setup(tmp_path, 3)
+    killed = subprocess.run([sys.executable, "-c", DIE_IN_MIGRATION, str(state)],
+                            capture_output=True, timeout=30, env=subprocess_env())
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert state.exists()  # the kill really happened while the file was being set up
+    rerun = Apply(tmp_path, sb, state, catalog)
+    assert rerun.wait() == 0, rerun.output()
+    assert_converged(sb, state, names)
+
+
 # --- 10. two applies on one state file ---------------------------------------------------------
-
-def lock_holder(state: Path) -> dict[str, Any]:
-    lock = Path(f"{state}.lock")
-    try:
-        doc = json.loads(lock.read_bytes() or b"{}")
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
 
 @pytest.mark.timeout(90)
 def test_second_concurrent_apply_fails_fast_naming_the_lock_holder(

@@ -126,10 +126,10 @@ def catalog_dir(write_catalog: Callable[..., Path]) -> Path:
 
 
 def records_of(catalog_dir: Path, make_record: Callable[..., Record]) -> list[Record]:
-    """Records exactly matching the catalog: spec_digest == spec.digest() from load_catalog."""
+    """Records exactly matching the catalog: spec_digest == spec.digest from load_catalog."""
     specs = load_catalog(catalog_dir, IMS).images
     records = [make_record(s, f"id-{s.name}") for s in specs]
-    assert [r.spec_digest for r in records] == [s.digest() for s in specs]
+    assert [r.spec_digest for r in records] == [s.digest for s in specs]
     return records
 
 
@@ -257,9 +257,9 @@ def test_catalog_setting_precedence(env: dict[str, str], flags: list[str], expec
 
 
 @pytest.fixture
-def public_image(tmp_path: Path, write_catalog: Callable[..., Path]) -> Path:
+def shared_image(tmp_path: Path, write_catalog: Callable[..., Path]) -> Path:
     """A catalog valid only under the glance profile; reconcile.toml selects glance."""
-    write_catalog({"a.yaml": "images:\n  - name: a\n    visibility: public\n"})
+    write_catalog({"a.yaml": "images:\n  - name: a\n    visibility: shared\n"})
     (tmp_path / "reconcile.toml").write_text('[reconcile]\ncatalog = "catalog"\n'
                                              'profile = "glance"\n')
     return tmp_path
@@ -276,7 +276,7 @@ PROFILE_PRECEDENCE = {
 @pytest.mark.parametrize(("env", "flags", "code"), PROFILE_PRECEDENCE.values(),
                          ids=PROFILE_PRECEDENCE.keys())
 def test_profile_setting_precedence(env: dict[str, str], flags: list[str], code: int,
-                                    public_image: Path, run_cli: Run) -> None:
+                                    shared_image: Path, run_cli: Run) -> None:
     result = run_cli(["validate", *flags], env=env)
     assert result.exit_code == code, result.output
 

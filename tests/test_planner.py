@@ -194,7 +194,7 @@ def test_plan_summary_and_identity() -> None:
     assert result.summary() == {"create": 1, "adopt": 0, "unchanged": 1, "drift": 1, "orphan": 1,
                                 "blocked": 1}
     assert (result.target, result.profile, result.catalog_digest) == (
-        TARGET, "ims", cat.digest())
+        TARGET, "ims", cat.digest)
     assert [c.name for c in result.creates] == ["new"]
 
 
