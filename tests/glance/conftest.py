@@ -64,9 +64,9 @@ def glance_template(glance_venv: Path, tmp_path_factory: pytest.TempPathFactory)
     return server.database
 
 
-def _started(workdir: Path, venv: Path, template: Path) -> GlanceServer:
+def _started(workdir: Path, venv: Path, template: Path, **options: int) -> GlanceServer:
     workdir.mkdir(parents=True, exist_ok=True)
-    server = GlanceServer(workdir, venv=venv)
+    server = GlanceServer(workdir, venv=venv, **options)
     shutil.copyfile(template, server.database)
     try:
         server.start()
@@ -80,6 +80,18 @@ def glance(glance_venv: Path, glance_template: Path, tmp_path: Path,
            request: pytest.FixtureRequest) -> Iterator[GlanceServer]:
     """A fresh Glance with no images, for this test only."""
     server = _started(tmp_path / "glance", glance_venv, glance_template)
+    yield server
+    server.stop()
+    if _failed(request):
+        print(f"----- Glance log ({server.log_path}) -----\n{server.log_text()}")
+
+
+@pytest.fixture
+def glance_low_quota(glance_venv: Path, glance_template: Path, tmp_path: Path,
+                     request: pytest.FixtureRequest) -> Iterator[GlanceServer]:
+    """A fresh Glance whose operator lowered image_property_quota to 4, as operators may:
+    a limit reconcile cannot know, so only the server refuses."""
+    server = _started(tmp_path / "glance", glance_venv, glance_template, property_quota=4)
     yield server
     server.stop()
     if _failed(request):

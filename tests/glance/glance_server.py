@@ -152,8 +152,9 @@ class GlanceServer:
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None, venv: Path = VENV,
-                 workers: int = 1, threads: int = 1) -> None:
+                 workers: int = 1, threads: int = 1, property_quota: int = 128) -> None:
         self.workdir = Path(workdir).resolve()
+        self.property_quota = property_quota  # image_property_quota, Glance's default 128
         self.venv = venv
         self.port = port
         self.workers, self.threads = workers, threads
@@ -207,6 +208,7 @@ class GlanceServer:
 worker_self_reference_url = http://127.0.0.1:{self.port}
 enabled_backends = fs:file
 debug = false
+image_property_quota = {self.property_quota}
 
 [database]
 connection = sqlite:///{self.database}
