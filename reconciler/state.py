@@ -73,8 +73,10 @@ def now_iso() -> str:
 
 
 def _migrate(conn: sqlite3.Connection, current: int, upto: int = SCHEMA_VERSION) -> None:
+    """All steps and the new version in one transaction: a kill leaves the old file intact.
+    (Python's sqlite3 would commit each CREATE TABLE on its own.)"""
     db = Database(conn)
-    with conn:
+    with db.atomic():
         for version in range(current, upto):
             MIGRATIONS[version](db)
         conn.execute(f"PRAGMA user_version = {upto}")

@@ -276,11 +276,6 @@ state.StateStore.open_for_write(sys.argv[1])
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: state._migrate is not atomic: Python's sqlite3 opens no transaction for DDL, so each "
-    "CREATE TABLE of _v1 commits at once; a first apply killed inside "
-    "StateStore.open_for_write leaves tables with user_version 0, which _check_version refuses "
-    "for ever ('an SQLite file but not a reconcile state file')"))
 @pytest.mark.timeout(90)
 def test_first_apply_killed_while_creating_the_state_file_does_not_brick_it(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
