@@ -9,6 +9,7 @@ because a catalog must never silently turn a name into a number.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -59,7 +60,23 @@ class RawScalar:
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc]
-    pass
+    """The fast loader (C parser and composer when available)."""
+
+
+class _AliasLoader(yaml.SafeLoader):
+    """For files that use aliases: the Python composer, taught to give ``*alias`` its own
+    line (both composers hand back the anchored node itself). Slower, and rarely needed."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            node: Any = copy.copy(super().compose_node(parent, index))
+            node.start_mark = mark
+            return node
+        return super().compose_node(parent, index)
+
+
+_ALIAS = re.compile(r"(^|[\s\[{,:-])\*[^\s,\]}]+", re.MULTILINE)
 
 
 def _construct_map(loader: Any, node: yaml.MappingNode) -> Iterator[LineDict]:
@@ -115,15 +132,16 @@ def _construct_null(loader: Any, node: yaml.ScalarNode) -> RawScalar:
     return RawScalar(node.value or "", "null", None)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-_Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
-_Loader.add_constructor("tag:yaml.org,2002:null", _construct_null)
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_Loader.add_constructor("tag:yaml.org,2002:float",
-                        _raw("number", yaml.SafeLoader.construct_yaml_float))
-_Loader.add_constructor("tag:yaml.org,2002:timestamp",
-                        _raw("date", yaml.SafeLoader.construct_yaml_timestamp))
+for _loader in (_Loader, _AliasLoader):
+    _loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+    _loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+    _loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+    _loader.add_constructor("tag:yaml.org,2002:null", _construct_null)
+    _loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+    _loader.add_constructor("tag:yaml.org,2002:float",
+                            _raw("number", yaml.SafeLoader.construct_yaml_float))
+    _loader.add_constructor("tag:yaml.org,2002:timestamp",
+                            _raw("date", yaml.SafeLoader.construct_yaml_timestamp))
 
 
 def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
@@ -141,8 +159,12 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
                                                      f"at offset {exc.start}); save it as UTF-8")]
     if text.startswith("\ufeff"):
         text = text[1:]
+    loader = _AliasLoader if "*" in text and _ALIAS.search(text) else _Loader
     try:
-        return yaml.load(text, Loader=_Loader), []
+        return yaml.load(text, Loader=loader), []
+    except RecursionError:
+        return None, [Problem(display, None, "", "is not valid YAML for a catalog: an alias "
+                              "refers to itself")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -240,7 +262,7 @@ class _FileChecker:
             if "name" not in fields:
                 self.error(item.line, f"{path}.name", "is required")
                 continue
-            out.append((_merge(defaults, fields), item.line, path))
+            out.append((_merge(defaults, fields), line, path))
         return out
 
     def _duplicates(self, data: LineDict, path: str) -> None:

@@ -358,8 +358,6 @@ def test_unhashable_key_is_not_reported_as_a_duplicate(
     assert "given twice" not in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: catalog._construct_seq takes an alias item's line "
-                   "from the anchored node, so `- *x` on line 4 is reported at line 2")
 def test_aliased_image_is_located_at_the_alias(
         write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
     root = write_catalog(one("images:\n  - &x\n    name: a\n  - *x\n"))
