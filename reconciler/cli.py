@@ -54,7 +54,9 @@ CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "endpoint": ("endpoint", str), "format": ("fmt", str), "templates": ("templates", str),
     "strict": ("strict", bool), "parallelism": ("parallelism", int),
     "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
-    "read_timeout": ("read_timeout", (int, float)),
+    "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
+    "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
+    "interface": ("interface", str), "cacert": ("cacert", str),
 }
 
 
@@ -254,20 +256,25 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
 
 def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Where credentials come from; the order of precedence is in ``reconciler.auth``."""
-    f = click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Read a static API token from this file.")(f)
-    f = click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD).")(f)
-    f = click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
+    options = [
+        click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Read a static API token from this file."),
+        click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD)."),
+        click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
                      help="Service catalog interface for the image endpoint (default: "
-                          "$OS_INTERFACE or public).")(f)
-    f = click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
-                     help="CA bundle for TLS verification (default: $OS_CACERT).")(f)
-    f = click.option("--insecure", is_flag=True,
-                     help="Do not verify TLS certificates (prints a warning every run).")(f)
-    f = click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
-                     show_default=True, help="Seconds to wait for a connection.")(f)
-    return click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
-                        show_default=True, help="Seconds to wait for an answer.")(f)
+                          "$OS_INTERFACE or public)."),
+        click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
+                     help="CA bundle for TLS verification (default: $OS_CACERT)."),
+        click.option("--insecure", is_flag=True,
+                     help="Do not verify TLS certificates (prints a warning every run)."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
+                     show_default=True, help="Seconds to wait for a connection."),
+        click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
+                     show_default=True, help="Seconds to wait for an answer."),
+    ]
+    for option in reversed(options):  # click lists the last applied first
+        f = option(f)
+    return f
 
 
 @dataclass(frozen=True)
