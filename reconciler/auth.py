@@ -63,6 +63,7 @@ class KeystonePassword:
     _expires: datetime | None = None
     _lifetime_s: float = 0.0
     _catalog: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _project_id: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _authenticated: bool = False
 
@@ -93,6 +94,11 @@ class KeystonePassword:
     def catalog(self) -> list[dict[str, Any]]:
         self.token()
         return self._catalog
+
+    @property
+    def scoped_project_id(self) -> str | None:
+        """The project the token is scoped to: the owner of the images we create."""
+        return self._project_id
 
     def _expiring(self) -> bool:
         if self._expires is None:
@@ -138,6 +144,9 @@ class KeystonePassword:
         self._token, self._expires = token, expires
         self._lifetime_s = max(0.0, (expires - issued).total_seconds())
         self._catalog = list(body.get("catalog") or [])
+        project = body.get("project")
+        self._project_id = str(project["id"]) if isinstance(project, dict) and project.get(
+            "id") else self.project_id
 
     def _body(self) -> dict[str, Any]:
         user: dict[str, Any] = {"password": self.password}
@@ -330,6 +339,13 @@ class Credentials:
     @property
     def refreshes(self) -> int:
         return int(getattr(self.tokens, "refreshes", 0))
+
+    @property
+    def project_id(self) -> str | None:
+        """Our project, when the credentials tell (Keystone token scope, AK/SK project)."""
+        if isinstance(self.tokens, KeystonePassword):
+            return self.tokens.scoped_project_id
+        return self.signer.project_id if isinstance(self.signer, AkSkAuth) else None
 
 
 def resolve(env: Mapping[str, str], *, endpoint: str | None, token_file: Path | None,

@@ -307,6 +307,7 @@ def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
                     interface=flags.interface, cacert=flags.cacert, insecure=flags.insecure,
                     http_factory=factory)
     _warn_insecure(creds.verify is False)
+    creds.tokens.token()  # authenticate now: bad credentials fail before any work starts
     client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
                          verify=creds.verify, connect_timeout=flags.connect_timeout,
                          read_timeout=flags.read_timeout,
@@ -336,6 +337,10 @@ class ApiSession:
     @property
     def refreshes(self) -> int:
         return self.credentials.refreshes if self.credentials else 0
+
+    @property
+    def project_id(self) -> str | None:
+        return self.credentials.project_id if self.credentials else None
 
 
 @cli.command("plan")
@@ -374,7 +379,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
         session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
                            endpoint=session.endpoint if session else endpoint,
-                           api=session.client if session else None, clock=rt.clock)
+                           api=session.client if session else None,
+                           project_id=session.project_id if session else None, clock=rt.clock)
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock)
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
@@ -545,7 +551,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
             preview = make_plan(saved.catalog if saved else catalog, state,
                                 profile=saved.profile if saved else profile, strict=strict,
                                 endpoint=session.endpoint,
-                                api=session.client if refresh else None, clock=rt.clock)
+                                api=session.client if refresh else None,
+                                project_id=session.project_id, clock=rt.clock)
             _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
         try:
@@ -557,6 +564,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
                     retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
                     clock=rt.clock,
                     on_outcome=progress, refreshes=lambda: session.refreshes,
+                    project_id=session.project_id,
                     on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
         finally:
             progress.close()

@@ -77,7 +77,8 @@ class PlanResult:
 
 def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
-              api: ImageClient | None = None, clock: Clock = utc_now) -> PlanResult:
+              api: ImageClient | None = None, project_id: str | None = None,
+              clock: Clock = utc_now) -> PlanResult:
     """Compare the catalog with the state file, which is only read (never created).
 
     With ``api`` the cloud is read too (``--refresh``); without it the plan is offline.
@@ -92,7 +93,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
     finally:
         if store:
             store.close()
-    observed = observe(api, catalog.profile, records.values()) if api else None
+    observed = observe(api, catalog.profile, records.values(), project_id) if api else None
     result = plan(catalog, records, target=target, pending=pending, observed=observed)
     report = plan_report(catalog, result, clock=clock)
     return PlanResult(catalog, result, report, revision, observed)
@@ -166,6 +167,7 @@ class ApplyRequest:
     on_plan: Callable[[Plan], None] = lambda p: None
     refreshes: Callable[[], int] = lambda: 0  # token refreshes so far, for the report
     settle_s: float = DEFAULT_SETTLE_S
+    project_id: str | None = None  # our project, when the credentials tell
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -214,7 +216,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
             observed = None
             if req.refresh:
                 try:
-                    observed = observe(req.api, catalog.profile, records.values())
+                    observed = observe(req.api, catalog.profile, records.values(), req.project_id)
                 except AuthError as exc:
                     # Nothing can be sent either; the report lists what was not done.
                     applier.abort(f"authentication failed: {exc.message}")
@@ -270,7 +272,8 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog,
                             f"{applied['applied_at']}); a saved plan can be applied once only. "
                             "Make a new plan with `reconcile plan --out FILE`")
     records = store.records(target)
-    observed = observe(req.api, catalog.profile, records.values()) if req.refresh else None
+    observed = observe(req.api, catalog.profile, records.values(),
+                       req.project_id) if req.refresh else None
     reasons = planfile.stale_reasons(saved, catalog_digest=catalog.digest,
                                      state_revision=store.revision(), observed=observed)
     if not reasons:

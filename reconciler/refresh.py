@@ -23,9 +23,11 @@ class ListingApi(Protocol):
 _FILTERS = {"ims": {"__imagetype": "private"}, "glance": {}}
 
 
-def observe(api: ListingApi, profile: str, records: Iterable[Record]) -> Observed:
+def observe(api: ListingApi, profile: str, records: Iterable[Record],
+            project_id: str | None = None) -> Observed:
+    """``project_id``, when the credentials tell it, identifies our images for sure."""
     records = list(records)
-    owners = {r.response.get("owner") for r in records} - {None}
+    owners = ({r.response.get("owner") for r in records} | {project_id}) - {None}
     images = [i for i in api.list_images(_FILTERS.get(profile, {}))
               if i.get("status") not in GONE_STATUSES and _ours(i, owners)]
     seen = {i["id"] for i in images}
