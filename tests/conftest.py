@@ -1,4 +1,5 @@
-"""Shared fixtures: catalog files on disk, a fixed clock, the CLI through CliRunner, state files.
+"""Shared fixtures: catalog files on disk, a fixed clock, the CLI through CliRunner, state files,
+sandboxes.
 
 ``run_cli`` runs every command in the test's own ``tmp_path`` (so a stray ``reconcile.toml`` in
 the checkout never leaks in) with ``RECONCILE_*`` and ``NO_COLOR`` cleared, a fixed clock
@@ -11,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from apply_helpers import SandboxFactory, sandboxes
 from click.testing import CliRunner, Result
 
 from reconciler.cli import Runtime, cli
@@ -139,3 +141,9 @@ def sha256_of(path: Path) -> str:
 @pytest.fixture
 def file_sha256() -> Callable[[Path], str]:
     return sha256_of
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxFactory]:
+    """sandbox(**SandboxConfig fields) -> a started Sandbox; all are stopped after the test."""
+    yield from sandboxes()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from apply_helpers import (
     pending_names,
     recorded,
     runs,
-    sandboxes,
     sha256_file,
     total_requests,
     write_images,
@@ -41,11 +40,6 @@ from reconciler.sandbox.faults import FaultInjector
 Run = Callable[..., Result]
 TOKEN = "tok-test-0001"
 ENV = {"OS_AUTH_TOKEN": TOKEN}
-
-
-@pytest.fixture
-def sandbox() -> Iterator[SandboxFactory]:
-    yield from sandboxes()
 
 
 def apply_args(sb: Sandbox, state: Path, catalog: Path, *extra: Any) -> list[Any]:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from apply_helpers import (
     pending_names,
     recorded,
     runs,
-    sandboxes,
     subprocess_env,
     wait_for,
     write_images,
@@ -39,11 +38,6 @@ from reconciler.models import MARKER_PROPERTY
 from reconciler.sandbox import Sandbox
 
 IMAGES = 40
-
-
-@pytest.fixture
-def sandbox() -> Iterator[SandboxFactory]:
-    yield from sandboxes()
 
 
 class Apply:
