@@ -11,12 +11,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 import yaml
+from click.testing import Result
 
 from reconciler.sandbox import Sandbox, SandboxConfig
 
@@ -119,6 +121,25 @@ def total_requests(sb: Sandbox) -> int:
     return sum(sb.request_count.values())
 
 
+def replace_image(sb: Sandbox, image_id: str, **fields: Any) -> dict[str, Any]:
+    """Change a stored image in place, as an out-of-band PATCH would (the sandbox has none);
+    ``updated_at`` becomes 2099-01-01T00:00:00Z unless ``fields`` says otherwise.
+
+    The store's records are immutable, so the record is swapped for one with the same
+    sequence number and ``created_at`` (its place in listings does not move).
+    """
+    from reconciler.sandbox.store import Record as StoreRecord
+
+    store = sb._app.store
+    with store._lock:
+        old = store._by_id[image_id]
+        image = {**old.image, "updated_at": "2099-01-01T00:00:00Z", **fields}
+        new = StoreRecord(old.seq, image, json.dumps(image, ensure_ascii=False))
+        store._by_id[image_id] = new
+        store._order[store._order.index(old)] = new
+    return image
+
+
 # --- the state file, read with plain sqlite3 ---------------------------------------------------
 
 def query(state: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -138,6 +159,16 @@ def recorded(state: Path) -> dict[str, dict[str, Any]]:
     return {r[0]: {"image_id": r[1], "request": json.loads(r[2]), "response": json.loads(r[3]),
                    "status": r[4], "created_at": r[5], "updated_at": r[6], "origin": r[7],
                    "target": r[8]} for r in rows}
+
+
+def drop_record(state: Path, name: str) -> None:
+    """Delete the record of one name, as if the state file had lost it."""
+    conn = sqlite3.connect(state)
+    try:
+        with conn:
+            assert conn.execute("DELETE FROM images WHERE name = ?", (name,)).rowcount == 1
+    finally:
+        conn.close()
 
 
 def journal(state: Path) -> list[tuple[str, str, str]]:
@@ -170,6 +201,25 @@ def assert_converged(sb: Sandbox, state: Path, names: Iterable[str]) -> None:
                   if records[n]["image_id"] != server[n][0]["id"]}
     assert mismatched == {}, f"recorded ids differ from the server's: {mismatched}"
     assert pending_names(state) == []
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+@dataclass
+class CliWorld:
+    """A sandbox, a catalog and a state file, with the CLI (conftest's ``run_cli``) pointed at
+    them through the environment; subclasses set ``token``."""
+
+    sb: Sandbox
+    state: Path
+    catalog: Path
+    run_cli: Callable[..., Result]
+    token: ClassVar[str] = "tok-test"
+
+    def cli(self, *args: Any) -> Result:
+        env = {"OS_AUTH_TOKEN": self.token, "RECONCILE_ENDPOINT": self.sb.url,
+               "RECONCILE_STATE": str(self.state), "RECONCILE_CATALOG": str(self.catalog)}
+        return self.run_cli(list(args), env=env)
 
 
 # --- subprocesses ------------------------------------------------------------------------------

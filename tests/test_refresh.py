@@ -6,55 +6,35 @@ against the in-process sandbox, and a real SQLite state file read back with plai
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sqlite3
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from apply_helpers import (
+    UNKNOWN_OS_VERSION,
+    CliWorld,
+    SandboxFactory,
+    by_name,
+    drop_record,
+    generate_catalog,
+    recorded,
+    replace_image,
+    total_requests,
+    write_images,
+)
 from click.testing import Result
 
 from reconciler.models import MARKER_PROPERTY
-from reconciler.sandbox import Sandbox, SandboxConfig
 
-TOKEN = "tok-refresh-0001"
-OS_VERSIONS = ("Ubuntu 18.04 server 64bit", "CentOS 7.6 64bit", "EulerOS 2.9 64bit")
 OTHER_PROJECT = "ffffffffffffffffffffffffffffffff"
 
 
 # --- the world: a sandbox, a catalog, a state file, the CLI -----------------------------------
 
-def write_images(root: Path, names: list[str],
-                 overrides: dict[str, dict[str, Any]] | None = None) -> Path:
-    """A catalog directory holding one valid ``ims`` image per name."""
-    root.mkdir(parents=True, exist_ok=True)
-    images = []
-    for i, name in enumerate(names):
-        image: dict[str, Any] = {"name": name, "os_version": OS_VERSIONS[i % len(OS_VERSIONS)],
-                                 "min_disk": 40, "tags": ["reconcile-test", f"n{i}"],
-                                 "properties": {"build_id": f"{i:08d}"}}
-        image.update((overrides or {}).get(name, {}))
-        images.append(image)
-    doc = {"defaults": {"disk_format": "zvhd2", "min_ram": 1024}, "images": images}
-    (root / "images.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return root
-
-
-@dataclass
-class World:
-    sb: Sandbox
-    state: Path
-    catalog: Path
-    run_cli: Callable[..., Result]
-
-    def cli(self, *args: Any) -> Result:
-        env = {"OS_AUTH_TOKEN": TOKEN, "RECONCILE_ENDPOINT": self.sb.url,
-               "RECONCILE_STATE": str(self.state), "RECONCILE_CATALOG": str(self.catalog)}
-        return self.run_cli(list(args), env=env)
+class World(CliWorld):
+    token = "tok-refresh-0001"
 
     def apply(self, *extra: Any) -> Result:
         return self.cli("apply", "--yes", *extra)
@@ -68,34 +48,14 @@ class World:
 
     def records(self) -> dict[str, dict[str, Any]]:
         """name -> record row, read with plain sqlite3; fails if a name is recorded twice."""
-        rows = query(self.state, "SELECT name, image_id, origin, request_json FROM images")
-        names = [r[0] for r in rows]
-        assert len(names) == len(set(names)), f"a name is recorded twice: {sorted(names)}"
-        return {r[0]: {"image_id": r[1], "origin": r[2], "request": json.loads(r[3])}
-                for r in rows}
+        return recorded(self.state)
 
-    def server(self) -> dict[str, list[dict[str, Any]]]:
+    def server(self) -> dict[str, list[Mapping[str, Any]]]:
         """name -> the images the sandbox stores under it."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for image in self.sb.images():
-            out.setdefault(str(image["name"]), []).append(image)
-        return out
+        return by_name(self.sb.images())
 
     def drop_record(self, name: str) -> None:
-        conn = sqlite3.connect(self.state)
-        try:
-            with conn:
-                assert conn.execute("DELETE FROM images WHERE name = ?", (name,)).rowcount == 1
-        finally:
-            conn.close()
-
-
-def query(state: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
-    try:
-        return list(conn.execute(sql, params))
-    finally:
-        conn.close()
+        drop_record(self.state, name)
 
 
 def changes(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -106,49 +66,12 @@ def actions(doc: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["action"] for c in doc["changes"]}
 
 
-def replace_image(sb: Sandbox, image_id: str, **fields: Any) -> dict[str, Any]:
-    """Change a stored image in place, as an out-of-band PATCH would (the sandbox has none).
-
-    The store's records are immutable, so the record is swapped for one with the same
-    sequence number and ``created_at`` (its place in listings does not move).
-    """
-    from reconciler.sandbox.store import Record as StoreRecord
-
-    store = sb._app.store
-    with store._lock:
-        old = store._by_id[image_id]
-        image = {**old.image, "updated_at": "2099-01-01T00:00:00Z", **fields}
-        new = StoreRecord(old.seq, image, json.dumps(image, ensure_ascii=False))
-        store._by_id[image_id] = new
-        store._order[store._order.index(old)] = new
-    return image
-
-
-def generate_catalog(out: Path, images: int, files: int, seed: int = 1) -> None:
-    """bench/gen_catalog.py's ``generate`` (bench/ is no package, so it is loaded by path)."""
-    path = Path(__file__).resolve().parent.parent / "bench" / "gen_catalog.py"
-    spec = importlib.util.spec_from_file_location("gen_catalog_for_refresh", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.generate(out, images, files, seed)
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    sb = Sandbox(SandboxConfig(retry_after_s=0.05)).start()
-    try:
-        yield sb
-    finally:
-        sb.stop()
-
-
 NAMES = ["img-000", "img-001", "img-002", "img-003"]
 
 
 @pytest.fixture
-def world(tmp_path: Path, run_cli: Callable[..., Result], sandbox: Sandbox) -> World:
-    return World(sandbox, tmp_path / "state.db", write_images(tmp_path / "catalog", NAMES),
+def world(tmp_path: Path, run_cli: Callable[..., Result], sandbox: SandboxFactory) -> World:
+    return World(sandbox(), tmp_path / "state.db", write_images(tmp_path / "catalog", NAMES),
                  run_cli)
 
 
@@ -191,13 +114,13 @@ def test_text_report_says_the_recorded_image_was_deleted_out_of_band(applied: Wo
 
 def test_offline_plan_takes_the_record_of_a_deleted_image_at_its_word(applied: World) -> None:
     applied.sb.delete_image(applied.records()["img-001"]["image_id"])
-    requests_before = sum(applied.sb.request_count.values())
+    requests_before = total_requests(applied.sb)
 
     result = applied.cli("plan", "--format", "json", "--detailed-exitcode")
 
     assert result.exit_code == 0, result.output
     assert set(actions(json.loads(result.stdout)).values()) == {"unchanged"}
-    assert sum(applied.sb.request_count.values()) == requests_before  # offline: no request
+    assert total_requests(applied.sb) == requests_before  # offline: no request
 
 
 def test_apply_recreates_a_deleted_image_and_records_its_new_id(applied: World) -> None:
@@ -283,22 +206,20 @@ def test_apply_does_not_touch_an_image_changed_out_of_band(applied: World) -> No
 
 
 def test_value_the_server_normalised_at_create_is_not_drift(
-        tmp_path: Path, run_cli: Callable[..., Result]) -> None:
-    sb = Sandbox(SandboxConfig(os_version_policy="fallback", retry_after_s=0.05)).start()
-    try:
-        catalog = write_images(tmp_path / "catalog", ["odd-000"],
-                               {"odd-000": {"os_version": "Plan9 4th edition 64bit"}})
-        world = World(sb, tmp_path / "state.db", catalog, run_cli)
-        assert world.apply().exit_code == 0
-        assert sb.images()[0]["__os_version"] == "Other Linux(64 bit)"  # nobody changed it since
+        tmp_path: Path, run_cli: Callable[..., Result], sandbox: SandboxFactory) -> None:
+    sb = sandbox(os_version_policy="fallback")
+    catalog = write_images(tmp_path / "catalog", ["odd-000"],
+                           overrides={"odd-000": {"os_version": UNKNOWN_OS_VERSION}})
+    world = World(sb, tmp_path / "state.db", catalog, run_cli)
+    assert world.apply().exit_code == 0
+    assert sb.images()[0]["__os_version"] == "Other Linux(64 bit)"  # nobody changed it since
 
-        result = world.cli("plan", "--refresh", "--detailed-exitcode", "--format", "json")
+    result = world.cli("plan", "--refresh", "--detailed-exitcode", "--format", "json")
 
-        change = changes(json.loads(result.stdout))["odd-000"]
-        assert (change["action"], change["reason"]) == ("unchanged", "in_sync"), change
-        assert result.exit_code == 0
-    finally:
-        sb.stop()
+    change = changes(json.loads(result.stdout))["odd-000"]
+    assert (change["action"], change["reason"]) == ("unchanged", "in_sync"), change
+    assert result.exit_code == 0
+
 
 # --- 3. lost records --------------------------------------------------------------------------
 
@@ -476,7 +397,7 @@ def test_forced_import_of_a_differing_image_then_shows_drift(world: World) -> No
 
 def test_state_forget_drops_the_record_and_leaves_the_image(applied: World) -> None:
     image_id = applied.records()["img-003"]["image_id"]
-    requests_before = sum(applied.sb.request_count.values())
+    requests_before = total_requests(applied.sb)
 
     result = applied.cli("state", "forget", "img-003")
 
@@ -484,7 +405,7 @@ def test_state_forget_drops_the_record_and_leaves_the_image(applied: World) -> N
     assert image_id in result.stdout
     assert "img-003" not in applied.records()
     assert [i["id"] for i in applied.server()["img-003"]] == [image_id]
-    assert sum(applied.sb.request_count.values()) == requests_before  # no DELETE, no request
+    assert total_requests(applied.sb) == requests_before  # no DELETE, no request
 
 
 def test_forgotten_image_is_proposed_for_adoption(applied: World) -> None:
@@ -500,10 +421,11 @@ def test_forgotten_image_is_proposed_for_adoption(applied: World) -> None:
 # --- 7. the issue's acceptance scenario -------------------------------------------------------
 
 def test_fifty_images_three_deleted_two_records_lost_converge_in_one_apply(
-        tmp_path: Path, run_cli: Callable[..., Result], sandbox: Sandbox) -> None:
+        tmp_path: Path, run_cli: Callable[..., Result], sandbox: SandboxFactory) -> None:
     catalog = tmp_path / "gen"
     generate_catalog(catalog, images=50, files=5, seed=7)
-    world = World(sandbox, tmp_path / "state.db", catalog, run_cli)
+    sb = sandbox()
+    world = World(sb, tmp_path / "state.db", catalog, run_cli)
     first = world.apply()
     assert first.exit_code == 0, first.output
     records = world.records()
@@ -512,10 +434,10 @@ def test_fifty_images_three_deleted_two_records_lost_converge_in_one_apply(
     unprotected = sorted(n for n, image in server.items() if not image.get("protected"))
     deleted, lost = unprotected[:3], unprotected[3:5]
     for name in deleted:
-        assert sandbox.delete_image(records[name]["image_id"])
+        assert sb.delete_image(records[name]["image_id"])
     for name in lost:
         world.drop_record(name)
-    posts = sandbox.post_count
+    posts = sb.post_count
 
     result = world.apply("--format", "json")
 
@@ -523,7 +445,7 @@ def test_fifty_images_three_deleted_two_records_lost_converge_in_one_apply(
     doc = json.loads(result.stdout)
     outcomes = {o["name"]: o["result"] for o in doc["outcomes"]}
     assert outcomes == {**dict.fromkeys(deleted, "created"), **dict.fromkeys(lost, "adopted")}
-    assert sandbox.post_count == posts + 3
+    assert sb.post_count == posts + 3
     live = world.server()
     assert len(live) == 50
     assert {n: len(v) for n, v in live.items() if len(v) != 1} == {}
@@ -569,27 +491,23 @@ def test_public_image_of_another_project_does_not_take_a_name(world: World, kind
 
 
 def test_own_community_image_is_adopted_after_the_state_file_is_lost(
-        tmp_path: Path, run_cli: Callable[..., Result]) -> None:
-    sb = Sandbox(SandboxConfig(profile="glance", retry_after_s=0.05)).start()
-    try:
-        catalog = tmp_path / "catalog"
-        catalog.mkdir()
-        (catalog / "images.yaml").write_text(
-            "images:\n  - name: shared-base\n    visibility: community\n"
-            "    disk_format: qcow2\n    container_format: bare\n", encoding="utf-8")
-        world = World(sb, tmp_path / "state.db", catalog, run_cli)
-        assert world.apply("--profile", "glance").exit_code == 0
-        image_id = world.records()["shared-base"]["image_id"]
-        world.state.unlink()  # the whole state file is lost, not one row
+        tmp_path: Path, run_cli: Callable[..., Result], sandbox: SandboxFactory) -> None:
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "images.yaml").write_text(
+        "images:\n  - name: shared-base\n    visibility: community\n"
+        "    disk_format: qcow2\n    container_format: bare\n", encoding="utf-8")
+    world = World(sandbox(profile="glance"), tmp_path / "state.db", catalog, run_cli)
+    assert world.apply("--profile", "glance").exit_code == 0
+    image_id = world.records()["shared-base"]["image_id"]
+    world.state.unlink()  # the whole state file is lost, not one row
 
-        result = world.apply("--profile", "glance", "--format", "json")
+    result = world.apply("--profile", "glance", "--format", "json")
 
-        assert result.exit_code == 0, result.output
-        assert [i["id"] for i in world.server()["shared-base"]] == [image_id]
-        assert world.records()["shared-base"]["image_id"] == image_id
-        assert json.loads(result.stdout)["summary"]["adopted"] == 1
-    finally:
-        sb.stop()
+    assert result.exit_code == 0, result.output
+    assert [i["id"] for i in world.server()["shared-base"]] == [image_id]
+    assert world.records()["shared-base"]["image_id"] == image_id
+    assert json.loads(result.stdout)["summary"]["adopted"] == 1
 
 
 @pytest.mark.parametrize("visibility", ["public", "community"])
