@@ -6,57 +6,35 @@ in-process sandbox, and a real SQLite state file.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from apply_helpers import (
+    CliWorld,
+    SandboxFactory,
+    by_name,
+    drop_record,
+    query,
+    recorded,
+    replace_image,
+    sha256_file,
+    write_images,
+)
 from click.testing import Result
 
 from reconciler.models import MARKER_PROPERTY
-from reconciler.sandbox import Sandbox, SandboxConfig
 
 TOKEN = "tok-SAVEDPLAN-5f1e9c2b7a"  # distinctive, so a leak into a file is found by grep
-OS_VERSIONS = ("Ubuntu 18.04 server 64bit", "CentOS 7.6 64bit", "EulerOS 2.9 64bit")
-
-
-def write_images(root: Path, names: list[str],
-                 overrides: dict[str, dict[str, Any]] | None = None) -> Path:
-    """A catalog directory holding one valid ``ims`` image per name (rewritten in place)."""
-    root.mkdir(parents=True, exist_ok=True)
-    images = []
-    for i, name in enumerate(names):
-        image: dict[str, Any] = {"name": name, "os_version": OS_VERSIONS[i % len(OS_VERSIONS)],
-                                 "min_disk": 40, "tags": ["reconcile-test", f"n{i}"],
-                                 "properties": {"build_id": f"{i:08d}"}}
-        image.update((overrides or {}).get(name, {}))
-        images.append(image)
-    doc = {"defaults": {"disk_format": "zvhd2", "min_ram": 1024}, "images": images}
-    (root / "images.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return root
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
-class World:
-    sb: Sandbox
-    state: Path
-    catalog: Path
+class World(CliWorld):
     plan_file: Path
-    run_cli: Callable[..., Result]
-
-    def cli(self, *args: Any) -> Result:
-        env = {"OS_AUTH_TOKEN": TOKEN, "RECONCILE_ENDPOINT": self.sb.url,
-               "RECONCILE_STATE": str(self.state), "RECONCILE_CATALOG": str(self.catalog)}
-        return self.run_cli(list(args), env=env)
+    token = TOKEN
 
     def save(self, *extra: Any) -> dict[str, Any]:
         """``plan --out`` the plan file; returns the file's JSON."""
@@ -70,35 +48,18 @@ class World:
         return self.cli("apply", self.plan_file, "--yes", *extra)
 
     def records(self) -> dict[str, str]:
-        """name -> recorded image id, read with plain sqlite3."""
+        """name -> recorded image id, read with plain sqlite3 (fails on a name recorded twice)."""
         if not self.state.exists():
             return {}
-        conn = sqlite3.connect(f"file:{self.state}?mode=ro", uri=True)
-        try:
-            rows = list(conn.execute("SELECT name, image_id FROM images"))
-        finally:
-            conn.close()
-        assert len(rows) == len({r[0] for r in rows}), f"a name is recorded twice: {rows}"
-        return dict(rows)
+        return {name: record["image_id"] for name, record in recorded(self.state).items()}
 
     def server(self) -> dict[str, list[str]]:
         """name -> ids of the images the sandbox stores under it."""
-        out: dict[str, list[str]] = {}
-        for image in self.sb.images():
-            out.setdefault(str(image["name"]), []).append(str(image["id"]))
-        return out
+        return {name: [str(i["id"]) for i in images]
+                for name, images in by_name(self.sb.images()).items()}
 
     def one_per_name(self) -> bool:
         return all(len(ids) == 1 for ids in self.server().values())
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    sb = Sandbox(SandboxConfig(retry_after_s=0.05)).start()
-    try:
-        yield sb
-    finally:
-        sb.stop()
 
 
 FIRST = ["img-000", "img-001"]
@@ -106,10 +67,10 @@ ALL = ["img-000", "img-001", "img-002", "img-003", "img-004"]
 
 
 @pytest.fixture
-def world(tmp_path: Path, run_cli: Callable[..., Result], sandbox: Sandbox) -> World:
+def world(tmp_path: Path, run_cli: Callable[..., Result], sandbox: SandboxFactory) -> World:
     """A catalog of five images, nothing applied yet, no state file."""
-    return World(sandbox, tmp_path / "state.db", write_images(tmp_path / "catalog", ALL),
-                 tmp_path / "plan.json", run_cli)
+    return World(sandbox(), tmp_path / "state.db", write_images(tmp_path / "catalog", ALL),
+                 run_cli, tmp_path / "plan.json")
 
 
 @pytest.fixture
@@ -147,8 +108,7 @@ def test_saved_plan_is_versioned_json_pinning_what_it_was_made_from(half_applied
     assert doc["format_version"] == 1
     assert isinstance(doc["plan_id"], str) and len(doc["plan_id"]) >= 16
     assert doc["catalog_digest"] == report["catalog_digest"]
-    revision = sqlite3.connect(world.state).execute(
-        "SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
+    [(revision,)] = query(world.state, "SELECT value FROM meta WHERE key = 'revision'")
     assert doc["state_revision"] == int(revision) > 0
     assert doc["target"] == world.sb.url
     assert doc["profile"] == "ims"
@@ -199,9 +159,7 @@ def test_applying_a_saved_plan_creates_exactly_the_planned_images(half_applied: 
 def test_saved_refreshed_plan_adopts_a_lost_record_without_a_post(half_applied: World) -> None:
     world = half_applied
     image_id = world.records()["img-000"]
-    with sqlite3.connect(world.state) as conn:
-        conn.execute("DELETE FROM images WHERE name = 'img-000'")
-    conn.close()
+    drop_record(world.state, "img-000")
     doc = world.save("--refresh")
     assert {c["name"]: c["action"] for c in doc["changes"]}["img-000"] == "adopt"
     posts = world.sb.post_count
@@ -260,7 +218,8 @@ def test_plan_from_no_state_file_applied_twice_is_refused(world: World) -> None:
 
 CATALOG_EDITS: dict[str, Callable[[Path], None]] = {
     "image-added": lambda root: write_images(root, [*ALL, "img-005"]),
-    "image-changed": lambda root: write_images(root, ALL, {"img-003": {"min_disk": 60}}),
+    "image-changed": lambda root: write_images(root, ALL,
+                                               overrides={"img-003": {"min_disk": 60}}),
     "image-removed": lambda root: write_images(root, ALL[:-1]),
 }
 
@@ -270,13 +229,13 @@ def test_saved_plan_is_refused_when_the_catalog_changed(half_applied: World, edi
     world = half_applied
     world.save()
     CATALOG_EDITS[edit](world.catalog)
-    before = sha256(world.state)
+    before = sha256_file(world.state)
     posts = world.sb.post_count
 
     result = world.apply_file()
 
     assert_refused(world, result, posts, "the catalog", "changed since the plan was made")
-    assert sha256(world.state) == before
+    assert sha256_file(world.state) == before
     assert sorted(world.server()) == FIRST
 
 
@@ -287,13 +246,13 @@ def test_refreshed_plan_is_refused_when_a_planned_name_was_created_elsewhere(
     world = half_applied
     world.save("--refresh")
     intruder = world.sb.add_image({"name": "img-003"})
-    before = sha256(world.state)
+    before = sha256_file(world.state)
     posts = world.sb.post_count
 
     result = world.apply_file()
 
     assert_refused(world, result, posts, "img-003", intruder["id"])
-    assert sha256(world.state) == before
+    assert sha256_file(world.state) == before
     assert world.server()["img-003"] == [intruder["id"]]
 
 
@@ -314,9 +273,7 @@ def test_refreshed_plan_is_refused_when_the_image_to_adopt_was_deleted(
         half_applied: World) -> None:
     world = half_applied
     image_id = world.records()["img-001"]
-    with sqlite3.connect(world.state) as conn:
-        conn.execute("DELETE FROM images WHERE name = 'img-001'")
-    conn.close()
+    drop_record(world.state, "img-001")
     world.save("--refresh")
     world.sb.delete_image(image_id)
     posts = world.sb.post_count
@@ -329,29 +286,19 @@ def test_refreshed_plan_is_refused_when_the_image_to_adopt_was_deleted(
 
 def test_refreshed_plan_is_refused_when_the_image_to_adopt_was_changed(
         half_applied: World) -> None:
-    from reconciler.sandbox.store import Record as StoreRecord
-
     world = half_applied
     image_id = world.records()["img-001"]
-    with sqlite3.connect(world.state) as conn:
-        conn.execute("DELETE FROM images WHERE name = 'img-001'")
-    conn.close()
+    drop_record(world.state, "img-001")
     world.save("--refresh")
-    store = world.sb._app.store  # change the image in place, as an out-of-band PATCH would
-    with store._lock:
-        old = store._by_id[image_id]
-        image = {**old.image, "min_disk": 99, "updated_at": "2099-01-01T00:00:00Z"}
-        new = StoreRecord(old.seq, image, json.dumps(image))
-        store._by_id[image_id] = new
-        store._order[store._order.index(old)] = new
-    before = sha256(world.state)
+    replace_image(world.sb, image_id, min_disk=99, updated_at="2099-01-01T00:00:00Z")
+    before = sha256_file(world.state)
     posts = world.sb.post_count
 
     result = world.apply_file()
 
     assert_refused(world, result, posts, "img-001", "the images in the cloud changed",
                    "2099-01-01T00:00:00Z")
-    assert sha256(world.state) == before
+    assert sha256_file(world.state) == before
     assert "img-001" not in world.records()
 
 def test_refreshed_plan_is_refused_when_a_recorded_image_was_deleted(
@@ -376,12 +323,12 @@ def test_saved_plan_is_refused_after_another_apply_moved_the_state(half_applied:
     world.save()
     assert world.cli("apply", "--yes").exit_code == 0  # applies the catalog, not the file
     posts = world.sb.post_count
-    before = sha256(world.state)
+    before = sha256_file(world.state)
 
     result = world.apply_file()
 
     assert_refused(world, result, posts, "the state file changed since the plan was made")
-    assert sha256(world.state) == before
+    assert sha256_file(world.state) == before
     assert world.one_per_name()
 
 
