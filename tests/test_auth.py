@@ -10,13 +10,13 @@ environment the code sees is exactly the test's dict, with HOME and the current 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from apply_helpers import generate_catalog
 from click.testing import CliRunner, Result
 
 from reconciler.auth import AkSkAuth, KeystonePassword, image_endpoint, load_cloud, resolve
@@ -43,22 +44,15 @@ APPLY = ["apply", "--yes", "--catalog", "catalog", "--state", "state.db", "--for
 Invoke = Callable[..., Result]
 
 
-def generate_catalog(out: Path, images: int, files: int = 1, seed: int = 1) -> Path:
-    """bench/gen_catalog.py's ``generate`` (bench/ is no package, so it is loaded by path)."""
-    path = Path(__file__).resolve().parent.parent / "bench" / "gen_catalog.py"
-    spec = importlib.util.spec_from_file_location("gen_catalog_for_auth", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.generate(out, images, files, seed)
-    return out
+#: Password auth with a Keystone that is never reached (os_vars points at a sandbox).
+KEYSTONE_VARS = {"OS_AUTH_URL": "https://iam.example.com/v3", "OS_USERNAME": USER,
+                 "OS_PASSWORD": PASSWORD, "OS_PROJECT_NAME": REGION,
+                 "OS_USER_DOMAIN_NAME": DOMAIN}
 
 
 def os_vars(sb: Sandbox, **extra: str) -> dict[str, str]:
-    """The OS_* variables of a Huawei IAM user (the region is the project name)."""
-    return {"OS_AUTH_URL": f"{sb.url}/v3", "OS_USERNAME": USER, "OS_PASSWORD": PASSWORD,
-            "OS_PROJECT_NAME": REGION, "OS_USER_DOMAIN_NAME": DOMAIN,
-            "OS_REGION_NAME": REGION, **extra}
+    """The OS_* variables of a Huawei IAM user of ``sb`` (the region is the project name)."""
+    return {**KEYSTONE_VARS, "OS_AUTH_URL": f"{sb.url}/v3", "OS_REGION_NAME": REGION, **extra}
 
 
 def keystone_config(**overrides: Any) -> SandboxConfig:
@@ -92,7 +86,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "work"
     directory.mkdir()
     monkeypatch.chdir(directory)
-    generate_catalog(directory / "catalog", 3)
+    generate_catalog(directory / "catalog", 3, files=1)
     return directory
 
 
@@ -257,17 +251,13 @@ def resolve_env(env: Mapping[str, str], *, endpoint: str | None = None,
 
 
 def test_os_interface_variable_selects_the_catalog_interface() -> None:
-    env = {"OS_AUTH_URL": "https://iam.example.com/v3", "OS_USERNAME": USER,
-           "OS_PASSWORD": PASSWORD, "OS_PROJECT_NAME": REGION, "OS_USER_DOMAIN_NAME": DOMAIN,
-           "OS_REGION_NAME": REGION, "OS_INTERFACE": "admin"}
+    env = {**KEYSTONE_VARS, "OS_REGION_NAME": REGION, "OS_INTERFACE": "admin"}
     creds = resolve_env(env, http_factory=fake_keystone(hand_made_catalog()))
     assert creds.endpoint == f"https://ims-admin.{REGION}.example.com"
 
 
 def test_interface_flag_beats_os_interface() -> None:
-    env = {"OS_AUTH_URL": "https://iam.example.com/v3", "OS_USERNAME": USER,
-           "OS_PASSWORD": PASSWORD, "OS_PROJECT_NAME": REGION, "OS_USER_DOMAIN_NAME": DOMAIN,
-           "OS_REGION_NAME": REGION, "OS_INTERFACE": "admin"}
+    env = {**KEYSTONE_VARS, "OS_REGION_NAME": REGION, "OS_INTERFACE": "admin"}
     creds = resolve_env(env, interface="internal",
                         http_factory=fake_keystone(hand_made_catalog()))
     assert creds.endpoint == f"https://ims-internal.{REGION}.example.com"
@@ -337,7 +327,11 @@ def test_expired_token_is_refreshed_once_however_many_threads_ask() -> None:
 
 # --- 3. Reactive: a 401 re-authenticates once ----------------------------------------------
 
-def test_token_lost_by_a_restarted_server_is_replaced_after_the_401() -> None:
+@contextmanager
+def restarted_keystone(
+        **config: Any) -> Iterator[tuple[Sandbox, ImageClient, KeystonePassword]]:
+    """A client that has listed images with its token, and its sandbox restarted on the same
+    port with ``config`` (having forgotten every issued token)."""
     first = Sandbox(keystone_config()).start()
     port = first.port
     provider = provider_for(first)
@@ -345,15 +339,20 @@ def test_token_lost_by_a_restarted_server_is_replaced_after_the_401() -> None:
     try:
         assert list(client.list_images()) == []
         first.stop()
-        with Sandbox(keystone_config(port=port)) as restarted:  # forgot every issued token
-            restarted.add_image({"name": "survivor"})
-            assert [i["name"] for i in client.list_images()] == ["survivor"]
-            assert token_posts(restarted) == 1
-            assert restarted.request_count[("GET", "images")] == 2  # the 401, then the retry
-            assert provider.refreshes == 1
+        with Sandbox(keystone_config(port=port, **config)) as restarted:
+            yield restarted, client, provider
     finally:
         first.stop()
         client.close()
+
+
+def test_token_lost_by_a_restarted_server_is_replaced_after_the_401() -> None:
+    with restarted_keystone() as (restarted, client, provider):
+        restarted.add_image({"name": "survivor"})
+        assert [i["name"] for i in client.list_images()] == ["survivor"]
+        assert token_posts(restarted) == 1
+        assert restarted.request_count[("GET", "images")] == 2  # the 401, then the retry
+        assert provider.refreshes == 1
 
 
 def test_a_second_401_is_final() -> None:
@@ -369,19 +368,9 @@ def test_a_second_401_is_final() -> None:
 
 
 def test_password_changed_before_the_reauthentication_is_a_clear_auth_error() -> None:
-    first = Sandbox(keystone_config()).start()
-    port = first.port
-    provider = provider_for(first)
-    client = ImageClient(first.url, token_provider=provider)
-    try:
-        assert list(client.list_images()) == []
-        first.stop()
-        with Sandbox(keystone_config(port=port, password="rotated-by-the-admin")), \
-                pytest.raises(AuthError) as caught:
-            list(client.list_images())
-    finally:
-        first.stop()
-        client.close()
+    with restarted_keystone(password="rotated-by-the-admin") as (_, client, _), \
+            pytest.raises(AuthError) as caught:
+        list(client.list_images())
     message = str(caught.value)
     assert "Keystone" in message and f"rejected the credentials of {USER!r}" in message
     assert PASSWORD not in message
@@ -585,9 +574,6 @@ def token_cloud(work: Path) -> str:
     return "ci"
 
 
-KEYSTONE_VARS = {"OS_AUTH_URL": "https://iam.example.com/v3", "OS_USERNAME": USER,
-                 "OS_PASSWORD": PASSWORD, "OS_PROJECT_NAME": REGION,
-                 "OS_USER_DOMAIN_NAME": DOMAIN}
 AKSK_VARS = {"HUAWEICLOUD_SDK_AK": "AK", "HUAWEICLOUD_SDK_SK": "SK-secret",
              "HUAWEICLOUD_SDK_PROJECT_ID": "p"}
 ENDPOINT = "https://ims.example.com"
