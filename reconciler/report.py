@@ -103,6 +103,7 @@ def _view(report: RunReport, cap: int, *, color: bool) -> dict[str, Any]:
         "cut": any(len(g) > cap for g in groups.values()) or any(
             len(v) > cap for v in results.values()),
         "cap": cap,
+        "width": min(48, max((len(c.name) for c in report.changes), default=0)),
         "actions": ACTIONS,
         "sections": SECTIONS,
         "symbol": SYMBOL,
