@@ -193,10 +193,26 @@ def assert_points_at(result: Result, root: Path, case: Bad) -> None:
 
 ALL_BAD = {**BAD, **BAD_FILE}
 
+Rejected = Callable[..., tuple[Path, Result]]
+
 
 @pytest.fixture
 def state_file(tmp_path: Path, make_state: Callable[..., Path]) -> Path:
     return make_state(tmp_path / "state.db")
+
+
+@pytest.fixture
+def rejected(write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> Rejected:
+    """rejected(files, *flags) -> (catalog dir, result): writes the catalog, runs ``validate``
+    on it and asserts that it failed cleanly."""
+
+    def validate(files: dict[str, Any], *flags: str) -> tuple[Path, Result]:
+        root = write_catalog(files)
+        result = run_cli(["validate", "--catalog", root, *flags])
+        assert_clean_failure(result)
+        return root, result
+
+    return validate
 
 
 @pytest.mark.parametrize("case", ALL_BAD.values(), ids=ALL_BAD.keys())
@@ -213,11 +229,8 @@ def test_plan_rejects_malformed_catalog_and_leaves_state_untouched(
 
 
 @pytest.mark.parametrize("case", ALL_BAD.values(), ids=ALL_BAD.keys())
-def test_validate_rejects_malformed_catalog(
-        case: Bad, write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
-    root = write_catalog(case.files)
-    result = run_cli(["validate", "--catalog", root])
-    assert_clean_failure(result)
+def test_validate_rejects_malformed_catalog(case: Bad, rejected: Rejected) -> None:
+    root, result = rejected(case.files)
     assert_points_at(result, root, case)
 
 
@@ -225,14 +238,11 @@ def test_table_has_at_least_thirty_malformed_cases() -> None:
     assert len(ALL_BAD) >= 30
 
 
-def test_every_problem_of_every_file_is_reported_at_once(
-        write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
-    root = write_catalog({
+def test_every_problem_of_every_file_is_reported_at_once(rejected: Rejected) -> None:
+    root, result = rejected({
         "a.yaml": "images:\n  - name: a\n    min_disk: 0\n  - name: b\n    min_ram: -5\n",
         "b.yaml": "images:\n  - name: c\n    visibility: public\n",
     })
-    result = run_cli(["validate", "--catalog", root])
-    assert_clean_failure(result)
     assert "(3 problems)" in result.stderr
     for where in ("a.yaml:3: images[0].min_disk:", "a.yaml:5: images[1].min_ram:",
                   "b.yaml:3: images[0].visibility:"):
@@ -329,11 +339,8 @@ def test_lint_finding_is_a_warning_without_strict(
 
 @pytest.mark.parametrize(("files", "path"), LINT.values(), ids=LINT.keys())
 def test_strict_turns_lint_finding_into_error(
-        files: dict[str, Any], path: str, write_catalog: Callable[..., Path],
-        run_cli: Callable[..., Result]) -> None:
-    root = write_catalog(files)
-    result = run_cli(["validate", "--catalog", root, "--strict"])
-    assert_clean_failure(result)
+        files: dict[str, Any], path: str, rejected: Rejected) -> None:
+    root, result = rejected(files, "--strict")
     assert f"{root.as_posix()}/a.yaml:2: {path}:" in result.stderr
     assert "(--strict)" in result.stderr
 
@@ -349,29 +356,20 @@ def test_strict_plan_refuses_lint_finding(
 
 # --- edge cases found while writing these tests ---------------------------------------
 
-def test_unhashable_key_is_not_reported_as_a_duplicate(
-        write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
-    root = write_catalog(one("images:\n  - name: a\n    ? [x]\n    : y\n"))
-    result = run_cli(["validate", "--catalog", root])
-    assert_clean_failure(result)
+def test_unhashable_key_is_not_reported_as_a_duplicate(rejected: Rejected) -> None:
+    root, result = rejected(one("images:\n  - name: a\n    ? [x]\n    : y\n"))
     assert f"{root.as_posix()}/a.yaml:3: images[0]" in result.stderr
     assert "given twice" not in result.stderr
 
 
-def test_aliased_image_is_located_at_the_alias(
-        write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
-    root = write_catalog(one("images:\n  - &x\n    name: a\n  - *x\n"))
-    result = run_cli(["validate", "--catalog", root])
-    assert_clean_failure(result)
+def test_aliased_image_is_located_at_the_alias(rejected: Rejected) -> None:
+    root, result = rejected(one("images:\n  - &x\n    name: a\n  - *x\n"))
     assert f"{root.as_posix()}/a.yaml:4: images[1].name: duplicate" in result.stderr
 
 
 @pytest.mark.parametrize("text", ["010", "1:30"], ids=["octal", "sexagesimal"])
-def test_yaml_11_integer_surprises_are_errors(
-        text: str, write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
-    root = write_catalog(image(f"min_disk: {text}"))
-    result = run_cli(["validate", "--catalog", root])
-    assert_clean_failure(result)
+def test_yaml_11_integer_surprises_are_errors(text: str, rejected: Rejected) -> None:
+    root, result = rejected(image(f"min_disk: {text}"))
     assert f"{root.as_posix()}/a.yaml:3: images[0].min_disk:" in result.stderr
 
 
@@ -380,11 +378,8 @@ def test_yaml_11_integer_surprises_are_errors(
     (("properties:", "  mode: 0755"), "images[0].properties.mode", "0755"),
 ], ids=["tag", "property"])
 def test_quote_hint_repeats_what_the_user_wrote(
-        lines: tuple[str, ...], path: str, source: str, write_catalog: Callable[..., Path],
-        run_cli: Callable[..., Result]) -> None:
-    root = write_catalog(image(*lines))
-    result = run_cli(["validate", "--catalog", root])
-    assert_clean_failure(result)
+        lines: tuple[str, ...], path: str, source: str, rejected: Rejected) -> None:
+    _, result = rejected(image(*lines))
     assert path in result.stderr
     assert f'"{source}"' in result.stderr
 
@@ -394,11 +389,8 @@ def test_quote_hint_repeats_what_the_user_wrote(
     (("properties:", *(f"  k{i}: v" for i in range(129))), "images[0].properties"),
 ], ids=["129_tags", "129_properties"])
 def test_more_than_128_tags_or_properties_is_an_error(
-        lines: tuple[str, ...], path: str, write_catalog: Callable[..., Path],
-        run_cli: Callable[..., Result]) -> None:
-    root = write_catalog(image(*lines))
-    result = run_cli(["validate", "--catalog", root])
-    assert_clean_failure(result)
+        lines: tuple[str, ...], path: str, rejected: Rejected) -> None:
+    root, result = rejected(image(*lines))
     assert f"{root.as_posix()}/a.yaml:3: {path}:" in result.stderr
 
 
