@@ -24,6 +24,10 @@ V1_ROW = ("http://127.0.0.1:9999", "old-image", "img-0001", "d" * 64, '{"name": 
           '{"id": "img-0001", "status": "active"}', "active", "2023-01-01T00:00:00Z",
           "2023-01-01T00:00:01Z", "2023-01-01T00:00:02Z", "run-v1")
 
+#: Every refusal of a file must hold for both ways of opening it.
+EACH_OPENER = pytest.mark.parametrize(
+    "opener", [StateStore.open_readonly, StateStore.open_for_write], ids=["readonly", "for_write"])
+
 
 def user_version(path: Path) -> int:
     conn = sqlite3.connect(path)
@@ -126,8 +130,7 @@ def test_plan_on_v1_file_leaves_it_untouched(
     assert file_sha256(v1_file) == before
 
 
-@pytest.mark.parametrize("opener", [StateStore.open_readonly, StateStore.open_for_write],
-                         ids=["readonly", "for_write"])
+@EACH_OPENER
 def test_newer_schema_is_refused_naming_both_versions(
         newer_file: Path, opener: Callable[[Path], object],
         file_sha256: Callable[[Path], str]) -> None:
@@ -175,8 +178,7 @@ def foreign_sqlite(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("opener", [StateStore.open_readonly, StateStore.open_for_write],
-                         ids=["readonly", "for_write"])
+@EACH_OPENER
 def test_non_sqlite_file_is_a_clear_state_error(
         not_sqlite: Path, opener: Callable[[Path], object],
         file_sha256: Callable[[Path], str]) -> None:
@@ -186,8 +188,7 @@ def test_non_sqlite_file_is_a_clear_state_error(
     assert file_sha256(not_sqlite) == before
 
 
-@pytest.mark.parametrize("opener", [StateStore.open_readonly, StateStore.open_for_write],
-                         ids=["readonly", "for_write"])
+@EACH_OPENER
 def test_foreign_sqlite_file_is_refused_naming_its_tables(
         foreign_sqlite: Path, opener: Callable[[Path], object],
         file_sha256: Callable[[Path], str]) -> None:
