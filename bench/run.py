@@ -1,0 +1,718 @@
+"""reconcile's benchmarks, measured side by side: ``make bench`` (or ``python bench/run.py``).
+
+Every measured thing runs in its own fresh Python process; its wall time is taken around the
+process and its peak RSS and CPU time come from ``os.wait4`` for that one child. The machine is
+shared and noisy, so figures that are compared are measured in the same run, interleaved,
+and the best of the rounds is kept. Prints the table and appends it to bench/RESULTS.md.
+
+- plan scaling: ``reconcile validate`` and ``reconcile plan`` (offline, every image recorded,
+  so all unchanged) on 1k, 10k and 100k generated images, next to the parse floor
+  (bench/parse_floor.py: plain ``yaml.load`` with CSafeLoader of the same files);
+- profile: cProfile of the 100k plan, top saved in bench/profiles/, with report sizes;
+- apply: 2,000 creates against ``reconcile sandbox`` (a separate process) with 50 ms latency
+  at parallelism 1 (200 creates: 2,000 would take 100 s), 4, 16 and 32, next to a naive
+  sequential client; then at zero latency next to a raw client that records nothing, and the
+  state store's own recording rate;
+- refresh: listing 10,000 images over the paged API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+OUT = BENCH / "out"  # generated catalogs, state files, reports (git-ignored)
+PROFILES = BENCH / "profiles"
+RESULTS = BENCH / "RESULTS.md"
+PYTHON = sys.executable
+RECONCILE = str(Path(sys.executable).parent / "reconcile")
+TOKEN = "bench-token"
+MB = 1024 * 1024
+
+SIZES = ((1_000, 20), (10_000, 50), (100_000, 100))  # images, files
+LATENCY_MS = 50
+APPLY_CREATES = 2_000
+APPLY_P1_CREATES = 200
+MIN_CREATES = 400
+RUN_BUDGET_S = 20.0
+PARALLELISM = (1, 4, 16, 32)
+NAIVE_REQUESTS = 40
+WHAT_IF_MAX_S = 120.0
+REFRESH_IMAGES = 10_000
+STATE_WRITES = 300
+MARKDOWN_LIMIT = 65_536
+
+# Targets of the issue.
+PLAN_VS_FLOOR = 2.0
+PLAN_RSS_MB = 400.0
+GROWTH = 11.0
+IDEAL_SHARE = 0.80
+VS_NAIVE = 10.0
+RECORDING_SHARE = 0.80  # apply at zero latency vs the same POSTs recording nothing
+BOUNDED_GROWTH = 1.25  # text/html size at 100k vs 10k
+
+
+# --- running children --------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One finished child process."""
+
+    cmd: list[str]
+    wall: float
+    cpu: float  # user + sys
+    rss_mb: float  # peak resident set size
+    rc: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict[str, Any]:
+        lines = self.stdout.strip().splitlines()
+        return dict(json.loads(lines[-1])) if lines else {}
+
+    def check(self) -> Run:
+        if self.rc != 0:
+            raise SystemExit(f"bench: command failed (exit {self.rc}): {' '.join(self.cmd)}\n"
+                             f"{self.stderr[-3000:]}")
+        return self
+
+
+def run(cmd: Sequence[object], *, env: dict[str, str] | None = None,
+        timeout: float = 900) -> Run:
+    """Run ``cmd`` to completion; wall time around it, rusage of this child alone."""
+    args = [str(c) for c in cmd]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Run(args, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024 / MB,
+                   proc.returncode, out.read().decode(errors="replace"),
+                   err.read().decode(errors="replace"))
+
+
+def task(name: str, *args: object) -> Run:
+    """A child task of bench/tasks.py."""
+    return run([PYTHON, BENCH / "tasks.py", name, *map(str, args)]).check()
+
+
+@contextlib.contextmanager
+def sandbox(latency_ms: int = 0, data: Path | None = None) -> Iterator[str]:
+    """``reconcile sandbox`` as its own process on a free port; yields its URL."""
+    cmd = [RECONCILE, "sandbox", "--port", "0", "--latency-ms", str(latency_ms)]
+    if data is not None:
+        cmd += ["--data", str(data)]
+    log = (OUT / "sandbox.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            raise SystemExit(f"bench: the sandbox did not start: {line!r} (see {log.name})")
+        yield line.removeprefix("listening on ")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+def gen_catalog(out: Path, images: int, files: int) -> Path:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from gen_catalog import generate
+    finally:
+        sys.path.remove(str(BENCH))
+    shutil.rmtree(out, ignore_errors=True)
+    generate(out, images, files, seed=1)
+    return out
+
+
+def label(images: int) -> str:
+    return f"{images // 1000}k" if images % 1000 == 0 else str(images)
+
+
+# --- measurements --------------------------------------------------------------------------
+
+@dataclass
+class Scaling:
+    images: int
+    files: int
+    rounds: int
+    floor: list[Run] = field(default_factory=list)
+    validate: list[Run] = field(default_factory=list)
+    plan: list[Run] = field(default_factory=list)
+    plan_nogc: list[Run] = field(default_factory=list)  # what-if, largest size only
+
+    def runs(self, kind: str) -> list[Run]:
+        return {"floor": self.floor, "validate": self.validate, "plan": self.plan,
+                "plan_nogc": self.plan_nogc}[kind]
+
+    def wall(self, kind: str) -> float:
+        """Best of the rounds: noise only ever adds time."""
+        return min(r.wall for r in self.runs(kind))
+
+    def cpu(self, kind: str) -> float:
+        return min(r.cpu for r in self.runs(kind))
+
+    def rss(self, kind: str) -> float:
+        return max(r.rss_mb for r in self.runs(kind))
+
+
+def measure_scaling(images: int, files: int, rounds: int, *, what_if: bool) -> Scaling:
+    """Interleaved rounds of floor, validate and plan; with ``what_if``, also plan with the
+    garbage collector off (the CLI started through ``gc.disable()``), if the plan took at
+    most WHAT_IF_MAX_S (a slower machine needs the time for the rest of the budget)."""
+    name = label(images)
+    catalog = gen_catalog(OUT / f"catalog-{name}", images, files)
+    state = OUT / f"state-{name}.db"
+    task("state", "--images", images, "--files", files, "--out", state)
+    result = Scaling(images, files, rounds)
+    for _ in range(rounds):  # interleaved, so that noise hits all three alike
+        floor = run([PYTHON, BENCH / "parse_floor.py", catalog]).check()
+        expect(floor.stdout, f"parsed {images} images", "parse floor")
+        result.floor.append(floor)
+        validate = run([RECONCILE, "validate", "--catalog", catalog]).check()
+        expect(validate.stdout, f"is valid: {images} images", "validate")
+        result.validate.append(validate)
+        plan = run([RECONCILE, "plan", "--catalog", catalog, "--state", state]).check()
+        expect(plan.stdout, f"Plan: 0 to create, {images} unchanged, 0 drifted", "plan")
+        result.plan.append(plan)
+        print(f"  {name}: floor {floor.wall:.2f} s, validate {validate.wall:.2f} s, "
+              f"plan {plan.wall:.2f} s", flush=True)
+        if what_if and plan.wall <= WHAT_IF_MAX_S:
+            nogc = run([PYTHON, "-c", NO_GC, "plan", "--catalog", catalog, "--state",
+                        state]).check()
+            expect(nogc.stdout, f"Plan: 0 to create, {images} unchanged", "plan without GC")
+            result.plan_nogc.append(nogc)
+            print(f"  {name}: plan with the GC off (what-if) {nogc.wall:.2f} s", flush=True)
+    return result
+
+
+NO_GC = "import gc; gc.disable(); from reconciler.cli import main; main()"
+
+
+def expect(output: str, wanted: str, what: str) -> None:
+    if wanted not in output:
+        raise SystemExit(f"bench: {what} did not say {wanted!r}; it said:\n{output[-2000:]}")
+
+
+@dataclass
+class ApplyRun:
+    parallelism: int
+    latency_ms: int
+    creates: int
+    seconds: float  # the report's duration_s: the apply itself, without interpreter start
+    wall: float
+    rss_mb: float
+
+    @property
+    def per_second(self) -> float:
+        return self.creates / self.seconds
+
+    @property
+    def ideal(self) -> float:
+        return self.parallelism * 1000 / self.latency_ms if self.latency_ms else 0.0
+
+
+def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
+                  wal: bool = False) -> ApplyRun:
+    """``reconcile apply`` of a fresh catalog of ``creates`` images, fresh state and sandbox.
+
+    ``wal``: what-if, the fresh state file is switched to WAL journaling first.
+    """
+    catalog = gen_catalog(OUT / f"catalog-apply-{creates}", creates, 4)
+    name = f"apply-p{parallelism}-l{latency_ms}{'-wal' if wal else ''}"
+    state, report = OUT / f"{name}.db", OUT / f"{name}.json"
+    for path in (state, report):
+        path.unlink(missing_ok=True)
+    if wal:
+        task("wal-state", "--out", state)
+    with sandbox(latency_ms) as url:
+        done = run([RECONCILE, "apply", "--catalog", catalog, "--state", state, "--endpoint",
+                    url, "--yes", "--parallelism", parallelism, "--format", "json",
+                    "--output", report], env={"OS_AUTH_TOKEN": TOKEN}).check()
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    created = doc["summary"]["created"]
+    if created != creates:
+        raise SystemExit(f"bench: apply created {created} of {creates}: {doc['summary']}")
+    result = ApplyRun(parallelism, latency_ms, created, float(doc["duration_s"]), done.wall,
+                      done.rss_mb)
+    print(f"  apply p={parallelism} latency {latency_ms} ms{' WAL' if wal else ''}: "
+          f"{created} creates in "
+          f"{result.seconds:.2f} s = {result.per_second:.0f}/s", flush=True)
+    return result
+
+
+@dataclass
+class Api:
+    applies: list[ApplyRun]
+    zero: ApplyRun
+    naive: dict[str, Any]
+    raw: dict[str, Any]  # p=16, 50 ms: the ceiling of client and sandbox together
+    raw_zero: dict[str, Any]  # p=16, 0 ms: to compare with ``zero``
+    writes: dict[str, Any]
+    writes_wal: dict[str, Any]
+    wal: ApplyRun  # what-if: p=16, 50 ms, state file in WAL mode
+
+
+def measure_api() -> Api:
+    """Apply at each parallelism, the naive client, the zero-latency comparison, recording.
+
+    Parallelism 16 (the target) always creates APPLY_CREATES images. Other runs create fewer
+    when the rate measured so far says 2,000 would take longer than RUN_BUDGET_S seconds, so
+    that a slow apply cannot blow the 10-minute budget; throughput is per second either way.
+    """
+    rates: list[float] = []
+
+    def creates_for(parallelism: int, latency_ms: int) -> int:
+        if parallelism == 1:
+            return APPLY_P1_CREATES
+        if parallelism == 16 and latency_ms == LATENCY_MS:
+            return APPLY_CREATES
+        ideal = parallelism * 1000 / latency_ms if latency_ms else float("inf")
+        expected = min([ideal, *rates])
+        return max(MIN_CREATES, min(APPLY_CREATES, int(expected * RUN_BUDGET_S) // 100 * 100))
+
+    applies: dict[int, ApplyRun] = {}
+    for parallelism in (16, 1, 4, 32):
+        applies[parallelism] = measure_apply(parallelism, LATENCY_MS,
+                                             creates_for(parallelism, LATENCY_MS))
+        rates.append(applies[parallelism].per_second)
+    with sandbox(LATENCY_MS) as url:
+        naive = task("naive", "--images", NAIVE_REQUESTS, "--url", url).json()
+        raw = task("raw", "--images", APPLY_CREATES, "--files", 4, "--url", url,
+                   "--parallelism", 16).json()
+    print(f"  naive sequential client: {naive['per_second']:.1f}/s; raw pooled client p=16, "
+          f"recording nothing: {raw['per_second']:.0f}/s", flush=True)
+    zero = measure_apply(16, 0, creates_for(16, 0))
+    with sandbox(0) as url:
+        raw_zero = task("raw", "--images", zero.creates, "--files", 4, "--url", url,
+                        "--parallelism", 16).json()
+    print(f"  raw client p=16, latency 0, recording nothing: {raw_zero['per_second']:.0f}/s",
+          flush=True)
+    writes = task("state-writes", "--images", STATE_WRITES, "--files", 2, "--state",
+                  OUT / "state-writes.db").json()
+    writes_wal = task("state-writes", "--images", STATE_WRITES, "--files", 2, "--state",
+                      OUT / "state-writes-wal.db", "--wal").json()
+    print(f"  state store alone: {writes['per_second']:.0f} creates recorded/s "
+          f"(WAL what-if: {writes_wal['per_second']:.0f}/s)", flush=True)
+    wal = measure_apply(16, LATENCY_MS, APPLY_CREATES, wal=True)
+    return Api([applies[p] for p in PARALLELISM], zero, naive, raw, raw_zero, writes,
+               writes_wal, wal)
+
+
+# --- the report ----------------------------------------------------------------------------
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**MISSED**"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "reconciler", "templates")
+    return f"{commit} (with uncommitted changes in reconciler/ or templates/)" if dirty else commit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds (at most 3 up to 1k images, 2 up to 10k, "
+                             "then 1)")
+    parser.add_argument("--sizes", default=",".join(f"{i}:{f}" for i, f in SIZES),
+                        help="IMAGES:FILES,... of the plan scaling (default: %(default)s); "
+                             "growth and report bounds compare the last two")
+    parser.add_argument("--no-append", action="store_true", help="do not write RESULTS.md")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    OUT.mkdir(exist_ok=True)
+    (OUT / "sandbox.log").unlink(missing_ok=True)
+    load_before = os.getloadavg()[0]
+    sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
+    biggest = sizes[-1][0]
+
+    print("== plan scaling (fresh process each; interleaved rounds, best kept)", flush=True)
+    scaling: dict[int, Scaling] = {}
+    for images, files in sizes:
+        rounds = min(args.rounds, 3 if images <= 1_000 else 2 if images <= 10_000 else 1)
+        scaling[images] = measure_scaling(images, files, rounds,
+                                          what_if=images == sizes[-1][0])
+
+    print(f"== profile of plan at {label(biggest)}, report sizes", flush=True)
+    big = OUT / f"catalog-{label(biggest)}"
+    prof_file = PROFILES / f"plan-{label(biggest)}.txt"
+    profiled = task("profile", "--catalog", big, "--state", OUT / f"state-{label(biggest)}.db",
+                    "--out", prof_file, "--top", 40).json()
+    phases_prev: dict[str, Any] | None = None
+    if len(sizes) > 1:
+        prev = label(sizes[-2][0])
+        phases_prev = task("profile", "--catalog", OUT / f"catalog-{prev}", "--state",
+                           OUT / f"state-{prev}.db", "--out", OUT / "unused.txt",
+                           "--no-profile").json()
+
+    print("== apply against the sandbox (a separate process)", flush=True)
+    api = measure_api()
+
+    print(f"== refresh: listing {REFRESH_IMAGES} images", flush=True)
+    data = OUT / "sandbox-10k.json"
+    task("sandbox-data", "--images", REFRESH_IMAGES, "--files", 10, "--out", data)
+    listings = {}
+    for latency in (0, LATENCY_MS):
+        with sandbox(latency, data) as url:
+            listings[latency] = task("list", "--url", url, "--page-size", 1000).json()
+        print(f"  latency {latency} ms: {listings[latency]['seconds']:.2f} s", flush=True)
+
+    elapsed = time.perf_counter() - started
+    results = Results(scaling, profiled, phases_prev, api, listings, prof_file)
+    text = render(results, elapsed=elapsed, load=(load_before, os.getloadavg()[0]))
+    print()
+    print(text)
+    if not args.no_append:
+        with RESULTS.open("a", encoding="utf-8") as handle:
+            if RESULTS.stat().st_size == 0:
+                handle.write(RESULTS_HEADER)
+            handle.write(text + "\n")
+        print(f"appended to {RESULTS.relative_to(ROOT)}")
+
+
+RESULTS_HEADER = """\
+# Benchmark results
+
+Appended by `make bench` (bench/run.py); newest run last. Every measured command ran in its
+own fresh Python process; ratios compare figures measured in the same run, interleaved.
+The machine is shared and noisy: compare ratios, not absolute seconds, across runs.
+
+"""
+
+
+@dataclass
+class Results:
+    scaling: dict[int, Scaling]
+    profiled: dict[str, Any]
+    phases_prev: dict[str, Any] | None  # the size before the largest, without profiler
+    api: Api
+    listings: dict[int, dict[str, Any]]
+    prof_file: Path
+
+    @property
+    def big(self) -> Scaling:
+        return self.scaling[max(self.scaling)]
+
+    @property
+    def prev(self) -> Scaling | None:
+        """The size before the largest (10k): growth and report bounds compare with it."""
+        sizes = sorted(self.scaling)
+        return self.scaling[sizes[-2]] if len(sizes) > 1 else None
+
+    @property
+    def prev_reports(self) -> dict[str, Any] | None:
+        return self.phases_prev["reports"] if self.phases_prev else None
+
+
+def render(res: Results, *, elapsed: float, load: tuple[float, float]) -> str:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## {now}, commit {git_commit()}", "",
+             f"{os.cpu_count()} CPUs, Python {platform.python_version()} "
+             f"({platform.python_implementation()}), {platform.system()} "
+             f"{platform.release()}; load average {load[0]:.1f} before, {load[1]:.1f} after; "
+             f"`make bench` took {elapsed / 60:.1f} min.", ""]
+    for part in (_targets, _scaling, _profile, _apply, _refresh, _reports):
+        lines += part(res)
+    return "\n".join(lines) + "\n"
+
+
+def _targets(res: Results) -> list[str]:
+    big, api, rep = res.big, res.api, res.profiled["reports"]
+    n = label(big.images)
+    ratio = big.wall("plan") / big.wall("floor")
+    cpu_ratio = big.cpu("plan") / big.cpu("floor")
+    rss = big.rss("plan")
+    rows: list[list[object]] = [
+        [f"plan {n} vs parse floor (wall; CPU time)", f"{ratio:.2f}x; {cpu_ratio:.2f}x "
+         f"({big.wall('plan'):.1f} s vs {big.wall('floor'):.1f} s)", f"≤ {PLAN_VS_FLOOR:g}x",
+         verdict(max(ratio, cpu_ratio) <= PLAN_VS_FLOOR)],
+        [f"plan {n} peak RSS", f"{rss:.0f} MB (parse floor {big.rss('floor'):.0f} MB)",
+         f"≤ {PLAN_RSS_MB:.0f} MB", verdict(rss <= PLAN_RSS_MB)],
+    ]
+    prev = res.prev
+    if prev is not None:
+        growth = big.wall("plan") / prev.wall("plan")
+        cpu_growth = big.cpu("plan") / prev.cpu("plan")
+        rows.append([f"plan growth {label(prev.images)} → {n} (wall; CPU time)",
+                     f"{growth:.1f}x; {cpu_growth:.1f}x (parse floor "
+                     f"{big.wall('floor') / prev.wall('floor'):.1f}x)", f"≤ {GROWTH:g}x",
+                     verdict(max(growth, cpu_growth) <= GROWTH)])
+    p16 = next(a for a in api.applies if a.parallelism == 16)
+    share = p16.per_second / p16.ideal
+    vs_naive = p16.per_second / api.naive["per_second"]
+    recording = api.zero.per_second / api.raw_zero["per_second"]
+    rows += [
+        [f"apply p=16, {LATENCY_MS} ms latency, vs ideal (16 / {LATENCY_MS} ms = "
+         f"{p16.ideal:.0f}/s)", f"{share:.0%} ({p16.per_second:.0f}/s; the raw client's "
+         f"ceiling here: {api.raw['per_second'] / p16.ideal:.0%})",
+         f"≥ {IDEAL_SHARE:.0%}", verdict(share >= IDEAL_SHARE)],
+        ["apply p=16 vs naive sequential client", f"{vs_naive:.1f}x ({p16.per_second:.0f}/s "
+         f"vs {api.naive['per_second']:.1f}/s)", f"≥ {VS_NAIVE:g}x",
+         verdict(vs_naive >= VS_NAIVE)],
+        ["recording not the bottleneck: apply p=16 at 0 ms latency vs the same POSTs "
+         "recording nothing", f"{recording:.0%} ({api.zero.per_second:.0f}/s vs "
+         f"{api.raw_zero['per_second']:.0f}/s)", f"≥ {RECORDING_SHARE:.0%}",
+         verdict(recording >= RECORDING_SHARE)],
+        ["recording not the bottleneck: the state store's own rate vs apply p=16's ideal",
+         f"{api.writes['per_second']:.0f} creates recorded/s", f"≥ {p16.ideal:.0f}/s",
+         verdict(api.writes["per_second"] >= p16.ideal)],
+        [f"markdown report, {n} images", f"{rep['markdown']['chars']:,} characters",
+         f"≤ {MARKDOWN_LIMIT:,}", verdict(rep["markdown"]["chars"] <= MARKDOWN_LIMIT)],
+    ]
+    for fmt in ("text", "html"):
+        small = res.prev_reports[fmt]["bytes"] if res.prev_reports else None
+        grow = rep[fmt]["bytes"] / small if small else None
+        what = f"the {label(prev.images)} report" if prev else "the smaller report"
+        rows.append([f"{fmt} report, {n} images, bounded",
+                     f"{rep[fmt]['bytes'] / 1024:,.0f} KB"
+                     + (f" ({grow:.2f}x {what})" if grow is not None else ""),
+                     f"≤ {BOUNDED_GROWTH:g}x {what}",
+                     verdict(grow is not None and grow <= BOUNDED_GROWTH)])
+    rows.append([f"json report, {n} images, complete",
+                 f"{rep['json']['changes']:,} changes, {rep['json']['bytes'] / MB:,.1f} MB",
+                 f"{big.images:,} changes", verdict(rep["json"]["changes"] == big.images)])
+    return ["### Targets", "",
+            "Time ratios are judged on the worse of wall time and CPU time (user + sys of the "
+            "process): on a shared machine, other processes inflate wall time but not CPU "
+            "time.", "", *table(["target", "measured", "goal", "verdict"], rows),
+            *_what_ifs(res)]
+
+
+def _what_ifs(res: Results) -> list[str]:
+    """The fixes proposed for the misses, measured without changing reconcile."""
+    big, api = res.big, res.api
+    lines = ["", "What-ifs (reconcile unchanged; how much the proposed fixes would give):", ""]
+    if big.plan_nogc:
+        lines.append(
+            f"- `reconcile plan` at {label(big.images)} with the garbage collector off (the "
+            f"CLI started through `gc.disable()`): {big.wall('plan_nogc'):.1f} s, "
+            f"{big.wall('plan_nogc') / big.wall('floor'):.2f}x the parse floor (CPU time "
+            f"{big.cpu('plan_nogc') / big.cpu('floor'):.2f}x), peak RSS "
+            f"{big.rss('plan_nogc'):.0f} MB.")
+    else:
+        lines.append(f"- plan with the GC off: skipped (the plan took over {WHAT_IF_MAX_S:.0f} "
+                     "s, so the time was kept for the rest of the run).")
+    wal = api.wal
+    lines.append(
+        f"- `reconcile apply` p=16 at {LATENCY_MS} ms with the state file in WAL mode "
+        f"(`PRAGMA journal_mode = WAL` set on the fresh file beforehand; apply keeps its "
+        f"`synchronous = FULL`): {wal.per_second:.0f}/s = {wal.per_second / wal.ideal:.0%} of "
+        f"ideal, {wal.per_second / api.naive['per_second']:.1f}x the naive client (raw client "
+        f"ceiling: {api.raw['per_second'] / wal.ideal:.0%}). Recording alone in WAL mode: "
+        f"{api.writes_wal['per_second']:.0f} creates/s.")
+    return lines
+
+
+def _scaling(res: Results) -> list[str]:
+    sizes = sorted(res.scaling)
+    rows = []
+    for images in sizes:
+        s = res.scaling[images]
+        rows.append([f"{images:,} images / {s.files} files ({s.rounds} round"
+                     f"{'s' if s.rounds > 1 else ''})",
+                     f"{s.wall('floor'):.2f} s", f"{s.wall('validate'):.2f} s",
+                     f"{s.wall('plan'):.2f} s",
+                     f"{s.wall('validate') / s.wall('floor'):.2f}x",
+                     f"{s.wall('plan') / s.wall('floor'):.2f}x",
+                     f"{s.cpu('plan') / s.cpu('floor'):.2f}x",
+                     f"{s.rss('floor'):.0f} / {s.rss('validate'):.0f} / {s.rss('plan'):.0f}"])
+    lines = ["", "### Plan scaling", "",
+             "`reconcile validate` and `reconcile plan` (offline, text report on stdout) "
+             "against a state file recording every image, so the plan is all `unchanged`. "
+             "The parse floor is a fresh process doing only `yaml.load(text, "
+             "Loader=yaml.CSafeLoader)` on the same files, dropping each document once "
+             "loaded (bench/parse_floor.py): the fastest plain load. Wall time "
+             "of the whole process, interpreter start and imports included on both sides; "
+             "best of the interleaved rounds. Peak RSS: the largest.", "",
+             *table(["catalog", "parse floor", "validate", "plan", "validate / floor",
+                     "plan / floor", "plan / floor (CPU)", "peak RSS MB floor / validate / "
+                     "plan"], rows)]
+    if len(sizes) > 1:
+        growths = []
+        for kind in ("floor", "validate", "plan"):
+            parts = [f"{res.scaling[b].wall(kind) / res.scaling[a].wall(kind):.1f}x"
+                     for a, b in itertools.pairwise(sizes)]
+            growths.append(f"{kind} {', then '.join(parts)}")
+        lines += ["", f"Growth {' → '.join(label(s) for s in sizes)}: "
+                  + "; ".join(growths) + "."]
+    return lines
+
+
+def _profile(res: Results) -> list[str]:
+    prof = res.profiled
+    phases, gc_info = prof["phases"], prof["gc"]
+    total = prof["wall"]
+    rows = [[name, f"{p['seconds']:.1f}", f"{p['seconds'] / total:.0%}", f"{p['gc']:.1f}",
+             f"{p['full_gc']}", f"{p['peak_mb']:.0f}", f"{p['rss_mb']:.0f}"]
+            for name, p in phases.items()]
+    rest = total - sum(p["seconds"] for p in phases.values())
+    rows.append(["(rest of make_plan)", f"{rest:.1f}", f"{rest / total:.0%}", "", "", "", ""])
+    return ["", f"### Where plan's time goes at {label(res.big.images)} (cProfile)", "",
+            f"`make_plan` + the text report under cProfile; the top is in "
+            f"`{res.prof_file.relative_to(ROOT)}`. Profiled wall {total:.1f} s: cProfile "
+            "slows Python-level code down, so read the shares, not the seconds. Garbage "
+            "collector pauses are timed apart (`gc.callbacks`): they are C time, which "
+            "cProfile charges to whichever function was allocating. In all, "
+            f"{gc_info['seconds']:.1f} s of GC ({gc_info['seconds'] / total:.0%}) in "
+            f"{sum(gc_info['collections']):,} collections, {gc_info['collections'][2]} of them "
+            "full. Phases:", "",
+            *table(["phase", "profiled s", "share", "of which GC s", "full GCs",
+                    "peak RSS after (MB)", "RSS after (MB)"], rows),
+            "", "Hot functions by own time:", "",
+            *table(["function", "calls", "own s", "share", "cumulative s"],
+                   [[f"`{h['function']}`", f"{h['calls']:,}", f"{h['tottime']:.1f}",
+                     f"{h['share']:.0%}", f"{h['cumtime']:.1f}"] for h in prof["hot"][:16]]),
+            *_phases_prev(res)]
+
+
+def _phases_prev(res: Results) -> list[str]:
+    """The same phases at 10k without a profiler, next to the in-process parse floor."""
+    if res.phases_prev is None or res.prev is None:
+        return []
+    data = res.phases_prev
+    phases, floor = data["phases"], data["floor"]
+    rows = [[name, f"{p['seconds']:.2f}", f"{p['seconds'] / floor:.2f}x", f"{p['gc']:.2f}",
+             f"{p['peak_mb']:.0f}"] for name, p in phases.items()]
+    rows.append(["all of make_plan + text report", f"{data['wall']:.2f}",
+                 f"{data['wall'] / floor:.2f}x", f"{data['gc']['seconds']:.2f}", ""])
+    rows.append(["plain `yaml.load` (CSafeLoader) of the same files, same process",
+                 f"{floor:.2f}", "1.00x", "", ""])
+    return ["", f"The same phases at {label(res.prev.images)} without a profiler (seconds, "
+            "and as a multiple of plain `yaml.load` of the same files in the same process, "
+            "measured first):", "",
+            *table(["phase", "seconds", "x parse", "of which GC s", "peak RSS after (MB)"],
+                   rows)]
+
+
+def _apply(res: Results) -> list[str]:
+    api = res.api
+    naive = api.naive["per_second"]
+    rows: list[list[object]] = [
+        [f"apply p={a.parallelism}", f"{a.latency_ms} ms", f"{a.creates:,}",
+         f"{a.seconds:.2f} s", f"{a.per_second:.0f}/s", f"{a.ideal:.0f}/s" if a.ideal else "—",
+         f"{a.per_second / a.ideal:.0%}" if a.ideal else "—", f"{a.per_second / naive:.1f}x",
+         f"{a.rss_mb:.0f} MB"] for a in [*api.applies, api.zero]]
+    wal = api.wal
+    rows.append(["apply p=16, state file in WAL mode (what-if)", f"{wal.latency_ms} ms",
+                 f"{wal.creates:,}", f"{wal.seconds:.2f} s", f"{wal.per_second:.0f}/s",
+                 f"{wal.ideal:.0f}/s", f"{wal.per_second / wal.ideal:.0%}",
+                 f"{wal.per_second / naive:.1f}x", f"{wal.rss_mb:.0f} MB"])
+    for what, r, latency in (("raw pooled client p=16, recording nothing", api.raw, LATENCY_MS),
+                             ("raw pooled client p=16, recording nothing", api.raw_zero, 0)):
+        ideal = 16 * 1000 / latency if latency else 0
+        rows.append([what, f"{latency} ms", f"{r['requests']:,}", f"{r['seconds']:.2f} s",
+                     f"{r['per_second']:.0f}/s", f"{ideal:.0f}/s" if ideal else "—",
+                     f"{r['per_second'] / ideal:.0%}" if ideal else "—",
+                     f"{r['per_second'] / naive:.1f}x", "—"])
+    rows.append(["naive loop (httpx.post, no pooling)", f"{LATENCY_MS} ms",
+                 f"{api.naive['requests']}", f"{api.naive['seconds']:.2f} s", f"{naive:.1f}/s",
+                 f"{1000 / LATENCY_MS:.0f}/s", f"{naive / (1000 / LATENCY_MS):.0%}", "1.0x",
+                 "—"])
+    writes, writes_wal = api.writes, api.writes_wal
+    return ["", "### Apply throughput", "",
+            "`reconcile apply --yes --parallelism P` (refresh on, the default) with a fresh "
+            "state file against a fresh `reconcile sandbox --latency-ms L` process (its own "
+            "interpreter: the sandbox's CPU is not the client's GIL). Seconds are the report's "
+            "`duration_s` (the apply itself, without interpreter start); throughput is per "
+            "second; the ideal is parallelism / latency. p=16 creates 2,000 images; p=1 "
+            f"creates {APPLY_P1_CREATES} (2,000 x 50 ms would be 100 s); the other runs create "
+            f"2,000 or, when the rate measured so far says that would take over "
+            f"{RUN_BUDGET_S:.0f} s, fewer (at least {MIN_CREATES}), to keep `make bench` within "
+            "10 minutes. The raw client sends the same POSTs through reconcile's pooled "
+            "`ImageClient` from 16 threads and records nothing: the ceiling of client and "
+            "sandbox together. The naive client is a plain loop of `httpx.post` (a new "
+            f"connection each, {api.naive['requests']} requests): the best case of a shell "
+            "loop over `openstack image create`, which also starts a process per image.", "",
+            *table(["client", "latency", "creates", "seconds", "creates/s", "ideal",
+                    "of ideal", "vs naive", "peak RSS"], rows),
+            "", f"Recording alone (bench/tasks.py `state-writes`: the applier's `journal_open` "
+            f"+ `save_record`, two transactions with `synchronous = FULL` per create, on one "
+            f"thread, {writes['creates']:,} creates): {writes['per_second']:.0f} creates/s, "
+            f"{1000 / writes['per_second']:.1f} ms per create. State writes are serialised, so "
+            "this rate caps apply whatever the parallelism. What-if, the same calls with "
+            f"`PRAGMA journal_mode = WAL` set on the store's connection: "
+            f"{writes_wal['per_second']:.0f} creates/s ({1000 / writes_wal['per_second']:.1f} "
+            "ms)."]
+
+
+def _refresh(res: Results) -> list[str]:
+    return ["", f"### Refresh: listing {REFRESH_IMAGES:,} images", "",
+            "`ImageClient.list_images(page_size=1000)` against a sandbox process preloaded "
+            f"with {REFRESH_IMAGES:,} images (`--data`).", "",
+            *table(["sandbox latency", "images", "requests", "seconds", "images/s",
+                    "requests x latency"],
+                   [[f"{lat} ms", f"{r['images']:,}", r["requests"], f"{r['seconds']:.2f} s",
+                     f"{r['per_second']:,.0f}", f"{r['requests'] * lat / 1000:.2f} s"]
+                    for lat, r in res.listings.items()])]
+
+
+def _reports(res: Results) -> list[str]:
+    rep, half, small = res.profiled["reports"], res.profiled["reports_half"], res.prev_reports
+    prev = label(res.prev.images) if res.prev else "smaller"
+    n = label(res.big.images)
+    formats = ("markdown", "text", "html", "json")
+    rows = [[fmt, f"{rep[fmt]['chars']:,}", f"{rep[fmt]['bytes']:,}",
+             f"{small[fmt]['bytes']:,}" if small else "—", f"{rep[fmt]['seconds']:.2f} s",
+             f"{half[fmt]['chars']:,}", f"{half[fmt]['seconds']:.2f} s"] for fmt in formats]
+    summary = half["summary"]
+    return ["", f"### Report sizes, {n} images", "",
+            f"Every format rendered from the {n} plan (all unchanged), next to the same for "
+            f"the {prev} plan, and for the same catalog planned against every second record only "
+            f"({summary['create']:,} create, {summary['unchanged']:,} unchanged: creates carry "
+            "their request bodies in JSON).", "",
+            *table(["format", "characters", "bytes", f"bytes at {prev}", "render time",
+                    "characters, half created", "render time, half created"], rows)]
+
+
+if __name__ == "__main__":
+    main()
