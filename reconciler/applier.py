@@ -32,7 +32,6 @@ from reconciler.models import (
     ImageSpec,
     Outcome,
     Record,
-    body_digest,
 )
 from reconciler.state import StateStore, now_iso
 
@@ -260,11 +259,8 @@ class Applier:
     def _record(self, name: str, body: dict[str, Any], image: dict[str, Any], nonce: str,
                 started: float, attempts: int, *, result: str = "created",
                 origin: str = "created") -> Outcome:
-        record = Record.model_construct(
-            name=name, image_id=image["id"], spec_digest=body_digest(body), request=body,
-            response=image, status=image.get("status"), created_at=image.get("created_at"),
-            updated_at=image.get("updated_at"), recorded_at=now_iso(), run_id=self.run_id,
-            origin=origin)
+        record = Record.from_image(name, body, image, recorded_at=now_iso(),
+                                   run_id=self.run_id, origin=origin)
         self.store.save_record(self.target, record, nonce=nonce)
         return Outcome.model_construct(
             name=name, result=result, image_id=record.image_id, status=record.status,

@@ -450,7 +450,8 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                 lint.extend(found)
                 warnings[name] = tuple(f"{p.path.split('.', 1)[1]} {p.message}" for p in found)
             specs.append(ImageSpec.model_construct(
-                **{**_SPEC_DEFAULTS, **spec_fields}, file=display, line=line))
+                _fields_set=_SPEC_FIELDS, **{**_SPEC_DEFAULTS, **spec_fields}, file=display,
+                line=line))
     if strict:
         problems.extend(Problem(p.file, p.line, p.path, f"{p.message} (--strict)") for p in lint)
     if problems:
@@ -462,6 +463,8 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     )
 
 
+# One fields-set shared by every spec (model_construct would make one per object).
+_SPEC_FIELDS: set[str] = set(ImageSpec.model_fields)
 # Every optional field, explicitly: model_construct skips validation, so nothing may be missing.
 _SPEC_DEFAULTS: dict[str, Any] = {
     "os_version": None, "visibility": None, "protected": None, "container_format": None,

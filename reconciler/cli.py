@@ -693,7 +693,8 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
     if not found:
         raise ConfigError(f"no image named {name!r} is recorded in {state}; "
                           "`reconcile state list` shows what is")
-    docs = [{"target": target, **rec.model_dump()} for target, rec in found]
+    docs = [{"target": target, **rec.model_dump(exclude={"request_json", "response_json"}),
+             "request": rec.request, "response": rec.response} for target, rec in found]
     if as_json:
         click.echo(json.dumps(docs if len(docs) > 1 else docs[0], indent=2, sort_keys=True))
         return

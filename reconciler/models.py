@@ -14,7 +14,7 @@ import json
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 #: The extra property that carries a create's nonce, so a create whose answer was lost can be
 #: found again by name and marker instead of being sent twice.
@@ -94,19 +94,69 @@ class Catalog(Frozen):
 
 
 class Record(Frozen):
-    """What the state store knows about one managed image."""
+    """What the state store knows about one managed image.
+
+    The request sent and the response received are kept as the JSON text the state file
+    holds and decoded on first use: a plan of 100,000 images needs them for a few drifted
+    images only. ``Record.of`` (or ``Record(request=..., response=...)``) takes dicts.
+    """
 
     name: str
     image_id: str
     spec_digest: str
-    request: dict[str, Any]
-    response: dict[str, Any]
+    request_json: str = "{}"
+    response_json: str = "{}"
     status: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
     recorded_at: str
     run_id: str | None = None
     origin: str = "created"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encode_bodies(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("request", "response"):
+                if key in data:
+                    data[f"{key}_json"] = _canonical(data.pop(key))
+        return data
+
+    @classmethod
+    def of(cls, *, request: dict[str, Any], response: dict[str, Any],
+           **fields: Any) -> Record:
+        """A record built by reconcile itself: no validation, bodies encoded once."""
+        values = {"status": None, "created_at": None, "updated_at": None, "run_id": None,
+                  "origin": "created", **fields}
+        return cls.model_construct(_fields_set=_RECORD_FIELDS, request_json=_canonical(request),
+                                   response_json=_canonical(response), **values)
+
+    @classmethod
+    def from_image(cls, name: str, request: dict[str, Any], image: dict[str, Any], *,
+                   recorded_at: str, run_id: str | None, origin: str) -> Record:
+        """The record of ``image``, the API's answer (or listing) for ``request``."""
+        return cls.of(name=name, image_id=image["id"], spec_digest=body_digest(request),
+                      request=request, response=image, status=image.get("status"),
+                      created_at=image.get("created_at"), updated_at=image.get("updated_at"),
+                      recorded_at=recorded_at, run_id=run_id, origin=origin)
+
+    @cached_property
+    def request(self) -> dict[str, Any]:
+        return dict(json.loads(self.request_json))
+
+    @cached_property
+    def response(self) -> dict[str, Any]:
+        return dict(json.loads(self.response_json))
+
+
+def _canonical(body: dict[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+
+# One shared fields-set for records built by reconcile: each model_construct would otherwise
+# make its own (about 0.7 KB per object, 70 MB for 100,000 records).
+_RECORD_FIELDS: set[str] = set(Record.model_fields)
 
 
 class Observed(Frozen):

@@ -155,7 +155,11 @@ def _make(name: str, action: str, reason: str, detail: str = "", **fields: Any) 
     values: dict[str, Any] = {"detail": detail, "diff": (), "warnings": (), "file": None,
                               "line": None, "image_id": None, "spec": None, "remote": None}
     values.update(fields)
-    return Change.model_construct(name=name, action=action, reason=reason, **values)
+    return Change.model_construct(_fields_set=_CHANGE_FIELDS, name=name, action=action,
+                                  reason=reason, **values)
+
+
+_CHANGE_FIELDS: set[str] = set(Change.model_fields)  # one set shared by every change
 
 
 def _same(key: str, old: Any, new: Any) -> bool:

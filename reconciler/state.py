@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,17 @@ from reconciler.errors import StateError, StateLockedError, StateVersionError
 from reconciler.models import PendingCreate, Record
 
 DEFAULT_PATH = "reconcile-state.db"
+
+Statement = tuple[str, tuple[Any, ...]]
+
+
+@dataclass(eq=False)
+class _Pending:
+    """Statements waiting for the next group commit, and what became of them."""
+
+    statements: tuple[Statement, ...]
+    rowcounts: list[int] | None = None
+    error: StateError | None = None
 
 
 def _v1(db: Database) -> None:
@@ -87,7 +99,9 @@ class StateStore:
 
     def __init__(self, conn: sqlite3.Connection, path: str, *, writable: bool) -> None:
         self.conn, self.path, self.writable = conn, path, writable
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # held by the one thread committing
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
 
     # --- opening -----------------------------------------------------------------------
 
@@ -215,75 +229,100 @@ class StateStore:
 
     # --- writing -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One atomic transaction that also bumps the revision."""
+    def _commit(self, *statements: Statement) -> list[int]:
+        """Run ``statements`` in one transaction that also bumps the revision; return each
+        one's row count once it is committed.
+
+        Concurrent callers share transactions (group commit): whoever holds the write lock
+        commits everything queued so far, so sixteen workers pay for one fsync, not sixteen.
+        """
         if not self.writable:
             raise StateError("internal error: state store opened read-only")
-        with self._write_lock, self.conn:
-            self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
-                              "WHERE key = 'revision'")
-            yield self.conn
+        mine = _Pending(statements)
+        with self._queue_lock:
+            self._queue.append(mine)
+        while mine.rowcounts is None and mine.error is None:
+            with self._write_lock:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                if batch:
+                    self._run(batch)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.rowcounts is not None
+        return mine.rowcounts
+
+    def _run(self, batch: list[_Pending]) -> None:
+        try:
+            with self.conn:
+                self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                                  "WHERE key = 'revision'")
+                counts = [[self.conn.execute(sql, params).rowcount for sql, params in p.statements]
+                          for p in batch]
+        except sqlite3.Error as exc:
+            if len(batch) > 1:  # find the one that failed; the others still commit
+                for pending in batch:
+                    self._run([pending])
+            else:
+                batch[0].error = StateError(f"cannot write state file {self.path}: {exc}")
+            return
+        for pending, rowcounts in zip(batch, counts, strict=True):
+            pending.rowcounts = rowcounts
 
     def start_run(self, run_id: str, *, target: str, profile: str, catalog_digest: str,
                   tool_version: str, started_at: str) -> None:
-        with self._write() as c:
+        self._commit(
             # A run still marked running while we hold the lock was killed.
-            c.execute("UPDATE runs SET outcome = 'interrupted' WHERE outcome = 'running'")
-            c.execute(
-                "INSERT INTO runs (id, mode, target, profile, catalog_digest, started_at, host,"
-                " pid, tool_version, summary_json, created, adopted, failed, outcome) "
-                "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, 'running')",
-                (run_id, target, profile, catalog_digest, started_at, socket.gethostname(),
-                 os.getpid(), tool_version))
+            ("UPDATE runs SET outcome = 'interrupted' WHERE outcome = 'running'", ()),
+            ("INSERT INTO runs (id, mode, target, profile, catalog_digest, started_at, host, "
+             "pid, tool_version, summary_json, created, adopted, failed, outcome) "
+             "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, 'running')",
+             (run_id, target, profile, catalog_digest, started_at, socket.gethostname(),
+              os.getpid(), tool_version)))
 
     def mark_plan_applied(self, plan_id: str, run_id: str) -> None:
-        with self._write() as c:
-            c.execute("INSERT INTO applied_plans (plan_id, applied_at, run_id) VALUES (?, ?, ?)",
-                      (plan_id, now_iso(), run_id))
+        self._commit(("INSERT INTO applied_plans (plan_id, applied_at, run_id) "
+                      "VALUES (?, ?, ?)", (plan_id, now_iso(), run_id)))
 
     def finish_run(self, run_id: str, *, summary: dict[str, int], created: int, adopted: int,
                    failed: int, outcome: str, error: str | None = None) -> None:
-        with self._write() as c:
-            c.execute("UPDATE runs SET finished_at = ?, summary_json = ?, created = ?, "
+        self._commit(("UPDATE runs SET finished_at = ?, summary_json = ?, created = ?, "
                       "adopted = ?, failed = ?, outcome = ?, error = ? WHERE id = ?",
                       (now_iso(), json.dumps(summary, sort_keys=True), created, adopted, failed,
-                       outcome, error, run_id))
+                       outcome, error, run_id)))
 
     def journal_open(self, *, nonce: str, target: str, name: str, run_id: str,
                      request: dict[str, Any]) -> None:
         """Write the intent to create before the POST, so a lost answer can be found again."""
-        with self._write() as c:
-            c.execute("INSERT INTO journal (nonce, target, name, run_id, request_json, state, "
+        self._commit(("INSERT INTO journal (nonce, target, name, run_id, request_json, state, "
                       "started_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
                       (nonce, target, name, run_id, json.dumps(request, sort_keys=True),
-                       now_iso()))
+                       now_iso())))
 
     def journal_release(self, nonce: str, note: str) -> None:
         """The create certainly did not happen: close the entry without a record."""
-        with self._write() as c:
-            c.execute("UPDATE journal SET state = 'released', resolved_at = ?, note = ? "
-                      "WHERE nonce = ?", (now_iso(), note, nonce))
+        self._commit(("UPDATE journal SET state = 'released', resolved_at = ?, note = ? "
+                      "WHERE nonce = ?", (now_iso(), note, nonce)))
 
     def save_record(self, target: str, record: Record, *, nonce: str | None = None) -> None:
         """Record an image and close its journal entry in one transaction."""
-        with self._write() as c:
-            c.execute(
-                "INSERT OR REPLACE INTO images (target, name, image_id, spec_digest, "
-                "request_json, response_json, status, created_at, updated_at, recorded_at, "
-                "run_id, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (target, record.name, record.image_id, record.spec_digest,
-                 json.dumps(record.request, sort_keys=True),
-                 json.dumps(record.response, sort_keys=True), record.status, record.created_at,
-                 record.updated_at, record.recorded_at, record.run_id, record.origin))
-            if nonce:
-                c.execute("UPDATE journal SET state = 'done', resolved_at = ?, image_id = ? "
-                          "WHERE nonce = ?", (now_iso(), record.image_id, nonce))
+        statements: list[Statement] = [(
+            "INSERT OR REPLACE INTO images (target, name, image_id, spec_digest, "
+            "request_json, response_json, status, created_at, updated_at, recorded_at, "
+            "run_id, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (target, record.name, record.image_id, record.spec_digest, record.request_json,
+             record.response_json, record.status, record.created_at, record.updated_at,
+             record.recorded_at, record.run_id, record.origin))]
+        if nonce:
+            statements.append(("UPDATE journal SET state = 'done', resolved_at = ?, "
+                               "image_id = ? WHERE nonce = ?",
+                               (now_iso(), record.image_id, nonce)))
+        self._commit(*statements)
 
     def forget(self, target: str, name: str) -> bool:
-        with self._write() as c:
-            return c.execute("DELETE FROM images WHERE target = ? AND name = ?",
-                             (target, name)).rowcount > 0
+        [deleted] = self._commit(("DELETE FROM images WHERE target = ? AND name = ?",
+                                  (target, name)))
+        return deleted > 0
 
     # --- the apply lock ------------------------------------------------------------------
 
@@ -342,6 +381,10 @@ def _check_version(conn: sqlite3.Connection, path: str) -> int:
 
 def _record(row: tuple[Any, ...]) -> Record:
     return Record.model_construct(
-        name=row[0], image_id=row[1], spec_digest=row[2], request=json.loads(row[3] or "{}"),
-        response=json.loads(row[4] or "{}"), status=row[5], created_at=row[6],
-        updated_at=row[7], recorded_at=row[8], run_id=row[9], origin=row[10] or "created")
+        _fields_set=_RECORD_FIELDS, name=row[0], image_id=row[1], spec_digest=row[2],
+        request_json=row[3] or "{}", response_json=row[4] or "{}", status=row[5],
+        created_at=row[6], updated_at=row[7], recorded_at=row[8], run_id=row[9],
+        origin=row[10] or "created")
+
+
+_RECORD_FIELDS: set[str] = set(Record.model_fields)  # shared: see models._RECORD_FIELDS

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -264,7 +265,7 @@ def test_save_record_and_journal_close_are_one_transaction(store: StateStore) ->
     store.conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON journal "
                        "BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
     store.conn.commit()
-    with pytest.raises(sqlite3.DatabaseError, match="disk gone"):
+    with pytest.raises(StateError, match="disk gone"):
         store.save_record(TARGET, a_record("a"), nonce="n1")
     assert store.record(TARGET, "a") is None
     assert [p.name for p in store.pending(TARGET)] == ["a"]
@@ -425,3 +426,14 @@ def test_read_commands_do_not_change_the_state_file(
     for command in (["state", "list"], ["state", "show", "ubuntu-base"], ["history"]):
         assert run_cli([*command, "--state", populated]).exit_code == 0
     assert file_sha256(populated) == before
+
+
+def test_concurrent_writes_all_land_through_shared_commits(store: StateStore) -> None:
+    names = [f"img-{i:03d}" for i in range(200)]
+    before = store.revision()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda n: store.save_record(TARGET, a_record(n, f"id-{n}")), names))
+    records = store.records(TARGET)
+    assert sorted(records) == names
+    assert all(records[n].image_id == f"id-{n}" for n in names)
+    assert before < store.revision() <= before + len(names)  # one bump per shared commit
