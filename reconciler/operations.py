@@ -89,7 +89,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
         store = StateStore.open_readonly(state_path)
         try:
             target = resolve_target(store, endpoint)
-            records = store.records(target) if store else {}
+            records = store.records(target, responses=api is not None) if store else {}
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
             revision = store.revision() if store else 0
         finally:

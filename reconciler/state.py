@@ -102,6 +102,7 @@ class StateStore:
         self._write_lock = threading.Lock()  # held by the one thread committing
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
+        self._wal = False
 
     # --- opening -----------------------------------------------------------------------
 
@@ -155,7 +156,20 @@ class StateStore:
             raise StateError(f"cannot back up state file {p}: {exc.strerror}") from None
         return cls(conn, str(p), writable=True)
 
+    def _use_wal(self) -> None:
+        """From the first write until close(): WAL, so a commit is an append rather than an
+        fsync'd rollback journal. A killed process loses nothing; a power cut may lose the
+        last commits but never corrupts, and the next apply finds what they created by its
+        marker. Deferred to the first write, so a refused apply leaves the file as it was."""
+        if not self._wal:
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self._wal = True
+
     def close(self) -> None:
+        if self._wal:  # back to one self-contained file
+            with contextlib.suppress(sqlite3.Error):  # another process may still be reading
+                self.conn.execute("PRAGMA journal_mode = DELETE")
         self.conn.close()
 
     # --- reading -------------------------------------------------------------------------
@@ -169,9 +183,13 @@ class StateStore:
                                  "SELECT DISTINCT target FROM journal WHERE state = 'pending'")
         return sorted(r[0] for r in rows)
 
-    def records(self, target: str) -> dict[str, Record]:
+    def records(self, target: str, *, responses: bool = True) -> dict[str, Record]:
+        """Every record of a target. ``responses=False`` leaves out the responses (the
+        largest column, which only a refresh compares with): a 100,000-image offline plan
+        then reads about half as much."""
+        response = "response_json" if responses else "'{}'"
         cursor = self.conn.execute(
-            "SELECT name, image_id, spec_digest, request_json, response_json, status, "
+            f"SELECT name, image_id, spec_digest, request_json, {response}, status, "
             "created_at, updated_at, recorded_at, run_id, origin FROM images WHERE target = ?",
             (target,))
         return {row[0]: _record(row) for row in cursor}
@@ -254,6 +272,7 @@ class StateStore:
 
     def _run(self, batch: list[_Pending]) -> None:
         try:
+            self._use_wal()
             with self.conn:
                 self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
                                   "WHERE key = 'revision'")
