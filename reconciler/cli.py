@@ -34,6 +34,7 @@ from reconciler.operations import (
     ApplyRequest,
     Clock,
     apply_catalog,
+    bulk_build,
     dry_run_report,
     forget_image,
     get_profile,
@@ -245,7 +246,8 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
       reconcile validate --catalog catalog/
       reconcile validate --profile glance --strict
     """
-    loaded = load_catalog(catalog, get_profile(profile), strict=strict)
+    with bulk_build():
+        loaded = load_catalog(catalog, get_profile(profile), strict=strict)
     for line in lint_problems(loaded):
         click.echo(f"warning: {line}", err=True)
     n = len(loaded.images)
