@@ -89,7 +89,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
         store = StateStore.open_readonly(state_path)
         try:
             target = resolve_target(store, endpoint)
-            records = store.records(target, responses=api is not None) if store else {}
+            records = _records_for_plan(store, target, catalog, full=api is not None) \
+                if store else {}
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
             revision = store.revision() if store else 0
         finally:
@@ -99,6 +100,18 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
         result = plan(catalog, records, target=target, pending=pending, observed=observed)
         report = plan_report(catalog, result, clock=clock)
     return PlanResult(catalog, result, report, revision, observed)
+
+
+def _records_for_plan(store: StateStore, target: str, catalog: Catalog, *,
+                      full: bool) -> dict[str, Record]:
+    """What the planner needs: everything for a refresh; otherwise ids and digests, plus the
+    complete record where the catalog's digest differs (a drift diff needs the request)."""
+    records = store.records(target, full=full)
+    if not full:
+        digests = {s.name: s.digest for s in catalog.images}
+        drifted = [n for n, r in records.items() if n in digests and digests[n] != r.spec_digest]
+        records.update(store.records_of(target, drifted))
+    return records
 
 
 @contextlib.contextmanager

@@ -183,16 +183,34 @@ class StateStore:
                                  "SELECT DISTINCT target FROM journal WHERE state = 'pending'")
         return sorted(r[0] for r in rows)
 
-    def records(self, target: str, *, responses: bool = True) -> dict[str, Record]:
-        """Every record of a target. ``responses=False`` leaves out the responses (the
-        largest column, which only a refresh compares with): a 100,000-image offline plan
-        then reads about half as much."""
-        response = "response_json" if responses else "'{}'"
+    def records(self, target: str, *, full: bool = True) -> dict[str, Record]:
+        """Every record of a target. ``full=False`` reads only name, id and digest (an
+        offline plan needs no more for an unchanged image: 100,000 of them then cost a
+        fraction of the memory); ``records_of`` reads the rest where it is needed."""
+        if full:
+            return self.records_of(target)
         cursor = self.conn.execute(
-            f"SELECT name, image_id, spec_digest, request_json, {response}, status, "
-            "created_at, updated_at, recorded_at, run_id, origin FROM images WHERE target = ?",
+            "SELECT name, image_id, spec_digest, origin FROM images WHERE target = ?",
             (target,))
-        return {row[0]: _record(row) for row in cursor}
+        return {row[0]: Record.model_construct(
+            _fields_set=_RECORD_FIELDS, name=row[0], image_id=row[1], spec_digest=row[2],
+            request_json="{}", response_json="{}", status=None, created_at=None,
+            updated_at=None, recorded_at="", run_id=None, origin=row[3]) for row in cursor}
+
+    def records_of(self, target: str, names: list[str] | None = None) -> dict[str, Record]:
+        """Complete records of a target: all of them, or those of ``names``."""
+        query = ("SELECT name, image_id, spec_digest, request_json, response_json, status, "
+                 "created_at, updated_at, recorded_at, run_id, origin FROM images "
+                 "WHERE target = ?")
+        if names is None:
+            return {row[0]: _record(row) for row in self.conn.execute(query, (target,))}
+        out: dict[str, Record] = {}
+        for i in range(0, len(names), 500):  # SQLite's bound-parameter limit
+            chunk = names[i:i + 500]
+            rows = self.conn.execute(f"{query} AND name IN ({','.join('?' * len(chunk))})",
+                                     (target, *chunk))
+            out.update((row[0], _record(row)) for row in rows)
+        return out
 
     def record(self, target: str, name: str) -> Record | None:
         row = self.conn.execute(

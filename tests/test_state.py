@@ -437,3 +437,14 @@ def test_concurrent_writes_all_land_through_shared_commits(store: StateStore) ->
     assert sorted(records) == names
     assert all(records[n].image_id == f"id-{n}" for n in names)
     assert before < store.revision() <= before + len(names)  # one bump per shared commit
+
+
+def test_light_records_carry_only_ids_and_digests_and_records_of_reads_the_rest(
+        store: StateStore) -> None:
+    store.save_record(TARGET, a_record("a", "img-a"))
+    store.save_record(TARGET, a_record("b", "img-b"))
+    light = store.records(TARGET, full=False)
+    assert {n: (r.image_id, r.spec_digest) for n, r in light.items()} == {
+        n: (r.image_id, r.spec_digest) for n, r in store.records(TARGET).items()}
+    assert light["a"].request == {}
+    assert store.records_of(TARGET, ["b"])["b"].request == a_record("b").request
