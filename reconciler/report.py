@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from reconciler.errors import ConfigError
 from reconciler.models import ACTIONS, Change, Outcome, RunReport
 
 FORMATS = ("text", "markdown", "html", "json")
@@ -66,6 +67,18 @@ def render(report: RunReport, fmt: str, *, color: bool = False,
     """The report in one of FORMATS."""
     if fmt == "json":
         return json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n"
+    try:
+        return _render_template(report, fmt, color=color, templates=templates)
+    except jinja2.TemplateError as exc:
+        # A team's --templates override is user input: say which file and line is wrong.
+        where = getattr(exc, "filename", None) or _TEMPLATE[fmt]
+        line = getattr(exc, "lineno", None)
+        raise ConfigError(f"report template {where}{f':{line}' if line else ''}: "
+                          f"{exc.message or type(exc).__name__}") from None
+
+
+def _render_template(report: RunReport, fmt: str, *, color: bool,
+                     templates: Path | None) -> str:
     template = _environment(templates).get_template(_TEMPLATE[fmt])
     if fmt != "markdown":
         return template.render(_view(report, LIST_LIMIT, color=color and fmt == "text"))

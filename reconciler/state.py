@@ -367,7 +367,11 @@ class StateStore:
     def lock(self) -> Iterator[None]:
         """Hold the apply lock. The kernel releases it if the process dies, even by SIGKILL."""
         lock_path = f"{self.path}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"cannot create the lock file {lock_path}: {exc.strerror}; the "
+                             "state file's directory must be writable") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

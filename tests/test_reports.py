@@ -294,3 +294,20 @@ def test_output_into_missing_directory_is_an_error(scenario: Path, tmp_path: Pat
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert "error: cannot write report to" in result.stderr
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{% for %}\n", "report.txt.j2:1: Expected an expression"),
+    ("{{ r.no_such_field }}\n", "report template report.txt.j2: "),
+], ids=["syntax-error", "undefined-field"])
+def test_broken_override_template_is_a_clean_error_naming_it(
+        template: str, message: str, scenario: Path, tmp_path: Path,
+        run_cli: Callable[..., Result]) -> None:
+    override = tmp_path / "broken"
+    override.mkdir()
+    (override / "report.txt.j2").write_text(template, encoding="utf-8")
+    result = run_cli(["plan", "--catalog", "catalog", "--state", "state.db", "--templates",
+                      str(override)])
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.output

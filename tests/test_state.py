@@ -448,3 +448,9 @@ def test_light_records_carry_only_ids_and_digests_and_records_of_reads_the_rest(
         n: (r.image_id, r.spec_digest) for n, r in store.records(TARGET).items()}
     assert light["a"].request == {}
     assert store.records_of(TARGET, ["b"])["b"].request == a_record("b").request
+
+
+def test_lock_that_cannot_be_created_is_a_state_error(store: StateStore) -> None:
+    Path(f"{store.path}.lock").mkdir()  # as root, an unwritable directory would not stop us
+    with pytest.raises(StateError, match="cannot create the lock file"), store.lock():
+        pass
