@@ -32,8 +32,10 @@ from reconciler.models import (
     ImageSpec,
     Outcome,
     Record,
+    now_iso,
+    parse_iso,
 )
-from reconciler.state import StateStore, now_iso
+from reconciler.state import StateStore
 
 log = logging.getLogger("reconciler.apply")
 
@@ -103,7 +105,7 @@ class Applier:
                     break
                 continue
             if found is None:
-                age = (datetime.now(UTC) - _parse_iso(entry.started_at)).total_seconds()
+                age = (datetime.now(UTC) - parse_iso(entry.started_at)).total_seconds()
                 if age < self.settle_s:
                     log.warning("%s: the create sent %ds ago by run %s may still land; it is "
                                 "left pending (blocked) until %ds after it was sent",
@@ -292,11 +294,6 @@ class Applier:
         if not self._stop.is_set():
             self.abort_reason = reason
             self._stop.set()
-
-
-def _parse_iso(value: str) -> datetime:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def adoption_request(spec: ImageSpec, image: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import yaml
 
 from reconciler.client import StaticToken, TokenProvider, error_from_response
 from reconciler.errors import ApiError, AuthError, ConfigError, TransportError
+from reconciler.models import parse_iso
 
 REFRESH_MARGIN_S = 120.0
 
@@ -131,8 +132,8 @@ class KeystonePassword:
         token = response.headers.get("X-Subject-Token")
         try:
             body = response.json()["token"]
-            expires = _parse_time(body["expires_at"])
-            issued = _parse_time(body["issued_at"]) if body.get("issued_at") else self.clock()
+            expires = parse_iso(body["expires_at"])
+            issued = parse_iso(body["issued_at"]) if body.get("issued_at") else self.clock()
         except (ValueError, KeyError, TypeError):
             raise ApiError(f"Keystone at {self.auth_url} answered without a usable token "
                            "body") from None
@@ -167,11 +168,6 @@ class KeystonePassword:
 
 def _ref(name: str | None, ident: str | None) -> dict[str, str]:
     return {"id": ident} if ident else {"name": name or "Default"}
-
-
-def _parse_time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def image_endpoint(catalog: list[dict[str, Any]], *, region: str | None,

@@ -11,10 +11,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
+
+
+def iso(moment: datetime) -> str:
+    """Timestamps as Glance writes them, and as reconcile stores and reports them."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_iso() -> str:
+    return iso(datetime.now(UTC))
+
+
+def parse_iso(value: str) -> datetime:
+    """An ISO 8601 time from the API or the state file; naive ones are UTC."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
 
 #: The extra property that carries a create's nonce, so a create whose answer was lost can be
 #: found again by name and marker instead of being sent twice.

@@ -30,22 +30,20 @@ from reconciler.models import (
     Plan,
     Record,
     RunReport,
+    iso,
+    now_iso,
 )
 from reconciler.planfile import SavedPlan
 from reconciler.planner import diff_bodies, plan
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import observe
-from reconciler.state import StateStore, now_iso
+from reconciler.state import StateStore
 
 Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def get_profile(name: str) -> Profile:
@@ -229,8 +227,10 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                   target: str) -> ApplyResult:
     t0 = time.monotonic()
     chosen: set[tuple[str, str]] | None = None
+    observed: Observed | None = None
     if req.saved is not None:
-        chosen = _check_saved(req, store, catalog, target)
+        # The cloud is read once: what the check saw is what the plan below works from.
+        chosen, observed = _check_saved(req, store, catalog, target)
     run_id = new_run_id(req.clock)
     store.start_run(run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest, tool_version=__version__,
@@ -246,8 +246,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         outcomes.extend(applier.recover())
         if applier.abort_reason is None:
             records = store.records(target)
-            observed = None
-            if req.refresh:
+            if req.refresh and observed is None:
                 try:
                     observed = observe(req.api, catalog.profile, records.values(), req.project_id)
                 except AuthError as exc:
@@ -294,10 +293,11 @@ _MAX_REASONS = 20
 
 
 def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog,
-                 target: str) -> set[tuple[str, str]]:
+                 target: str) -> tuple[set[tuple[str, str]], Observed | None]:
     """Refuse a saved plan that was applied already or that the world has moved past.
 
-    Runs before anything is written. Returns the (name, action) pairs to carry out.
+    Runs before anything is written. Returns the (name, action) pairs to carry out, and the
+    cloud as it saw it.
     """
     saved = req.saved
     assert saved is not None
@@ -326,7 +326,7 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog,
             shown.append(f"  … and {len(reasons) - _MAX_REASONS} more")
         raise PlanFileError("the saved plan is stale; nothing was done. Make a new plan.\n"
                             + "\n".join(shown))
-    return {(c.name, c.action) for c in saved.changes}
+    return {(c.name, c.action) for c in saved.changes}, observed
 
 
 def _adopt(store: StateStore, target: str, run_id: str, catalog: Catalog,

@@ -26,7 +26,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from reconciler.errors import StateError, StateLockedError, StateVersionError
-from reconciler.models import PendingCreate, Record
+from reconciler.models import PendingCreate, Record, now_iso
 
 DEFAULT_PATH = "reconcile-state.db"
 
@@ -78,10 +78,6 @@ def _v3(db: Database) -> None:
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _migrate(conn: sqlite3.Connection, current: int, upto: int = SCHEMA_VERSION) -> None:
