@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -34,6 +34,7 @@ import httpx
 import yaml
 
 from reconciler.client import StaticToken, TokenProvider, error_from_response
+from reconciler.clock import SYSTEM_CLOCK
 from reconciler.errors import ApiError, AuthError, ConfigError, TransportError
 from reconciler.models import parse_iso
 
@@ -57,7 +58,7 @@ class KeystonePassword:
     project_domain_name: str | None = None
     project_domain_id: str | None = None
     http: httpx.Client = field(default_factory=httpx.Client, repr=False)
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+    clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
     margin_s: float = REFRESH_MARGIN_S
     refreshes: int = 0  # authentications after the first one
     _token: str | None = field(default=None, repr=False)
@@ -207,7 +208,7 @@ class AkSkAuth(httpx.Auth):
     sk: str = field(repr=False)
     project_id: str
     security_token: str | None = field(default=None, repr=False)
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+    clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         self.sign(request)
