@@ -36,6 +36,7 @@ from .errors import (
     AuthError,
     ClientError,
     ConfigError,
+    MalformedResponse,
     ServerError,
     TransportError,
 )
@@ -622,12 +623,12 @@ class ImageClient:
         )
 
     @staticmethod
-    def _bad_body(response: httpx.Response, problem: str) -> ApiError:
+    def _bad_body(response: httpx.Response, problem: str) -> MalformedResponse:
         method, url = _request_line(response)
         request_id = response.headers.get("x-request-id") or response.headers.get(
             "x-openstack-request-id"
         )
-        return ApiError(
+        return MalformedResponse(
             f"unexpected response: the body {problem}",
             status=response.status_code,
             request_id=request_id,
