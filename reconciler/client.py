@@ -2,13 +2,14 @@
 
 ``ImageClient`` sends one request per call and turns every failure into the ``ApiError`` family
 of ``reconciler.errors``: ``error_from_response`` is the one place that decides what a status
-code means (every body shape of api-contract §9), ``TransportError.sent`` says whether a
-request that got no answer may have reached the server, and a success answer with an unusable
-body is a ``MalformedResponse``. Writes are retried here only once, after a 401, with a fresh
-token (api-contract §11.2); reads may also be retried with backoff (``read_retry``). Backoff
-and the look-up-before-retry protocol of creates belong to ``reconciler.apply``, which alone
-knows whether repeating a create is safe. One client is shared by the applier's
-worker threads: it keeps no per-request state, and httpx's connection pool is thread-safe.
+code means (every body shape of docs/api-contract.md §9), ``TransportError.sent`` says whether
+a request that got no answer may have reached the server, and a success answer with an
+unusable body is a ``MalformedResponse``. Writes are retried here only once, after a 401, with
+a fresh token (docs/api-contract.md §11.2); reads may also be retried with backoff
+(``read_retry``). Backoff and the look-up-before-retry protocol of creates belong to
+``reconciler.apply``, which alone knows whether repeating a create is safe
+(docs/architecture.md §6.5). One client is shared by the apply's worker threads: it keeps no
+per-request state, and httpx's connection pool is thread-safe.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ DEFAULT_USER_AGENT = f"reconcile/{_package_version()}"
 
 # Sized for the applier's thread pool: a worker must never wait for a free connection.
 _POOL_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-_MAX_PAGE_SIZE = 1000  # Glance's api_limit_max; larger limits are silently capped (§10.1)
+# Glance's api_limit_max; larger limits are silently capped (docs/api-contract.md §10.1).
+_MAX_PAGE_SIZE = 1000
 _MAX_MESSAGE = 500
 _MAX_CODE = 64
 # Only the head of a non-JSON body is parsed: the message is in the first lines, and a
@@ -114,25 +116,9 @@ def error_from_response(response: httpx.Response, *, secrets: Iterable[str] = ()
                         clock: Clock = SYSTEM_CLOCK) -> ApiError:
     """Map an error answer to the ``ApiError`` subclass for its status, with a clean message.
 
-    This is where a status code gets its meaning, once (api-contract §9):
+    This is where a status code gets its meaning, once (docs/api-contract.md §9):
 
-    =========  ==================  ===============================================
-    status     class               meaning
-    =========  ==================  ===============================================
-    401        ``AuthError``       the token is missing, invalid or expired
-    404        ``NotFoundError``   no such resource
-    429        ``ThrottledError``  refused before the service saw it; Retry-After
-    502, 504   ``GatewayError``    a gateway answered; the request may be in progress
-    other 5xx  ``ServerError``     the service answered: it is done with the request
-    other 4xx  ``ClientError``     the request is wrong; retrying will not help
-    other      ``ApiError``        anything else that is not a success
-    =========  ==================  ===============================================
-
-    ``retry_after`` is set for 429 and 5xx. The body is read in the order of api-contract
-    §9.5; tags are stripped, whitespace collapsed, the message truncated, and every string in
-    ``secrets`` (the tokens sent) is replaced by ``***``. ``clock`` dates a ``Retry-After``
-    HTTP-date when the answer has no ``Date`` header.
-    """
+    =========  ==================  ========================================    """
     secret_list = [s for s in secrets if s]
     status = response.status_code
     reason = response.reason_phrase or httpx.codes.get_reason_phrase(status)
@@ -507,7 +493,7 @@ class ImageClient:
         """``GET /v2/images`` page by page; a sequence value repeats the parameter (``tag``).
 
         Each next page is the original query plus ``marker=<last id>``: Glance's ``next`` link
-        keeps only one value of a repeated parameter (api-contract §10.2).
+        keeps only one value of a repeated parameter (docs/api-contract.md §10.2).
         """
         if not 1 <= page_size <= _MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {_MAX_PAGE_SIZE}")
@@ -549,7 +535,7 @@ class ImageClient:
         """Live images whose name and properties equal the given ones exactly.
 
         The server's match may ignore case (MySQL collation), so results are checked again
-        here; deleted and killed images are dropped (api-contract §10.3).
+        here; deleted and killed images are dropped (docs/api-contract.md §10.3).
         """
         filters: dict[str, str] = dict(props)
         # Glance reads a leading "in:" as a list operator; such a name is matched here only.
@@ -630,7 +616,8 @@ class ImageClient:
         tokens: list[str],
     ) -> httpx.Response:
         headers = {
-            "Accept": "application/json",  # webob answers JSON instead of HTML (§9.1)
+            # webob answers JSON instead of HTML (docs/api-contract.md §9.1)
+            "Accept": "application/json",
             "User-Agent": self._user_agent,
         }
         if tokens[-1]:  # no token when requests are signed instead (AK/SK)

@@ -20,7 +20,7 @@ Library code raises these; only ``cli.py`` turns them into a message and an exit
         ├── GatewayError       502, 504: a gateway answered for a service that did not; the
         │                      request may still be in progress behind it
         ├── TransportError     no (complete) answer: connect/read timeout, reset; ``sent``
-        └── MalformedResponse  a success answer whose body cannot be used
+        └── MalformedResponse  a success answer whose body breaks the API's schema or limits
 
 What a status code means is decided once, in ``client.error_from_response``; everything
 else branches on these classes (``apply.decisions`` says what each means for a create).
@@ -49,9 +49,12 @@ class Problem:
     path: str
     message: str
     severity: str = "error"  # "error" or "warning"
+    column: int | None = None  # where a syntax error is, counting from 1
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.line and self.column:
+            where += f":{self.column}"
         field = f" {self.path}:" if self.path else ""
         return f"{where}:{field} {self.message}"
 
@@ -143,11 +146,6 @@ class GatewayError(ApiError):
     may have reached the service and still be in progress there."""
 
 
-class MalformedResponse(ApiError):
-    """A success status whose body is not what the API documents (not JSON, fields missing or
-    of the wrong type). For a create this means the image may well exist."""
-
-
 class TransportError(ApiError):
     """No complete answer. ``sent`` is True when the request may have reached the server."""
 
@@ -155,3 +153,31 @@ class TransportError(ApiError):
                  url: str | None = None) -> None:
         self.sent = sent
         super().__init__(message, method=method, url=url)
+
+
+class MalformedResponse(ApiError):
+    """A 2xx answer whose body is not what the API promises: not JSON, a field missing or of
+    the wrong type, an id over 255 characters, a body over the size cap, endless paging.
+
+    ``problems`` lists each thing found wrong (``"images[3].id: Field required"``). For a
+    create it means the image may exist although no usable answer came back: the applier
+    treats it like an unanswered create (kept pending, later adopted by marker).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: Sequence[str] = (),
+        status: int | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.problems = list(problems)
+        detail = "; ".join(self.problems[:5])
+        more = f" (+{len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
+        super().__init__(
+            f"{message}: {detail}{more}" if detail else message,
+            status=status, request_id=request_id, method=method, url=url,
+        )

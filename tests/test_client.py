@@ -374,7 +374,7 @@ def test_paging_keeps_repeated_params_and_sets_marker_to_last_id() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.params)
         if "marker" not in request.url.params:
-            # Glance's own next link has lost the second tag (§10.2).
+            # Glance's own next link has lost the second tag (docs/api-contract.md §10.2).
             return page([{"id": "i1"}, {"id": "i2"}], "/v2/images?tag=a&limit=2&marker=i2")
         return page([{"id": "i3"}])
 

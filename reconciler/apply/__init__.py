@@ -1,4 +1,4 @@
-"""The apply use case in one package (docs/architecture.md, "The apply protocol").
+"""The apply use case in one package (docs/architecture.md §6).
 
 ``run`` is the lifecycle of one run under the state lock; ``creates`` sends, records and
 recovers creates; ``decisions`` holds every choice of the protocol as a pure function;

@@ -1,4 +1,4 @@
-"""Where a create is sent, recorded and recovered (docs/architecture.md, "The apply protocol").
+"""Where a create is sent, recorded and recovered (docs/architecture.md §6.3).
 
 Every create first writes a journal entry with a fresh nonce, then POSTs with the nonce as the
 ``reconcile_marker`` extra property; a 201 is recorded and the entry closed in one

@@ -1,6 +1,6 @@
-"""The apply protocol's choices, as pure functions over typed values (docs/architecture.md,
-"The apply protocol"). No I/O, no clock, no state: each function is one table, tested
-row by row in tests/test_decisions.py.
+"""The apply protocol's choices, as pure functions over typed values (docs/architecture.md
+§6.9). No I/O, no clock, no state: each function is one table, tested row by row in
+tests/test_decisions.py.
 
 A create's journal entry is written before the POST. What happens after a failed POST is
 ``on_create_error``; what an unresolved (pending) entry of an earlier run becomes is

@@ -1,5 +1,4 @@
-"""One apply run from start to verdict, under the state lock (docs/architecture.md, "The
-apply protocol").
+"""One apply run from start to verdict, under the state lock (docs/architecture.md §6).
 
 1. Load the catalog; open the state file and take its lock.
 2. A saved plan is checked against the world, a confirmed preview against the state file;
