@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
-from reconciler import __version__, planfile
+from reconciler import __version__, logs, planfile
 from reconciler.applier import DEFAULT_SETTLE_S
 from reconciler.auth import Credentials, resolve
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
@@ -182,9 +182,9 @@ def _fail(message: str) -> NoReturn:
 
 def _notice(message: str, *, level: int = logging.INFO) -> None:
     """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
-    if isinstance(getattr(_LOG_HANDLER, "formatter", None), _JsonLogFormatter):
-        _LOGGER.log(level, message.removeprefix("error: "), extra={"event": "notice" if
-                    level < logging.ERROR else "error"})
+    if logs.json_lines():
+        logs.LOGGER.log(level, message.removeprefix("error: "),
+                        extra={"event": "notice" if level < logging.ERROR else "error"})
     else:
         click.echo(message, err=True)
 
@@ -209,7 +209,7 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     """
     if not isinstance(ctx.obj, Runtime):
         ctx.obj = Runtime()
-    _setup_logging("text")  # apply may switch to JSON lines
+    logs.configure("text")  # apply may switch to JSON lines
     path = config_path or Path(CONFIG_FILE)
     if config_path or path.exists():
         ctx.default_map = _default_map(cli, _load_config(path))
@@ -422,38 +422,6 @@ class _Progress:
             click.echo("", err=True)
 
 
-class _JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "event": getattr(record, "event", record.name),
-            "message": record.getMessage(),
-        }
-        for key in ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s",
-                    "run_id"):
-            if hasattr(record, key):
-                doc[key] = getattr(record, key)
-        return json.dumps(doc, sort_keys=True)
-
-
-_LOGGER = logging.getLogger("reconciler")
-_LOG_HANDLER: logging.Handler | None = None
-
-
-def _setup_logging(log_format: str) -> None:
-    global _LOG_HANDLER
-    _LOG_HANDLER = logging.StreamHandler(sys.stderr)
-    _LOGGER.handlers[:] = [_LOG_HANDLER]
-    _LOGGER.propagate = False
-    if log_format == "json":
-        _LOG_HANDLER.setFormatter(_JsonLogFormatter())
-        _LOGGER.setLevel(logging.INFO)
-    else:
-        _LOG_HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        _LOGGER.setLevel(logging.WARNING)
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """A scheduler's SIGTERM stops apply like Ctrl-C: creates in flight finish and are recorded.
@@ -526,7 +494,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
       reconcile apply --yes --log-format json --format html --output report.html
       reconcile apply plan.json --yes
     """
-    _setup_logging(log_format)
+    logs.configure(log_format)
     saved = planfile.read(plan_file) if plan_file else None
     if saved is not None:
         ctx = click.get_current_context()
