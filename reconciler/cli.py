@@ -16,18 +16,17 @@ import sys
 import threading
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import httpx
 
 from reconciler import __version__, logs, planfile
 from reconciler.applier import DEFAULT_SETTLE_S
-from reconciler.auth import Credentials, resolve
+from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
-from reconciler.client import ImageClient, RetryPolicy, http_client
+from reconciler.client import RetryPolicy
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
@@ -67,7 +66,6 @@ class Runtime:
 
     clock: Clock = utc_now
     env: dict[str, str] | None = None  # None: the process environment
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -279,70 +277,12 @@ def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@dataclass(frozen=True)
-class AuthFlags:
-    token_file: Path | None
-    os_cloud: str | None
-    interface: str | None
-    cacert: str | None
-    insecure: bool
-    connect_timeout: float
-    read_timeout: float
-
-
-@contextlib.contextmanager
-def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
-         retries: int = 5) -> Iterator[ApiSession]:
-    """An Image API client and its credentials; closed afterwards."""
-    injected = rt.extra.get("api")
-    if injected is not None:
-        _warn_insecure(flags.insecure)
-        yield ApiSession(injected, None)
-        return
-
-    def factory(verify: bool | str) -> httpx.Client:
-        return http_client(verify, connect_timeout=flags.connect_timeout,
-                           read_timeout=flags.read_timeout)
-
-    creds = resolve(rt.env if rt.env is not None else dict(os.environ), endpoint=endpoint,
-                    token_file=flags.token_file, os_cloud=flags.os_cloud,
-                    interface=flags.interface, cacert=flags.cacert, insecure=flags.insecure,
-                    http_factory=factory)
-    _warn_insecure(creds.verify is False)
-    creds.tokens.token()  # authenticate now: bad credentials fail before any work starts
-    client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
-                         verify=creds.verify, connect_timeout=flags.connect_timeout,
-                         read_timeout=flags.read_timeout,
-                         read_retry=RetryPolicy(attempts=retries + 1))
-    try:
-        yield ApiSession(client, creds)
-    finally:
-        client.close()
-
-
-def _warn_insecure(insecure: bool) -> None:
-    if insecure:  # every run, whether from --insecure or `verify: false` in clouds.yaml
-        _notice("warning: TLS certificates are NOT verified (--insecure or verify: false); "
-                "anyone on the network path can read the token and change answers",
-                level=logging.WARNING)
-
-
-@dataclass(frozen=True)
-class ApiSession:
-    client: ImageClient
-    credentials: Credentials | None
-
-    @property
-    def endpoint(self) -> str:
-        return self.client.endpoint
-
-    @property
-    def refreshes(self) -> int:
-        return self.credentials.refreshes if self.credentials else 0
-
-    @property
-    def project_id(self) -> str | None:
-        return self.credentials.project_id if self.credentials else None
+def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
+         retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
+    """An Image API session from the auth options; closed afterwards."""
+    return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
+                        ConnectOptions(**auth), retries=retries,
+                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command("plan")
@@ -378,7 +318,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
     """
     with contextlib.ExitStack() as stack:
-        session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if refresh else None
+        session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
@@ -516,7 +456,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
     if not yes and not sys.stdin.isatty():
         raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
                           "in a terminal")
-    with _api(rt, endpoint, AuthFlags(**auth), retries) as session:
+    with _api(rt, endpoint, auth, retries) as session:
         if not yes:
             preview = make_plan(saved.catalog if saved else catalog, state,
                                 profile=saved.profile if saved else profile, strict=strict,
@@ -704,7 +644,7 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     Example:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
     """
-    with _api(rt, endpoint, AuthFlags(**auth)) as session:
+    with _api(rt, endpoint, auth) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force)
     click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
