@@ -42,9 +42,12 @@ class Problem:
     path: str
     message: str
     severity: str = "error"  # "error" or "warning"
+    column: int | None = None  # where a syntax error is, counting from 1
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.line and self.column:
+            where += f":{self.column}"
         field = f" {self.path}:" if self.path else ""
         return f"{where}:{field} {self.message}"
 
