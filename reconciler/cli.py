@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,7 +48,7 @@ from reconciler.operations import (
     validate_catalog,
 )
 from reconciler.profiles import PROFILES
-from reconciler.report import FORMATS, plan_line, render
+from reconciler.report import FORMATS, chunks, plan_line
 from reconciler.state import DEFAULT_PATH
 
 CONFIG_FILE = "reconcile.toml"
@@ -217,16 +217,24 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
         ctx.default_map = _default_map(cli, _load_config(path))
 
 
-def _write_report(text: str, output: Path | None) -> None:
+def _write_report(pieces: Iterable[str], output: Path | None) -> None:
+    """Write the report as it is produced (a big json report is never held whole); a file is
+    written beside ``output`` and renamed over it, so a failure leaves no half report."""
     if output is None:
-        click.echo(text, nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
         return
     tmp = output.with_name(f".{output.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.writelines(pieces)
         os.replace(tmp, output)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _notice(f"report written to {output}")
 
 
@@ -329,7 +337,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
         saved = save_plan(result, out, clock=rt.clock)
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
+    _write_report(chunks(result.report, fmt, color=_color(output), templates=templates), output)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
         raise click.exceptions.Exit(2)
@@ -448,7 +456,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
     if dry_run:
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
-        _write_report(render(report, fmt, color=_color(output), templates=templates), output)
+        _write_report(chunks(report, fmt, color=_color(output), templates=templates), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
         progress = _Progress(sys.stderr.isatty())
@@ -468,7 +476,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
                 result = apply_catalog(request)
         finally:
             progress.close()
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
+    _write_report(chunks(result.report, fmt, color=_color(output), templates=templates), output)
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:
