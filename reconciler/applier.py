@@ -23,7 +23,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from reconciler.client import RetryPolicy
-from reconciler.errors import ApiError, AuthError, ClientError, ServerError, TransportError
+from reconciler.errors import (
+    ApiError,
+    AuthError,
+    ClientError,
+    ServerError,
+    StateError,
+    TransportError,
+)
 from reconciler.models import (
     GONE_STATUSES,
     MARKER_PROPERTY,
@@ -156,6 +163,11 @@ class Applier:
                 self.abort("interrupted")
                 for fut in running:
                     outcomes.append(self._deliver(fut.result()))
+                raise
+            except StateError as exc:
+                # The state cannot be written (for a shared store: its connection, and the
+                # lock with it, is gone): send nothing more; the journal has what was sent.
+                self.abort(str(exc))
                 raise
             finally:
                 left = {o.name for o in outcomes}

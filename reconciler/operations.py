@@ -37,7 +37,7 @@ from reconciler.planfile import SavedPlan
 from reconciler.planner import diff_bodies, plan
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import observe
-from reconciler.state import StateStore
+from reconciler.state import LockRequest, StateStore, open_for_write, open_readonly, redact
 
 Clock = Callable[[], datetime]
 
@@ -84,7 +84,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
     """
     with bulk_build():
         catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
-        store = StateStore.open_readonly(state_path)
+        store = open_readonly(state_path)
         try:
             target = resolve_target(store, endpoint)
             records = _records_for_plan(store, target, catalog, full=api is not None) \
@@ -148,9 +148,9 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = utc_now) -> Ru
 
 
 def open_existing(state_path: str | Path) -> StateStore:
-    store = StateStore.open_readonly(state_path)
+    store = open_readonly(state_path)
     if store is None:
-        raise StateError(f"state file {state_path} does not exist yet: nothing is recorded "
+        raise StateError(f"state {redact(state_path)} does not exist yet: nothing is recorded "
                          "(apply creates it)")
     return store
 
@@ -198,6 +198,7 @@ class ApplyRequest:
     refreshes: Callable[[], int] = lambda: 0  # token refreshes so far, for the report
     settle_s: float = DEFAULT_SETTLE_S
     project_id: str | None = None  # our project, when the credentials tell
+    lock_timeout_s: float = 0.0  # how long to wait for another run's lock
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -215,10 +216,9 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
                                get_profile(saved.profile if saved else req.profile),
                                strict=req.strict)
     target = normalize_endpoint(req.endpoint)
-    store = StateStore.open_for_write(req.state_path)
+    store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s))
     try:
-        with store.lock():
-            return _apply_locked(req, store, catalog, target)
+        return _apply_locked(req, store, catalog, target)
     finally:
         store.close()
 
@@ -369,7 +369,8 @@ def _finish(store: StateStore, run_id: str, summary: dict[str, int], outcomes: l
 # --- import and forget ---------------------------------------------------------------------
 
 def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, image_id: str, *,
-                 profile: str, endpoint: str, api: ImageClient, force: bool = False) -> Record:
+                 profile: str, endpoint: str, api: ImageClient, force: bool = False,
+                 lock_timeout_s: float = 0.0) -> Record:
     """Start managing an existing image under a catalog name, after comparing it."""
     catalog = load_catalog(catalog_dir, get_profile(profile))
     spec = next((s for s in catalog.images if s.name == name), None)
@@ -387,38 +388,37 @@ def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, ima
                           f"catalog or pass --force to import it anyway (it will show as "
                           f"drift):\n{lines}")
     target = normalize_endpoint(endpoint)
-    store = StateStore.open_for_write(state_path)
+    store = open_for_write(state_path, LockRequest(target, "state import", lock_timeout_s))
     try:
-        with store.lock():
-            existing = store.record(target, name)
-            if existing and existing.image_id != image_id and not force:
-                raise ConfigError(f"{name!r} is already recorded as {existing.image_id}; "
-                                  "`reconcile state forget` it first, or pass --force")
-            record = Record.from_image(name, request, image, recorded_at=now_iso(),
-                                       run_id=None, origin="imported")
-            store.save_record(target, record)
-            return record
+        existing = store.record(target, name)
+        if existing and existing.image_id != image_id and not force:
+            raise ConfigError(f"{name!r} is already recorded as {existing.image_id}; "
+                              "`reconcile state forget` it first, or pass --force")
+        record = Record.from_image(name, request, image, recorded_at=now_iso(),
+                                   run_id=None, origin="imported")
+        store.save_record(target, record)
+        return record
     finally:
         store.close()
 
 
-def forget_image(state_path: str | Path, name: str, *, endpoint: str | None) -> str:
+def forget_image(state_path: str | Path, name: str, *, endpoint: str | None,
+                 lock_timeout_s: float = 0.0) -> str:
     """Stop managing an image (its record goes; the image stays). Returns its id."""
-    store = StateStore.open_readonly(state_path)
+    store = open_readonly(state_path)
     if store is None:
-        raise StateError(f"state file {state_path} does not exist: nothing to forget")
+        raise StateError(f"state {redact(state_path)} does not exist: nothing to forget")
     try:
         target = resolve_target(store, endpoint)
     finally:
         store.close()
-    store = StateStore.open_for_write(state_path)
+    store = open_for_write(state_path, LockRequest(target, "state forget", lock_timeout_s))
     try:
-        with store.lock():
-            record = store.record(target, name)
-            if record is None:
-                raise ConfigError(f"{name!r} is not recorded for {target or 'any endpoint'}; "
-                                  "`reconcile state list` shows what is")
-            store.forget(target, name)
-            return record.image_id
+        record = store.record(target, name)
+        if record is None:
+            raise ConfigError(f"{name!r} is not recorded for {target or 'any endpoint'}; "
+                              "`reconcile state list` shows what is")
+        store.forget(target, name)
+        return record.image_id
     finally:
         store.close()
