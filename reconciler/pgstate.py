@@ -180,6 +180,11 @@ class PostgresStore(SqlStore):
         self.conn.close()
 
 
+_LOGIN_REFUSED = ("password authentication failed", "pg_hba.conf", "authentication failed",
+                  "no password supplied", "not permitted to log in",
+                  "permission denied for database")
+
+
 def _connect(url: str) -> psycopg.Connection[Any]:
     location = redact(url)
     try:
@@ -197,9 +202,7 @@ def _connect(url: str) -> psycopg.Connection[Any]:
     except psycopg.Error as exc:
         message = _clean(exc, url)
         lowered = message.lower()
-        if any(s in lowered for s in ("password authentication failed", "pg_hba.conf",
-                                      "authentication failed", "no password supplied", "not permitted to log in",
-                                      "permission denied for database")) or (
+        if any(s in lowered for s in _LOGIN_REFUSED) or (
                 "role" in lowered and "does not exist" in lowered):
             hint = "the server refused the login; check the user and password (PGPASSWORD " \
                    "or ~/.pgpass keep the password out of the URL)"
