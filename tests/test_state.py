@@ -635,9 +635,7 @@ def test_postgresql_unreachable_server_is_one_clear_error(
 
 def test_postgresql_refused_login_is_one_clear_error(pg_url: str) -> None:
     pg_server.execute(pg_url, "CREATE ROLE outsider NOLOGIN PASSWORD 'hunter2'")
-    params = pg_server.conninfo.conninfo_to_dict(pg_url)
-    params.update(user="outsider", password="hunter2")
-    url = pg_server.as_url(pg_server.conninfo.make_conninfo(**params))
+    url = pg_server.as_user(pg_url, "outsider", "hunter2")
     with pytest.raises(StateError) as excinfo:
         open_for_write(url)
     message = str(excinfo.value)
@@ -651,9 +649,7 @@ def test_postgresql_read_only_role_can_read_but_not_write(pg_url: str) -> None:
     store.close()
     pg_server.execute(pg_url, "CREATE ROLE reader LOGIN; GRANT USAGE ON SCHEMA reconcile "
                       "TO reader; GRANT SELECT ON ALL TABLES IN SCHEMA reconcile TO reader")
-    params = pg_server.conninfo.conninfo_to_dict(pg_url)
-    params["user"] = "reader"
-    url = pg_server.as_url(pg_server.conninfo.make_conninfo(**params))
+    url = pg_server.as_user(pg_url, "reader")
     reader = open_readonly(url)
     assert reader is not None
     try:
@@ -804,3 +800,8 @@ def test_light_records_carry_only_ids_and_digests_and_records_of_reads_the_rest(
         n: (r.image_id, r.spec_digest) for n, r in store.records(TARGET).items()}
     assert light["a"].request == {}
     assert store.records_of(TARGET, ["b"])["b"].request == a_record("b").request
+
+
+def test_every_sqlite_migration_has_its_postgresql_twin() -> None:
+    from reconciler import pgstate
+    assert len(pgstate.MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION == pgstate.SCHEMA_VERSION
