@@ -23,29 +23,33 @@ from typing import Any, NoReturn
 import click
 
 from reconciler import __version__, logs, planfile
-from reconciler.applier import DEFAULT_SETTLE_S
+from reconciler.apply import (
+    DEFAULT_SETTLE_S,
+    ApplyRequest,
+    apply_catalog,
+    check_invocation,
+    preview,
+)
 from reconciler.auth import ApiSession, ConnectOptions, open_session
-from reconciler.catalog import did_you_mean, lint_problems, load_catalog
+from reconciler.catalog import did_you_mean
 from reconciler.client import RetryPolicy
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
-    ApplyRequest,
-    Clock,
-    apply_catalog,
-    bulk_build,
     dry_run_report,
     forget_image,
-    get_profile,
     import_image,
+    list_records,
     make_plan,
-    open_existing,
+    run_history,
     save_plan,
-    utc_now,
+    show_records,
+    validate_catalog,
 )
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
-from reconciler.state import DEFAULT_PATH, parse_duration, redact
+from reconciler.state import DEFAULT_PATH, parse_duration
 
 CONFIG_FILE = "reconcile.toml"
 # reconcile.toml keys: (the parameter each one sets in every command that has it, its type).
@@ -65,7 +69,7 @@ CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
 class Runtime:
     """What flags cannot carry, injected by tests through ``obj=``."""
 
-    clock: Clock = utc_now
+    clock: Clock = SYSTEM_CLOCK
     env: dict[str, str] | None = None  # None: the process environment
 
 
@@ -133,8 +137,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
 
 def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--lock-timeout", metavar="DURATION", callback=_duration, default="0",
-                        show_default=True,
-                        envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
+                        show_default=True, envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
                         help="How long to wait for another run's lock (e.g. 30s, 10m) "
                              "before giving up; 0 fails at once, naming the holder.")(f)
 
@@ -265,14 +268,12 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
       reconcile validate --catalog catalog/
       reconcile validate --profile glance --strict
     """
-    with bulk_build():
-        loaded = load_catalog(catalog, get_profile(profile), strict=strict)
-    for line in lint_problems(loaded):
+    result = validate_catalog(catalog, profile=profile, strict=strict)
+    for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
-    n = len(loaded.images)
+    n, files = len(result.catalog.images), len(result.catalog.files)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{len(loaded.files)} file{'s' if len(loaded.files) != 1 else ''} "
-               f"(profile {profile})")
+               f"{files} file{'s' if files != 1 else ''} (profile {profile})")
 
 
 def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -302,7 +303,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
          retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
     """An Image API session from the auth options; closed afterwards."""
     return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
-                        ConnectOptions(**auth), retries=retries,
+                        ConnectOptions(**auth), retries=retries, clock=rt.clock,
                         warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
@@ -458,46 +459,35 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     """
     logs.configure(log_format)
     saved = planfile.read(plan_file) if plan_file else None
+    ctx = click.get_current_context()
+    given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
+             is click.core.ParameterSource.COMMANDLINE}
+    check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
+                     interactive=sys.stdin.isatty(), plan_file=plan_file)
     if saved is not None:
-        ctx = click.get_current_context()
-        given = {p for p in ("catalog", "profile", "refresh")
-                 if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE}
-        if given:
-            raise ConfigError(f"{', '.join('--' + g for g in sorted(given))}: a saved plan "
-                              "fixes the catalog and profile, and is always checked against "
-                              "the cloud (that is what makes it safe to apply once only)")
         endpoint = endpoint or saved.target
     if dry_run:
-        if saved is not None:
-            raise ConfigError("--dry-run shows a catalog's plan; a saved plan is already "
-                              f"reviewable: `cat {plan_file}`")
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
         _write_report(render(report, fmt, color=_color(output), templates=templates), output)
         return
-    if not yes and not sys.stdin.isatty():
-        raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
-                          "in a terminal")
     with _api(rt, endpoint, auth, retries) as session:
-        if not yes:
-            preview = make_plan(saved.catalog if saved else catalog, state,
-                                profile=saved.profile if saved else profile, strict=strict,
-                                endpoint=session.endpoint,
-                                api=session.client if refresh else None,
-                                project_id=session.project_id, clock=rt.clock)
-            _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
+        request = ApplyRequest(
+            catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
+            api=session.client, strict=strict, refresh=refresh, saved=saved,
+            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            settle_s=settle_time, clock=rt.clock, on_outcome=progress,
+            refreshes=lambda: session.refreshes, project_id=session.project_id,
+            lock_timeout_s=lock_timeout,
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
+        if not yes:
+            shown = preview(request)
+            _confirm(shown.plan, session.endpoint)
+            request.preview = shown  # what the locked apply checks and works from
         try:
             with _sigterm_as_interrupt():
-                result = apply_catalog(ApplyRequest(
-                    catalog_dir=catalog, state_path=state, profile=profile,
-                    endpoint=session.endpoint, api=session.client, strict=strict,
-                    refresh=refresh, saved=saved, parallelism=parallelism,
-                    retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
-                    clock=rt.clock,
-                    on_outcome=progress, refreshes=lambda: session.refreshes,
-                    project_id=session.project_id, lock_timeout_s=lock_timeout,
-                    on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
+                result = apply_catalog(request)
         finally:
             progress.close()
     _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
@@ -584,11 +574,7 @@ def state_list(state: str, as_json: bool) -> None:
       reconcile state list
       reconcile state list --json | jq -r .image_id
     """
-    store = open_existing(state)
-    try:
-        rows = store.all_records()
-    finally:
-        store.close()
+    rows = list_records(state)
     if as_json:
         for target, rec in rows:
             click.echo(json.dumps({"target": target, "name": rec.name, "image_id": rec.image_id,
@@ -617,16 +603,7 @@ def state_show(name: str, state: str, as_json: bool) -> None:
       reconcile state show ubuntu-18.04-base
       reconcile state show ubuntu-18.04-base --json | jq .response.created_at
     """
-    store = open_existing(state)
-    try:
-        found = store.records_named(name)
-    finally:
-        store.close()
-    if not found:
-        raise ConfigError(f"no image named {name!r} is recorded in {redact(state)}; "
-                          "`reconcile state list` shows what is")
-    docs = [{"target": target, **rec.model_dump(exclude={"request_json", "response_json"}),
-             "request": rec.request, "response": rec.response} for target, rec in found]
+    docs = show_records(state, name)
     if as_json:
         click.echo(json.dumps(docs if len(docs) > 1 else docs[0], indent=2, sort_keys=True))
         return
@@ -704,11 +681,7 @@ def history(state: str, limit: int, as_json: bool) -> None:
     Example:
       reconcile history --limit 5
     """
-    store = open_existing(state)
-    try:
-        runs = store.runs(limit)
-    finally:
-        store.close()
+    runs = run_history(state, limit)
     if as_json:
         for run in runs:
             click.echo(json.dumps(run, sort_keys=True))

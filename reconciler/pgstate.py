@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo as pg_conninfo
 
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import StateConnectionLost, StateError, StateLockedError, StateVersionError
 from reconciler.sqlstore import (
     LockRequest,
@@ -89,8 +90,8 @@ class PostgresStore(SqlStore):
     _text_order = ' COLLATE "C"'
 
     def __init__(self, conn: psycopg.Connection[Any], location: str, *, writable: bool,
-                 url: str) -> None:
-        super().__init__(location, writable=writable)
+                 url: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__(location, writable=writable, clock=clock)
         self.conn, self._url = conn, url
 
     # --- the SQL edge ------------------------------------------------------------------
@@ -116,7 +117,7 @@ class PostgresStore(SqlStore):
     # --- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open_readonly(cls, url: str) -> PostgresStore | None:
+    def open_readonly(cls, url: str, *, clock: Clock = SYSTEM_CLOCK) -> PostgresStore | None:
         """Read-only session; None when the database holds no reconcile state yet."""
         conn = _connect(url)
         try:
@@ -138,19 +139,20 @@ class PostgresStore(SqlStore):
         except BaseException:
             conn.close()
             raise
-        return cls(conn, redact(url), writable=False, url=url)
+        return cls(conn, redact(url), writable=False, url=url, clock=clock)
 
     @classmethod
-    def open_for_write(cls, url: str, lock: LockRequest) -> PostgresStore:
+    def open_for_write(cls, url: str, lock: LockRequest, *,
+                       clock: Clock = SYSTEM_CLOCK) -> PostgresStore:
         """Take the lock, then create or migrate the schema, then name ourselves holder."""
         location = redact(url)
         conn = _connect(url)
         try:
             _check_version(conn, location)  # refuse a newer or foreign schema before all else
-            keys = _take_locks(conn, location, lock)
+            keys = _take_locks(conn, location, lock, clock)
             _migrate(conn, location)
             conn.execute(f"SET search_path TO {SCHEMA}")
-            info = holder_info(lock.operation)
+            info = holder_info(lock.operation, clock)
             with conn.transaction():
                 for key in keys:
                     conn.execute(
@@ -169,7 +171,7 @@ class PostgresStore(SqlStore):
         except BaseException:
             conn.close()
             raise
-        return cls(conn, location, writable=True, url=url)
+        return cls(conn, location, writable=True, url=url, clock=clock)
 
     def close(self) -> None:
         # Closing the session releases its advisory locks; the rows naming us go first.
@@ -284,8 +286,8 @@ def _migrate(conn: psycopg.Connection[Any], location: str) -> None:
         conn.execute("UPDATE schema_info SET version = %s", (SCHEMA_VERSION,))
 
 
-def _take_locks(conn: psycopg.Connection[Any], location: str,
-                request: LockRequest) -> list[int]:
+def _take_locks(conn: psycopg.Connection[Any], location: str, request: LockRequest,
+                clock: Clock) -> list[int]:
     """Take the advisory locks a writer of ``request.target`` needs, waiting up to the
     request's timeout; raise StateLockedError naming the holder."""
     if request.target:
@@ -305,7 +307,7 @@ def _take_locks(conn: psycopg.Connection[Any], location: str,
             return False
         return True
 
-    if not poll(attempt, request.timeout_s):
+    if not poll(attempt, request.timeout_s, clock):
         what = f" (target {request.target})" if request.target else ""
         raise StateLockedError(location, _holder(conn, blocker), waited_s=request.timeout_s,
                                what=what)

@@ -15,14 +15,14 @@ import os
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, StateError
-from reconciler.models import PendingCreate, Record, now_iso
+from reconciler.models import JournalState, PendingCreate, Record, RunOutcome, iso
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -99,28 +99,27 @@ def parse_duration(text: str) -> float:
     return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
 
 
-def poll(attempt: Callable[[], bool], timeout_s: float,
-         sleep: Callable[[float], None] = time.sleep) -> bool:
+def poll(attempt: Callable[[], bool], timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> bool:
     """Call ``attempt`` until it returns True or ``timeout_s`` has passed (then False)."""
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
     delay = 0.05
     while not attempt():
-        left = deadline - time.monotonic()
+        left = deadline - clock.monotonic()
         if left <= 0:
             return False
-        sleep(min(delay, left))
+        clock.sleep(min(delay, left))
         delay = min(delay * 2, 1.0)
     return True
 
 
-def holder_info(operation: str) -> dict[str, Any]:
+def holder_info(operation: str, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     """Who takes a lock, as its holder is named to whoever finds it taken."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
     return {"host": socket.gethostname(), "pid": os.getpid(), "user": user,
-            "since": now_iso(), "operation": operation}
+            "since": iso(clock.now()), "operation": operation}
 
 
 # --- the shared SQL ------------------------------------------------------------------------
@@ -156,8 +155,8 @@ class SqlStore:
     #: Appended to ORDER BY on text: both stores sort by code point, whatever the locale.
     _text_order = ""
 
-    def __init__(self, location: str, *, writable: bool) -> None:
-        self.location, self.writable = location, writable
+    def __init__(self, location: str, *, writable: bool, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.location, self.writable, self.clock = location, writable, clock
         self._write_lock = threading.Lock()  # held by the one thread committing
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -170,6 +169,9 @@ class SqlStore:
 
     def _error(self, exc: Exception, doing: str) -> StateError:
         return StateError(f"cannot {doing} state {self.location}: {exc}")
+
+    def _now(self) -> str:
+        return iso(self.clock.now())
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         try:
@@ -185,7 +187,8 @@ class SqlStore:
 
     def targets(self) -> list[str]:
         rows = self._query("SELECT DISTINCT target FROM images UNION "
-                           "SELECT DISTINCT target FROM journal WHERE state = 'pending'")
+                           "SELECT DISTINCT target FROM journal WHERE state = ?",
+                           (JournalState.PENDING,))
         return sorted(r[0] for r in rows)
 
     def records(self, target: str, *, full: bool = True) -> dict[str, Record]:
@@ -234,8 +237,8 @@ class SqlStore:
     def pending(self, target: str) -> list[PendingCreate]:
         rows = self._query(
             "SELECT nonce, name, run_id, started_at FROM journal "
-            f"WHERE target = ? AND state = 'pending' ORDER BY started_at, name{self._text_order}",
-            (target,))
+            f"WHERE target = ? AND state = ? ORDER BY started_at, name{self._text_order}",
+            (target, JournalState.PENDING))
         return [PendingCreate.model_construct(nonce=r[0], name=r[1], run_id=r[2], started_at=r[3])
                 for r in rows]
 
@@ -334,23 +337,23 @@ class SqlStore:
                   tool_version: str, started_at: str) -> None:
         self._commit(
             # A run of this target still marked running while we hold its lock was killed.
-            ("UPDATE runs SET outcome = 'interrupted' WHERE outcome = 'running' "
-             "AND target = ?", (target,)),
+            ("UPDATE runs SET outcome = ? WHERE outcome = ? AND target = ?",
+             (RunOutcome.INTERRUPTED, RunOutcome.RUNNING, target)),
             ("INSERT INTO runs (id, mode, target, profile, catalog_digest, started_at, host, "
              "pid, tool_version, summary_json, created, adopted, failed, outcome) "
-             "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, 'running')",
+             "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, ?)",
              (run_id, target, profile, catalog_digest, started_at, socket.gethostname(),
-              os.getpid(), tool_version)))
+              os.getpid(), tool_version, RunOutcome.RUNNING)))
 
     def mark_plan_applied(self, plan_id: str, run_id: str) -> None:
         self._commit(("INSERT INTO applied_plans (plan_id, applied_at, run_id) "
-                      "VALUES (?, ?, ?)", (plan_id, now_iso(), run_id)))
+                      "VALUES (?, ?, ?)", (plan_id, self._now(), run_id)))
 
     def finish_run(self, run_id: str, *, summary: dict[str, int], created: int, adopted: int,
                    failed: int, outcome: str, error: str | None = None) -> None:
         self._commit(("UPDATE runs SET finished_at = ?, summary_json = ?, created = ?, "
                       "adopted = ?, failed = ?, outcome = ?, error = ? WHERE id = ?",
-                      (now_iso(), json.dumps(summary, sort_keys=True), created, adopted, failed,
+                      (self._now(), json.dumps(summary, sort_keys=True), created, adopted, failed,
                        outcome, error, run_id)))
 
     def journal_open(self, *, nonce: str, target: str, name: str, run_id: str,
@@ -358,14 +361,14 @@ class SqlStore:
         """Write the intent to create before the POST, so a lost answer can be found again.
         Returns only once the entry is committed: nothing is sent before."""
         self._commit(("INSERT INTO journal (nonce, target, name, run_id, request_json, state, "
-                      "started_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                      "started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                       (nonce, target, name, run_id, json.dumps(request, sort_keys=True),
-                       now_iso())))
+                       JournalState.PENDING, self._now())))
 
     def journal_release(self, nonce: str, note: str) -> None:
         """The create certainly did not happen: close the entry without a record."""
-        self._commit(("UPDATE journal SET state = 'released', resolved_at = ?, note = ? "
-                      "WHERE nonce = ?", (now_iso(), note, nonce)))
+        self._commit(("UPDATE journal SET state = ?, resolved_at = ?, note = ? "
+                      "WHERE nonce = ?", (JournalState.RELEASED, self._now(), note, nonce)))
 
     def save_record(self, target: str, record: Record, *, nonce: str | None = None) -> None:
         """Record an image and close its journal entry in one transaction."""
@@ -382,9 +385,9 @@ class SqlStore:
              record.response_json, record.status, record.created_at, record.updated_at,
              record.recorded_at, record.run_id, record.origin))]
         if nonce:
-            statements.append(("UPDATE journal SET state = 'done', resolved_at = ?, "
+            statements.append(("UPDATE journal SET state = ?, resolved_at = ?, "
                                "image_id = ? WHERE nonce = ?",
-                               (now_iso(), record.image_id, nonce)))
+                               (JournalState.DONE, self._now(), record.image_id, nonce)))
         self._commit(*statements)
 
     def forget(self, target: str, name: str) -> bool:

@@ -24,12 +24,12 @@ import shutil
 import sqlite3
 import stat
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, StateError, StateLockedError, StateVersionError
 from reconciler.sqlstore import (
     TABLES,
@@ -53,18 +53,19 @@ __all__ = ["DEFAULT_PATH", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "LockReques
 DEFAULT_PATH = "reconcile-state.db"
 
 
-def open_readonly(location: str | Path) -> StateStore | None:
+def open_readonly(location: str | Path, *, clock: Clock = SYSTEM_CLOCK) -> StateStore | None:
     """Open for reading; None when there is nothing there yet (nothing is created)."""
     if is_url(location):
-        return _postgres().open_readonly(str(location))
-    return SqliteStore.open_readonly(location)
+        return _postgres().open_readonly(str(location), clock=clock)
+    return SqliteStore.open_readonly(location, clock=clock)
 
 
-def open_for_write(location: str | Path, lock: LockRequest | None = None) -> StateStore:
+def open_for_write(location: str | Path, lock: LockRequest | None = None, *,
+                   clock: Clock = SYSTEM_CLOCK) -> StateStore:
     """Open (creating if needed) holding the write lock, migrated to the current schema."""
     if is_url(location):
-        return _postgres().open_for_write(str(location), lock or LockRequest())
-    return SqliteStore.open_for_write(location, lock or LockRequest())
+        return _postgres().open_for_write(str(location), lock or LockRequest(), clock=clock)
+    return SqliteStore.open_for_write(location, lock or LockRequest(), clock=clock)
 
 
 def _postgres() -> type[PostgresStore]:
@@ -133,8 +134,8 @@ class SqliteStore(SqlStore):
     _db_errors = (sqlite3.Error,)
 
     def __init__(self, conn: sqlite3.Connection, path: str, *, writable: bool,
-                 lock: FileLock | None = None) -> None:
-        super().__init__(path, writable=writable)
+                 lock: FileLock | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__(path, writable=writable, clock=clock)
         self.conn, self.path, self._lock = conn, path, lock
         self._wal = False
 
@@ -150,7 +151,8 @@ class SqliteStore(SqlStore):
     # --- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open_readonly(cls, path: str | Path) -> SqliteStore | None:
+    def open_readonly(cls, path: str | Path, *,
+                      clock: Clock = SYSTEM_CLOCK) -> SqliteStore | None:
         """Open for reading, never writing; None when the file does not exist yet."""
         p = Path(path)
         if not p.exists():
@@ -170,24 +172,25 @@ class SqliteStore(SqlStore):
                 conn = memory
         except sqlite3.Error as exc:
             raise StateError(f"cannot read state file {p}: {exc}") from None
-        return cls(conn, str(p), writable=False)
+        return cls(conn, str(p), writable=False, clock=clock)
 
     @classmethod
-    def open_for_write(cls, path: str | Path, lock: LockRequest | None = None) -> SqliteStore:
+    def open_for_write(cls, path: str | Path, lock: LockRequest | None = None, *,
+                       clock: Clock = SYSTEM_CLOCK) -> SqliteStore:
         """Take the lock, then open (creating if needed) and migrate, backing up first."""
         p = Path(path)
         if p.is_dir():
             raise StateError(f"state file {p} is a directory; pass a file path with --state")
         if not p.parent.exists():
             raise StateError(f"cannot create state file {p}: directory {p.parent} does not exist")
-        file_lock = FileLock.acquire(p, lock or LockRequest())
+        file_lock = FileLock.acquire(p, lock or LockRequest(), clock)
         try:
             conn = sqlite3.connect(str(p), check_same_thread=False, timeout=30)
             conn.execute("PRAGMA synchronous = FULL")
             version = _check_version(conn, str(p))
             if 0 < version < SCHEMA_VERSION:
                 backup = p.with_name(f"{p.name}.bak-v{version}-"
-                                     f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+                                     f"{clock.now().strftime('%Y%m%dT%H%M%SZ')}")
                 conn.close()
                 shutil.copy2(p, backup)
                 conn = sqlite3.connect(str(p), check_same_thread=False, timeout=30)
@@ -203,7 +206,7 @@ class SqliteStore(SqlStore):
         except BaseException:
             file_lock.release()
             raise
-        return cls(conn, str(p), writable=True, lock=file_lock)
+        return cls(conn, str(p), writable=True, lock=file_lock, clock=clock)
 
     def _before_write(self) -> None:
         """From the first write until close(): WAL, so a commit is an append rather than an
@@ -245,7 +248,7 @@ class FileLock:
         self._fd, self._holder_fd = fd, holder_fd
 
     @classmethod
-    def acquire(cls, path: Path, request: LockRequest) -> FileLock:
+    def acquire(cls, path: Path, request: LockRequest, clock: Clock = SYSTEM_CLOCK) -> FileLock:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
         except OSError as exc:
@@ -264,10 +267,10 @@ class FileLock:
                     return False
 
             holder_path = Path(f"{os.path.realpath(path)}.lock")
-            if not poll(attempt, request.timeout_s):
+            if not poll(attempt, request.timeout_s, clock):
                 holder = _read_holder(holder_path)
                 raise StateLockedError(str(path), holder, waited_s=request.timeout_s)
-            holder_fd = _write_holder(holder_path, holder_info(request.operation))
+            holder_fd = _write_holder(holder_path, holder_info(request.operation, clock))
         except BaseException:
             os.close(fd)
             raise
