@@ -9,6 +9,7 @@ below 500 px in headless mode, and a phone is narrower than that.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -54,10 +55,8 @@ class Browser:
         self._events: list[dict[str, Any]] = []
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError):
             self.send("Browser.close")
-        except (OSError, RuntimeError):
-            pass
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -92,7 +92,7 @@ def apply_report(tmp_path: Path, sandbox: SandboxFactory,
 
 
 @pytest.fixture
-def plan_report(scenario: Path, write_catalog: Callable[..., Path],
+def plan_report(scenario: Path, write_catalog: Callable[..., Path],  # noqa: F811
                 run_cli: Callable[..., Result]) -> Path:
     """The golden files' plan (every action), plus a long name and enough rows to filter."""
     write_catalog({"b.yaml": {"images": [
