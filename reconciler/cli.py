@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,20 @@ from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile
-from reconciler.applier import DEFAULT_SETTLE_S
+from reconciler import __version__, logs, planfile, settings
+from reconciler.apply import (
+    DEFAULT_SETTLE_S,
+    ApplyRequest,
+    apply_catalog,
+    check_invocation,
+    preview,
+)
 from reconciler.auth import ApiSession, ConnectOptions, open_session
-from reconciler.catalog import did_you_mean
 from reconciler.client import RetryPolicy
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
-    ApplyRequest,
-    Clock,
-    apply_catalog,
     dry_run_report,
     forget_image,
     import_image,
@@ -41,56 +43,19 @@ from reconciler.operations import (
     run_history,
     save_plan,
     show_records,
-    utc_now,
     validate_catalog,
 )
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
 from reconciler.state import DEFAULT_PATH
 
-CONFIG_FILE = "reconcile.toml"
-# reconcile.toml keys: (the parameter each one sets in every command that has it, its type).
-CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
-    "catalog": ("catalog", str), "state": ("state", str), "profile": ("profile", str),
-    "endpoint": ("endpoint", str), "format": ("fmt", str), "templates": ("templates", str),
-    "strict": ("strict", bool), "parallelism": ("parallelism", int),
-    "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
-    "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
-    "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
-    "interface": ("interface", str), "cacert": ("cacert", str),
-}
-
 
 @dataclass
 class Runtime:
     """What flags cannot carry, injected by tests through ``obj=``."""
 
-    clock: Clock = utc_now
+    clock: Clock = SYSTEM_CLOCK
     env: dict[str, str] | None = None  # None: the process environment
-
-
-def _load_config(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    section = data.get("reconcile", data)
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [reconcile] must be a table")
-    settings: dict[str, Any] = {}
-    for key, value in section.items():
-        if key not in CONFIG_KEYS:
-            raise ConfigError(f"{path}: unknown setting {key!r}"
-                              + did_you_mean(key, tuple(CONFIG_KEYS)))
-        param, kind = CONFIG_KEYS[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            names = kind.__name__ if isinstance(kind, type) else "number"
-            raise ConfigError(f"{path}: setting {key!r} must be a {names.replace('str', 'string')}"
-                              f", not {type(value).__name__} ({value!r})")
-        settings[param] = value
-    return settings
 
 
 def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +157,7 @@ def _notice(message: str, *, level: int = logging.INFO) -> None:
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="reconcile")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              help=f"Settings file (default: ./{CONFIG_FILE} if present).")
+              help=f"Settings file (default: ./{settings.CONFIG_FILE} if present).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Keep a cloud's image catalog equal to a desired-state catalog kept in git.
@@ -209,9 +174,9 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     if not isinstance(ctx.obj, Runtime):
         ctx.obj = Runtime()
     logs.configure("text")  # apply may switch to JSON lines
-    path = config_path or Path(CONFIG_FILE)
+    path = config_path or Path(settings.CONFIG_FILE)
     if config_path or path.exists():
-        ctx.default_map = _default_map(cli, _load_config(path))
+        ctx.default_map = _default_map(cli, settings.load(path))
 
 
 def _write_report(text: str, output: Path | None) -> None:
@@ -280,7 +245,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
          retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
     """An Image API session from the auth options; closed afterwards."""
     return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
-                        ConnectOptions(**auth), retries=retries,
+                        ConnectOptions(**auth), retries=retries, clock=rt.clock,
                         warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
@@ -435,46 +400,34 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
     """
     logs.configure(log_format)
     saved = planfile.read(plan_file) if plan_file else None
+    ctx = click.get_current_context()
+    given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
+             is click.core.ParameterSource.COMMANDLINE}
+    check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
+                     interactive=sys.stdin.isatty(), plan_file=plan_file)
     if saved is not None:
-        ctx = click.get_current_context()
-        given = {p for p in ("catalog", "profile", "refresh")
-                 if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE}
-        if given:
-            raise ConfigError(f"{', '.join('--' + g for g in sorted(given))}: a saved plan "
-                              "fixes the catalog and profile, and is always checked against "
-                              "the cloud (that is what makes it safe to apply once only)")
         endpoint = endpoint or saved.target
     if dry_run:
-        if saved is not None:
-            raise ConfigError("--dry-run shows a catalog's plan; a saved plan is already "
-                              f"reviewable: `cat {plan_file}`")
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
         _write_report(render(report, fmt, color=_color(output), templates=templates), output)
         return
-    if not yes and not sys.stdin.isatty():
-        raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
-                          "in a terminal")
     with _api(rt, endpoint, auth, retries) as session:
-        if not yes:
-            preview = make_plan(saved.catalog if saved else catalog, state,
-                                profile=saved.profile if saved else profile, strict=strict,
-                                endpoint=session.endpoint,
-                                api=session.client if refresh else None,
-                                project_id=session.project_id, clock=rt.clock)
-            _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
+        request = ApplyRequest(
+            catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
+            api=session.client, strict=strict, refresh=refresh, saved=saved,
+            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            settle_s=settle_time, clock=rt.clock, on_outcome=progress,
+            refreshes=lambda: session.refreshes, project_id=session.project_id,
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
+        if not yes:
+            shown = preview(request)
+            _confirm(shown.plan, session.endpoint)
+            request.preview = shown  # what the locked apply checks and works from
         try:
             with _sigterm_as_interrupt():
-                result = apply_catalog(ApplyRequest(
-                    catalog_dir=catalog, state_path=state, profile=profile,
-                    endpoint=session.endpoint, api=session.client, strict=strict,
-                    refresh=refresh, saved=saved, parallelism=parallelism,
-                    retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
-                    clock=rt.clock,
-                    on_outcome=progress, refreshes=lambda: session.refreshes,
-                    project_id=session.project_id,
-                    on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
+                result = apply_catalog(request)
         finally:
             progress.close()
     _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
