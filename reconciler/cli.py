@@ -110,6 +110,9 @@ def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "(report.txt.j2, report.md.j2, report.html.j2).")(f)
     f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
                      help="Write the report to this file instead of stdout.")(f)
+    f = click.option("--show-unchanged", is_flag=True,
+                     help="List unchanged images in the text report too (they are always "
+                          "counted; the other formats always list them).")(f)
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
                         show_default=True, help="Report format.")(f)
 
@@ -268,8 +271,8 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
 @click.pass_obj
 def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: bool,
              endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
-             output: Path | None, templates: Path | None, detailed_exitcode: bool,
-             **auth: Any) -> None:
+             output: Path | None, templates: Path | None, show_unchanged: bool,
+             detailed_exitcode: bool, **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
     Works offline and without credentials unless --refresh is given; never creates or
@@ -287,11 +290,14 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
                            project_id=session.project_id if session else None, clock=rt.clock)
+    report = result.report
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock)
+        report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
+    _write_report(render(report, fmt, color=_color(output), templates=templates,
+                         show_unchanged=show_unchanged), output)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
         raise click.exceptions.Exit(2)
@@ -381,7 +387,8 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 @click.pass_obj
 def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, profile: str,
           strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
-          templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
+          templates: Path | None, show_unchanged: bool, dry_run: bool, yes: bool,
+          parallelism: int, retries: int,
           settle_time: float, log_format: str, **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
@@ -410,7 +417,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
     if dry_run:
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
-        _write_report(render(report, fmt, color=_color(output), templates=templates), output)
+        _write_report(render(report, fmt, color=_color(output), templates=templates,
+                             show_unchanged=show_unchanged), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
         progress = _Progress(sys.stderr.isatty())
@@ -430,7 +438,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
                 result = apply_catalog(request)
         finally:
             progress.close()
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
+    _write_report(render(result.report, fmt, color=_color(output), templates=templates,
+                         show_unchanged=show_unchanged), output)
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:

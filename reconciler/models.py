@@ -323,3 +323,6 @@ class RunReport(Frozen):
     duration_s: float | None = None
     run_id: str | None = None
     auth_refreshes: int = 0  # Keystone re-authentications during the run
+    refreshed: bool = False  # the cloud was read too, not only the state file
+    state: str = ""  # the state file compared with
+    plan_id: str | None = None  # the saved plan written (plan --out) or applied
