@@ -32,7 +32,7 @@ from reconciler.apply import (
 from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, ReconcileError
+from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
     dry_run_report,
@@ -222,7 +222,11 @@ def _color(output: Path | None) -> bool:
 @catalog_option
 @profile_option
 @strict_option
-def validate(catalog: Path, profile: str, strict: bool) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
+              show_default=True,
+              help="text: FILE:LINE: FIELD: message lines; json: one document for scripts; "
+                   "github: ::error/::warning annotations for GitHub Actions.")
+def validate(catalog: Path, profile: str, strict: bool, fmt: str) -> None:
     """Check the catalog without reading state or contacting the API.
 
     Reports every problem at once as FILE:LINE: FIELD: message, and exits 1 if there is any.
@@ -231,13 +235,58 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
     Examples:
       reconcile validate --catalog catalog/
       reconcile validate --profile glance --strict
+      reconcile validate --format github     # annotations on the PR's changed lines
+      reconcile validate --format json | jq '.warnings | length'
     """
-    result = validate_catalog(catalog, profile=profile, strict=strict)
-    for line in result.warnings:
-        click.echo(f"warning: {line}", err=True)
-    n, files = len(result.catalog.images), len(result.catalog.files)
+    try:
+        result = validate_catalog(catalog, profile=profile, strict=strict)
+    except CatalogError as exc:
+        if fmt == "text":
+            raise
+        _show_problems(fmt, catalog, profile, errors=exc.problems, warnings=[])
+        raise click.exceptions.Exit(1) from None
+    if fmt != "text":
+        _show_problems(fmt, catalog, profile, errors=[], warnings=result.warnings,
+                       images=len(result.catalog.images), files=len(result.catalog.files))
+        return
+    for problem in result.warnings:
+        click.echo(f"warning: {problem}", err=True)
+    n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{files} file{'s' if files != 1 else ''} (profile {profile})")
+               f"{files} file{'s' if files != 1 else ''} (profile {profile}), "
+               f"{w} warning{'s' if w != 1 else ''}")
+
+
+def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
+                   warnings: list[Problem], images: int = 0, files: int = 0) -> None:
+    """validate's problems as JSON (one document) or as GitHub Actions annotations."""
+    if fmt == "json":
+        def doc(p: Problem) -> dict[str, Any]:
+            return {"file": p.file, "line": p.line, "column": p.column, "field": p.path,
+                    "image": p.image, "message": p.message}
+        click.echo(json.dumps({"valid": not errors, "catalog": str(catalog), "profile": profile,
+                               "images": images, "files": files,
+                               "errors": [doc(p) for p in errors],
+                               "warnings": [doc(p) for p in warnings]}, indent=2))
+        return
+    for kind, problems in (("error", errors), ("warning", warnings)):
+        for p in problems:
+            props = [f"file={_gh_property(p.file)}"]
+            if p.line:
+                props.append(f"line={p.line}")
+            if p.column:
+                props.append(f"col={p.column}")
+            props.append(f"title={_gh_property('reconcile ' + (p.field or 'catalog'))}")
+            click.echo(f"::{kind} {','.join(props)}::{_gh_data(p.message)}")
+
+
+def _gh_data(text: str) -> str:
+    """GitHub's workflow-command escaping of a message."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from reconciler.errors import Problem
+
 
 def iso(moment: datetime) -> str:
     """Timestamps as Glance writes them, and as reconcile stores and reports them."""
@@ -117,6 +119,7 @@ class Catalog(Frozen):
     images: tuple[ImageSpec, ...]
     warnings: dict[str, tuple[str, ...]] = {}
     files: tuple[str, ...] = ()
+    lint: tuple[Problem, ...] = ()  # the same warnings, located (file, line of the field)
 
     @cached_property
     def digest(self) -> str:

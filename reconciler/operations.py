@@ -18,7 +18,7 @@ from reconciler import __version__, planfile
 from reconciler.catalog import lint_problems, load_catalog
 from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, StateError
+from reconciler.errors import ConfigError, Problem, StateError
 from reconciler.models import (
     GONE_STATUSES,
     Catalog,
@@ -143,7 +143,7 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK,
 @dataclass(frozen=True)
 class Validation:
     catalog: Catalog
-    warnings: list[str]  # lint warnings as FILE:LINE: NAME: message
+    warnings: list[Problem]  # lint warnings, each at its field's line
 
 
 def validate_catalog(catalog_dir: str | Path, *, profile: str,
