@@ -536,7 +536,6 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
             raise ConfigError(f"{', '.join('--' + g for g in sorted(given))}: a saved plan "
                               "fixes the catalog and profile, and is always checked against "
                               "the cloud (that is what makes it safe to apply once only)")
-        endpoint = endpoint or saved.target
     if dry_run:
         if saved is not None:
             raise ConfigError("--dry-run shows a catalog's plan; a saved plan is already "
@@ -549,6 +548,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
         raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
                           "in a terminal")
     with _api(rt, endpoint, AuthFlags(**auth), retries) as session:
+        if saved is not None:
+            planfile.check_target(saved, session.endpoint)
         if not yes:
             preview = make_plan(saved.catalog if saved else catalog, state,
                                 profile=saved.profile if saved else profile, strict=strict,
