@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
-from reconciler import __version__, planfile
+from reconciler import __version__, planfile, redaction
 from reconciler.applier import DEFAULT_SETTLE_S
 from reconciler.auth import Credentials, resolve
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
@@ -182,6 +182,7 @@ def _fail(message: str) -> NoReturn:
 
 def _notice(message: str, *, level: int = logging.INFO) -> None:
     """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
+    message = redaction.redact(message)
     if isinstance(getattr(_LOG_HANDLER, "formatter", None), _JsonLogFormatter):
         _LOGGER.log(level, message.removeprefix("error: "), extra={"event": "notice" if
                     level < logging.ERROR else "error"})
@@ -444,6 +445,7 @@ _LOG_HANDLER: logging.Handler | None = None
 def _setup_logging(log_format: str) -> None:
     global _LOG_HANDLER
     _LOG_HANDLER = logging.StreamHandler(sys.stderr)
+    _LOG_HANDLER.addFilter(_redacted)
     _LOGGER.handlers[:] = [_LOG_HANDLER]
     _LOGGER.propagate = False
     if log_format == "json":
@@ -452,6 +454,12 @@ def _setup_logging(log_format: str) -> None:
     else:
         _LOG_HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         _LOGGER.setLevel(logging.WARNING)
+
+
+def _redacted(record: logging.LogRecord) -> bool:
+    """The last line of defence: no log line leaves with a registered secret in it."""
+    record.msg, record.args = redaction.redact(record.getMessage()), None
+    return True
 
 
 @contextlib.contextmanager

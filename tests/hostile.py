@@ -70,7 +70,9 @@ class HostileServer:
                 with owner._lock:
                     owner.seen.append(seen)
                 answer = owner.handler(seen)
-                self.send_response(answer.status)
+                self.send_response_only(answer.status)
+                if "Date" not in answer.headers:  # a scripted Date replaces the real one
+                    self.send_header("Date", self.date_time_string())
                 for key, value in answer.headers.items():
                     self.send_header(key, value)
                 if isinstance(answer.body, bytes):
