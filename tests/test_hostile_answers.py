@@ -256,5 +256,5 @@ def test_a_keystone_answer_without_expires_at_is_a_malformed_response() -> None:
         provider = KeystonePassword(auth_url=f"{server.url}/v3", password=PASSWORD,
                                     username="alice", user_domain_name="d",
                                     project_name="r1")
-        with pytest.raises(MalformedResponse, match="token.expires_at: Field required"):
+        with pytest.raises(MalformedResponse, match=r"token\.expires_at: Field required"):
             provider.token()
