@@ -16,33 +16,36 @@ import sys
 import threading
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import httpx
 
-from reconciler import __version__, planfile, redaction
-from reconciler.applier import DEFAULT_SETTLE_S
-from reconciler.auth import Credentials, resolve
-from reconciler.catalog import did_you_mean, lint_problems, load_catalog
-from reconciler.client import ImageClient, RetryPolicy, http_client
+from reconciler import __version__, logs, planfile, redaction
+from reconciler.apply import (
+    DEFAULT_SETTLE_S,
+    ApplyRequest,
+    apply_catalog,
+    check_invocation,
+    preview,
+)
+from reconciler.auth import ApiSession, ConnectOptions, open_session
+from reconciler.catalog import did_you_mean
+from reconciler.client import RetryPolicy
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
-    ApplyRequest,
-    Clock,
-    apply_catalog,
-    bulk_build,
     dry_run_report,
     forget_image,
-    get_profile,
     import_image,
+    list_records,
     make_plan,
-    open_existing,
+    run_history,
     save_plan,
-    utc_now,
+    show_records,
+    validate_catalog,
 )
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
@@ -65,9 +68,8 @@ CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
 class Runtime:
     """What flags cannot carry, injected by tests through ``obj=``."""
 
-    clock: Clock = utc_now
+    clock: Clock = SYSTEM_CLOCK
     env: dict[str, str] | None = None  # None: the process environment
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -183,9 +185,9 @@ def _fail(message: str) -> NoReturn:
 def _notice(message: str, *, level: int = logging.INFO) -> None:
     """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
     message = redaction.redact(message)
-    if isinstance(getattr(_LOG_HANDLER, "formatter", None), _JsonLogFormatter):
-        _LOGGER.log(level, message.removeprefix("error: "), extra={"event": "notice" if
-                    level < logging.ERROR else "error"})
+    if logs.json_lines():
+        logs.LOGGER.log(level, message.removeprefix("error: "),
+                        extra={"event": "notice" if level < logging.ERROR else "error"})
     else:
         click.echo(message, err=True)
 
@@ -210,7 +212,7 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     """
     if not isinstance(ctx.obj, Runtime):
         ctx.obj = Runtime()
-    _setup_logging("text")  # apply may switch to JSON lines
+    logs.configure("text")  # apply may switch to JSON lines
     path = config_path or Path(CONFIG_FILE)
     if config_path or path.exists():
         ctx.default_map = _default_map(cli, _load_config(path))
@@ -247,14 +249,12 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
       reconcile validate --catalog catalog/
       reconcile validate --profile glance --strict
     """
-    with bulk_build():
-        loaded = load_catalog(catalog, get_profile(profile), strict=strict)
-    for line in lint_problems(loaded):
+    result = validate_catalog(catalog, profile=profile, strict=strict)
+    for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
-    n = len(loaded.images)
+    n, files = len(result.catalog.images), len(result.catalog.files)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{len(loaded.files)} file{'s' if len(loaded.files) != 1 else ''} "
-               f"(profile {profile})")
+               f"{files} file{'s' if files != 1 else ''} (profile {profile})")
 
 
 def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -280,70 +280,12 @@ def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@dataclass(frozen=True)
-class AuthFlags:
-    token_file: Path | None
-    os_cloud: str | None
-    interface: str | None
-    cacert: str | None
-    insecure: bool
-    connect_timeout: float
-    read_timeout: float
-
-
-@contextlib.contextmanager
-def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
-         retries: int = 5) -> Iterator[ApiSession]:
-    """An Image API client and its credentials; closed afterwards."""
-    injected = rt.extra.get("api")
-    if injected is not None:
-        _warn_insecure(flags.insecure)
-        yield ApiSession(injected, None)
-        return
-
-    def factory(verify: bool | str) -> httpx.Client:
-        return http_client(verify, connect_timeout=flags.connect_timeout,
-                           read_timeout=flags.read_timeout)
-
-    creds = resolve(rt.env if rt.env is not None else dict(os.environ), endpoint=endpoint,
-                    token_file=flags.token_file, os_cloud=flags.os_cloud,
-                    interface=flags.interface, cacert=flags.cacert, insecure=flags.insecure,
-                    http_factory=factory)
-    _warn_insecure(creds.verify is False)
-    creds.tokens.token()  # authenticate now: bad credentials fail before any work starts
-    client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
-                         verify=creds.verify, connect_timeout=flags.connect_timeout,
-                         read_timeout=flags.read_timeout,
-                         read_retry=RetryPolicy(attempts=retries + 1))
-    try:
-        yield ApiSession(client, creds)
-    finally:
-        client.close()
-
-
-def _warn_insecure(insecure: bool) -> None:
-    if insecure:  # every run, whether from --insecure or `verify: false` in clouds.yaml
-        _notice("warning: TLS certificates are NOT verified (--insecure or verify: false); "
-                "anyone on the network path can read the token and change answers",
-                level=logging.WARNING)
-
-
-@dataclass(frozen=True)
-class ApiSession:
-    client: ImageClient
-    credentials: Credentials | None
-
-    @property
-    def endpoint(self) -> str:
-        return self.client.endpoint
-
-    @property
-    def refreshes(self) -> int:
-        return self.credentials.refreshes if self.credentials else 0
-
-    @property
-    def project_id(self) -> str | None:
-        return self.credentials.project_id if self.credentials else None
+def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
+         retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
+    """An Image API session from the auth options; closed afterwards."""
+    return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
+                        ConnectOptions(**auth), retries=retries, clock=rt.clock,
+                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command("plan")
@@ -379,7 +321,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
     """
     with contextlib.ExitStack() as stack:
-        session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if refresh else None
+        session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
@@ -421,45 +363,6 @@ class _Progress:
     def close(self) -> None:
         if self.enabled and self.done:
             click.echo("", err=True)
-
-
-class _JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "event": getattr(record, "event", record.name),
-            "message": record.getMessage(),
-        }
-        for key in ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s",
-                    "run_id"):
-            if hasattr(record, key):
-                doc[key] = getattr(record, key)
-        return json.dumps(doc, sort_keys=True)
-
-
-_LOGGER = logging.getLogger("reconciler")
-_LOG_HANDLER: logging.Handler | None = None
-
-
-def _setup_logging(log_format: str) -> None:
-    global _LOG_HANDLER
-    _LOG_HANDLER = logging.StreamHandler(sys.stderr)
-    _LOG_HANDLER.addFilter(_redacted)
-    _LOGGER.handlers[:] = [_LOG_HANDLER]
-    _LOGGER.propagate = False
-    if log_format == "json":
-        _LOG_HANDLER.setFormatter(_JsonLogFormatter())
-        _LOGGER.setLevel(logging.INFO)
-    else:
-        _LOG_HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        _LOGGER.setLevel(logging.WARNING)
-
-
-def _redacted(record: logging.LogRecord) -> bool:
-    """The last line of defence: no log line leaves with a registered secret in it."""
-    record.msg, record.args = redaction.redact(record.getMessage()), None
-    return True
 
 
 @contextlib.contextmanager
@@ -534,49 +437,36 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
       reconcile apply --yes --log-format json --format html --output report.html
       reconcile apply plan.json --yes
     """
-    _setup_logging(log_format)
+    logs.configure(log_format)
     saved = planfile.read(plan_file) if plan_file else None
-    if saved is not None:
-        ctx = click.get_current_context()
-        given = {p for p in ("catalog", "profile", "refresh")
-                 if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE}
-        if given:
-            raise ConfigError(f"{', '.join('--' + g for g in sorted(given))}: a saved plan "
-                              "fixes the catalog and profile, and is always checked against "
-                              "the cloud (that is what makes it safe to apply once only)")
+    ctx = click.get_current_context()
+    given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
+             is click.core.ParameterSource.COMMANDLINE}
+    check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
+                     interactive=sys.stdin.isatty(), plan_file=plan_file)
     if dry_run:
-        if saved is not None:
-            raise ConfigError("--dry-run shows a catalog's plan; a saved plan is already "
-                              f"reviewable: `cat {plan_file}`")
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
         _write_report(render(report, fmt, color=_color(output), templates=templates), output)
         return
-    if not yes and not sys.stdin.isatty():
-        raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
-                          "in a terminal")
-    with _api(rt, endpoint, AuthFlags(**auth), retries) as session:
+    with _api(rt, endpoint, auth, retries) as session:
         if saved is not None:
             planfile.check_target(saved, session.endpoint)
-        if not yes:
-            preview = make_plan(saved.catalog if saved else catalog, state,
-                                profile=saved.profile if saved else profile, strict=strict,
-                                endpoint=session.endpoint,
-                                api=session.client if refresh else None,
-                                project_id=session.project_id, clock=rt.clock)
-            _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
+        request = ApplyRequest(
+            catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
+            api=session.client, strict=strict, refresh=refresh, saved=saved,
+            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            settle_s=settle_time, clock=rt.clock, on_outcome=progress,
+            refreshes=lambda: session.refreshes, project_id=session.project_id,
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
+        if not yes:
+            shown = preview(request)
+            _confirm(shown.plan, session.endpoint)
+            request.preview = shown  # what the locked apply checks and works from
         try:
             with _sigterm_as_interrupt():
-                result = apply_catalog(ApplyRequest(
-                    catalog_dir=catalog, state_path=state, profile=profile,
-                    endpoint=session.endpoint, api=session.client, strict=strict,
-                    refresh=refresh, saved=saved, parallelism=parallelism,
-                    retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
-                    clock=rt.clock,
-                    on_outcome=progress, refreshes=lambda: session.refreshes,
-                    project_id=session.project_id,
-                    on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
+                result = apply_catalog(request)
         finally:
             progress.close()
     _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
@@ -663,11 +553,7 @@ def state_list(state: Path, as_json: bool) -> None:
       reconcile state list
       reconcile state list --json | jq -r .image_id
     """
-    store = open_existing(state)
-    try:
-        rows = store.all_records()
-    finally:
-        store.close()
+    rows = list_records(state)
     if as_json:
         for target, rec in rows:
             click.echo(json.dumps({"target": target, "name": rec.name, "image_id": rec.image_id,
@@ -696,16 +582,7 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
       reconcile state show ubuntu-18.04-base
       reconcile state show ubuntu-18.04-base --json | jq .response.created_at
     """
-    store = open_existing(state)
-    try:
-        found = store.records_named(name)
-    finally:
-        store.close()
-    if not found:
-        raise ConfigError(f"no image named {name!r} is recorded in {state}; "
-                          "`reconcile state list` shows what is")
-    docs = [{"target": target, **rec.model_dump(exclude={"request_json", "response_json"}),
-             "request": rec.request, "response": rec.response} for target, rec in found]
+    docs = show_records(state, name)
     if as_json:
         click.echo(json.dumps(docs if len(docs) > 1 else docs[0], indent=2, sort_keys=True))
         return
@@ -745,7 +622,7 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     Example:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
     """
-    with _api(rt, endpoint, AuthFlags(**auth)) as session:
+    with _api(rt, endpoint, auth) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force)
     click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
@@ -779,11 +656,7 @@ def history(state: Path, limit: int, as_json: bool) -> None:
     Example:
       reconcile history --limit 5
     """
-    store = open_existing(state)
-    try:
-        runs = store.runs(limit)
-    finally:
-        store.close()
+    runs = run_history(state, limit)
     if as_json:
         for run in runs:
             click.echo(json.dumps(run, sort_keys=True))

@@ -20,7 +20,8 @@ import pytest
 from click.testing import Result
 
 from reconciler.catalog import load_catalog
-from reconciler.models import Catalog, Change, FieldDiff, ImageSpec, Record, RunReport
+from reconciler.clock import ManualClock
+from reconciler.models import Action, Catalog, Change, FieldDiff, ImageSpec, Record, RunReport
 from reconciler.operations import plan_report
 from reconciler.planner import plan
 from reconciler.profiles import IMS
@@ -173,7 +174,8 @@ def planned(n: int, prefix: str = "image") -> RunReport:
                             line=i + 2) for i in range(n))
     catalog = Catalog(directory="catalog", profile="ims", images=specs)
     result = plan(catalog, {}, target=TARGET)
-    return plan_report(catalog, result, clock=lambda: datetime(2024, 5, 17, 12, 30, tzinfo=UTC))
+    clock = ManualClock(datetime(2024, 5, 17, 12, 30, tzinfo=UTC))
+    return plan_report(catalog, result, clock=clock)
 
 
 def test_markdown_for_20000_images_fits_a_pr_comment_and_says_it_was_shortened() -> None:
@@ -184,7 +186,7 @@ def test_markdown_for_20000_images_fits_a_pr_comment_and_says_it_was_shortened()
 
 
 def test_markdown_worst_case_20000_long_entries_still_fits() -> None:
-    actions = ("create", "unchanged", "drift", "orphan", "blocked")
+    actions: tuple[Action, ...] = ("create", "unchanged", "drift", "orphan", "blocked")
     long_value = "v" * 255
     changes = [
         Change(name=f"{i:05d}-" + "n" * 249, action=actions[i % 5], reason="r" * 40,
