@@ -73,6 +73,9 @@ def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "(report.txt.j2, report.md.j2, report.html.j2).")(f)
     f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
                      help="Write the report to this file instead of stdout.")(f)
+    f = click.option("--show-unchanged", is_flag=True,
+                     help="List unchanged images in the text report too (they are always "
+                          "counted; the other formats always list them).")(f)
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
                         show_default=True, help="Report format.")(f)
 
