@@ -25,6 +25,7 @@ from reconciler import __version__, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
+    Preview,
     apply_catalog,
     check_invocation,
     preview,
@@ -33,7 +34,7 @@ from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
-from reconciler.models import Outcome, Plan
+from reconciler.models import Outcome
 from reconciler.operations import (
     dry_run_report,
     forget_image,
@@ -46,7 +47,7 @@ from reconciler.operations import (
     validate_catalog,
 )
 from reconciler.profiles import PROFILES
-from reconciler.report import FORMATS, plan_line, render
+from reconciler.report import FORMATS, render
 from reconciler.state import DEFAULT_PATH, parse_duration
 
 
@@ -417,12 +418,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _confirm(preview: Plan, endpoint: str) -> None:
-    click.echo(plan_line(preview.summary()), err=True)
-    work = len(preview.creates) + len(preview.adoptions) + preview.count("blocked")
-    if work and not click.confirm(f"Create {len(preview.creates)} and adopt "
-                                  f"{len(preview.adoptions)} image(s) at {endpoint}?", err=True):
-        raise click.exceptions.Abort()
+def _confirm(shown: Preview, endpoint: str, templates: Path | None) -> bool:
+    """Show the plan as `reconcile plan` prints it, then ask; False when the user says no."""
+    plan_ = shown.plan
+    if shown.report is not None:
+        click.echo(render(shown.report, "text", templates=templates,
+                          color=sys.stderr.isatty() and "NO_COLOR" not in os.environ),
+                   err=True, nl=False)
+    work = len(plan_.creates) + len(plan_.adoptions) + plan_.count("blocked")
+    if not work:
+        return True
+    return click.confirm(f"\nApply this plan to {endpoint}: create {len(plan_.creates)}, adopt "
+                         f"{len(plan_.adoptions)} image(s)?", err=True)
 
 
 @cli.command()
@@ -438,7 +445,8 @@ def _confirm(preview: Plan, endpoint: str) -> None:
                    "records, block same-name duplicates.")
 @report_options
 @click.option("--dry-run", is_flag=True,
-              help="Print the exact request bodies; touch neither the API nor the state file.")
+              help="Print the plan and the exact request bodies; send nothing and write no "
+                   "state. Reads the cloud like apply does, unless --no-refresh.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed without "
                                                   "a terminal, e.g. in cron).")
 @click.option("--parallelism", type=click.IntRange(1, 64), default=10, show_default=True,
@@ -484,8 +492,14 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     if saved is not None:
         endpoint = endpoint or saved.target
     if dry_run:
-        report = dry_run_report(catalog, state, profile=profile, strict=strict,
-                                endpoint=endpoint, clock=rt.clock)
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
+                if refresh else None
+            report = dry_run_report(catalog, state, profile=profile, strict=strict,
+                                    endpoint=session.endpoint if session else endpoint,
+                                    api=session.client if session else None,
+                                    project_id=session.project_id if session else None,
+                                    clock=rt.clock)
         _write_report(render(report, fmt, color=_color(output), templates=templates,
                              show_unchanged=show_unchanged), output)
         return
@@ -501,7 +515,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
-            _confirm(shown.plan, session.endpoint)
+            if not _confirm(shown, session.endpoint, templates):
+                click.echo("Apply cancelled.", err=True)
+                return
             request.preview = shown  # what the locked apply checks and works from
         try:
             with _sigterm_as_interrupt():

@@ -56,6 +56,7 @@ class Preview:
     observed: Observed | None
     state_revision: int
     catalog_digest: str
+    report: RunReport | None = None  # the plan as `reconcile plan` shows it
 
 
 @dataclass

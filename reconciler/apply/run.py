@@ -43,7 +43,7 @@ def preview(req: ApplyRequest) -> Preview:
                        api=req.api if req.refresh else None, project_id=req.project_id,
                        clock=req.clock)
     return Preview(result.plan, result.observed, result.state_revision,
-                   result.catalog.digest)
+                   result.catalog.digest, result.report)
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
