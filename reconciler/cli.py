@@ -526,6 +526,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             progress.close()
     _write_report(render(result.report, fmt, color=_color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
+    if result.interrupted:
+        _fail("interrupted: run `reconcile apply` again to finish")
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:

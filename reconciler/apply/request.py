@@ -98,3 +98,4 @@ class ApplyResult:
     failed: int
     blocked: int
     aborted: str | None
+    interrupted: bool = False  # Ctrl-C or SIGTERM: the report says what was done until then
