@@ -1,8 +1,9 @@
 """The ``reconcile`` command line: parse options, call one library function, render, exit.
 
-This is the only module that imports click, prints, prompts or exits. Every ``ReconcileError``
-is translated here into one message on stderr and exit code 1; usage errors also exit 1,
-because exit code 2 means "plan succeeded and has changes" (``--detailed-exitcode``).
+With ``console`` (the terminal) and ``options`` (the shared click options) the only code
+that imports click, prints, prompts or exits. Every ``ReconcileError`` is translated here into one
+message on stderr and exit code 1; usage errors also exit 1, because exit code 2 means "plan
+succeeded and has changes" (``--detailed-exitcode``).
 """
 
 from __future__ import annotations
@@ -11,21 +12,17 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile, redaction, settings
+from reconciler import __version__, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
-    Preview,
     apply_catalog,
     check_invocation,
     preview,
@@ -33,8 +30,16 @@ from reconciler.apply import (
 from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
-from reconciler.models import Outcome
+from reconciler.console import (
+    Progress,
+    color,
+    confirm,
+    fail,
+    notice,
+    sigterm_as_interrupt,
+    write_report,
+)
+from reconciler.errors import CatalogError, Problem, ReconcileError
 from reconciler.operations import (
     dry_run_report,
     forget_image,
@@ -46,9 +51,18 @@ from reconciler.operations import (
     show_records,
     validate_catalog,
 )
+from reconciler.options import (
+    auth_options,
+    catalog_option,
+    endpoint_option,
+    lock_timeout_option,
+    profile_option,
+    report_options,
+    state_option,
+    strict_option,
+)
 from reconciler.profiles import PROFILES
-from reconciler.report import FORMATS, render
-from reconciler.state import DEFAULT_PATH, parse_duration
+from reconciler.report import render
 
 
 @dataclass
@@ -71,72 +85,6 @@ def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-# --- shared options ------------------------------------------------------------------------
-
-def catalog_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--catalog", type=click.Path(path_type=Path), default="catalog",
-                        envvar="RECONCILE_CATALOG", show_default=True, show_envvar=True,
-                        help="Directory of catalog files (*.yaml, *.yml, *.json).")(f)
-
-
-def state_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--state", default=DEFAULT_PATH, envvar="RECONCILE_STATE",
-                        show_default=True, show_envvar=True, metavar="FILE|URL",
-                        help="State store: an SQLite file, or a PostgreSQL URL "
-                             "(postgresql://user@host:5432/db?sslmode=require) shared by a "
-                             "team.")(f)
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
-    """A duration such as 90, 30s, 5m, 1h30m (seconds when no unit is given)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return parse_duration(str(value))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
-def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--lock-timeout", metavar="DURATION", callback=_duration, default="0",
-                        show_default=True, envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
-                        help="How long to wait for another run's lock (e.g. 30s, 10m) "
-                             "before giving up; 0 fails at once, naming the holder.")(f)
-
-
-def profile_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--profile", type=click.Choice(list(PROFILES)), default="ims",
-                        envvar="RECONCILE_PROFILE", show_default=True, show_envvar=True,
-                        help="API rules to validate against: ims (Huawei Cloud IMS) or glance "
-                             "(upstream OpenStack Glance).")(f)
-
-
-def strict_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--strict", is_flag=True, default=False,
-                        help="Treat IMS documentation warnings (128-char names, 20 tags, "
-                             "unknown os_version) as errors.")(f)
-
-
-def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--endpoint", envvar="RECONCILE_ENDPOINT", show_envvar=True,
-                        help="Image API root, e.g. https://ims.cn-north-4.myhuaweicloud.com. "
-                             "Selects whose records to compare with.")(f)
-
-
-def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--templates", type=click.Path(path_type=Path, file_okay=False,
-                                                    exists=True),
-                     help="Directory of report templates overriding the built-in ones "
-                          "(report.txt.j2, report.md.j2, report.html.j2).")(f)
-    f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Write the report to this file instead of stdout.")(f)
-    f = click.option("--show-unchanged", is_flag=True,
-                     help="List unchanged images in the text report too (they are always "
-                          "counted; the other formats always list them).")(f)
-    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
-                        show_default=True, help="Report format.")(f)
-
-
 # --- the group -----------------------------------------------------------------------------
 
 class ReconcileGroup(click.Group):
@@ -151,30 +99,15 @@ class ReconcileGroup(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort:
-            _fail("aborted")
+            fail("aborted")
         except click.ClickException as exc:
             exc.show()
             sys.exit(1)
         except ReconcileError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted; nothing recorded is lost and the next apply resumes")
+            fail("interrupted; nothing recorded is lost and the next apply resumes")
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _fail(message: str) -> NoReturn:
-    _notice(f"error: {message}", level=logging.ERROR)
-    sys.exit(1)
-
-
-def _notice(message: str, *, level: int = logging.INFO) -> None:
-    """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
-    message = redaction.redact(message)
-    if logs.json_lines():
-        logs.LOGGER.log(level, message.removeprefix("error: "),
-                        extra={"event": "notice" if level < logging.ERROR else "error"})
-    else:
-        click.echo(message, err=True)
 
 
 @click.group(cls=ReconcileGroup,
@@ -201,23 +134,6 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     path = config_path or Path(settings.CONFIG_FILE)
     if config_path or path.exists():
         ctx.default_map = _default_map(cli, settings.load(path))
-
-
-def _write_report(text: str, output: Path | None) -> None:
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    tmp = output.with_name(f".{output.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    except OSError as exc:
-        raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
-    _notice(f"report written to {output}")
-
-
-def _color(output: Path | None) -> bool:
-    return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
 @cli.command()
@@ -291,35 +207,12 @@ def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Where credentials come from; the order of precedence is in ``reconciler.auth``."""
-    options = [
-        click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Read a static API token from this file."),
-        click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD)."),
-        click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
-                     help="Service catalog interface for the image endpoint (default: "
-                          "$OS_INTERFACE or public)."),
-        click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
-                     help="CA bundle for TLS verification (default: $OS_CACERT)."),
-        click.option("--insecure", is_flag=True,
-                     help="Do not verify TLS certificates (prints a warning every run)."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
-                     show_default=True, help="Seconds to wait for a connection."),
-        click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
-                     show_default=True, help="Seconds to wait for an answer."),
-    ]
-    for option in reversed(options):  # click lists the last applied first
-        f = option(f)
-    return f
-
-
 def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
          retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
     """An Image API session from the auth options; closed afterwards."""
     return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
                         ConnectOptions(**auth), retries=retries, clock=rt.clock,
-                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
+                        warn=lambda m: notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command("plan")
@@ -366,7 +259,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    _write_report(render(report, fmt, color=_color(output), templates=templates,
+    write_report(render(report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
@@ -374,63 +267,6 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 
 
 # --- apply ---------------------------------------------------------------------------------
-
-class _Progress:
-    """A one-line progress display on a terminal's stderr; silent elsewhere."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.total, self.done = enabled, 0, 0
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def start(self, total: int) -> None:
-        self.total = total
-
-    def __call__(self, outcome: Outcome) -> None:
-        with self._lock:
-            self.done += 1
-            self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
-            if self.enabled and self.total:
-                width = 30
-                filled = width * min(self.done, self.total) // self.total
-                parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
-                click.echo(f"\r[{'#' * filled}{'-' * (width - filled)}] "
-                           f"{self.done}/{self.total} {parts}\x1b[K", err=True, nl=False)
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            click.echo("", err=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A scheduler's SIGTERM stops apply like Ctrl-C: creates in flight finish and are recorded.
-    (SIGKILL is safe too; the next apply then resolves them from the journal.)"""
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _confirm(shown: Preview, endpoint: str, templates: Path | None) -> bool:
-    """Show the plan as `reconcile plan` prints it, then ask; False when the user says no."""
-    plan_ = shown.plan
-    if shown.report is not None:
-        click.echo(render(shown.report, "text", templates=templates,
-                          color=sys.stderr.isatty() and "NO_COLOR" not in os.environ),
-                   err=True, nl=False)
-    work = len(plan_.creates) + len(plan_.adoptions) + plan_.count("blocked")
-    if not work:
-        return True
-    return click.confirm(f"\nApply this plan to {endpoint}: create {len(plan_.creates)}, adopt "
-                         f"{len(plan_.adoptions)} image(s)?", err=True)
 
 
 @cli.command()
@@ -499,13 +335,13 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
                                     clock=rt.clock)
-        _write_report(render(report, fmt, color=_color(output), templates=templates,
+        write_report(render(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
         if saved is not None:
             planfile.check_target(saved, session.endpoint)
-        progress = _Progress(sys.stderr.isatty())
+        progress = Progress(sys.stderr.isatty())
         request = ApplyRequest(
             catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
             api=session.client, strict=strict, refresh=refresh, saved=saved,
@@ -516,19 +352,19 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
-            if not _confirm(shown, session.endpoint, templates):
+            if not confirm(shown.plan, shown.report, session.endpoint, templates):
                 click.echo("Apply cancelled.", err=True)
                 return
             request.preview = shown  # what the locked apply checks and works from
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 result = apply_catalog(request)
         finally:
             progress.close()
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates,
+    write_report(render(result.report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
     if result.interrupted:
-        _fail("interrupted: run `reconcile apply` again to finish")
+        fail("interrupted: run `reconcile apply` again to finish")
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:
