@@ -35,6 +35,7 @@ from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
+    copy_state,
     dry_run_report,
     forget_image,
     import_image,
@@ -47,7 +48,7 @@ from reconciler.operations import (
 )
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
-from reconciler.state import DEFAULT_PATH, parse_duration
+from reconciler.state import DEFAULT_PATH, parse_duration, redact
 
 
 @dataclass
@@ -612,6 +613,28 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
                               lock_timeout_s=lock_timeout)
     click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
                f"{record.created_at})")
+
+
+@state.command("copy")
+@click.argument("source", metavar="FROM")
+@click.argument("destination", metavar="TO")
+@click.option("--force", is_flag=True, help="Replace everything a non-empty TO holds.")
+@lock_timeout_option
+def state_copy(source: str, destination: str, force: bool, lock_timeout: float) -> None:
+    """Copy a whole state store: SQLite file to PostgreSQL and back.
+
+    Both stores are locked while copying; every table is copied in one transaction, then
+    read back and compared (row counts and digests). TO must be empty unless --force.
+
+    \b
+    Examples:
+      reconcile state copy reconcile-state.db postgresql://reconcile@db.example.com/reconcile
+      reconcile state copy "$RECONCILE_STATE" backup.db --force
+    """
+    result = copy_state(source, destination, force=force, lock_timeout_s=lock_timeout)
+    counts = ", ".join(f"{n} {table}" for table, n in result.rows.items() if table != "meta")
+    click.echo(f"copied {redact(source)} to {redact(destination)}: {counts} "
+               "(row counts and digests verified)")
 
 
 @state.command("forget")
