@@ -48,7 +48,7 @@ from reconciler.operations import (
 )
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
-from reconciler.state import DEFAULT_PATH, parse_duration, redact
+from reconciler.state import DEFAULT_PATH, is_url, parse_duration, redact
 
 
 @dataclass
@@ -428,6 +428,12 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                      interactive=sys.stdin.isatty(), plan_file=plan_file)
     if saved is not None:
         endpoint = endpoint or saved.target
+    env = rt.env if rt.env is not None else os.environ
+    if not dry_run and env.get("CI", "").lower() == "true" and not is_url(state):
+        _notice(f"warning: apply in CI with a local state file ({state}): it goes with the "
+                "runner, and another runner's apply cannot see it. Share a PostgreSQL state "
+                "(--state postgresql://...; README \"Working as a team\")",
+                level=logging.WARNING)
     if dry_run:
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)

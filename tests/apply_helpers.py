@@ -239,7 +239,7 @@ class CliWorld:
 
 def subprocess_env(token: str = "tok-test") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RECONCILE_") and k not in ("NO_COLOR", "OS_AUTH_TOKEN")}
+           if not k.startswith("RECONCILE_") and k not in ("NO_COLOR", "OS_AUTH_TOKEN", "CI")}
     env["OS_AUTH_TOKEN"] = token
     return env
 

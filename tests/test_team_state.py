@@ -130,3 +130,16 @@ def test_a_password_in_the_state_url_is_never_printed(tmp_path: Path) -> None:
         assert "s3cr3t-pw" not in done.stdout + done.stderr
         assert "postgresql://team:***@127.0.0.1:1/state" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_apply_in_ci_with_a_local_state_file_warns_and_with_postgresql_does_not(
+        tmp_path: Path, sandbox: SandboxFactory, pg_url: str) -> None:
+    sb = sandbox()
+    write_images(tmp_path / "catalog", ["a"])
+    for state, warned in ((str(tmp_path / "state.db"), True), (pg_url, False)):
+        done = subprocess.run([str(RECONCILE), "apply", "--yes", "--endpoint", sb.url,
+                               "--state", state, "--catalog", str(tmp_path / "catalog")],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                              env={**subprocess_env(), "CI": "true"})
+        assert done.returncode == 0, done.stderr
+        assert ("warning: apply in CI with a local state file" in done.stderr) is warned
