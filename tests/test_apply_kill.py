@@ -250,9 +250,9 @@ def test_first_apply_killed_while_creating_the_state_file_does_not_brick_it(
 @pytest.mark.timeout(90)
 def test_second_concurrent_apply_fails_fast_naming_the_lock_holder(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
-    sb = sandbox(latency_ms=200)
-    catalog, state, names = setup(tmp_path, 30)  # about 3 s of creates
-    first = Apply(tmp_path, sb, state, catalog, "--parallelism", "2")
+    sb = sandbox(latency_ms=300)
+    catalog, state, names = setup(tmp_path, 30)  # about 9 s of creates: longer than a start
+    first = Apply(tmp_path, sb, state, catalog, "--parallelism", "1")
     wait_for(lambda: lock_holder(state).get("pid") == first.proc.pid, 30,
              "the first apply to take the lock", alive=first.alive)
     holder = lock_holder(state)

@@ -603,11 +603,11 @@ def test_two_applies_with_two_state_files_at_once_create_no_duplicates(
         procs.append(subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     results = [p.communicate(timeout=180) for p in procs]
-    for proc, (out, err) in zip(procs, results, strict=True):
+    for proc, (_, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err[-3000:]
     images = list_images(glance.url)
     assert Counter(i["name"] for i in images) == Counter(names)  # one image per name
-    for machine, (out, _) in zip(("one", "two"), results, strict=True):
+    for machine in ("one", "two"):
         records = recorded(tmp_path / machine / "state.db")
         assert {n: r.image_id for n, r in records.items()} == {
             i["name"]: i["id"] for i in images}, machine
