@@ -88,6 +88,8 @@ class Creator:
     rng: random.Random = field(default_factory=random.Random)
     #: Send our own deterministic image id with each create (Glance takes one; IMS does not).
     client_ids: bool = False
+    #: Every outcome so far, also those of a phase an interrupt cut short (for its report).
+    delivered: list[Outcome] = field(default_factory=list)
 
     # --- recovery of earlier runs ----------------------------------------------------------
 
@@ -303,6 +305,7 @@ class Creator:
     # --- outcomes --------------------------------------------------------------------------
 
     def _deliver(self, outcome: Outcome) -> Outcome:
+        self.delivered.append(outcome)
         self.on_outcome(outcome)
         return outcome
 
