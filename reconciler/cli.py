@@ -29,6 +29,7 @@ from reconciler.auth import Credentials, resolve
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
 from reconciler.client import ImageClient, RetryPolicy, http_client
 from reconciler.errors import ConfigError, ReconcileError
+from reconciler.escape import terminal
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
     ApplyRequest,
@@ -44,6 +45,7 @@ from reconciler.operations import (
     save_plan,
     utc_now,
 )
+from reconciler.output import check_writable, write_text
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
 from reconciler.state import DEFAULT_PATH
@@ -186,7 +188,7 @@ def _notice(message: str, *, level: int = logging.INFO) -> None:
         _LOGGER.log(level, message.removeprefix("error: "), extra={"event": "notice" if
                     level < logging.ERROR else "error"})
     else:
-        click.echo(message, err=True)
+        click.echo(terminal(message, newlines=True), err=True)
 
 
 @click.group(cls=ReconcileGroup,
@@ -219,13 +221,22 @@ def _write_report(text: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    tmp = output.with_name(f".{output.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
+        write_text(output, text)
     except OSError as exc:
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
     _notice(f"report written to {output}")
+
+
+def _check_outputs(report: Path | None, plan: Path | None = None) -> None:
+    """Refuse an output that cannot be written before anything is done, not after."""
+    for what, path in (("report", report), ("the plan", plan)):
+        if path is None:
+            continue
+        try:
+            check_writable(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {what} to {path}: {exc.strerror}") from None
 
 
 def _color(output: Path | None) -> bool:
@@ -249,7 +260,7 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
     with bulk_build():
         loaded = load_catalog(catalog, get_profile(profile), strict=strict)
     for line in lint_problems(loaded):
-        click.echo(f"warning: {line}", err=True)
+        click.echo(f"warning: {terminal(line)}", err=True)
     n = len(loaded.images)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
                f"{len(loaded.files)} file{'s' if len(loaded.files) != 1 else ''} "
@@ -377,6 +388,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
       reconcile plan --format markdown --detailed-exitcode > comment.md
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
     """
+    _check_outputs(output, out)
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
@@ -437,6 +449,13 @@ class _JsonLogFormatter(logging.Formatter):
         return json.dumps(doc, sort_keys=True)
 
 
+class _TextLogFormatter(logging.Formatter):
+    """Log lines for a terminal: names and server messages in them cannot forge output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal(super().format(record), newlines=True)
+
+
 _LOGGER = logging.getLogger("reconciler")
 _LOG_HANDLER: logging.Handler | None = None
 
@@ -450,7 +469,7 @@ def _setup_logging(log_format: str) -> None:
         _LOG_HANDLER.setFormatter(_JsonLogFormatter())
         _LOGGER.setLevel(logging.INFO)
     else:
-        _LOG_HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        _LOG_HANDLER.setFormatter(_TextLogFormatter("%(levelname)s: %(message)s"))
         _LOGGER.setLevel(logging.WARNING)
 
 
@@ -527,6 +546,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
       reconcile apply plan.json --yes
     """
     _setup_logging(log_format)
+    _check_outputs(output)
     saved = planfile.read(plan_file) if plan_file else None
     if saved is not None:
         ctx = click.get_current_context()
@@ -668,10 +688,11 @@ def state_list(state: Path, as_json: bool) -> None:
     if not rows:
         click.echo("no images recorded")
         return
-    width = max(len(r.name) for _, r in rows)
-    for target, rec in rows:
-        click.echo(f"{rec.name:<{width}}  {rec.image_id}  {rec.status or '-':<8}  "
-                   f"{rec.created_at or '-'}  {target}")
+    shown = [(terminal(rec.name), terminal(rec.image_id), terminal(rec.status or "-"),
+              terminal(rec.created_at or "-"), terminal(target)) for target, rec in rows]
+    width = max(len(row[0]) for row in shown)
+    for name, image_id, status, created_at, target in shown:
+        click.echo(f"{name:<{width}}  {image_id}  {status:<8}  {created_at}  {target}")
     click.echo(f"{len(rows)} image{'s' if len(rows) != 1 else ''} recorded", err=True)
 
 
@@ -703,12 +724,14 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
     for doc in docs:
         resp = doc["response"]
         for key in ("name", "target", "image_id", "status", "created_at", "updated_at"):
-            click.echo(f"{key + ':':<13} {doc[key]}")
+            click.echo(f"{key + ':':<13} {terminal(doc[key])}")
         for key in ("self", "file", "schema", "owner"):
-            click.echo(f"{key + ':':<13} {resp.get(key)}")
-        click.echo(f"{'origin:':<13} {doc['origin']}")
-        click.echo(f"{'recorded_at:':<13} {doc['recorded_at']} (run {doc['run_id']})")
-        click.echo(f"{'spec_digest:':<13} {doc['spec_digest']}")
+            click.echo(f"{key + ':':<13} {terminal(resp.get(key))}")
+        click.echo(f"{'origin:':<13} {terminal(doc['origin'])}")
+        click.echo(f"{'recorded_at:':<13} {terminal(doc['recorded_at'])} "
+                   f"(run {terminal(doc['run_id'])})")
+        click.echo(f"{'spec_digest:':<13} {terminal(doc['spec_digest'])}")
+        # json.dumps escapes every control and non-ASCII character: safe as it is.
         click.echo("request:  " + json.dumps(doc["request"], sort_keys=True))
         click.echo("response: " + json.dumps(resp, sort_keys=True))
 
@@ -739,8 +762,8 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     with _api(rt, endpoint, AuthFlags(**auth)) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force)
-    click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
-               f"{record.created_at})")
+    click.echo(terminal(f"imported {name}: {record.image_id} ({record.status}, created "
+                        f"{record.created_at})"))
 
 
 @state.command("forget")
@@ -755,7 +778,7 @@ def state_forget(name: str, state: Path, endpoint: str | None) -> None:
       reconcile state forget ubuntu-16.04-legacy
     """
     image_id = forget_image(state, name, endpoint=endpoint)
-    click.echo(f"forgot {name} ({image_id}); the image itself was not touched")
+    click.echo(terminal(f"forgot {name} ({image_id})") + "; the image itself was not touched")
 
 
 @cli.command()
@@ -783,9 +806,9 @@ def history(state: Path, limit: int, as_json: bool) -> None:
         click.echo("no runs recorded")
         return
     for run in runs:
-        click.echo(f"{run['started_at']}  {run['id']}  {run['outcome']:<11}  "
-                   f"created {run['created']}, adopted {run['adopted']}, failed {run['failed']}"
-                   f"  {run['target']}")
+        click.echo(terminal(f"{run['started_at']}  {run['id']}  {run['outcome']:<11}  "
+                            f"created {run['created']}, adopted {run['adopted']}, "
+                            f"failed {run['failed']}  {run['target']}"))
 
 
 # --- entry point ---------------------------------------------------------------------------
