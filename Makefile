@@ -14,9 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install reconcile with its test tools
 
-lint: install  ## ruff and mypy --strict
+# mypy --strict over the package, then the tests and benchmarks (tests/glance on its own: it
+# has a conftest.py of its own); lint-imports checks the layers of docs/architecture.md §2.
+lint: install  ## ruff, mypy --strict (package, tests, bench), the layer contract
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy tests/*.py bench
+	$(BIN)/mypy tests/glance
+	$(BIN)/lint-imports --no-logo
 
 test: lint  ## lint, then the whole test suite
 	$(BIN)/pytest -q
@@ -57,4 +62,5 @@ bench: install  ## benchmarks; appends to bench/RESULTS.md
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache \
+	  .import_linter_cache

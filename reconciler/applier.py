@@ -1,6 +1,6 @@
 """Carry out a plan's creates without ever creating an image twice.
 
-The protocol (ARCHITECTURE "Apply"): every create first writes a journal entry with a fresh
+The protocol (docs/architecture.md §6): every create first writes a journal entry with a fresh
 nonce, then POSTs with the nonce as the ``reconcile_marker`` extra property; a 201 is recorded
 and the entry closed in one transaction. When the answer is lost (timeout, reset, 5xx), the
 image is looked up by name and marker before anything is sent again. An entry is released only

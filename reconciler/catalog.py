@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from reconciler import jsonfile
 from reconciler.errors import CatalogError, Problem
 from reconciler.models import Catalog, ImageSpec
+from reconciler.nodes import LineDict, LineList, RawScalar
 from reconciler.profiles import FIELDS, INT_FIELDS, STRING_FIELDS, Profile
 
 _BaseLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -30,34 +32,6 @@ _TRUE_FALSE = {"true": True, "false": False}
 
 
 # --- YAML loading with line numbers and strict scalars -------------------------------------
-
-class LineDict(dict[Any, Any]):
-    """A mapping that remembers the line of itself and of each key."""
-
-    line: int = 0
-    key_lines: dict[Any, int]
-    duplicates: list[tuple[Any, int]]
-    bad_keys: list[tuple[str, int]]
-
-
-class LineList(list[Any]):
-    """A sequence that remembers the line of each item."""
-
-    line: int = 0
-    lines: list[int]
-
-
-class RawScalar:
-    """A YAML scalar that YAML 1.1 would silently turn into a bool, number, date or null."""
-
-    __slots__ = ("kind", "text", "value")
-
-    def __init__(self, text: str, kind: str, value: Any) -> None:
-        self.text, self.kind, self.value = text, kind, value
-
-    def __repr__(self) -> str:
-        return self.text
-
 
 class _Loader(_BaseLoader):  # type: ignore[misc]
     """The fast loader (C parser and composer when available)."""
@@ -159,6 +133,8 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
                                                      f"at offset {exc.start}); save it as UTF-8")]
     if text.startswith("\ufeff"):
         text = text[1:]
+    if path.suffix == ".json":
+        return _parse_json(text, display)
     loader = _AliasLoader if "*" in text and _ALIAS.search(text) else _Loader
     try:
         return yaml.load(text, Loader=loader), []
@@ -169,9 +145,19 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         what = " ".join(filter(None, [exc.context, exc.problem]))
-        return None, [Problem(display, line, "", f"is not valid YAML: {what}")]
+        return None, [Problem(display, line, "", f"is not valid YAML: {what}",
+                              column=mark.column + 1 if mark else None)]
     except yaml.YAMLError as exc:
         return None, [Problem(display, None, "", f"is not valid YAML: {exc}")]
+
+
+def _parse_json(text: str, display: str) -> tuple[Any, list[Problem]]:
+    """A ``.json`` file is strict JSON (``reconciler.jsonfile``), never YAML."""
+    try:
+        return jsonfile.load(text), []
+    except jsonfile.JsonSyntaxError as exc:
+        return None, [Problem(display, exc.line, "", f"is not valid JSON: {exc.message}",
+                              column=exc.column)]
 
 
 # --- validation --------------------------------------------------------------------------
@@ -185,7 +171,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, RawScalar):
         if value.kind == "null":
             return "empty or null" + (f" ({value.text})" if value.text else "")
-        return f"read by YAML as a {value.kind} ({value.text})"
+        return f"read by {value.reader} as a {value.kind} ({value.text})"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, int):
@@ -201,6 +187,8 @@ def _describe(value: Any) -> str:
 
 def _quote_hint(value: Any) -> str:
     if isinstance(value, RawScalar) and value.text:
+        if value.reader == "JSON" and value.kind == "null":
+            return ""  # nobody writes null meaning the text "null"
         return f'; quote it to keep the text: "{value.text}"'
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f'; quote it: "{value}"'
@@ -212,6 +200,7 @@ class _FileChecker:
 
     def __init__(self, display: str, profile: Profile, strict: bool) -> None:
         self.display, self.profile, self.strict = display, profile, strict
+        self.reader = "JSON" if display.endswith(".json") else "YAML"
         self.problems: list[Problem] = []
         self.warnings: dict[str, list[Problem]] = {}
 
@@ -302,8 +291,8 @@ class _FileChecker:
             return None
         if field in STRING_FIELDS:
             if not isinstance(value, str):
-                what = _describe(value).removeprefix("read by YAML as ")
-                self.error(line, where, f"must be text, but YAML read it as {what}"
+                what = _describe(value).removeprefix(f"read by {self.reader} as ")
+                self.error(line, where, f"must be text, but {self.reader} read it as {what}"
                            + _quote_hint(value))
                 return None
             return self._value(field, value, line, where)

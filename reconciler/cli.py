@@ -16,18 +16,17 @@ import sys
 import threading
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import httpx
 
-from reconciler import __version__, planfile
+from reconciler import __version__, logs, planfile
 from reconciler.applier import DEFAULT_SETTLE_S
-from reconciler.auth import Credentials, resolve
+from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.catalog import did_you_mean, lint_problems, load_catalog
-from reconciler.client import ImageClient, RetryPolicy, http_client
+from reconciler.client import RetryPolicy
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.escape import terminal
 from reconciler.models import Outcome, Plan
@@ -69,7 +68,6 @@ class Runtime:
 
     clock: Clock = utc_now
     env: dict[str, str] | None = None  # None: the process environment
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -184,9 +182,9 @@ def _fail(message: str) -> NoReturn:
 
 def _notice(message: str, *, level: int = logging.INFO) -> None:
     """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
-    if isinstance(getattr(_LOG_HANDLER, "formatter", None), _JsonLogFormatter):
-        _LOGGER.log(level, message.removeprefix("error: "), extra={"event": "notice" if
-                    level < logging.ERROR else "error"})
+    if logs.json_lines():
+        logs.LOGGER.log(level, message.removeprefix("error: "),
+                        extra={"event": "notice" if level < logging.ERROR else "error"})
     else:
         click.echo(terminal(message, newlines=True), err=True)
 
@@ -211,7 +209,7 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     """
     if not isinstance(ctx.obj, Runtime):
         ctx.obj = Runtime()
-    _setup_logging("text")  # apply may switch to JSON lines
+    logs.configure("text")  # apply may switch to JSON lines
     path = config_path or Path(CONFIG_FILE)
     if config_path or path.exists():
         ctx.default_map = _default_map(cli, _load_config(path))
@@ -290,70 +288,12 @@ def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@dataclass(frozen=True)
-class AuthFlags:
-    token_file: Path | None
-    os_cloud: str | None
-    interface: str | None
-    cacert: str | None
-    insecure: bool
-    connect_timeout: float
-    read_timeout: float
-
-
-@contextlib.contextmanager
-def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
-         retries: int = 5) -> Iterator[ApiSession]:
-    """An Image API client and its credentials; closed afterwards."""
-    injected = rt.extra.get("api")
-    if injected is not None:
-        _warn_insecure(flags.insecure)
-        yield ApiSession(injected, None)
-        return
-
-    def factory(verify: bool | str) -> httpx.Client:
-        return http_client(verify, connect_timeout=flags.connect_timeout,
-                           read_timeout=flags.read_timeout)
-
-    creds = resolve(rt.env if rt.env is not None else dict(os.environ), endpoint=endpoint,
-                    token_file=flags.token_file, os_cloud=flags.os_cloud,
-                    interface=flags.interface, cacert=flags.cacert, insecure=flags.insecure,
-                    http_factory=factory)
-    _warn_insecure(creds.verify is False)
-    creds.tokens.token()  # authenticate now: bad credentials fail before any work starts
-    client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
-                         verify=creds.verify, connect_timeout=flags.connect_timeout,
-                         read_timeout=flags.read_timeout,
-                         read_retry=RetryPolicy(attempts=retries + 1))
-    try:
-        yield ApiSession(client, creds)
-    finally:
-        client.close()
-
-
-def _warn_insecure(insecure: bool) -> None:
-    if insecure:  # every run, whether from --insecure or `verify: false` in clouds.yaml
-        _notice("warning: TLS certificates are NOT verified (--insecure or verify: false); "
-                "anyone on the network path can read the token and change answers",
-                level=logging.WARNING)
-
-
-@dataclass(frozen=True)
-class ApiSession:
-    client: ImageClient
-    credentials: Credentials | None
-
-    @property
-    def endpoint(self) -> str:
-        return self.client.endpoint
-
-    @property
-    def refreshes(self) -> int:
-        return self.credentials.refreshes if self.credentials else 0
-
-    @property
-    def project_id(self) -> str | None:
-        return self.credentials.project_id if self.credentials else None
+def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
+         retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
+    """An Image API session from the auth options; closed afterwards."""
+    return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
+                        ConnectOptions(**auth), retries=retries,
+                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command("plan")
@@ -390,7 +330,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
     """
     _check_outputs(output, out)
     with contextlib.ExitStack() as stack:
-        session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if refresh else None
+        session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
@@ -432,45 +372,6 @@ class _Progress:
     def close(self) -> None:
         if self.enabled and self.done:
             click.echo("", err=True)
-
-
-class _JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "event": getattr(record, "event", record.name),
-            "message": record.getMessage(),
-        }
-        for key in ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s",
-                    "run_id"):
-            if hasattr(record, key):
-                doc[key] = getattr(record, key)
-        return json.dumps(doc, sort_keys=True)
-
-
-class _TextLogFormatter(logging.Formatter):
-    """Log lines for a terminal: names and server messages in them cannot forge output."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return terminal(super().format(record), newlines=True)
-
-
-_LOGGER = logging.getLogger("reconciler")
-_LOG_HANDLER: logging.Handler | None = None
-
-
-def _setup_logging(log_format: str) -> None:
-    global _LOG_HANDLER
-    _LOG_HANDLER = logging.StreamHandler(sys.stderr)
-    _LOGGER.handlers[:] = [_LOG_HANDLER]
-    _LOGGER.propagate = False
-    if log_format == "json":
-        _LOG_HANDLER.setFormatter(_JsonLogFormatter())
-        _LOGGER.setLevel(logging.INFO)
-    else:
-        _LOG_HANDLER.setFormatter(_TextLogFormatter("%(levelname)s: %(message)s"))
-        _LOGGER.setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -545,7 +446,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
       reconcile apply --yes --log-format json --format html --output report.html
       reconcile apply plan.json --yes
     """
-    _setup_logging(log_format)
+    logs.configure(log_format)
     _check_outputs(output)
     saved = planfile.read(plan_file) if plan_file else None
     if saved is not None:
@@ -568,7 +469,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
     if not yes and not sys.stdin.isatty():
         raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
                           "in a terminal")
-    with _api(rt, endpoint, AuthFlags(**auth), retries) as session:
+    with _api(rt, endpoint, auth, retries) as session:
         if not yes:
             preview = make_plan(saved.catalog if saved else catalog, state,
                                 profile=saved.profile if saved else profile, strict=strict,
@@ -759,7 +660,7 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     Example:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
     """
-    with _api(rt, endpoint, AuthFlags(**auth)) as session:
+    with _api(rt, endpoint, auth) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force)
     click.echo(terminal(f"imported {name}: {record.image_id} ({record.status}, created "

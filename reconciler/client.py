@@ -1,11 +1,12 @@
 """HTTP client for the Image API (Huawei Cloud IMS / OpenStack Glance v2 ``/v2/images``).
 
 ``ImageClient`` sends one request per call and turns every failure into the ``ApiError`` family
-of ``reconciler.errors``: ``error_from_response`` maps an HTTP error answer (every body shape of
-api-contract §9) and ``TransportError.sent`` says whether a request that got no answer may have
-reached the server. The only retry done here is the single re-authentication after a 401
-(api-contract §11.2); backoff and the look-up-before-retry protocol belong to the applier,
-which alone knows whether repeating a request is safe. One client is shared by the applier's
+of ``reconciler.errors``: ``error_from_response`` maps an HTTP error answer (every body shape
+of docs/api-contract.md §9) and ``TransportError.sent`` says whether a request that got no
+answer may have reached the server. Reads are retried here, writes never: the only retry of a
+write is the single re-authentication after a 401 (docs/api-contract.md §11.2); backoff and the
+look-up-before-retry protocol of creates belong to the applier, which alone knows whether
+repeating a request is safe (docs/architecture.md §6.5). One client is shared by the applier's
 worker threads: it keeps no per-request state, and httpx's connection pool is thread-safe.
 """
 
@@ -35,6 +36,7 @@ from .errors import (
     AuthError,
     ClientError,
     ConfigError,
+    MalformedResponse,
     ServerError,
     TransportError,
 )
@@ -61,7 +63,8 @@ DEFAULT_USER_AGENT = f"reconcile/{_package_version()}"
 
 # Sized for the applier's thread pool: a worker must never wait for a free connection.
 _POOL_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-_MAX_PAGE_SIZE = 1000  # Glance's api_limit_max; larger limits are silently capped (§10.1)
+# Glance's api_limit_max; larger limits are silently capped (docs/api-contract.md §10.1).
+_MAX_PAGE_SIZE = 1000
 _MAX_MESSAGE = 500
 _MAX_CODE = 64
 # Only the head of a non-JSON body is parsed: the message is in the first lines, and a
@@ -109,7 +112,7 @@ def error_from_response(response: httpx.Response, *, secrets: Iterable[str] = ()
 
     401 → ``AuthError``; 429 and 5xx → ``ServerError`` (with ``retry_after``); other 4xx →
     ``ClientError``; any other status → ``ApiError``. The body is read in the order of
-    api-contract §9.5; tags are stripped, whitespace collapsed, the message truncated, and
+    docs/api-contract.md §9.5; tags are stripped, whitespace collapsed, the message truncated, and
     every string in ``secrets`` (the tokens sent) is replaced by ``***``.
     """
     secret_list = [s for s in secrets if s]
@@ -471,7 +474,7 @@ class ImageClient:
         """``GET /v2/images`` page by page; a sequence value repeats the parameter (``tag``).
 
         Each next page is the original query plus ``marker=<last id>``: Glance's ``next`` link
-        keeps only one value of a repeated parameter (api-contract §10.2).
+        keeps only one value of a repeated parameter (docs/api-contract.md §10.2).
         """
         if not 1 <= page_size <= _MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {_MAX_PAGE_SIZE}")
@@ -515,7 +518,7 @@ class ImageClient:
         """Live images whose name and properties equal the given ones exactly.
 
         The server's match may ignore case (MySQL collation), so results are checked again
-        here; deleted and killed images are dropped (api-contract §10.3).
+        here; deleted and killed images are dropped (docs/api-contract.md §10.3).
         """
         filters: dict[str, str] = dict(props)
         # Glance reads a leading "in:" as a list operator; such a name is matched here only.
@@ -585,7 +588,8 @@ class ImageClient:
         tokens: list[str],
     ) -> httpx.Response:
         headers = {
-            "Accept": "application/json",  # webob answers JSON instead of HTML (§9.1)
+            # webob answers JSON instead of HTML (docs/api-contract.md §9.1)
+            "Accept": "application/json",
             "User-Agent": self._user_agent,
         }
         if tokens[-1]:  # no token when requests are signed instead (AK/SK)
@@ -619,12 +623,12 @@ class ImageClient:
         )
 
     @staticmethod
-    def _bad_body(response: httpx.Response, problem: str) -> ApiError:
+    def _bad_body(response: httpx.Response, problem: str) -> MalformedResponse:
         method, url = _request_line(response)
         request_id = response.headers.get("x-request-id") or response.headers.get(
             "x-openstack-request-id"
         )
-        return ApiError(
+        return MalformedResponse(
             f"unexpected response: the body {problem}",
             status=response.status_code,
             request_id=request_id,

@@ -15,7 +15,8 @@ Library code raises these; only ``cli.py`` turns them into a message and an exit
         ├── AuthError          401: token missing, invalid or expired
         ├── ClientError        other 4xx: the request itself is wrong; never retried
         ├── ServerError        429 and 5xx: retried with backoff
-        └── TransportError     no (complete) answer: connect/read timeout, reset
+        ├── TransportError     no (complete) answer: connect/read timeout, reset
+        └── MalformedResponse  a success answer whose body breaks the API's schema or limits
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ class Problem:
     path: str
     message: str
     severity: str = "error"  # "error" or "warning"
+    column: int | None = None  # where a syntax error is, counting from 1
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.line and self.column:
+            where += f":{self.column}"
         field = f" {self.path}:" if self.path else ""
         return f"{where}:{field} {self.message}"
 
@@ -127,3 +131,31 @@ class TransportError(ApiError):
                  url: str | None = None) -> None:
         self.sent = sent
         super().__init__(message, method=method, url=url)
+
+
+class MalformedResponse(ApiError):
+    """A 2xx answer whose body is not what the API promises: not JSON, a field missing or of
+    the wrong type, an id over 255 characters, a body over the size cap, endless paging.
+
+    ``problems`` lists each thing found wrong (``"images[3].id: Field required"``). For a
+    create it means the image may exist although no usable answer came back: the applier
+    treats it like an unanswered create (kept pending, later adopted by marker).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: Sequence[str] = (),
+        status: int | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.problems = list(problems)
+        detail = "; ".join(self.problems[:5])
+        more = f" (+{len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
+        super().__init__(
+            f"{message}: {detail}{more}" if detail else message,
+            status=status, request_id=request_id, method=method, url=url,
+        )

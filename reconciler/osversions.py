@@ -2,8 +2,8 @@
 
 IMS derives ``__os_type``, ``__platform`` and ``__os_bit`` from ``__os_version`` on create.
 The authoritative list is per region (``GET /v1/cloudimages/os_version``); this module holds
-the static fallback list of api-contract §6.2, used by the sandbox to reject unknown versions
-and by the client-side profile to warn about them. Strings compare byte-exact: Huawei mixes
+the static fallback list of docs/api-contract.md §6.2, used by the sandbox to reject unknown
+versions and by the client-side profile to warn about them. Strings compare byte-exact: Huawei mixes
 ``server``/``Server`` and writes ``64bit`` without a space.
 """
 
@@ -125,7 +125,8 @@ _PLATFORMS: tuple[tuple[str, str], ...] = (
 
 
 def derive_os_fields(os_version: str) -> dict[str, str]:
-    """Return the ``__os_type``, ``__platform`` and ``__os_bit`` IMS derives (api-contract §5.4).
+    """Return the ``__os_type``, ``__platform`` and ``__os_bit`` IMS derives
+    (docs/api-contract.md §5.4).
 
     Works on any string, known or not: unknown families get platform ``Other``.
     """

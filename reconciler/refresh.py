@@ -19,7 +19,8 @@ class ListingApi(Protocol):
     def get_image(self, image_id: str) -> dict[str, Any] | None: ...
 
 
-# Huawei lists public ("gold") images too unless asked for private ones (api-contract §10.1).
+# Huawei lists public ("gold") images too unless asked for private ones
+# (docs/api-contract.md §10.1).
 _FILTERS = {"ims": {"__imagetype": "private"}, "glance": {}}
 
 

@@ -104,9 +104,9 @@ def record_for(spec: ImageSpec, image_id: str, *, request: Mapping[str, Any] | N
                 "updated_at": stamp, "self": f"/v2/images/{image_id}",
                 "file": f"/v2/images/{image_id}/file", "schema": "/v2/schemas/image",
                 "owner": "0123456789abcdef0123456789abcdef"}
-    return Record(name=spec.name, image_id=image_id, spec_digest=body_digest(body),
-                  request=body, response=response, status=status, created_at=stamp,
-                  updated_at=stamp, recorded_at=stamp, run_id="run-0001")
+    return Record.of(name=spec.name, image_id=image_id, spec_digest=body_digest(body),
+                     request=body, response=response, status=status, created_at=stamp,
+                     updated_at=stamp, recorded_at=stamp, run_id="run-0001")
 
 
 @pytest.fixture

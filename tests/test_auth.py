@@ -1,6 +1,6 @@
-"""Credentials (api-contract §11): Keystone password auth from OS_* variables and clouds.yaml,
-token refresh (proactive, one at a time, reactive after a 401), the precedence of the sources,
-the TLS flags, and secrets that never reach any output.
+"""Credentials (docs/api-contract.md §11): Keystone password auth from OS_* variables and
+clouds.yaml, token refresh (proactive, one at a time, reactive after a 401), the precedence of
+the sources, the TLS flags, and secrets that never reach any output.
 
 Real loopback HTTP against the in-process sandbox in Keystone mode (``SandboxConfig.password``),
 real SQLite state files, and the CLI through CliRunner with ``obj=Runtime(env=...)``: the

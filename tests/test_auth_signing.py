@@ -1,4 +1,4 @@
-"""AK/SK request signing (api-contract §11.3) checked against Huawei's own SDK.
+"""AK/SK request signing (docs/api-contract.md §11.3) checked against Huawei's own SDK.
 
 For each request the Image client sends, the ``Authorization`` header made by
 ``reconciler.auth.AkSkAuth`` must equal the one ``huaweicloudsdkcore.signer.signer.Signer``

@@ -22,6 +22,7 @@ from reconciler.errors import (
     AuthError,
     ClientError,
     ConfigError,
+    MalformedResponse,
     ServerError,
     TransportError,
 )
@@ -203,12 +204,12 @@ def test_empty_image_id_is_refused_before_sending() -> None:
         (json_response(201, {"id": ""}), "has no image id"),
     ],
 )
-def test_create_with_unusable_2xx_body_is_an_api_error(
+def test_create_with_unusable_2xx_body_is_a_malformed_response(
     response: httpx.Response, problem: str
 ) -> None:
     with pytest.raises(ApiError) as info:
         make_client(lambda r: response).create_image({"name": "web"})
-    assert type(info.value) is ApiError
+    assert type(info.value) is MalformedResponse
     assert problem in str(info.value)
     assert "may have been created" in str(info.value)
     assert info.value.status == 201
@@ -308,7 +309,7 @@ def test_paging_keeps_repeated_params_and_sets_marker_to_last_id() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.params)
         if "marker" not in request.url.params:
-            # Glance's own next link has lost the second tag (§10.2).
+            # Glance's own next link has lost the second tag (docs/api-contract.md §10.2).
             return page([{"id": "i1"}, {"id": "i2"}], "/v2/images?tag=a&limit=2&marker=i2")
         return page([{"id": "i3"}])
 

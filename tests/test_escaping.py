@@ -99,10 +99,10 @@ def hostile_state(tmp_path: Path, make_state: Callable[..., Path]) -> Path:
     request = ImageSpec(name="victim", min_disk=4).body()
     response = {**request, "id": FORGING_ID, "status": "active\x1b[8m",
                 "self": "/v2/images/x\r\nowner: admin", "created_at": "2024-01-01T00:00:00Z"}
-    record = Record(name="victim", image_id=FORGING_ID, spec_digest="d" * 64, request=request,
-                    response=response, status="active\x1b[8m",
-                    created_at="2024-01-01T00:00:00Z\r", updated_at="x", recorded_at="y",
-                    run_id="run-1")
+    record = Record.of(name="victim", image_id=FORGING_ID, spec_digest="d" * 64,
+                       request=request, response=response, status="active\x1b[8m",
+                       created_at="2024-01-01T00:00:00Z\r", updated_at="x", recorded_at="y",
+                       run_id="run-1")
     state = make_state(tmp_path / "state.db", [record])
     conn = sqlite3.connect(state)
     with conn:

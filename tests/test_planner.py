@@ -23,9 +23,9 @@ def spec(name: str, **fields: Any) -> ImageSpec:
 
 
 def record(name: str, body: dict[str, Any], image_id: str | None = None) -> Record:
-    return Record(name=name, image_id=image_id or f"id-{name}", spec_digest=body_digest(body),
-                  request=body, response={"id": image_id or f"id-{name}"},
-                  recorded_at="2024-05-01T08:00:00Z")
+    return Record.of(name=name, image_id=image_id or f"id-{name}", spec_digest=body_digest(body),
+                     request=body, response={"id": image_id or f"id-{name}"},
+                     recorded_at="2024-05-01T08:00:00Z")
 
 
 def recorded(s: ImageSpec, **changes: Any) -> Record:

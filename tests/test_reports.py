@@ -20,7 +20,7 @@ import pytest
 from click.testing import Result
 
 from reconciler.catalog import load_catalog
-from reconciler.models import Catalog, Change, FieldDiff, ImageSpec, Record, RunReport
+from reconciler.models import Action, Catalog, Change, FieldDiff, ImageSpec, Record, RunReport
 from reconciler.operations import plan_report
 from reconciler.planner import plan
 from reconciler.profiles import IMS
@@ -184,7 +184,7 @@ def test_markdown_for_20000_images_fits_a_pr_comment_and_says_it_was_shortened()
 
 
 def test_markdown_worst_case_20000_long_entries_still_fits() -> None:
-    actions = ("create", "unchanged", "drift", "orphan", "blocked")
+    actions: tuple[Action, ...] = ("create", "unchanged", "drift", "orphan", "blocked")
     long_value = "v" * 255
     changes = [
         Change(name=f"{i:05d}-" + "n" * 249, action=actions[i % 5], reason="r" * 40,

@@ -1,7 +1,7 @@
 """The sandbox, over real loopback HTTP: what a client of IMS/Glance may rely on it to do.
 
-Validation tables pin status and message per rule for both profiles (api-contract §3-4);
-the rest covers response shape (§5), error dialects (§9), listing and paging (§10), auth,
+Validation tables pin status and message per rule for both profiles (docs/api-contract.md §3
+and §4); the rest covers response shape (§5), error dialects (§9), listing and paging (§10), auth,
 fault injection and persistence.
 """
 

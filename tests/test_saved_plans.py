@@ -216,7 +216,7 @@ def test_plan_from_no_state_file_applied_twice_is_refused(world: World) -> None:
 
 # --- 5. the catalog changed -------------------------------------------------------------------
 
-CATALOG_EDITS: dict[str, Callable[[Path], None]] = {
+CATALOG_EDITS: dict[str, Callable[[Path], object]] = {
     "image-added": lambda root: write_images(root, [*ALL, "img-005"]),
     "image-changed": lambda root: write_images(root, ALL,
                                                overrides={"img-003": {"min_disk": 60}}),

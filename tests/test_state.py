@@ -73,8 +73,9 @@ def store(tmp_path: Path) -> Iterator[StateStore]:
 
 def a_record(name: str = "a", image_id: str = "img-a") -> Record:
     spec = ImageSpec(name=name, min_disk=40)
-    return Record(name=name, image_id=image_id, spec_digest=spec.digest, request=spec.body(),
-                  response={"id": image_id}, status="queued", recorded_at="2024-05-01T00:00:00Z")
+    return Record.of(name=name, image_id=image_id, spec_digest=spec.digest, request=spec.body(),
+                     response={"id": image_id}, status="queued",
+                     recorded_at="2024-05-01T00:00:00Z")
 
 
 # --- migrations -----------------------------------------------------------------------------

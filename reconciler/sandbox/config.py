@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from reconciler.errors import ConfigError
 from reconciler.sandbox.validation import OsVersionPolicy, Profile
 
-# The project id of Huawei's documented create example (api-contract §5.3).
+# The project id of Huawei's documented create example (docs/api-contract.md §5.3).
 DEFAULT_PROJECT_ID = "b912fb4a4c464b568ecfca1071b21b10"
 
 

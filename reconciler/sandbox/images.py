@@ -1,4 +1,4 @@
-"""The image documents the sandbox stores and returns, per profile (api-contract §5).
+"""The image documents the sandbox stores and returns, per profile (docs/api-contract.md §5).
 
 ``ims`` reproduces Huawei's documented create response: server-computed ``__*`` fields,
 ``virtual_env_type``, and no null ``checksum``/``size``/``virtual_size``. ``glance`` follows
@@ -92,5 +92,5 @@ def build_foreign_image(
     image.update(body)
     image["tags"] = tags
     if profile == "ims" and image.get("visibility") == "public" and "__imagetype" not in body:
-        image["__imagetype"] = "gold"  # Huawei's public images (api-contract §10.1)
+        image["__imagetype"] = "gold"  # Huawei's public images (docs/api-contract.md §10.1)
     return image

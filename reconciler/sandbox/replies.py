@@ -1,8 +1,7 @@
 """HTTP replies of the sandbox and the four error-body dialects a client must parse.
 
 Errors are raised as exceptions deep in validation and turned into bytes in one place, so
-each dialect is rendered exactly one way (api-contract §9):
-
+each dialect is rendered exactly one way (docs/api-contract.md §9):
 - ``GlanceError``: WebOb's ``WSGIHTTPException`` body, negotiated on ``Accept`` (§9.1);
 - ``ImsError``: Huawei's ``{"error": {"code": "IMG.xxxx", "message": ...}}`` (§9.3);
 - ``keystone_unauthorized``: keystonemiddleware's 401 (§9.2);
@@ -149,7 +148,7 @@ _TAG = re.compile(r"<.*?>", re.S)
 
 
 def webob_reply(status: int, explanation: str, detail: str, accept: str) -> Reply:
-    """Render a WebOb error body byte-for-byte as WebOb 1.8 does (api-contract §9.1)."""
+    """Render a WebOb error body byte-for-byte as WebOb 1.8 does (docs/api-contract.md §9.1)."""
     line = status_line(status)
     offer = _negotiate(accept)
     if offer == "text/html":
@@ -173,7 +172,8 @@ def webob_default(status: int, accept: str) -> Reply:
 
 
 def keystone_unauthorized(www_authenticate_uri: str) -> Reply:
-    """keystonemiddleware's 401 for a missing or invalid ``X-Auth-Token`` (§9.2)."""
+    """keystonemiddleware's 401 for a missing or invalid ``X-Auth-Token``
+    (docs/api-contract.md §9.2)."""
     payload = {
         "error": {
             "code": 401,
@@ -187,7 +187,7 @@ def keystone_unauthorized(www_authenticate_uri: str) -> Reply:
 
 
 def apig_throttled() -> Reply:
-    """Huawei API gateway's flow-control rejection (§9.4)."""
+    """Huawei API gateway's flow-control rejection (docs/api-contract.md §9.4)."""
     payload = {
         "error_msg": "The throttling threshold has been reached: policy user over ratelimit",
         "error_code": "APIG.0308",

@@ -1,6 +1,6 @@
 """Server-side validation of a ``POST /v2/images`` body, in the order the real servers check.
 
-Glance's pipeline (api-contract §3) runs first for both profiles, so a request with several
+Glance's pipeline (docs/api-contract.md §3) runs first for both profiles, so a request with several
 faults gets the error a real Glance would give first. The ``ims`` profile then applies the
 Huawei rules of §4, each answered with an ``IMG.xxxx`` body. The JSON-schema step is a small
 hand-written subset of jsonschema (type, enum, maxLength, pattern, items) that reproduces
@@ -183,7 +183,7 @@ def _as_int(value: object) -> int:
 
 
 def _check_glance_domain(req: CreateRequest, project_id: str, profile: Profile) -> None:
-    """Steps 7-13 of api-contract §3: policy, quotas, domain and DB rules."""
+    """Steps 7-13 of docs/api-contract.md §3: policy, quotas, domain and DB rules."""
     for key in req.extras:
         if len(key) > 255:
             raise GlanceError(400, "Custom property should not be greater than 255 characters.")
@@ -247,7 +247,7 @@ def _check_four_byte(req: CreateRequest) -> None:
 
 
 def _check_ims(req: CreateRequest, os_version_policy: OsVersionPolicy) -> None:
-    """Huawei's documented create rules (api-contract §4), after Glance's own."""
+    """Huawei's documented create rules (docs/api-contract.md §4), after Glance's own."""
     name = req.base.get("name")
     if isinstance(name, str):
         if len(name) > IMS_NAME_MAX:

@@ -282,7 +282,7 @@ CASES: list[Any] = [
     Case("min-ram-fraction", {"min_ram": 1.5}, 400),
     Case("min-ram-float-whole", {"min_ram": 1.0}, 201,
          known="README: min_ram is a whole number; 1.0 is refused although Glance's "
-               "jsonschema takes it as an integer (api-contract 2.4: require type int)"),
+               "jsonschema takes it as an integer (docs/api-contract.md §2.4: require type int)"),
     Case("min-disk-0", {"min_disk": 0}, 201),
     Case("min-disk-int32-max", {"min_disk": INT32_MAX}, 201),
     Case("min-disk-over-int32", {"min_disk": INT32_MAX + 1}, 400),
