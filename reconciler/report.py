@@ -118,8 +118,9 @@ def render(report: RunReport, fmt: str, *, color: bool = False,
         return _render_template(report, fmt, color=color, templates=templates)
     except jinja2.TemplateError as exc:
         # A team's --templates override is user input: say which file and line is wrong.
-        where = getattr(exc, "filename", None) or _TEMPLATE[fmt]
-        line = getattr(exc, "lineno", None)
+        where, line = _template_frame(exc, fmt)
+        where = getattr(exc, "filename", None) or where
+        line = getattr(exc, "lineno", None) or line
         raise ConfigError(f"report template {where}{f':{line}' if line else ''}: "
                           f"{exc.message or type(exc).__name__}") from None
     except (ArithmeticError, LookupError, TypeError, ValueError, MemoryError,
