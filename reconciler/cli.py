@@ -25,7 +25,7 @@ import click
 from reconciler import __version__, logs, planfile
 from reconciler.applier import DEFAULT_SETTLE_S
 from reconciler.auth import ApiSession, ConnectOptions, open_session
-from reconciler.catalog import did_you_mean, lint_problems, load_catalog
+from reconciler.catalog import did_you_mean
 from reconciler.client import RetryPolicy
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.escape import terminal
@@ -34,15 +34,16 @@ from reconciler.operations import (
     ApplyRequest,
     Clock,
     apply_catalog,
-    bulk_build,
     dry_run_report,
     forget_image,
-    get_profile,
     import_image,
+    list_records,
     make_plan,
-    open_existing,
+    run_history,
     save_plan,
+    show_records,
     utc_now,
+    validate_catalog,
 )
 from reconciler.output import check_writable, write_text
 from reconciler.profiles import PROFILES
@@ -255,14 +256,12 @@ def validate(catalog: Path, profile: str, strict: bool) -> None:
       reconcile validate --catalog catalog/
       reconcile validate --profile glance --strict
     """
-    with bulk_build():
-        loaded = load_catalog(catalog, get_profile(profile), strict=strict)
-    for line in lint_problems(loaded):
+    result = validate_catalog(catalog, profile=profile, strict=strict)
+    for line in result.warnings:
         click.echo(f"warning: {terminal(line)}", err=True)
-    n = len(loaded.images)
+    n, files = len(result.catalog.images), len(result.catalog.files)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{len(loaded.files)} file{'s' if len(loaded.files) != 1 else ''} "
-               f"(profile {profile})")
+               f"{files} file{'s' if files != 1 else ''} (profile {profile})")
 
 
 def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -575,11 +574,7 @@ def state_list(state: Path, as_json: bool) -> None:
       reconcile state list
       reconcile state list --json | jq -r .image_id
     """
-    store = open_existing(state)
-    try:
-        rows = store.all_records()
-    finally:
-        store.close()
+    rows = list_records(state)
     if as_json:
         for target, rec in rows:
             click.echo(json.dumps({"target": target, "name": rec.name, "image_id": rec.image_id,
@@ -609,16 +604,7 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
       reconcile state show ubuntu-18.04-base
       reconcile state show ubuntu-18.04-base --json | jq .response.created_at
     """
-    store = open_existing(state)
-    try:
-        found = store.records_named(name)
-    finally:
-        store.close()
-    if not found:
-        raise ConfigError(f"no image named {name!r} is recorded in {state}; "
-                          "`reconcile state list` shows what is")
-    docs = [{"target": target, **rec.model_dump(exclude={"request_json", "response_json"}),
-             "request": rec.request, "response": rec.response} for target, rec in found]
+    docs = show_records(state, name)
     if as_json:
         click.echo(json.dumps(docs if len(docs) > 1 else docs[0], indent=2, sort_keys=True))
         return
@@ -694,11 +680,7 @@ def history(state: Path, limit: int, as_json: bool) -> None:
     Example:
       reconcile history --limit 5
     """
-    store = open_existing(state)
-    try:
-        runs = store.runs(limit)
-    finally:
-        store.close()
+    runs = run_history(state, limit)
     if as_json:
         for run in runs:
             click.echo(json.dumps(run, sort_keys=True))

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from reconciler import __version__, planfile
 from reconciler.applier import DEFAULT_SETTLE_S, Applier, adoption_request
-from reconciler.catalog import load_catalog
+from reconciler.catalog import lint_problems, load_catalog
 from reconciler.client import ImageClient, RetryPolicy, normalize_endpoint
 from reconciler.errors import AuthError, ConfigError, PlanFileError, StateError
 from reconciler.models import (
@@ -147,12 +148,56 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = utc_now) -> Ru
     )
 
 
-def open_existing(state_path: str | Path) -> StateStore:
+# --- read-only commands: validate, state list/show, history ----------------------------
+
+@dataclass(frozen=True)
+class Validation:
+    catalog: Catalog
+    warnings: list[str]  # lint warnings as FILE:LINE: NAME: message
+
+
+def validate_catalog(catalog_dir: str | Path, *, profile: str,
+                     strict: bool = False) -> Validation:
+    """Load and check the catalog without reading state or contacting the API."""
+    with bulk_build():
+        catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
+    return Validation(catalog, lint_problems(catalog))
+
+
+@contextlib.contextmanager
+def reading(state_path: str | Path) -> Iterator[StateStore]:
+    """The state file opened read-only (never locked, never changed), closed afterwards."""
     store = StateStore.open_readonly(state_path)
     if store is None:
         raise StateError(f"state file {state_path} does not exist yet: nothing is recorded "
                          "(apply creates it)")
-    return store
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def list_records(state_path: str | Path) -> list[tuple[str, Record]]:
+    """Every record as (target, record), by target and name."""
+    with reading(state_path) as store:
+        return store.all_records()
+
+
+def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
+    """Everything recorded about one image name, one document per target that has it."""
+    with reading(state_path) as store:
+        found = store.records_named(name)
+    if not found:
+        raise ConfigError(f"no image named {name!r} is recorded in {state_path}; "
+                          "`reconcile state list` shows what is")
+    return [{"target": target, **rec.model_dump(exclude={"request_json", "response_json"}),
+             "request": rec.request, "response": rec.response} for target, rec in found]
+
+
+def run_history(state_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
+    """Past apply runs, newest first."""
+    with reading(state_path) as store:
+        return store.runs(limit)
 
 
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
