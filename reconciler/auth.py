@@ -25,7 +25,7 @@ import hmac
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -41,6 +41,7 @@ from reconciler.client import (
     error_from_response,
     http_client,
 )
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ApiError, AuthError, ConfigError, TransportError
 from reconciler.models import parse_iso
 
@@ -64,7 +65,7 @@ class KeystonePassword:
     project_domain_name: str | None = None
     project_domain_id: str | None = None
     http: httpx.Client = field(default_factory=httpx.Client, repr=False)
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+    clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
     margin_s: float = REFRESH_MARGIN_S
     refreshes: int = 0  # authentications after the first one
     _token: str | None = field(default=None, repr=False)
@@ -214,7 +215,7 @@ class AkSkAuth(httpx.Auth):
     sk: str = field(repr=False)
     project_id: str
     security_token: str | None = field(default=None, repr=False)
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+    clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         self.sign(request)
@@ -484,7 +485,7 @@ class ApiSession:
 
 @contextlib.contextmanager
 def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectOptions, *,
-                 retries: int = 5,
+                 retries: int = 5, clock: Clock = SYSTEM_CLOCK,
                  warn: Callable[[str], None] = lambda message: None) -> Iterator[ApiSession]:
     """Resolve the credentials, authenticate, and yield a client; closed afterwards.
 
@@ -506,7 +507,7 @@ def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectO
     client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
                          verify=creds.verify, connect_timeout=options.connect_timeout,
                          read_timeout=options.read_timeout,
-                         read_retry=RetryPolicy(attempts=retries + 1))
+                         read_retry=RetryPolicy(attempts=retries + 1), clock=clock)
     try:
         yield ApiSession(client, creds)
     finally:

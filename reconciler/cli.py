@@ -23,17 +23,21 @@ from typing import Any, NoReturn
 import click
 
 from reconciler import __version__, logs, planfile
-from reconciler.applier import DEFAULT_SETTLE_S
+from reconciler.apply import (
+    DEFAULT_SETTLE_S,
+    ApplyRequest,
+    apply_catalog,
+    check_invocation,
+    preview,
+)
 from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.catalog import did_you_mean
 from reconciler.client import RetryPolicy
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.escape import terminal
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
-    ApplyRequest,
-    Clock,
-    apply_catalog,
     dry_run_report,
     forget_image,
     import_image,
@@ -42,7 +46,6 @@ from reconciler.operations import (
     run_history,
     save_plan,
     show_records,
-    utc_now,
     validate_catalog,
 )
 from reconciler.output import check_writable, write_text
@@ -67,7 +70,7 @@ CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
 class Runtime:
     """What flags cannot carry, injected by tests through ``obj=``."""
 
-    clock: Clock = utc_now
+    clock: Clock = SYSTEM_CLOCK
     env: dict[str, str] | None = None  # None: the process environment
 
 
@@ -291,7 +294,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
          retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
     """An Image API session from the auth options; closed afterwards."""
     return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
-                        ConnectOptions(**auth), retries=retries,
+                        ConnectOptions(**auth), retries=retries, clock=rt.clock,
                         warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
@@ -448,46 +451,34 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
     logs.configure(log_format)
     _check_outputs(output)
     saved = planfile.read(plan_file) if plan_file else None
+    ctx = click.get_current_context()
+    given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
+             is click.core.ParameterSource.COMMANDLINE}
+    check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
+                     interactive=sys.stdin.isatty(), plan_file=plan_file)
     if saved is not None:
-        ctx = click.get_current_context()
-        given = {p for p in ("catalog", "profile", "refresh")
-                 if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE}
-        if given:
-            raise ConfigError(f"{', '.join('--' + g for g in sorted(given))}: a saved plan "
-                              "fixes the catalog and profile, and is always checked against "
-                              "the cloud (that is what makes it safe to apply once only)")
         endpoint = endpoint or saved.target
     if dry_run:
-        if saved is not None:
-            raise ConfigError("--dry-run shows a catalog's plan; a saved plan is already "
-                              f"reviewable: `cat {plan_file}`")
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
         _write_report(render(report, fmt, color=_color(output), templates=templates), output)
         return
-    if not yes and not sys.stdin.isatty():
-        raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
-                          "in a terminal")
     with _api(rt, endpoint, auth, retries) as session:
-        if not yes:
-            preview = make_plan(saved.catalog if saved else catalog, state,
-                                profile=saved.profile if saved else profile, strict=strict,
-                                endpoint=session.endpoint,
-                                api=session.client if refresh else None,
-                                project_id=session.project_id, clock=rt.clock)
-            _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
+        request = ApplyRequest(
+            catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
+            api=session.client, strict=strict, refresh=refresh, saved=saved,
+            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            settle_s=settle_time, clock=rt.clock, on_outcome=progress,
+            refreshes=lambda: session.refreshes, project_id=session.project_id,
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
+        if not yes:
+            shown = preview(request)
+            _confirm(shown.plan, session.endpoint)
+            request.preview = shown  # what the locked apply checks and works from
         try:
             with _sigterm_as_interrupt():
-                result = apply_catalog(ApplyRequest(
-                    catalog_dir=catalog, state_path=state, profile=profile,
-                    endpoint=session.endpoint, api=session.client, strict=strict,
-                    refresh=refresh, saved=saved, parallelism=parallelism,
-                    retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
-                    clock=rt.clock,
-                    on_outcome=progress, refreshes=lambda: session.refreshes,
-                    project_id=session.project_id,
-                    on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
+                result = apply_catalog(request)
         finally:
             progress.close()
     _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
