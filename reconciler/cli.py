@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile
+from reconciler import __version__, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
@@ -31,7 +30,6 @@ from reconciler.apply import (
     preview,
 )
 from reconciler.auth import ApiSession, ConnectOptions, open_session
-from reconciler.catalog import did_you_mean
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
@@ -53,18 +51,6 @@ from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
 from reconciler.state import DEFAULT_PATH
 
-CONFIG_FILE = "reconcile.toml"
-# reconcile.toml keys: (the parameter each one sets in every command that has it, its type).
-CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
-    "catalog": ("catalog", str), "state": ("state", str), "profile": ("profile", str),
-    "endpoint": ("endpoint", str), "format": ("fmt", str), "templates": ("templates", str),
-    "strict": ("strict", bool), "parallelism": ("parallelism", int),
-    "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
-    "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
-    "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
-    "interface": ("interface", str), "cacert": ("cacert", str),
-}
-
 
 @dataclass
 class Runtime:
@@ -72,30 +58,6 @@ class Runtime:
 
     clock: Clock = SYSTEM_CLOCK
     env: dict[str, str] | None = None  # None: the process environment
-
-
-def _load_config(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    section = data.get("reconcile", data)
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [reconcile] must be a table")
-    settings: dict[str, Any] = {}
-    for key, value in section.items():
-        if key not in CONFIG_KEYS:
-            raise ConfigError(f"{path}: unknown setting {key!r}"
-                              + did_you_mean(key, tuple(CONFIG_KEYS)))
-        param, kind = CONFIG_KEYS[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            names = kind.__name__ if isinstance(kind, type) else "number"
-            raise ConfigError(f"{path}: setting {key!r} must be a {names.replace('str', 'string')}"
-                              f", not {type(value).__name__} ({value!r})")
-        settings[param] = value
-    return settings
 
 
 def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +159,7 @@ def _notice(message: str, *, level: int = logging.INFO) -> None:
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="reconcile")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              help=f"Settings file (default: ./{CONFIG_FILE} if present).")
+              help=f"Settings file (default: ./{settings.CONFIG_FILE} if present).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Keep a cloud's image catalog equal to a desired-state catalog kept in git.
@@ -214,9 +176,9 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     if not isinstance(ctx.obj, Runtime):
         ctx.obj = Runtime()
     logs.configure("text")  # apply may switch to JSON lines
-    path = config_path or Path(CONFIG_FILE)
+    path = config_path or Path(settings.CONFIG_FILE)
     if config_path or path.exists():
-        ctx.default_map = _default_map(cli, _load_config(path))
+        ctx.default_map = _default_map(cli, settings.load(path))
 
 
 def _write_report(text: str, output: Path | None) -> None:
