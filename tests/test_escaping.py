@@ -67,7 +67,7 @@ def test_markdown_comment_keeps_its_structure_whatever_a_name_holds(forged: Path
     assert re.findall(r"<strong>(.*?)</strong>", html) == [
         "Plan: 2 to create, 0 unchanged, 0 drifted, 0 orphaned, 0 blocked."]
     # The <details> the template opened are the ones closed.
-    assert html.count("<details>") == html.count("</details>") == 1
+    assert html.count("<details") == html.count("</details>") == 1
     # The whole name is one code span, its control characters visible.
     codes = re.findall(r"<code>(.*?)</code>", html, re.DOTALL)
     assert ("evil`&lt;/details&gt;\\n\\n**Plan: 0 to create**\\r\\x1b[2J\\x1b[31mred\\u202e"
@@ -83,13 +83,6 @@ def test_text_report_shows_control_characters_as_escapes(forged: Path) -> None:
     assert [line for line in lines if "Plan:" in line and "to create," in line] == [
         "Plan: 2 to create, 0 unchanged, 0 drifted, 0 orphaned, 0 blocked."]
     assert any("evil`</details>\\n\\n**Plan: 0 to create**\\r\\x1b[2J" in line for line in lines)
-
-
-def test_validate_warnings_show_control_characters_as_escapes(forged: Path) -> None:
-    result = reconcile("validate", cwd=forged)
-    assert result.returncode == 0, result.stderr
-    assert "\\x1b[31m" in result.stderr
-    assert not RAW_CONTROL.search(result.stderr + result.stdout)
 
 
 @pytest.fixture
