@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile, settings
+from reconciler import __version__, logs, planfile, redaction, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
@@ -170,6 +170,7 @@ def _fail(message: str) -> NoReturn:
 
 def _notice(message: str, *, level: int = logging.INFO) -> None:
     """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
+    message = redaction.redact(message)
     if logs.json_lines():
         logs.LOGGER.log(level, message.removeprefix("error: "),
                         extra={"event": "notice" if level < logging.ERROR else "error"})
@@ -494,8 +495,6 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
              is click.core.ParameterSource.COMMANDLINE}
     check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
                      interactive=sys.stdin.isatty(), plan_file=plan_file)
-    if saved is not None:
-        endpoint = endpoint or saved.target
     if dry_run:
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
@@ -503,6 +502,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                              show_unchanged=show_unchanged), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
+        if saved is not None:
+            planfile.check_target(saved, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
         request = ApplyRequest(
             catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,

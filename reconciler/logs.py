@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Any
 
+from reconciler import redaction
 from reconciler.escape import terminal
 
 LOGGER = logging.getLogger("reconciler")
@@ -49,6 +50,7 @@ def configure(log_format: str) -> None:
     """Send the ``reconciler`` logger to stderr: ``text`` shows warnings and errors as
     ``LEVEL: message``, ``json`` every event from INFO up as a JSON line."""
     handler = logging.StreamHandler(sys.stderr)  # stderr as it is now (CliRunner swaps it)
+    handler.addFilter(_redacted)
     LOGGER.handlers[:] = [handler]
     LOGGER.propagate = False
     if log_format == "json":
@@ -57,6 +59,12 @@ def configure(log_format: str) -> None:
     else:
         handler.setFormatter(TextFormatter("%(levelname)s: %(message)s"))
         LOGGER.setLevel(logging.WARNING)
+
+
+def _redacted(record: logging.LogRecord) -> bool:
+    """The last line of defence: no log line leaves with a registered secret in it."""
+    record.msg, record.args = redaction.redact(record.getMessage()), None
+    return True
 
 
 def json_lines() -> bool:
