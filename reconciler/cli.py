@@ -1,8 +1,9 @@
 """The ``reconcile`` command line: parse options, call one library function, render, exit.
 
-This is the only module that imports click, prints, prompts or exits. Every ``ReconcileError``
-is translated here into one message on stderr and exit code 1; usage errors also exit 1,
-because exit code 2 means "plan succeeded and has changes" (``--detailed-exitcode``).
+With ``console`` (the terminal) and ``options`` (the shared click options) the only code
+that imports click, prints, prompts or exits. Every ``ReconcileError`` is translated here into one
+message on stderr and exit code 1; usage errors also exit 1, because exit code 2 means "plan
+succeeded and has changes" (``--detailed-exitcode``).
 """
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile, redaction, settings
+from reconciler import __version__, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
@@ -32,9 +30,18 @@ from reconciler.apply import (
 from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
+from reconciler.console import (
+    Progress,
+    check_outputs,
+    color,
+    confirm,
+    fail,
+    notice,
+    sigterm_as_interrupt,
+    write_report,
+)
+from reconciler.errors import CatalogError, Problem, ReconcileError
 from reconciler.escape import terminal
-from reconciler.models import Outcome, Plan
 from reconciler.operations import (
     dry_run_report,
     forget_image,
@@ -46,10 +53,18 @@ from reconciler.operations import (
     show_records,
     validate_catalog,
 )
-from reconciler.output import check_writable, write_text
+from reconciler.options import (
+    auth_options,
+    catalog_option,
+    endpoint_option,
+    lock_timeout_option,
+    profile_option,
+    report_options,
+    state_option,
+    strict_option,
+)
 from reconciler.profiles import PROFILES
-from reconciler.report import FORMATS, plan_line, render
-from reconciler.state import DEFAULT_PATH, parse_duration
+from reconciler.report import render
 
 
 @dataclass
@@ -72,72 +87,6 @@ def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-# --- shared options ------------------------------------------------------------------------
-
-def catalog_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--catalog", type=click.Path(path_type=Path), default="catalog",
-                        envvar="RECONCILE_CATALOG", show_default=True, show_envvar=True,
-                        help="Directory of catalog files (*.yaml, *.yml, *.json).")(f)
-
-
-def state_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--state", default=DEFAULT_PATH, envvar="RECONCILE_STATE",
-                        show_default=True, show_envvar=True, metavar="FILE|URL",
-                        help="State store: an SQLite file, or a PostgreSQL URL "
-                             "(postgresql://user@host:5432/db?sslmode=require) shared by a "
-                             "team.")(f)
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
-    """A duration such as 90, 30s, 5m, 1h30m (seconds when no unit is given)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return parse_duration(str(value))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
-def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--lock-timeout", metavar="DURATION", callback=_duration, default="0",
-                        show_default=True, envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
-                        help="How long to wait for another run's lock (e.g. 30s, 10m) "
-                             "before giving up; 0 fails at once, naming the holder.")(f)
-
-
-def profile_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--profile", type=click.Choice(list(PROFILES)), default="ims",
-                        envvar="RECONCILE_PROFILE", show_default=True, show_envvar=True,
-                        help="API rules to validate against: ims (Huawei Cloud IMS) or glance "
-                             "(upstream OpenStack Glance).")(f)
-
-
-def strict_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--strict", is_flag=True, default=False,
-                        help="Treat IMS documentation warnings (128-char names, 20 tags, "
-                             "unknown os_version) as errors.")(f)
-
-
-def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--endpoint", envvar="RECONCILE_ENDPOINT", show_envvar=True,
-                        help="Image API root, e.g. https://ims.cn-north-4.myhuaweicloud.com. "
-                             "Selects whose records to compare with.")(f)
-
-
-def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--templates", type=click.Path(path_type=Path, file_okay=False,
-                                                    exists=True),
-                     help="Directory of report templates overriding the built-in ones "
-                          "(report.txt.j2, report.md.j2, report.html.j2).")(f)
-    f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Write the report to this file instead of stdout.")(f)
-    f = click.option("--show-unchanged", is_flag=True,
-                     help="List unchanged images in the text report too (they are always "
-                          "counted; the other formats always list them).")(f)
-    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
-                        show_default=True, help="Report format.")(f)
-
-
 # --- the group -----------------------------------------------------------------------------
 
 class ReconcileGroup(click.Group):
@@ -152,30 +101,15 @@ class ReconcileGroup(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort:
-            _fail("aborted")
+            fail("aborted")
         except click.ClickException as exc:
             exc.show()
             sys.exit(1)
         except ReconcileError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted; nothing recorded is lost and the next apply resumes")
+            fail("interrupted; nothing recorded is lost and the next apply resumes")
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _fail(message: str) -> NoReturn:
-    _notice(f"error: {message}", level=logging.ERROR)
-    sys.exit(1)
-
-
-def _notice(message: str, *, level: int = logging.INFO) -> None:
-    """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
-    message = redaction.redact(message)
-    if logs.json_lines():
-        logs.LOGGER.log(level, message.removeprefix("error: "),
-                        extra={"event": "notice" if level < logging.ERROR else "error"})
-    else:
-        click.echo(terminal(message, newlines=True), err=True)
 
 
 @click.group(cls=ReconcileGroup,
@@ -202,32 +136,6 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     path = config_path or Path(settings.CONFIG_FILE)
     if config_path or path.exists():
         ctx.default_map = _default_map(cli, settings.load(path))
-
-
-def _write_report(text: str, output: Path | None) -> None:
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        write_text(output, text)
-    except OSError as exc:
-        raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
-    _notice(f"report written to {output}")
-
-
-def _check_outputs(report: Path | None, plan: Path | None = None) -> None:
-    """Refuse an output that cannot be written before anything is done, not after."""
-    for what, path in (("report", report), ("the plan", plan)):
-        if path is None:
-            continue
-        try:
-            check_writable(path)
-        except OSError as exc:
-            raise ConfigError(f"cannot write {what} to {path}: {exc.strerror}") from None
-
-
-def _color(output: Path | None) -> bool:
-    return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
 @cli.command()
@@ -301,35 +209,12 @@ def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Where credentials come from; the order of precedence is in ``reconciler.auth``."""
-    options = [
-        click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Read a static API token from this file."),
-        click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD)."),
-        click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
-                     help="Service catalog interface for the image endpoint (default: "
-                          "$OS_INTERFACE or public)."),
-        click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
-                     help="CA bundle for TLS verification (default: $OS_CACERT)."),
-        click.option("--insecure", is_flag=True,
-                     help="Do not verify TLS certificates (prints a warning every run)."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
-                     show_default=True, help="Seconds to wait for a connection."),
-        click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
-                     show_default=True, help="Seconds to wait for an answer."),
-    ]
-    for option in reversed(options):  # click lists the last applied first
-        f = option(f)
-    return f
-
-
 def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
          retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
     """An Image API session from the auth options; closed afterwards."""
     return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
                         ConnectOptions(**auth), retries=retries, clock=rt.clock,
-                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
+                        warn=lambda m: notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command("plan")
@@ -364,7 +249,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
       reconcile plan --format markdown --detailed-exitcode > comment.md
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
     """
-    _check_outputs(output, out)
+    check_outputs(output, out)
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
@@ -377,7 +262,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    _write_report(render(report, fmt, color=_color(output), templates=templates,
+    write_report(render(report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
@@ -385,57 +270,6 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 
 
 # --- apply ---------------------------------------------------------------------------------
-
-class _Progress:
-    """A one-line progress display on a terminal's stderr; silent elsewhere."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.total, self.done = enabled, 0, 0
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def start(self, total: int) -> None:
-        self.total = total
-
-    def __call__(self, outcome: Outcome) -> None:
-        with self._lock:
-            self.done += 1
-            self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
-            if self.enabled and self.total:
-                width = 30
-                filled = width * min(self.done, self.total) // self.total
-                parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
-                click.echo(f"\r[{'#' * filled}{'-' * (width - filled)}] "
-                           f"{self.done}/{self.total} {parts}\x1b[K", err=True, nl=False)
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            click.echo("", err=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A scheduler's SIGTERM stops apply like Ctrl-C: creates in flight finish and are recorded.
-    (SIGKILL is safe too; the next apply then resolves them from the journal.)"""
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _confirm(preview: Plan, endpoint: str) -> None:
-    click.echo(plan_line(preview.summary()), err=True)
-    work = len(preview.creates) + len(preview.adoptions) + preview.count("blocked")
-    if work and not click.confirm(f"Create {len(preview.creates)} and adopt "
-                                  f"{len(preview.adoptions)} image(s) at {endpoint}?", err=True):
-        raise click.exceptions.Abort()
 
 
 @cli.command()
@@ -488,7 +322,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
       reconcile apply plan.json --yes
     """
     logs.configure(log_format)
-    _check_outputs(output)
+    check_outputs(output)
     saved = planfile.read(plan_file) if plan_file else None
     ctx = click.get_current_context()
     given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
@@ -498,13 +332,13 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     if dry_run:
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock)
-        _write_report(render(report, fmt, color=_color(output), templates=templates,
+        write_report(render(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
         if saved is not None:
             planfile.check_target(saved, session.endpoint)
-        progress = _Progress(sys.stderr.isatty())
+        progress = Progress(sys.stderr.isatty())
         request = ApplyRequest(
             catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
             api=session.client, strict=strict, refresh=refresh, saved=saved,
@@ -515,14 +349,14 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
-            _confirm(shown.plan, session.endpoint)
+            confirm(shown.plan, session.endpoint)
             request.preview = shown  # what the locked apply checks and works from
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 result = apply_catalog(request)
         finally:
             progress.close()
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates,
+    write_report(render(result.report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
