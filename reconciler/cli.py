@@ -282,7 +282,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                    "records, block same-name duplicates.")
 @report_options
 @click.option("--dry-run", is_flag=True,
-              help="Print the exact request bodies; touch neither the API nor the state file.")
+              help="Print the plan and the exact request bodies; send nothing and write no "
+                   "state. Reads the cloud like apply does, unless --no-refresh.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed without "
                                                   "a terminal, e.g. in cron).")
 @click.option("--parallelism", type=click.IntRange(1, 64), default=10, show_default=True,
@@ -326,8 +327,14 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
                      interactive=sys.stdin.isatty(), plan_file=plan_file)
     if dry_run:
-        report = dry_run_report(catalog, state, profile=profile, strict=strict,
-                                endpoint=endpoint, clock=rt.clock)
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
+                if refresh else None
+            report = dry_run_report(catalog, state, profile=profile, strict=strict,
+                                    endpoint=session.endpoint if session else endpoint,
+                                    api=session.client if session else None,
+                                    project_id=session.project_id if session else None,
+                                    clock=rt.clock)
         write_report(render(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output)
         return
@@ -345,7 +352,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
-            confirm(shown.plan, session.endpoint)
+            if not confirm(shown.plan, shown.report, session.endpoint, templates):
+                click.echo("Apply cancelled.", err=True)
+                return
             request.preview = shown  # what the locked apply checks and works from
         try:
             with sigterm_as_interrupt():
@@ -354,6 +363,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             progress.close()
     write_report(render(result.report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
+    if result.interrupted:
+        fail("interrupted: run `reconcile apply` again to finish")
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:

@@ -22,8 +22,8 @@ import click
 
 from reconciler import logs, redaction
 from reconciler.errors import ConfigError
-from reconciler.models import Outcome, Plan
-from reconciler.report import plan_line
+from reconciler.models import Outcome, Plan, RunReport
+from reconciler.report import render
 
 
 def fail(message: str) -> NoReturn:
@@ -102,9 +102,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def confirm(preview: Plan, endpoint: str) -> None:
-    click.echo(plan_line(preview.summary()), err=True)
-    work = len(preview.creates) + len(preview.adoptions) + preview.count("blocked")
-    if work and not click.confirm(f"Create {len(preview.creates)} and adopt "
-                                  f"{len(preview.adoptions)} image(s) at {endpoint}?", err=True):
-        raise click.exceptions.Abort()
+def confirm(plan: Plan, report: RunReport | None, endpoint: str,
+            templates: Path | None = None) -> bool:
+    """Show the plan as `reconcile plan` prints it, then ask; False when the user says no."""
+    if report is not None:
+        ctx = click.get_current_context(silent=True)
+        colored = sys.stderr.isatty() and "NO_COLOR" not in os.environ and not (
+            ctx and ctx.params.get("no_color"))
+        click.echo(render(report, "text", templates=templates, color=bool(colored)),
+                   err=True, nl=False)
+    work = len(plan.creates) + len(plan.adoptions) + plan.count("blocked")
+    if not work:
+        return True
+    return click.confirm(f"\nApply this plan to {endpoint}: create {len(plan.creates)}, adopt "
+                         f"{len(plan.adoptions)} image(s)?", err=True)
