@@ -22,7 +22,9 @@ import click
 
 from reconciler import logs, redaction
 from reconciler.errors import ConfigError
+from reconciler.escape import terminal
 from reconciler.models import Outcome, Plan, RunReport
+from reconciler.output import check_writable, write_text
 from reconciler.report import render
 
 
@@ -38,28 +40,31 @@ def notice(message: str, *, level: int = logging.INFO) -> None:
         logs.LOGGER.log(level, message.removeprefix("error: "),
                         extra={"event": "notice" if level < logging.ERROR else "error"})
     else:
-        click.echo(message, err=True)
+        click.echo(terminal(message, newlines=True), err=True)
 
 
 def write_report(pieces: Iterable[str], output: Path | None) -> None:
-    """Write the report as it is produced (a big json report is never held whole); a file is
-    written beside ``output`` and renamed over it, so a failure leaves no half report."""
+    """Write the report as it is produced: a big json report is never held whole."""
     if output is None:
         for piece in pieces:
             click.echo(piece, nl=False)
         return
-    tmp = output.with_name(f".{output.name}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.writelines(pieces)
-        os.replace(tmp, output)
+        write_text(output, pieces)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     notice(f"report written to {output}")
+
+
+def check_outputs(report: Path | None, plan: Path | None = None) -> None:
+    """Refuse an output that cannot be written before anything is done, not after."""
+    for what, path in (("report", report), ("the plan", plan)):
+        if path is None:
+            continue
+        try:
+            check_writable(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {what} to {path}: {exc.strerror}") from None
 
 
 def color(output: Path | None) -> bool:
