@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import re
 import signal
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import yaml
 
 from reconciler import jsonfile
 from reconciler.errors import CatalogError, Problem
+from reconciler.escape import terminal
 from reconciler.models import Catalog, ImageSpec
 from reconciler.nodes import LineDict, LineList, RawScalar
 from reconciler.profiles import FIELDS, INT_FIELDS, STRING_FIELDS, Profile
@@ -42,11 +44,34 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
     """The fast loader (C parser and composer when available)."""
 
 
+#: Levels of nesting a file with aliases may have (a catalog needs five: images, an image,
+#: its tags or properties). libyaml, which reads the other files, stops at 1000 by itself.
+MAX_DEPTH = 100
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 class _AliasLoader(yaml.SafeLoader):
     """For files that use aliases: the Python composer, taught to give ``*alias`` its own
     line (both composers hand back the anchored node itself). Slower, and rarely needed."""
 
+    _depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
+        # The Python composer recurses once per level: stop long before Python's stack does.
+        # (libyaml, used for files without aliases, stops at 1000 levels with its own error.)
+        if self._depth >= MAX_DEPTH:
+            raise _TooDeep(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+        self._depth += 1
+        try:
+            return self._compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
             node: Any = copy.copy(super().compose_node(parent, index))
@@ -123,12 +148,60 @@ for _loader in (_Loader, _AliasLoader):
                             _raw("date", yaml.SafeLoader.construct_yaml_timestamp))
 
 
-def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
-    """Read one file; return its data or the problems that stopped it."""
+#: The largest catalog file read (a 100,000-image catalog is about 20 MiB in all).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+def read_catalog_file(path: Path, root: Path, display: str) -> tuple[bytes | None,
+                                                                      list[Problem]]:
+    """The bytes of one catalog file, or why it is refused: a symbolic link that leaves the
+    catalog directory (``root``, resolved), anything but a regular file (a FIFO would block,
+    ``/dev/zero`` never ends), or a file over ``MAX_FILE_BYTES``. Never blocks."""
+    def refused(message: str) -> tuple[None, list[Problem]]:
+        return None, [Problem(display, None, "", message)]
+
+    real = Path(os.path.realpath(path))
+    if path.is_symlink() and not real.is_relative_to(root):
+        return refused("is a symbolic link to a file outside the catalog directory; refused "
+                       "(copy the file into the catalog, or link to one inside it)")
     try:
-        raw = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO returns at once; fstat then tells what was opened.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        return None, [Problem(display, None, "", f"cannot read file: {exc.strerror}")]
+        return refused(f"cannot read file: {exc.strerror}")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return refused(f"is not a regular file (it is {_file_kind(mode)}); a catalog file "
+                           "must be a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return refused(f"cannot read file: {exc.strerror}")
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:
+        return refused(f"is larger than {MAX_FILE_BYTES // 2**20} MiB, the limit for one "
+                       "catalog file; split it into several files")
+    return raw, []
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def parse_file(path: Path, display: str, root: Path | None = None) -> tuple[Any, list[Problem]]:
+    """Read one file of the catalog directory ``root`` (default: the file's own directory);
+    return its data or the problems that stopped it."""
+    base = Path(os.path.realpath(root if root is not None else path.parent))
+    raw, problems = read_catalog_file(path, base, display)
+    if raw is None:
+        return None, problems
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -145,9 +218,10 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
     loader = _AliasLoader if "*" in text and _ALIAS.search(text) else _Loader
     try:
         return yaml.load(text, Loader=loader), []
-    except RecursionError:
-        return None, [Problem(display, None, "", "is not valid YAML for a catalog: an alias "
-                              "refers to itself")]
+    except _TooDeep as exc:
+        return None, [Problem(display, exc.line, "", f"is nested more than {MAX_DEPTH} levels "
+                              "deep; a catalog needs only a few (images, an image, its tags "
+                              "or properties)")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if mark and exc.context_mark and mark.line >= len(text.splitlines()):
@@ -217,6 +291,19 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _kind(value: Any) -> str:
+    """What a value is, without any of its content."""
+    if isinstance(value, RawScalar):
+        return f"a {value.kind}" if value.kind != "null" else "empty"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return _describe(value)
+
+
 def _quote_hint(value: Any) -> str:
     if isinstance(value, RawScalar) and value.text:
         if value.reader == "JSON" and value.kind == "null":
@@ -246,14 +333,19 @@ class _FileChecker:
                               "`defaults:`")
             return []
         if not isinstance(data, LineDict):
+            # Not a catalog at all (maybe a file that was never meant to be one): its content
+            # is not quoted, only what kind of value it holds.
             self.error(getattr(data, "line", 1), "", f"must be a mapping with `images:` and "
-                       f"optional `defaults:`, but it is {_describe(data)}")
+                       f"optional `defaults:`, but it is {_kind(data)}")
             return []
         self._duplicates(data, "")
         for key in data:
             if key not in _TOP_KEYS:
                 self.error(data.key_lines.get(key), str(key), "unknown top-level key"
                            + did_you_mean(str(key), _TOP_KEYS))
+        if "images" not in data:  # not a catalog: its values are not looked at (nor quoted)
+            self.error(data.line, "images", "is missing; list the images under `images:`")
+            return []
         defaults: dict[str, Any] = {}
         default_lines: dict[str, int] = {}
         if "defaults" in data:
@@ -419,6 +511,13 @@ def _merge(defaults: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def display_path(path: Path) -> str:
+    """A file's name fit for any output: a byte that is not UTF-8 shows as ``\\xNN`` (the
+    file system hands it over as a lone surrogate, which no report could encode) and control
+    characters as escapes."""
+    return terminal(path.as_posix())
+
+
 def catalog_files(directory: Path) -> list[Path]:
     return sorted(
         (Path(root) / name for root, _, names in os.walk(directory) for name in names
@@ -465,9 +564,10 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     specs: list[ImageSpec] = []
     warnings: dict[str, tuple[str, ...]] = {}
     shared: dict[Any, Any] = {}  # one object per repeated value (os versions, tags, ...)
-    with _checked_files(files, profile, strict, workers) as results:
+    base = Path(os.path.realpath(root))
+    with _checked_files(files, profile, strict, base, workers) as results:
         for path, (file_problems, images) in zip(files, results, strict=True):
-            display = path.as_posix()
+            display = display_path(path)
             problems.extend(file_problems)
             for values, line, where, extras, messages in images:
                 name = values[0]
@@ -501,7 +601,7 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     specs.sort(key=lambda s: s.name)
     return Catalog.model_construct(
         directory=str(root), profile=profile.name, images=tuple(specs),
-        warnings=warnings, files=tuple(p.as_posix() for p in files), lint=tuple(lint),
+        warnings=warnings, files=tuple(display_path(p) for p in files), lint=tuple(lint),
     )
 
 
@@ -518,10 +618,11 @@ def _share(values: tuple[Any, ...], shared: dict[Any, Any]) -> Iterator[Any]:
             yield value
 
 
-def check_file(path: Path, profile: Profile, strict: bool) -> _Checked:
-    """Parse and check one file: its problems and its images as plain tuples."""
-    display = path.as_posix()
-    data, problems = parse_file(path, display)
+def check_file(path: Path, profile: Profile, strict: bool, base: Path) -> _Checked:
+    """Parse and check one file of the catalog at ``base``: its problems and its images as
+    plain tuples."""
+    display = display_path(path)
+    data, problems = parse_file(path, display, base)
     if problems:
         return problems, []
     checker = _FileChecker(display, profile, strict)
@@ -537,7 +638,7 @@ def check_file(path: Path, profile: Profile, strict: bool) -> _Checked:
 
 
 # What forked workers check with: set before the pool starts, inherited, never pickled.
-_job: tuple[Profile, bool] | None = None
+_job: tuple[Profile, bool, Path] | None = None
 
 
 def _check_in_worker(path: Path) -> _Checked:
@@ -546,7 +647,7 @@ def _check_in_worker(path: Path) -> _Checked:
 
 
 @contextlib.contextmanager
-def _checked_files(files: list[Path], profile: Profile, strict: bool,
+def _checked_files(files: list[Path], profile: Profile, strict: bool, base: Path,
                    workers: int | None) -> Iterator[Iterator[_Checked]]:
     """``check_file`` of each file, in order: here, or in forked worker processes."""
     global _job
@@ -554,15 +655,15 @@ def _checked_files(files: list[Path], profile: Profile, strict: bool,
         workers = _default_workers(files)
     workers = min(workers, len(files))
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        yield (check_file(path, profile, strict) for path in files)
+        yield (check_file(path, profile, strict, base) for path in files)
         return
-    _job = (profile, strict)
+    _job = (profile, strict, base)
     # fork: workers start in milliseconds with the modules loaded and the profile inherited
     # (the catalog is loaded before reconcile starts any thread of its own).
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start)
     try:
-        yield _in_order(pool, files, profile, strict)
+        yield _in_order(pool, files, profile, strict, base)
     finally:
         pool.shutdown(cancel_futures=True)
         _job = None
@@ -575,14 +676,14 @@ def _worker_start() -> None:
 
 
 def _in_order(pool: concurrent.futures.Executor, files: list[Path], profile: Profile,
-              strict: bool) -> Iterator[_Checked]:
+              strict: bool, base: Path) -> Iterator[_Checked]:
     results = pool.map(_check_in_worker, files)
     for done, _ in enumerate(files):
         try:
             yield next(results)
         except concurrent.futures.process.BrokenProcessPool:
             # A worker died (killed, out of memory): the rest is checked here instead.
-            yield from (check_file(path, profile, strict) for path in files[done:])
+            yield from (check_file(path, profile, strict, base) for path in files[done:])
             return
 
 
