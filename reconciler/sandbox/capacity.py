@@ -1,0 +1,42 @@
+"""Capacity mode: the sandbox behaves like a server with a fixed number of workers.
+
+More than ``capacity`` requests in flight: the extra ones are answered 503 at once, as an
+overloaded Glance or a gateway in front of it does. Those admitted are slowed by the load they
+meet: with ``n`` in flight (this one included) a request takes
+``latency * (1 + (n - 1) / capacity)``, so at full load twice the unloaded latency. Throughput
+then grows with parallelism up to ``capacity`` and the best fixed parallelism is ``capacity``;
+an adaptive client has to find that without being told.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Capacity:
+    """Requests in flight at the sandbox, and the load factor each one gets."""
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._mine = threading.local()  # whether this handler thread holds a place
+
+    def enter(self) -> float | None:
+        """A place for this request and its latency factor, or None when it is refused."""
+        if self.capacity is None:
+            return 1.0
+        with self._lock:
+            if self._in_flight >= self.capacity:
+                return None
+            self._in_flight += 1
+            load = self._in_flight
+        self._mine.held = True
+        return 1 + (load - 1) / self.capacity
+
+    def leave(self) -> None:
+        """Give back the place this thread's request holds, if it holds one."""
+        if getattr(self._mine, "held", False):
+            self._mine.held = False
+            with self._lock:
+                self._in_flight -= 1
