@@ -500,6 +500,15 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
 @click.option("--drop-response-rate", type=click.FloatRange(0, 1), default=0.0,
               show_default=True,
               help="Fraction of creates committed, then the connection dropped unanswered.")
+@click.option("--faults", default="", metavar="SCRIPT",
+              help="Faults for the creates, in the order they arrive, before any rate "
+                   "applies: a comma-separated list of ok, NNN (answer that status, commit "
+                   "nothing), commit:NNN (commit, then answer NNN), drop (commit, answer "
+                   "nothing), lost (answer nothing, commit nothing), timeout (hold the "
+                   "request --hang-time seconds, then commit and answer nothing), garbage "
+                   "(commit, answer a body that is not JSON).")
+@click.option("--hang-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds a `timeout` fault holds its request.")
 @click.option("--seed", type=int, help="Seed for the fault injection (deterministic runs).")
 @click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
               help="JSON file keeping the images across restarts.")
@@ -507,7 +516,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
 def sandbox(host: str, port: int, profile: str, token: str | None, password: str | None,
             user: str | None, token_ttl: float, region: str, latency_ms: int,
             fail_rate: float, throttle_rate: float, drop_response_rate: float,
-            seed: int | None, data: Path | None, verbose: bool) -> None:
+            faults: str, hang_time: float, seed: int | None, data: Path | None,
+            verbose: bool) -> None:
     """Serve a local IMS-compatible Image API for demos and tests.
 
     Prints `listening on http://HOST:PORT` once ready; stops on Ctrl-C or SIGTERM.
@@ -516,6 +526,7 @@ def sandbox(host: str, port: int, profile: str, token: str | None, password: str
     Examples:
       reconcile sandbox --port 8080
       reconcile sandbox --drop-response-rate 0.3 --fail-rate 0.1 --throttle-rate 0.1 --seed 7
+      reconcile sandbox --faults 502,drop,timeout,ok       # the first four creates, in order
       reconcile sandbox --password s3cret --token-ttl 5 --region cn-north-4   # Keystone
     """
     from reconciler.sandbox import SandboxConfig, serve
@@ -524,7 +535,8 @@ def sandbox(host: str, port: int, profile: str, token: str | None, password: str
                            password=password, user=user, token_ttl_s=token_ttl, region=region,
                            latency_ms=latency_ms, fail_rate=fail_rate,
                            throttle_rate=throttle_rate, drop_response_rate=drop_response_rate,
-                           seed=seed, data_file=str(data) if data else None, verbose=verbose)
+                           faults=faults, hang_s=hang_time, seed=seed,
+                           data_file=str(data) if data else None, verbose=verbose)
     serve(config, lambda url: click.echo(f"listening on {url}"))
 
 
