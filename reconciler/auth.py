@@ -34,6 +34,7 @@ import httpx
 import yaml
 
 from reconciler.client import (
+    DEFAULT_REQUEST_TIMEOUT,
     ImageClient,
     RetryPolicy,
     StaticToken,
@@ -457,6 +458,7 @@ class ConnectOptions:
     insecure: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
 
 INSECURE_WARNING = ("TLS certificates are NOT verified (--insecure or verify: false); anyone "
@@ -496,7 +498,8 @@ def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectO
     """
     def factory(verify: bool | str) -> httpx.Client:
         return http_client(verify, connect_timeout=options.connect_timeout,
-                           read_timeout=options.read_timeout)
+                           read_timeout=options.read_timeout,
+                           request_timeout=options.request_timeout)
 
     creds = resolve(env, endpoint=endpoint, token_file=options.token_file,
                     os_cloud=options.os_cloud, interface=options.interface,
@@ -507,6 +510,7 @@ def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectO
     client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
                          verify=creds.verify, connect_timeout=options.connect_timeout,
                          read_timeout=options.read_timeout,
+                         request_timeout=options.request_timeout,
                          read_retry=RetryPolicy(attempts=retries + 1), clock=clock)
     try:
         yield ApiSession(client, creds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ from reconciler.apply import (
 )
 from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.catalog import did_you_mean
-from reconciler.client import RetryPolicy
+from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
@@ -59,9 +60,30 @@ CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "strict": ("strict", bool), "parallelism": ("parallelism", int),
     "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
     "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
+    "request_timeout": ("request_timeout", (int, float)),
     "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
     "interface": ("interface", str), "cacert": ("cacert", str),
 }
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds, at least ``minimum``: ``nan`` and ``inf`` would pass any
+    range check and wedge a run later, so they are refused here."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float) -> None:
+        super().__init__(min=minimum)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds(0.1)
 
 
 @dataclass
@@ -154,6 +176,9 @@ def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 # --- the group -----------------------------------------------------------------------------
 
+INTERRUPTED = "interrupted; nothing recorded is lost and the next apply resumes"
+
+
 class ReconcileGroup(click.Group):
     """Translates every error into one message and exit code 1, once, at the edge.
 
@@ -165,7 +190,10 @@ class ReconcileGroup(click.Group):
              **extra: Any) -> NoReturn:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:
+            # click turns Ctrl-C (and our SIGTERM) into Abort; a "no" at a prompt is Abort too.
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                _fail(INTERRUPTED)
             _fail("aborted")
         except click.ClickException as exc:
             exc.show()
@@ -173,7 +201,7 @@ class ReconcileGroup(click.Group):
         except ReconcileError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted; nothing recorded is lost and the next apply resumes")
+            _fail(INTERRUPTED)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -269,10 +297,14 @@ def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="CA bundle for TLS verification (default: $OS_CACERT)."),
         click.option("--insecure", is_flag=True,
                      help="Do not verify TLS certificates (prints a warning every run)."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
+        click.option("--connect-timeout", type=SECONDS, default=10.0,
                      show_default=True, help="Seconds to wait for a connection."),
-        click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
-                     show_default=True, help="Seconds to wait for an answer."),
+        click.option("--read-timeout", type=SECONDS, default=60.0,
+                     show_default=True, help="Seconds to wait for each part of an answer."),
+        click.option("--request-timeout", type=SECONDS, default=DEFAULT_REQUEST_TIMEOUT,
+                     show_default=True, envvar="RECONCILE_REQUEST_TIMEOUT", show_envvar=True,
+                     help="Seconds a whole request may take, however the server trickles "
+                          "its answer."),
     ]
     for option in reversed(options):  # click lists the last applied first
         f = option(f)
@@ -409,10 +441,11 @@ def _confirm(preview: Plan, endpoint: str) -> None:
               help="How many creates run at once.")
 @click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
               help="Retries per image for 429, 5xx and connection errors.")
-@click.option("--settle-time", type=click.FloatRange(min=0), default=DEFAULT_SETTLE_S,
+@click.option("--settle-time", type=Seconds(0.0), default=DEFAULT_SETTLE_S,
               show_default=True, envvar="RECONCILE_SETTLE_TIME", show_envvar=True,
               help="Seconds after sending an unanswered create during which it may still "
-                   "land: until then it is looked for, never sent again.")
+                   "land: until then it is looked for, never sent again. Never shorter than "
+                   "--request-timeout (a smaller value is raised to it).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Logs on stderr: text (warnings only) or JSON lines "
                                       "(every event, for cron).")
@@ -456,7 +489,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
             catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
             api=session.client, strict=strict, refresh=refresh, saved=saved,
             parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
-            settle_s=settle_time, clock=rt.clock, on_outcome=progress,
+            settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
+            on_outcome=progress,
             refreshes=lambda: session.refreshes, project_id=session.project_id,
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from apply_helpers import (
     recorded,
     runs,
     subprocess_env,
+    trickling_server,
     wait_for,
     write_images,
 )
@@ -308,3 +310,37 @@ def test_second_concurrent_apply_fails_fast_naming_the_lock_holder(
     assert first.wait() == 0, first.output()
     assert_converged(sb, state, names)
     assert [r["outcome"] for r in runs(state)] == ["success"]
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_stops_promptly_even_while_a_server_trickles(tmp_path: Path) -> None:
+    # Each create's answer trickles in one byte at a time and would take minutes: SIGTERM
+    # waits a short grace for them, then cuts them off; they stay pending (they may have been
+    # received) and the run ends with the documented message.
+    catalog, state, _ = setup(tmp_path, 3)
+    with trickling_server(0.2) as url:
+        args = [str(RECONCILE), "apply", "--yes", "--endpoint", url, "--state", str(state),
+                "--catalog", str(catalog), "--no-refresh", "--parallelism", "3"]
+        err = tmp_path / "trickle.err"
+        with err.open("wb") as stderr:
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr,
+                                    env=subprocess_env(), cwd=tmp_path)
+        def in_flight() -> bool:
+            try:
+                return len(pending_names(state)) == 3
+            except sqlite3.Error:  # not created or not migrated yet
+                return False
+
+        wait_for(in_flight, 30, "three creates in flight", alive=lambda: proc.poll() is None)
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - sent
+    text = err.read_text(encoding="utf-8")
+    assert code == 1, text
+    assert "error: interrupted; nothing recorded is lost and the next apply resumes" in text
+    assert "Traceback" not in text and "error: aborted" not in text
+    assert took < 15, f"SIGTERM took {took:.1f} s"  # grace 3 s, far below the 120 s deadline
+    assert pending_names(state) == image_names(3)
+    assert [r["outcome"] for r in runs(state)] == ["interrupted"]

@@ -21,11 +21,13 @@ from apply_helpers import (
     pending_names,
     recorded,
     runs,
+    trickling_server,
     write_images,
 )
 from click.testing import Result
 
 from reconciler.apply.creates import Creator
+from reconciler.apply.request import settle_time
 from reconciler.apply.runstate import RunState
 from reconciler.cli import Runtime
 from reconciler.client import ImageClient, RetryPolicy, StaticToken
@@ -239,7 +241,7 @@ def test_a_create_outliving_the_read_timeout_is_found_once_it_lands(world: World
     # Real time: the settle window must really wait for the server.
     world.sb.config.hang_s = 1.0
     world.sb.script("alpha", post=["timeout"])
-    result = world.apply("--read-timeout", "0.3", "--settle-time", "5",
+    result = world.apply("--read-timeout", "0.3", "--settle-time", "5", "--request-timeout", "5",
                          obj=Runtime(clock=SYSTEM_CLOCK))
     assert result.exit_code == 0, result.output
     assert_converged(world.sb, world.state, NAMES)
@@ -291,3 +293,79 @@ def test_each_create_carries_the_marker_its_journal_entry_holds(world: World) ->
     [image] = [i for i in world.sb.images() if i["name"] == "alpha"]
     entries = {n: nonce for n, _, nonce in journal(world.state)}
     assert image[MARKER_PROPERTY] == entries["alpha"]
+
+
+# --- the settle window cannot vanish (settle time >= request deadline) ------------------------
+
+@pytest.mark.parametrize(
+    ("settle", "deadline", "used", "raised"),
+    [(120.0, 120.0, 120.0, False), (300.0, 120.0, 300.0, False), (2.0, 3.0, 3.0, True),
+     (0.0, 120.0, 120.0, True)],
+)
+def test_the_settle_time_is_never_shorter_than_the_request_deadline(
+        settle: float, deadline: float, used: float, raised: bool) -> None:
+    got, why = settle_time(settle, deadline)
+    assert got == used
+    assert (why is not None) is raised
+    if why:
+        assert f"raised to {deadline:g} s" in why
+
+
+def test_a_settle_time_shorter_than_the_deadline_is_raised_and_said(
+        world: World, fixed_clock: ManualClock) -> None:
+    # 502 with nothing committed: this run looks for the create until the raised settle
+    # time (5 s, the request deadline) has passed, not for the 1 s asked for.
+    world.sb.script("alpha", post=["502"])
+    start = fixed_clock.monotonic()
+    result = world.apply("--settle-time", "1", "--request-timeout", "5")
+    assert result.exit_code == 0, result.output
+    [raised] = world.events(result, "settle_time_raised")
+    assert "raised to 5 s" in raised["message"]
+    assert fixed_clock.monotonic() - start >= 5
+    assert_converged(world.sb, world.state, NAMES)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "bad"),
+    [
+        (["--settle-time", "nan"], {}, "", "--settle-time"),
+        ([], {"RECONCILE_SETTLE_TIME": "nan"}, "", "--settle-time"),
+        ([], {"RECONCILE_SETTLE_TIME": "inf"}, "", "--settle-time"),
+        (["--connect-timeout", "inf"], {}, "", "--connect-timeout"),
+        (["--read-timeout", "nan"], {}, "", "--read-timeout"),
+        (["--request-timeout", "inf"], {}, "", "--request-timeout"),
+        ([], {}, "connect_timeout = inf", "--connect-timeout"),
+        ([], {}, "read_timeout = nan", "--read-timeout"),
+        ([], {}, "settle_time = nan", "--settle-time"),
+    ],
+)
+def test_non_finite_times_are_usage_errors_before_anything_is_sent(
+        world: World, tmp_path: Path, args: list[str], env: dict[str, str], config: str,
+        bad: str) -> None:
+    (tmp_path / "reconcile.toml").write_text(f"[reconcile]\n{config}\n", encoding="utf-8")
+    result = world.run_cli(
+        ["apply", "--yes", "--endpoint", world.sb.url, "--state", world.state,
+         "--catalog", world.catalog, *args], env={"OS_AUTH_TOKEN": TOKEN, **env})
+    assert result.exit_code == 1, result.output
+    assert bad in result.output and "finite" in result.output
+    assert "Traceback" not in result.output
+    assert not world.state.exists() and sum(world.sb.request_count.values()) == 0
+
+
+# --- every request has a deadline --------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_a_trickling_server_cannot_hold_an_apply(tmp_path: Path, run_cli: Run) -> None:
+    catalog = write_images(tmp_path / "catalog", ["alpha"])
+    state = tmp_path / "state.db"
+    with trickling_server(0.05) as url:
+        result = run_cli(["apply", "--yes", "--endpoint", url, "--state", state,
+                          "--catalog", catalog, "--no-refresh", "--retries", "0",
+                          "--request-timeout", "1", "--format", "json"],
+                         env={"OS_AUTH_TOKEN": TOKEN})
+    assert result.exit_code == 1, result.output
+    [failed] = json.loads(result.stdout)["outcomes"]
+    assert "deadline of 1 s" in failed["error"]["message"]
+    # The POST may have been received: kept pending, never presumed lost.
+    assert failed["error"]["message"].startswith("outcome unknown")
+    assert pending_names(state) == ["alpha"]

@@ -53,6 +53,10 @@ log = logging.getLogger("reconciler.apply")
 #: cannot be found is not presumed lost: it is neither sent again nor released.
 DEFAULT_SETTLE_S = 120.0
 
+#: After Ctrl-C or SIGTERM, how long creates in flight may take to finish and be recorded
+#: before their connections are cut (their entries then stay pending for the next apply).
+STOP_GRACE_S = 3.0
+
 _UNKNOWN = ("outcome unknown (kept as pending; the next apply looks the image up before "
             "creating it again): ")
 
@@ -63,6 +67,10 @@ class ImageApi(Protocol):
     def create_image(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
     def find_images(self, name: str, **props: str) -> list[dict[str, Any]]: ...
+
+    def abort(self) -> None:
+        """Fail every request in flight now, and every later one."""
+        ...
 
 
 @dataclass
@@ -76,7 +84,10 @@ class Creator:
     run: RunState
     parallelism: int = 10
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    settle_s: float = DEFAULT_SETTLE_S
+    settle_s: float = DEFAULT_SETTLE_S  # how long this run looks for its own lost creates
+    #: How old an earlier run's pending entry must be to be released; None: ``settle_s``.
+    #: Those requests are no longer in flight from here, so this is the time as given.
+    recovery_settle_s: float | None = None
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
     rng: random.Random = field(default_factory=random.Random)
 
@@ -101,11 +112,12 @@ class Creator:
                     break
                 continue
             age = (clock.now() - parse_iso(entry.started_at)).total_seconds()
-            match resolve_pending(found=found is not None, age_s=age, settle_s=self.settle_s):
+            settle = self.settle_s if self.recovery_settle_s is None else self.recovery_settle_s
+            match resolve_pending(found=found is not None, age_s=age, settle_s=settle):
                 case PendingFate.WAIT:
                     log.warning("%s: the create sent %ds ago by run %s may still land; it is "
                                 "left pending (blocked) until %ds after it was sent",
-                                entry.name, age, entry.run_id, self.settle_s,
+                                entry.name, age, entry.run_id, settle,
                                 extra={"event": "recover_waiting", "image": entry.name})
                 case PendingFate.RELEASE:
                     self.store.journal_release(entry.nonce, f"not found by run {self.run.run_id}")
@@ -164,6 +176,9 @@ class Creator:
                     outcomes.extend(self._deliver(fut.result()) for fut in done)
             except KeyboardInterrupt:
                 self.run.stop("interrupted")
+                _, late = wait(running, timeout=STOP_GRACE_S)  # real time: a person waits
+                if late:
+                    self.api.abort()
                 outcomes.extend(self._deliver(fut.result()) for fut in running)
                 raise
             finally:

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from reconciler import __version__, planfile
 from reconciler.apply.creates import Creator
 from reconciler.apply.decisions import verdict
-from reconciler.apply.request import ApplyRequest, ApplyResult, Preview
+from reconciler.apply.request import ApplyRequest, ApplyResult, Preview, settle_time
 from reconciler.apply.runstate import RunState
 from reconciler.catalog import load_catalog
 from reconciler.client import normalize_endpoint
@@ -33,6 +35,8 @@ from reconciler.operations import bulk_build, get_profile, make_plan, new_run_id
 from reconciler.planner import plan
 from reconciler.refresh import observe
 from reconciler.state import StateStore
+
+log = logging.getLogger("reconciler.apply")
 
 
 def preview(req: ApplyRequest) -> Preview:
@@ -84,8 +88,12 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                     started_at=iso(req.clock.now()))
     if req.saved is not None:
         store.mark_plan_applied(req.saved.plan_id, run.run_id)
+    settle_s, why = settle_time(req.settle_s, req.request_timeout_s)
+    if why:
+        log.warning(why, extra={"event": "settle_time_raised"})
     creator = Creator(store, req.api, target, run, parallelism=req.parallelism,
-                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome)
+                      retry=req.retry, settle_s=settle_s, recovery_settle_s=req.settle_s,
+                      on_outcome=req.on_outcome)
     outcomes: list[Outcome] = []
     summary: dict[str, int] = {}
     result: Plan | None = None
