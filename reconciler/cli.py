@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile
+from reconciler import __version__, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
@@ -32,7 +31,6 @@ from reconciler.apply import (
     preview,
 )
 from reconciler.auth import ApiSession, ConnectOptions, open_session
-from reconciler.catalog import did_you_mean
 from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
@@ -50,20 +48,7 @@ from reconciler.operations import (
 )
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
-from reconciler.state import DEFAULT_PATH
-
-CONFIG_FILE = "reconcile.toml"
-# reconcile.toml keys: (the parameter each one sets in every command that has it, its type).
-CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
-    "catalog": ("catalog", str), "state": ("state", str), "profile": ("profile", str),
-    "endpoint": ("endpoint", str), "format": ("fmt", str), "templates": ("templates", str),
-    "strict": ("strict", bool), "parallelism": ("parallelism", int),
-    "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
-    "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
-    "request_timeout": ("request_timeout", (int, float)),
-    "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
-    "interface": ("interface", str), "cacert": ("cacert", str),
-}
+from reconciler.state import DEFAULT_PATH, parse_duration
 
 
 class Seconds(click.FloatRange):
@@ -94,30 +79,6 @@ class Runtime:
     env: dict[str, str] | None = None  # None: the process environment
 
 
-def _load_config(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    section = data.get("reconcile", data)
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [reconcile] must be a table")
-    settings: dict[str, Any] = {}
-    for key, value in section.items():
-        if key not in CONFIG_KEYS:
-            raise ConfigError(f"{path}: unknown setting {key!r}"
-                              + did_you_mean(key, tuple(CONFIG_KEYS)))
-        param, kind = CONFIG_KEYS[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            names = kind.__name__ if isinstance(kind, type) else "number"
-            raise ConfigError(f"{path}: setting {key!r} must be a {names.replace('str', 'string')}"
-                              f", not {type(value).__name__} ({value!r})")
-        settings[param] = value
-    return settings
-
-
 def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]:
     """click default_map for every (sub)command that has an option named like a setting."""
     out: dict[str, Any] = {}
@@ -139,9 +100,28 @@ def catalog_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def state_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--state", type=click.Path(path_type=Path, dir_okay=False),
-                        default=DEFAULT_PATH, envvar="RECONCILE_STATE", show_default=True,
-                        show_envvar=True, help="SQLite state file.")(f)
+    return click.option("--state", default=DEFAULT_PATH, envvar="RECONCILE_STATE",
+                        show_default=True, show_envvar=True, metavar="FILE|URL",
+                        help="State store: an SQLite file, or a PostgreSQL URL "
+                             "(postgresql://user@host:5432/db?sslmode=require) shared by a "
+                             "team.")(f)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
+    """A duration such as 90, 30s, 5m, 1h30m (seconds when no unit is given)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return parse_duration(str(value))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--lock-timeout", metavar="DURATION", callback=_duration, default="0",
+                        show_default=True, envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
+                        help="How long to wait for another run's lock (e.g. 30s, 10m) "
+                             "before giving up; 0 fails at once, naming the holder.")(f)
 
 
 def profile_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -223,7 +203,7 @@ def _notice(message: str, *, level: int = logging.INFO) -> None:
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="reconcile")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              help=f"Settings file (default: ./{CONFIG_FILE} if present).")
+              help=f"Settings file (default: ./{settings.CONFIG_FILE} if present).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Keep a cloud's image catalog equal to a desired-state catalog kept in git.
@@ -240,9 +220,9 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     if not isinstance(ctx.obj, Runtime):
         ctx.obj = Runtime()
     logs.configure("text")  # apply may switch to JSON lines
-    path = config_path or Path(CONFIG_FILE)
+    path = config_path or Path(settings.CONFIG_FILE)
     if config_path or path.exists():
-        ctx.default_map = _default_map(cli, _load_config(path))
+        ctx.default_map = _default_map(cli, settings.load(path))
 
 
 def _write_report(text: str, output: Path | None) -> None:
@@ -336,7 +316,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
               help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
                    "everything is unchanged.")
 @click.pass_obj
-def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: bool,
+def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, detailed_exitcode: bool,
              **auth: Any) -> None:
@@ -449,11 +429,12 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Logs on stderr: text (warnings only) or JSON lines "
                                       "(every event, for cron).")
+@lock_timeout_option
 @click.pass_obj
-def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, profile: str,
+def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, profile: str,
           strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
           templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
-          settle_time: float, log_format: str, **auth: Any) -> None:
+          settle_time: float, log_format: str, lock_timeout: float, **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
@@ -492,6 +473,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
             settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
             on_outcome=progress,
             refreshes=lambda: session.refreshes, project_id=session.project_id,
+            lock_timeout_s=lock_timeout,
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
@@ -590,7 +572,7 @@ def state() -> None:
 @state.command("list")
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines for scripts.")
-def state_list(state: Path, as_json: bool) -> None:
+def state_list(state: str, as_json: bool) -> None:
     """List recorded images: name, id, status, created_at, endpoint.
 
     \b
@@ -619,7 +601,7 @@ def state_list(state: Path, as_json: bool) -> None:
 @click.argument("name")
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
-def state_show(name: str, state: Path, as_json: bool) -> None:
+def state_show(name: str, state: str, as_json: bool) -> None:
     """Show everything recorded about one image: ids, timestamps, request and response.
 
     \b
@@ -655,9 +637,11 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
 @click.option("--force", is_flag=True,
               help="Import even if the image differs from the catalog entry (it then shows "
                    "as drift), or replace an existing record.")
+@lock_timeout_option
 @click.pass_obj
-def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state: Path,
-                 profile: str, endpoint: str | None, force: bool, **auth: Any) -> None:
+def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state: str,
+                 profile: str, endpoint: str | None, force: bool, lock_timeout: float,
+                 **auth: Any) -> None:
     """Start managing an existing image: record IMAGE_ID under the catalog name NAME.
 
     The image is fetched and compared with the catalog entry first; differing fields are
@@ -669,7 +653,8 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     """
     with _api(rt, endpoint, auth) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
-                              endpoint=session.endpoint, api=session.client, force=force)
+                              endpoint=session.endpoint, api=session.client, force=force,
+                              lock_timeout_s=lock_timeout)
     click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
                f"{record.created_at})")
 
@@ -678,14 +663,15 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
 @click.argument("name")
 @state_option
 @endpoint_option
-def state_forget(name: str, state: Path, endpoint: str | None) -> None:
+@lock_timeout_option
+def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: float) -> None:
     """Stop managing NAME: drop its record. The image stays in the cloud, untouched.
 
     \b
     Example:
       reconcile state forget ubuntu-16.04-legacy
     """
-    image_id = forget_image(state, name, endpoint=endpoint)
+    image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout)
     click.echo(f"forgot {name} ({image_id}); the image itself was not touched")
 
 
@@ -694,7 +680,7 @@ def state_forget(name: str, state: Path, endpoint: str | None) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many runs to show, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines for scripts.")
-def history(state: Path, limit: int, as_json: bool) -> None:
+def history(state: str, limit: int, as_json: bool) -> None:
     """List apply runs, newest first: when, outcome and counts.
 
     \b

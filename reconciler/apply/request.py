@@ -82,6 +82,7 @@ class ApplyRequest:
     settle_s: float = DEFAULT_SETTLE_S
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT  # the client's deadline per request
     project_id: str | None = None  # our project, when the credentials tell
+    lock_timeout_s: float = 0.0  # how long to wait for another run's lock
 
     def __post_init__(self) -> None:
         for name in ("settle_s", "request_timeout_s"):

@@ -34,7 +34,7 @@ from reconciler.models import (
 from reconciler.operations import bulk_build, get_profile, make_plan, new_run_id
 from reconciler.planner import plan
 from reconciler.refresh import observe
-from reconciler.state import StateStore
+from reconciler.state import LockRequest, StateStore, open_for_write
 
 log = logging.getLogger("reconciler.apply")
 
@@ -64,10 +64,10 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
         catalog = load_catalog(req.catalog_source, get_profile(req.catalog_profile),
                                strict=req.strict)
     target = normalize_endpoint(req.endpoint)
-    store = StateStore.open_for_write(req.state_path, clock=req.clock)
+    store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s),
+                           clock=req.clock)
     try:
-        with store.lock():
-            return _apply_locked(req, store, catalog, target)
+        return _apply_locked(req, store, catalog, target)
     finally:
         store.close()
 
