@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.state import SCHEMA_VERSION, StateStore
+from reconciler.state import SCHEMA_VERSION, open_for_write
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -148,7 +148,7 @@ def test_the_schema_table_lists_every_table_and_column(tmp_path: Path) -> None:
         outside_parentheses = re.sub(r"\([^)]*\)", "", columns)
         documented[table] = set(re.findall(r"`(\w+)`", key + outside_parentheses))
     path = tmp_path / "state.db"
-    StateStore.open_for_write(path).close()
+    open_for_write(path).close()
     conn = sqlite3.connect(path)
     try:
         tables = [r[0] for r in conn.execute(

@@ -34,7 +34,7 @@ from reconciler.client import ImageClient, RetryPolicy, StaticToken
 from reconciler.clock import SYSTEM_CLOCK, ManualClock
 from reconciler.models import MARKER_PROPERTY, Change, ImageSpec
 from reconciler.sandbox import Sandbox
-from reconciler.state import StateStore
+from reconciler.state import open_for_write
 
 Run = Callable[..., Result]
 TOKEN = "tok-protocol"
@@ -267,7 +267,7 @@ def test_a_run_stopped_before_a_lost_create_settles_keeps_it_pending(
     sb = sandbox()
     sb.script("alpha", post=["lost"])
     clock = StoppingClock(datetime(2024, 5, 17, tzinfo=UTC))
-    store = StateStore.open_for_write(tmp_path / "state.db", clock=clock)
+    store = open_for_write(tmp_path / "state.db", clock=clock)
     client = ImageClient(sb.url, token_provider=StaticToken(TOKEN), clock=clock,
                          read_retry=RetryPolicy())
     run = clock.run = RunState("run-1", clock)
