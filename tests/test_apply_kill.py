@@ -224,16 +224,20 @@ def test_sigterm_stops_gracefully_recording_every_create_in_flight(
 
 
 # A create the server is still processing when the client stops waiting for it can land after
-# the look-up that was meant to find it. Both tests below make POSTs slow (3 s) and reads fast.
+# the look-up that was meant to find it. Both tests below make POSTs slow and reads fast; slow
+# enough that a re-run started at once (a second or more on a loaded machine) looks before.
+SLOW_POST_MS = 6000
+
+
 def duplicates_after_slow_creates_land(sb: Sandbox) -> dict[str, int]:
-    time.sleep(3.2)  # every POST the sandbox received has committed by now
+    time.sleep(SLOW_POST_MS / 1000 + 0.2)  # every POST the sandbox received has committed
     return {n: len(v) for n, v in by_name(sb.images()).items() if len(v) > 1}
 
 
 @pytest.mark.timeout(90)
 def test_create_still_in_flight_when_killed_is_not_duplicated_by_the_rerun(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
-    sb = sandbox(latency_ms=3000)
+    sb = sandbox(latency_ms=SLOW_POST_MS)
     catalog, state, _ = setup(tmp_path, 8)
     run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--no-refresh")
     wait_for(lambda: sb.post_count >= 4, 30, "four creates in flight", alive=run.alive)
@@ -251,7 +255,7 @@ def test_create_still_in_flight_when_killed_is_not_duplicated_by_the_rerun(
 @pytest.mark.timeout(90)
 def test_create_outliving_the_read_timeout_is_not_sent_again(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
-    sb = sandbox(latency_ms=3000)
+    sb = sandbox(latency_ms=SLOW_POST_MS)
     catalog, state, _ = setup(tmp_path, 2)
     run = Apply(tmp_path, sb, state, catalog, "--parallelism", "2", "--read-timeout", "1",
                 "--no-refresh")

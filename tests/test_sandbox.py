@@ -722,19 +722,20 @@ def test_dropped_response_commits_the_image_but_the_client_gets_no_answer(ims: S
 
 
 def test_latency_overlaps_across_parallel_requests() -> None:
-    with Sandbox(SandboxConfig(latency_ms=200)) as sb:
-        def fetch() -> None:
-            with client(sb) as c:
-                c.get("/v2/images")
-
-        threads = [threading.Thread(target=fetch) for _ in range(5)]
+    # Served one after another, five requests would take at least 5 x 0.5 s; the clients are
+    # built first, so only the serving is measured.
+    with Sandbox(SandboxConfig(latency_ms=500)) as sb:
+        clients = [client(sb) for _ in range(5)]
+        threads = [threading.Thread(target=c.get, args=("/v2/images",)) for c in clients]
         started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 0.8
+        for c in clients:
+            c.close()
+    assert 0.5 <= elapsed < 5 * 0.5
 
 
 def test_request_count_counts_per_method_and_route(ims: Sandbox) -> None:
