@@ -18,7 +18,7 @@ from reconciler import __version__, planfile
 from reconciler.catalog import lint_problems, load_catalog
 from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, StateError
+from reconciler.errors import ConfigError, Problem, StateError
 from reconciler.models import (
     GONE_STATUSES,
     Catalog,
@@ -85,7 +85,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
         result = plan(catalog, records, target=target, pending=pending, observed=observed)
-        report = plan_report(catalog, result, clock=clock)
+        report = plan_report(catalog, result, clock=clock, state=str(state_path),
+                             refreshed=api is not None)
     return PlanResult(catalog, result, report, revision, observed)
 
 
@@ -126,13 +127,14 @@ def save_plan(result: PlanResult, path: Path, *, clock: Clock = SYSTEM_CLOCK) ->
     return saved
 
 
-def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK) -> RunReport:
+def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK,
+                state: str = "", refreshed: bool = False) -> RunReport:
     return RunReport.model_construct(
         format_version=1, mode="plan", dry_run=False, generated_at=iso(clock.now()),
         tool_version=__version__, catalog=catalog.directory, target=result.target,
         profile=result.profile, catalog_digest=result.catalog_digest, summary=result.summary(),
         changes=result.changes, outcomes=(), warnings=(), duration_s=None, run_id=None,
-        auth_refreshes=0,
+        auth_refreshes=0, refreshed=refreshed, state=state, plan_id=None,
     )
 
 
@@ -141,7 +143,7 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK) 
 @dataclass(frozen=True)
 class Validation:
     catalog: Catalog
-    warnings: list[str]  # lint warnings as FILE:LINE: NAME: message
+    warnings: list[Problem]  # lint warnings, each at its field's line
 
 
 def validate_catalog(catalog_dir: str | Path, *, profile: str,
