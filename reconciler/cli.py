@@ -1,8 +1,9 @@
 """The ``reconcile`` command line: parse options, call one library function, render, exit.
 
-This is the only module that imports click, prints, prompts or exits. Every ``ReconcileError``
-is translated here into one message on stderr and exit code 1; usage errors also exit 1,
-because exit code 2 means "plan succeeded and has changes" (``--detailed-exitcode``).
+With ``options`` (the shared click options) the only code that imports click, and the only
+module that prints, prompts or exits. Every ``ReconcileError`` is translated here into one
+message on stderr and exit code 1; usage errors also exit 1, because exit code 2 means "plan
+succeeded and has changes" (``--detailed-exitcode``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -31,7 +31,7 @@ from reconciler.apply import (
     preview,
 )
 from reconciler.auth import ApiSession, ConnectOptions, open_session
-from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
+from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.models import Outcome, Plan
@@ -46,29 +46,19 @@ from reconciler.operations import (
     show_records,
     validate_catalog,
 )
+from reconciler.options import (
+    Seconds,
+    auth_options,
+    catalog_option,
+    endpoint_option,
+    lock_timeout_option,
+    profile_option,
+    report_options,
+    state_option,
+    strict_option,
+)
 from reconciler.profiles import PROFILES
-from reconciler.report import FORMATS, plan_line, render
-from reconciler.state import DEFAULT_PATH, parse_duration
-
-
-class Seconds(click.FloatRange):
-    """A finite number of seconds, at least ``minimum``: ``nan`` and ``inf`` would pass any
-    range check and wedge a run later, so they are refused here."""
-
-    name = "seconds"
-
-    def __init__(self, minimum: float) -> None:
-        super().__init__(min=minimum)
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Any:
-        seconds = super().convert(value, param, ctx)
-        if not math.isfinite(seconds):
-            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
-        return seconds
-
-
-SECONDS = Seconds(0.1)
+from reconciler.report import plan_line, render
 
 
 @dataclass
@@ -89,72 +79,6 @@ def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]
             params = {p.name for p in cmd.params}
             out[name] = {k: v for k, v in settings.items() if k in params}
     return out
-
-
-# --- shared options ------------------------------------------------------------------------
-
-def catalog_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--catalog", type=click.Path(path_type=Path), default="catalog",
-                        envvar="RECONCILE_CATALOG", show_default=True, show_envvar=True,
-                        help="Directory of catalog files (*.yaml, *.yml, *.json).")(f)
-
-
-def state_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--state", default=DEFAULT_PATH, envvar="RECONCILE_STATE",
-                        show_default=True, show_envvar=True, metavar="FILE|URL",
-                        help="State store: an SQLite file, or a PostgreSQL URL "
-                             "(postgresql://user@host:5432/db?sslmode=require) shared by a "
-                             "team.")(f)
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
-    """A duration such as 90, 30s, 5m, 1h30m (seconds when no unit is given)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return parse_duration(str(value))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
-def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--lock-timeout", metavar="DURATION", callback=_duration, default="0",
-                        show_default=True, envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
-                        help="How long to wait for another run's lock (e.g. 30s, 10m) "
-                             "before giving up; 0 fails at once, naming the holder.")(f)
-
-
-def profile_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--profile", type=click.Choice(list(PROFILES)), default="ims",
-                        envvar="RECONCILE_PROFILE", show_default=True, show_envvar=True,
-                        help="API rules to validate against: ims (Huawei Cloud IMS) or glance "
-                             "(upstream OpenStack Glance).")(f)
-
-
-def strict_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--strict", is_flag=True, default=False,
-                        help="Treat IMS documentation warnings (128-char names, 20 tags, "
-                             "unknown os_version) as errors.")(f)
-
-
-def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--endpoint", envvar="RECONCILE_ENDPOINT", show_envvar=True,
-                        help="Image API root, e.g. https://ims.cn-north-4.myhuaweicloud.com. "
-                             "Selects whose records to compare with.")(f)
-
-
-def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--templates", type=click.Path(path_type=Path, file_okay=False,
-                                                    exists=True),
-                     help="Directory of report templates overriding the built-in ones "
-                          "(report.txt.j2, report.md.j2, report.html.j2).")(f)
-    f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Write the report to this file instead of stdout.")(f)
-    f = click.option("--show-unchanged", is_flag=True,
-                     help="List unchanged images in the text report too (they are always "
-                          "counted; the other formats always list them).")(f)
-    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
-                        show_default=True, help="Report format.")(f)
 
 
 # --- the group -----------------------------------------------------------------------------
@@ -315,33 +239,6 @@ def _gh_data(text: str) -> str:
 
 def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Where credentials come from; the order of precedence is in ``reconciler.auth``."""
-    options = [
-        click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Read a static API token from this file."),
-        click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD)."),
-        click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
-                     help="Service catalog interface for the image endpoint (default: "
-                          "$OS_INTERFACE or public)."),
-        click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
-                     help="CA bundle for TLS verification (default: $OS_CACERT)."),
-        click.option("--insecure", is_flag=True,
-                     help="Do not verify TLS certificates (prints a warning every run)."),
-        click.option("--connect-timeout", type=SECONDS, default=10.0,
-                     show_default=True, help="Seconds to wait for a connection."),
-        click.option("--read-timeout", type=SECONDS, default=60.0,
-                     show_default=True, help="Seconds to wait for each part of an answer."),
-        click.option("--request-timeout", type=SECONDS, default=DEFAULT_REQUEST_TIMEOUT,
-                     show_default=True, envvar="RECONCILE_REQUEST_TIMEOUT", show_envvar=True,
-                     help="Seconds a whole request may take, however the server trickles "
-                          "its answer."),
-    ]
-    for option in reversed(options):  # click lists the last applied first
-        f = option(f)
-    return f
 
 
 def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],

@@ -360,10 +360,11 @@ def without_userinfo(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    authority, slash, path = rest.partition("/")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
     if "@" in authority:
         authority = "…@" + authority.rpartition("@")[2]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+    return f"{scheme}{sep}{authority}{path}"
 
 
 def refuse_userinfo(url: str, what: str, fix: str) -> None:

@@ -18,7 +18,13 @@ import httpx
 import pytest
 from apply_helpers import trickling_server
 
-from reconciler.client import ImageClient, RetryPolicy, StaticToken, error_from_response
+from reconciler.client import (
+    ImageClient,
+    RetryPolicy,
+    StaticToken,
+    error_from_response,
+    normalize_endpoint,
+)
 from reconciler.clock import ManualClock
 from reconciler.errors import (
     ApiError,
@@ -854,3 +860,16 @@ def test_abort_fails_a_request_in_flight_and_every_later_one() -> None:
                 client.create_image({"name": "web"})
         timer.join()
     assert later.value.sent is False and "the run was stopped" in str(later.value)
+
+
+@pytest.mark.parametrize("url", ["https://alice:pw-SECRET-1@ims.example.com",
+                                 "https://alice@ims.example.com/v2", "alice:pw-SECRET-1@ims"])
+def test_an_endpoint_with_userinfo_is_refused_without_printing_it(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        normalize_endpoint(url)
+    assert "carries a user name or password" in str(info.value)
+    assert "alice" not in str(info.value) and "pw-SECRET" not in str(info.value)
+
+
+def test_an_at_sign_after_the_host_is_no_userinfo() -> None:
+    assert normalize_endpoint("https://ims.example.com/a@b") == "https://ims.example.com/a@b"
