@@ -192,10 +192,13 @@ def run_history(state_path: str | Path, limit: int = 20) -> list[dict[str, Any]]
 
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                    strict: bool = False, endpoint: str | None = None,
+                   api: ListingApi | None = None, project_id: str | None = None,
                    clock: Clock = SYSTEM_CLOCK) -> RunReport:
-    """What apply would send, computed offline; touches neither the API nor the state file."""
+    """What apply would send. With ``api`` the cloud is read first, as apply does (so
+    adoptions and recreations show as apply would do them); nothing is ever written or
+    sent: only GET requests."""
     result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
-                       endpoint=endpoint, clock=clock)
+                       endpoint=endpoint, api=api, project_id=project_id, clock=clock)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 
