@@ -66,7 +66,7 @@ from reconciler.options import (
     strict_option,
 )
 from reconciler.profiles import PROFILES
-from reconciler.report import render
+from reconciler.report import chunks
 from reconciler.state import is_url, redact
 
 
@@ -271,7 +271,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    write_report(render(report, fmt, color=color(output), templates=templates,
+    write_report(chunks(report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
@@ -355,7 +355,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
                                     clock=rt.clock)
-        write_report(render(report, fmt, color=color(output), templates=templates,
+        write_report(chunks(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
@@ -382,7 +382,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                 result = apply_catalog(request)
         finally:
             progress.close()
-    write_report(render(result.report, fmt, color=color(output), templates=templates,
+    write_report(chunks(result.report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
     if result.interrupted:
         fail("interrupted: run `reconcile apply` again to finish")

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,12 +43,14 @@ def notice(message: str, *, level: int = logging.INFO) -> None:
         click.echo(terminal(message, newlines=True), err=True)
 
 
-def write_report(text: str, output: Path | None) -> None:
+def write_report(pieces: Iterable[str], output: Path | None) -> None:
+    """Write the report as it is produced: a big json report is never held whole."""
     if output is None:
-        click.echo(text, nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
         return
     try:
-        write_text(output, text)
+        write_text(output, pieces)
     except OSError as exc:
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
     notice(f"report written to {output}")
