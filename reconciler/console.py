@@ -23,7 +23,7 @@ import click
 from reconciler import logs, redaction
 from reconciler.errors import ConfigError
 from reconciler.models import Outcome, Plan, RunReport
-from reconciler.report import render
+from reconciler.report import render, summary_line
 
 
 def fail(message: str) -> NoReturn:
@@ -41,7 +41,9 @@ def notice(message: str, *, level: int = logging.INFO) -> None:
         click.echo(message, err=True)
 
 
-def write_report(text: str, output: Path | None) -> None:
+def write_report(text: str, output: Path | None, report: RunReport | None = None) -> None:
+    """The report to stdout, or to ``output`` with a one-line summary on stderr (for cron:
+    the mail or the log still says what happened)."""
     if output is None:
         click.echo(text, nl=False)
         return
@@ -51,11 +53,15 @@ def write_report(text: str, output: Path | None) -> None:
         os.replace(tmp, output)
     except OSError as exc:
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
-    notice(f"report written to {output}")
+    notice(f"{summary_line(report)} Report written to {output}." if report is not None
+           else f"report written to {output}")
 
 
 def color(output: Path | None) -> bool:
-    return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    ctx = click.get_current_context(silent=True)
+    no_color = bool(ctx and ctx.params.get("no_color"))
+    return (output is None and not no_color and sys.stdout.isatty()
+            and "NO_COLOR" not in os.environ)
 
 
 class Progress:

@@ -21,7 +21,7 @@ class ApplyApi(ImageApi, ListingApi, Protocol):
 
 
 #: Options a saved plan fixes (given on the command line they would contradict it).
-SAVED_PLAN_FIXES = ("catalog", "profile", "refresh")
+SAVED_PLAN_FIXES = ("catalog", "profile", "refresh", "only", "refresh_only")
 
 
 def check_invocation(saved: SavedPlan | None, *, given: Collection[str], dry_run: bool,
@@ -81,6 +81,8 @@ class ApplyRequest:
     refreshes: Callable[[], int] = lambda: 0  # token refreshes so far, for the report
     settle_s: float = DEFAULT_SETTLE_S
     project_id: str | None = None  # our project, when the credentials tell
+    only: tuple[str, ...] = ()  # --only: the name globs the plan is limited to
+    refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
 
     @property
