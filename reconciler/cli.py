@@ -33,6 +33,7 @@ from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.console import (
     Progress,
+    check_outputs,
     color,
     confirm,
     fail,
@@ -41,7 +42,9 @@ from reconciler.console import (
     write_report,
 )
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
+from reconciler.escape import terminal
 from reconciler.operations import (
+    copy_state,
     dry_run_report,
     forget_image,
     import_image,
@@ -68,6 +71,7 @@ from reconciler.options import (
 )
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, render
+from reconciler.state import is_url, redact
 
 
 @dataclass
@@ -190,7 +194,7 @@ def validate(catalog: Path, profile: str, strict: bool, fmt: str) -> None:
                        images=len(result.catalog.images), files=len(result.catalog.files))
         return
     for problem in result.warnings:
-        click.echo(f"warning: {problem}", err=True)
+        click.echo(f"warning: {terminal(problem)}", err=True)
     n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
                f"{files} file{'s' if files != 1 else ''} (profile {profile}), "
@@ -272,6 +276,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
       reconcile plan --format markdown --detailed-exitcode > comment.md
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
     """
+    check_outputs(output, out)
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
@@ -351,6 +356,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
       reconcile apply plan.json --yes
     """
     logs.configure(log_format)
+    check_outputs(output)
     saved = planfile.read(plan_file) if plan_file else None
     ctx = click.get_current_context()
     given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
@@ -360,6 +366,12 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                           "combined with --no-refresh")
     check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
                      interactive=sys.stdin.isatty(), plan_file=plan_file)
+    env = rt.env if rt.env is not None else os.environ
+    if not dry_run and env.get("CI", "").lower() == "true" and not is_url(state):
+        notice(f"warning: apply in CI with a local state file ({state}): it goes with the "
+               "runner, and another runner's apply cannot see it. Share a PostgreSQL state "
+               "(--state postgresql://...; README \"Working as a team\")",
+               level=logging.WARNING)
     if dry_run:
         with contextlib.ExitStack() as stack:
             session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
@@ -513,10 +525,11 @@ def state_list(state: str, fmt: str, as_json: bool) -> None:
     if not rows:
         click.echo("no images recorded")
         return
-    width = max(len(r.name) for _, r in rows)
-    for target, rec in rows:
-        click.echo(f"{rec.name:<{width}}  {rec.image_id}  {rec.status or '-':<8}  "
-                   f"{rec.created_at or '-'}  {target}")
+    shown = [(terminal(rec.name), terminal(rec.image_id), terminal(rec.status or "-"),
+              terminal(rec.created_at or "-"), terminal(target)) for target, rec in rows]
+    width = max(len(row[0]) for row in shown)
+    for name, image_id, status, created_at, target in shown:
+        click.echo(f"{name:<{width}}  {image_id}  {status:<8}  {created_at}  {target}")
     click.echo(f"{len(rows)} image{'s' if len(rows) != 1 else ''} recorded", err=True)
 
 
@@ -539,14 +552,16 @@ def state_show(name: str, state: str, fmt: str, as_json: bool) -> None:
     for doc in docs:
         resp = doc["response"]
         for key in ("name", "target", "image_id", "status", "created_at", "updated_at"):
-            click.echo(f"{key + ':':<13} {doc[key]}")
+            click.echo(f"{key + ':':<13} {terminal(doc[key])}")
         for key in ("self", "file", "schema", "owner"):
-            click.echo(f"{key + ':':<13} {resp.get(key)}")
-        click.echo(f"{'origin:':<13} {doc['origin']}")
-        click.echo(f"{'recorded_at:':<13} {doc['recorded_at']} (run {doc['run_id']})")
-        click.echo(f"{'spec_digest:':<13} {doc['spec_digest']}")
+            click.echo(f"{key + ':':<13} {terminal(resp.get(key))}")
+        click.echo(f"{'origin:':<13} {terminal(doc['origin'])}")
+        click.echo(f"{'recorded_at:':<13} {terminal(doc['recorded_at'])} "
+                   f"(run {terminal(doc['run_id'])})")
+        click.echo(f"{'spec_digest:':<13} {terminal(doc['spec_digest'])}")
+        # json.dumps escapes every control and non-ASCII character: safe as it is.
         for key, body in (("request", doc["request"]), ("response", resp)):
-            text = json.dumps(body, sort_keys=True, indent=2, ensure_ascii=False)
+            text = json.dumps(body, sort_keys=True, indent=2)
             click.echo(f"{key}:\n" + "\n".join(f"  {line}" for line in text.splitlines()))
 
 
@@ -579,8 +594,30 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force,
                               lock_timeout_s=lock_timeout)
-    click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
-               f"{record.created_at})")
+    click.echo(terminal(f"imported {name}: {record.image_id} ({record.status}, created "
+                        f"{record.created_at})"))
+
+
+@state.command("copy")
+@click.argument("source", metavar="FROM")
+@click.argument("destination", metavar="TO")
+@click.option("--force", is_flag=True, help="Replace everything a non-empty TO holds.")
+@lock_timeout_option
+def state_copy(source: str, destination: str, force: bool, lock_timeout: float) -> None:
+    """Copy a whole state store: SQLite file to PostgreSQL and back.
+
+    Both stores are locked while copying; every table is copied in one transaction, then
+    read back and compared (row counts and digests). TO must be empty unless --force.
+
+    \b
+    Examples:
+      reconcile state copy reconcile-state.db postgresql://reconcile@db.example.com/reconcile
+      reconcile state copy "$RECONCILE_STATE" backup.db --force
+    """
+    result = copy_state(source, destination, force=force, lock_timeout_s=lock_timeout)
+    counts = ", ".join(f"{n} {table}" for table, n in result.rows.items() if table != "meta")
+    click.echo(f"copied {redact(source)} to {redact(destination)}: {counts} "
+               "(row counts and digests verified)")
 
 
 @state.command("forget")
@@ -596,7 +633,7 @@ def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: floa
       reconcile state forget ubuntu-16.04-legacy
     """
     image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout)
-    click.echo(f"forgot {name} ({image_id}); the image itself was not touched")
+    click.echo(terminal(f"forgot {name} ({image_id})") + "; the image itself was not touched")
 
 
 @cli.command()
@@ -620,9 +657,9 @@ def history(state: str, limit: int, fmt: str, as_json: bool) -> None:
         click.echo("no runs recorded")
         return
     for run in runs:
-        click.echo(f"{run['started_at']}  {run['id']}  {run['outcome']:<11}  "
-                   f"created {run['created']}, adopted {run['adopted']}, failed {run['failed']}"
-                   f"  {run['target']}")
+        click.echo(terminal(f"{run['started_at']}  {run['id']}  {run['outcome']:<11}  "
+                            f"created {run['created']}, adopted {run['adopted']}, "
+                            f"failed {run['failed']}  {run['target']}"))
 
 
 # --- entry point ---------------------------------------------------------------------------

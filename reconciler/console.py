@@ -22,7 +22,9 @@ import click
 
 from reconciler import logs, redaction
 from reconciler.errors import ConfigError
+from reconciler.escape import terminal
 from reconciler.models import Outcome, Plan, RunReport
+from reconciler.output import check_writable, write_text
 from reconciler.report import render, summary_line
 
 
@@ -38,7 +40,7 @@ def notice(message: str, *, level: int = logging.INFO) -> None:
         logs.LOGGER.log(level, message.removeprefix("error: "),
                         extra={"event": "notice" if level < logging.ERROR else "error"})
     else:
-        click.echo(message, err=True)
+        click.echo(terminal(message, newlines=True), err=True)
 
 
 def write_report(text: str, output: Path | None, report: RunReport | None = None) -> None:
@@ -47,14 +49,23 @@ def write_report(text: str, output: Path | None, report: RunReport | None = None
     if output is None:
         click.echo(text, nl=False)
         return
-    tmp = output.with_name(f".{output.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
+        write_text(output, text)
     except OSError as exc:
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
     notice(f"{summary_line(report)} Report written to {output}." if report is not None
            else f"report written to {output}")
+
+
+def check_outputs(report: Path | None, plan: Path | None = None) -> None:
+    """Refuse an output that cannot be written before anything is done, not after."""
+    for what, path in (("report", report), ("the plan", plan)):
+        if path is None:
+            continue
+        try:
+            check_writable(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {what} to {path}: {exc.strerror}") from None
 
 
 def color(output: Path | None) -> bool:

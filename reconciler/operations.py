@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
+import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -294,3 +296,51 @@ def forget_image(state_path: str | Path, name: str, *, endpoint: str | None,
 
 def new_run_id(clock: Clock = SYSTEM_CLOCK) -> str:
     return f"{clock.now().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+# --- moving state ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CopyResult:
+    rows: dict[str, int]  # table -> rows copied (each verified by count and digest)
+
+
+def copy_state(source: str | Path, destination: str | Path, *, force: bool = False,
+               lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> CopyResult:
+    """Copy every row of one state store into another (SQLite <-> PostgreSQL), both locked.
+
+    A destination that holds anything is refused unless ``force``; the copy is one
+    transaction, then read back and compared table by table (row count and digest).
+    """
+    if str(source) == str(destination):
+        raise ConfigError("state copy: FROM and TO are the same store")
+    if open_readonly(source, clock=clock) is None:
+        raise StateError(f"state {redact(source)} does not exist: nothing to copy")
+    lock = LockRequest("", "state copy", lock_timeout_s)
+    src = open_for_write(source, lock, clock=clock)
+    try:
+        dst = open_for_write(destination, lock, clock=clock)
+        try:
+            tables = src.dump()
+            held = {t: len(rows) for t, rows in dst.dump().items() if t != "meta" and rows}
+            if held and not force:
+                raise ConfigError(
+                    f"state {redact(destination)} is not empty ("
+                    + ", ".join(f"{n} {t}" for t, n in sorted(held.items()))
+                    + "); pass --force to replace everything in it")
+            dst.load(tables)
+            copied = dst.dump()
+            wrong = [t for t in tables if _digest(tables[t]) != _digest(copied.get(t, []))]
+            if wrong:
+                raise StateError(f"state copy: {', '.join(wrong)} differ after copying to "
+                                 f"{redact(destination)}; the copy is not to be trusted")
+            return CopyResult({t: len(rows) for t, rows in tables.items()})
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _digest(rows: list[tuple[Any, ...]]) -> tuple[int, str]:
+    text = json.dumps(rows, default=str, ensure_ascii=False)
+    return len(rows), hashlib.sha256(text.encode()).hexdigest()

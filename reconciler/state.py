@@ -142,8 +142,8 @@ class SqliteStore(SqlStore):
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.conn.execute(sql, params)
 
-    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
-        return self.conn
+    def _transaction(self, durable: bool = True) -> contextlib.AbstractContextManager[Any]:
+        return self.conn  # WAL with synchronous = NORMAL: see _before_write
 
     def _error(self, exc: Exception, doing: str) -> StateError:
         return StateError(f"cannot {doing} state file {self.path}: {exc}")

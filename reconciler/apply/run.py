@@ -96,7 +96,8 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     if req.saved is not None:
         store.mark_plan_applied(req.saved.plan_id, run.run_id)
     creator = Creator(store, req.api, target, run, parallelism=req.parallelism,
-                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome)
+                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome,
+                      client_ids=catalog.profile == "glance")  # IMS takes no id (README)
     outcomes: list[Outcome] = []
     taken_in: list[str] = []
     summary: dict[str, int] = {}
