@@ -657,9 +657,16 @@ def history(state: str, limit: int, fmt: str, as_json: bool) -> None:
         click.echo("no runs recorded")
         return
     for run in runs:
-        click.echo(terminal(f"{run['started_at']}  {run['id']}  {run['outcome']:<11}  "
+        outcome, note = run["outcome"], run.get("error")
+        if run.get("process_gone"):
+            outcome = "interrupted"
+            note = (f"process {run['pid']} is gone: killed before it finished (the next "
+                    "apply records it as interrupted)")
+        click.echo(terminal(f"{run['started_at']}  {run['id']}  {outcome:<11}  "
                             f"created {run['created']}, adopted {run['adopted']}, "
                             f"failed {run['failed']}  {run['target']}"))
+        if note and outcome != "success":
+            click.echo("    " + terminal(note))
 
 
 # --- entry point ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import difflib
 import gc
 import hashlib
 import json
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from reconciler.models import (
     Observed,
     Plan,
     Record,
+    RunOutcome,
     RunReport,
     iso,
 )
@@ -197,9 +200,27 @@ def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
 
 
 def run_history(state_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
-    """Past apply runs, newest first."""
+    """Past apply runs, newest first. A run still marked running whose process is gone
+    (same host, no such pid) gets ``process_gone``: it was killed, and the next writer to
+    take the lock records it as interrupted."""
     with reading(state_path) as store:
-        return store.runs(limit)
+        runs = store.runs(limit)
+    for run in runs:
+        if run["outcome"] == RunOutcome.RUNNING:
+            run["process_gone"] = _process_gone(run.get("host"), run.get("pid"))
+    return runs
+
+
+def _process_gone(host: str | None, pid: int | None) -> bool:
+    if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False  # another machine's process cannot be asked
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (maybe another user's)
+    return False
 
 
 def show_plan(path: Path) -> RunReport:

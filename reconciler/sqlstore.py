@@ -344,8 +344,10 @@ class SqlStore:
                   tool_version: str, started_at: str) -> None:
         self._commit(
             # A run of this target still marked running while we hold its lock was killed.
-            ("UPDATE runs SET outcome = ? WHERE outcome = ? AND target = ?",
-             (RunOutcome.INTERRUPTED, RunOutcome.RUNNING, target)),
+            ("UPDATE runs SET outcome = ?, error = COALESCE(error, ?) "
+             "WHERE outcome = ? AND target = ?",
+             (RunOutcome.INTERRUPTED, f"killed before it finished (found by run {run_id})",
+              RunOutcome.RUNNING, target)),
             ("INSERT INTO runs (id, mode, target, profile, catalog_digest, started_at, host, "
              "pid, tool_version, summary_json, created, adopted, failed, outcome) "
              "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, ?)",

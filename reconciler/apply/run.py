@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from reconciler import __version__, planfile
 from reconciler.apply.creates import Creator
@@ -34,7 +35,7 @@ from reconciler.models import (
 from reconciler.operations import bulk_build, get_profile, make_plan, new_run_id
 from reconciler.planner import plan, select
 from reconciler.refresh import observe
-from reconciler.state import LockRequest, StateStore, open_for_write
+from reconciler.state import LockRequest, SqliteStore, StateStore, is_url, open_for_write
 
 log = logging.getLogger("reconciler.apply")
 
@@ -69,19 +70,35 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
         catalog = load_catalog(req.catalog_source, get_profile(req.catalog_profile),
                                strict=req.strict)
     target = normalize_endpoint(req.endpoint)
+    prechecked = _precheck_without_state(req, catalog, target)
     store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s),
                            clock=req.clock)
     try:
-        return _apply_locked(req, store, catalog, target)
+        return _apply_locked(req, store, catalog, target, prechecked)
     finally:
         store.close()
 
 
+def _precheck_without_state(req: ApplyRequest, catalog: Catalog,
+                            target: str) -> Observed | None:
+    """A saved plan and no state file yet: check the plan against the empty state the apply
+    would create, so a refused plan leaves no file behind. The check under the lock still
+    runs (with the cloud as seen here): a state file created meanwhile has moved on."""
+    if req.saved is None or req.preview is not None or is_url(req.state_path) or \
+            Path(req.state_path).exists():
+        return None
+    empty = SqliteStore.empty(req.state_path)
+    try:
+        return _check_saved(req, empty, catalog, target, None)[1]
+    finally:
+        empty.close()
+
+
 def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
-                  target: str) -> ApplyResult:
+                  target: str, prechecked: Observed | None = None) -> ApplyResult:
     t0 = req.clock.monotonic()
     chosen: set[tuple[str, str]] | None = None
-    observed: Observed | None = None
+    observed: Observed | None = prechecked
     if req.preview is not None:
         observed = _check_preview(req.preview, store, catalog)
     if req.saved is not None:
