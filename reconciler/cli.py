@@ -70,7 +70,7 @@ from reconciler.options import (
     strict_option,
 )
 from reconciler.profiles import PROFILES
-from reconciler.report import FORMATS, render
+from reconciler.report import FORMATS, chunks
 from reconciler.state import is_url, redact
 
 
@@ -290,7 +290,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    write_report(render(report, fmt, color=color(output), templates=templates,
+    write_report(chunks(report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output, report)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
@@ -381,7 +381,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
                                     clock=rt.clock, only=only)
-        write_report(render(report, fmt, color=color(output), templates=templates,
+        write_report(chunks(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output, report)
         return
     with _api(rt, endpoint, auth, retries) as session:
@@ -407,7 +407,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                 result = apply_catalog(request)
         finally:
             progress.close()
-    write_report(render(result.report, fmt, color=color(output), templates=templates,
+    write_report(chunks(result.report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output, result.report)
     if result.interrupted:
         fail("interrupted: run `reconcile apply` again to finish")
@@ -434,7 +434,7 @@ def show(plan_file: Path, fmt: str, output: Path | None, templates: Path | None)
       reconcile show plan.json --format markdown > comment.md
       reconcile show plan.json --format json | jq '.changes[].request'
     """
-    write_report(render(show_plan(plan_file), fmt, color=color(output),
+    write_report(chunks(show_plan(plan_file), fmt, color=color(output),
                         templates=templates), output)
 
 

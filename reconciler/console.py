@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,14 +43,17 @@ def notice(message: str, *, level: int = logging.INFO) -> None:
         click.echo(terminal(message, newlines=True), err=True)
 
 
-def write_report(text: str, output: Path | None, report: RunReport | None = None) -> None:
-    """The report to stdout, or to ``output`` with a one-line summary on stderr (for cron:
-    the mail or the log still says what happened)."""
+def write_report(pieces: Iterable[str], output: Path | None,
+                 report: RunReport | None = None) -> None:
+    """Write the report as it is produced (a big json report is never held whole); to
+    ``output`` with a one-line summary on stderr (for cron: the mail still says what
+    happened)."""
     if output is None:
-        click.echo(text, nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
         return
     try:
-        write_text(output, text)
+        write_text(output, pieces)
     except OSError as exc:
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
     notice(f"{summary_line(report)} Report written to {output}." if report is not None

@@ -86,8 +86,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
         store = open_readonly(state_path, clock=clock)
         try:
             target = resolve_target(store, endpoint)
-            records = _records_for_plan(store, target, catalog, full=api is not None) \
-                if store else {}
+            records = _HandedOver(_records_for_plan(store, target, catalog, full=api is not None)
+                                  if store else {})
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
             revision = store.revision() if store else 0
         finally:
@@ -111,6 +111,15 @@ def _records_for_plan(store: StateStore, target: str, catalog: Catalog, *,
         drifted = [n for n, r in records.items() if n in digests and digests[n] != r.spec_digest]
         records.update(store.records_of(target, drifted))
     return records
+
+
+class _HandedOver(dict[str, Record]):
+    """Records handed to the planner, which looks each one up once: ``get`` lets go of the
+    record it returns, so a big plan frees each record as it makes its change, and its peak
+    memory is catalog plus records rather than catalog plus records plus plan."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.pop(key, default)
 
 
 @contextlib.contextmanager
