@@ -449,12 +449,39 @@ def _transport_error(
     )
     detail = _truncate(_redact(_clean(str(exc)), secrets), 200)
     kind = type(exc).__name__
+    permanent, hint = _diagnose(exc)
+    message = f"{what} ({kind}: {detail})" if detail else f"{what} ({kind})"
     return TransportError(
-        f"{what} ({kind}: {detail})" if detail else f"{what} ({kind})",
+        f"{message}; {hint}" if hint else message,
         sent=sent,
         method=request.method,
         url=_safe_url(request.url),
+        permanent=permanent,
     )
+
+
+def _diagnose(exc: httpx.TransportError) -> tuple[bool, str]:
+    """Whether the failure is certain to repeat, and which setting to check."""
+    text = str(exc).lower()
+    if "wrong_version_number" in text or "wrong version number" in text or \
+            "record layer failure" in text or "packet length too long" in text:
+        return True, ("the server does not speak TLS there: is the endpoint http://, not "
+                      "https://? (check --endpoint)")
+    if "certificate" in text and ("verify failed" in text or "self-signed" in text
+                                  or "mismatch" in text or "expired" in text):
+        return True, ("the server's TLS certificate is not trusted: pass its CA bundle with "
+                      "--cacert (OS_CACERT), or check the host name in --endpoint")
+    if any(m in text for m in ("name or service not known", "nodename nor servname",
+                               "no address associated with hostname", "name does not resolve",
+                               "getaddrinfo failed")):
+        return True, "the host name does not resolve: check --endpoint (RECONCILE_ENDPOINT)"
+    if "connection refused" in text:
+        return False, ("nothing listens at that address: check --endpoint "
+                       "(RECONCILE_ENDPOINT) and that the service is up")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return False, ("no answer to the connection: check --endpoint, the network (proxy, "
+                       "firewall) and --connect-timeout")
+    return False, ""
 
 
 # --------------------------------------------------------------------------- the client
@@ -702,6 +729,7 @@ class ImageClient:
         self._auth = auth  # request signing (AK/SK), applied to every request
         self._read_retry = read_retry
         self._rng = random.Random()
+        self._answered = False  # no HTTP answer from this endpoint yet
         self._user_agent = user_agent
         self._owns_http = http is None
         self._http = http if http is not None else http_client(
@@ -801,7 +829,16 @@ class ImageClient:
         listed: set[str] = set()  # a server whose paging loops repeats ids: stop at the first
         for number in range(1, self._max_pages + 1):
             query = (*params, ("marker", marker)) if marker else params
-            response = self._send("GET", "/v2/images", params=query)
+            try:
+                response = self._send("GET", "/v2/images", params=query)
+            except NotFoundError as exc:
+                # The collection itself is never missing from an Image API.
+                raise NotFoundError(
+                    f"{exc.message}; is {self.endpoint} the Image API endpoint? Check "
+                    "--endpoint: the API's root, e.g. https://ims.cn-north-4.myhuaweicloud.com "
+                    "or Glance's http://HOST:9292 (a trailing /v2 is accepted)",
+                    status=exc.status, code=exc.code, request_id=exc.request_id,
+                    method=exc.method, url=exc.url) from None
             body = self._json_object(response)
             page = self._validated(response, ImagePage, body)
             for entry in page.images:
@@ -865,7 +902,8 @@ class ImageClient:
             try:
                 return self._authenticated(method, path, params, json_body)
             except RETRYABLE_READ as exc:
-                if retry is None or attempt >= retry.attempts or self._aborted:
+                if (retry is None or attempt >= retry.attempts or self._aborted
+                        or self._unpromising(exc)):
                     raise
                 delay = retry.delay(attempt, exc.retry_after, self._rng)
                 why = str(exc) if isinstance(exc, TransportError) else f"HTTP {exc.status}"
@@ -873,6 +911,14 @@ class ImageClient:
                         delay, attempt, retry.attempts,
                         extra={"event": "read_retry", "attempt": attempt})
             self._clock.sleep(delay)
+
+    def _unpromising(self, exc: ApiError) -> bool:
+        """A failure not worth retrying: one that repeats by nature, or a connection that
+        failed before this endpoint ever answered (a wrong endpoint far more often than a
+        server restarting just now; the next run will try again)."""
+        if not isinstance(exc, TransportError):
+            return False
+        return exc.permanent or (not exc.sent and not self._answered)
 
     def _authenticated(
         self,
@@ -884,6 +930,7 @@ class ImageClient:
         """Send, and once more with a fresh token after a 401 if the provider has one."""
         tokens = [self._tokens.token()]
         response = self._attempt(method, path, params, json_body, tokens)
+        self._answered = True
         if response.is_success:
             return response
         error = error_from_response(response, secrets=tokens, clock=self._clock)

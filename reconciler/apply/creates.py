@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -156,8 +156,31 @@ class Creator:
                                        change.remote, recorded_at=iso(self.run.clock.now()),
                                        run_id=self.run.run_id, origin="adopted")
             self.store.save_record(self.target, record)
+            log.info("adopted %s (%s)", change.name, record.image_id,
+                     extra={"event": "adopted", "image": change.name,
+                            "image_id": record.image_id, "run_id": self.run.run_id})
             outcomes.append(self._deliver(Outcome.recorded(record, "adopted")))
         return outcomes
+
+    def take_in(self, changes: Iterable[Change], records: Mapping[str, Record]) -> list[str]:
+        """``--refresh-only``: record the cloud's current version of each image changed out
+        of band (the drift is then gone); returns what was taken in, as report lines."""
+        lines = []
+        for change in changes:
+            old = records.get(change.name)
+            if change.reason != "changed_remotely" or change.remote is None or old is None:
+                continue
+            record = Record.from_image(change.name, old.request, change.remote,
+                                       recorded_at=iso(self.run.clock.now()),
+                                       run_id=self.run.run_id, origin=old.origin)
+            self.store.save_record(self.target, record)
+            fields = ", ".join(d.field for d in change.diff)
+            log.info("recorded the cloud's version of %s (%s)", change.name, fields,
+                     extra={"event": "refreshed", "image": change.name,
+                            "image_id": record.image_id, "run_id": self.run.run_id})
+            lines.append(f"recorded the cloud's current {change.name} (changed outside "
+                         f"reconcile: {fields})")
+        return lines
 
     # --- creates ---------------------------------------------------------------------------
 
@@ -333,6 +356,10 @@ class Creator:
         record = Record.from_image(name, request, image, recorded_at=iso(self.run.clock.now()),
                                    run_id=self.run.run_id, origin=origin)
         self.store.save_record(self.target, record, nonce=nonce)
+        log.info("%s %s (%s)", result, name, record.image_id,
+                 extra={"event": result, "image": name, "image_id": record.image_id,
+                        "status": record.status, "attempt": attempts,
+                        "run_id": self.run.run_id})
         return Outcome.recorded(record, result, attempts=attempts, request=body,
                                 duration_s=self.run.clock.monotonic() - started)
 

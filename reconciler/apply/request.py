@@ -22,7 +22,7 @@ class ApplyApi(ImageApi, ListingApi, Protocol):
 
 
 #: Options a saved plan fixes (given on the command line they would contradict it).
-SAVED_PLAN_FIXES = ("catalog", "profile", "refresh")
+SAVED_PLAN_FIXES = ("catalog", "profile", "refresh", "only", "refresh_only")
 
 
 def check_invocation(saved: SavedPlan | None, *, given: Collection[str], dry_run: bool,
@@ -83,6 +83,8 @@ class ApplyRequest:
     settle_s: float = DEFAULT_SETTLE_S
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT  # the client's deadline per request
     project_id: str | None = None  # our project, when the credentials tell
+    only: tuple[str, ...] = ()  # --only: the name globs the plan is limited to
+    refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
 
     def __post_init__(self) -> None:
