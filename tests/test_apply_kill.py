@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from apply_helpers import (
     RECONCILE,
+    Apply,
     SandboxFactory,
     assert_converged,
     by_name,
@@ -40,45 +41,6 @@ from reconciler.models import MARKER_PROPERTY
 from reconciler.sandbox import Sandbox
 
 IMAGES = 40
-
-
-class Apply:
-    """One ``reconcile apply --yes`` subprocess; output goes to files (no pipe can fill up)."""
-
-    count = 0
-
-    def __init__(self, tmp_path: Path, sb: Sandbox, state: Path, catalog: Path, *extra: Any):
-        Apply.count += 1
-        self.out = tmp_path / f"apply-{Apply.count}.out"
-        self.err = tmp_path / f"apply-{Apply.count}.err"
-        args = [str(RECONCILE), "apply", "--yes", "--endpoint", sb.url, "--state", str(state),
-                "--catalog", str(catalog), *(str(a) for a in extra)]
-        with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=subprocess_env(),
-                                         cwd=tmp_path)
-        self.started = time.monotonic()
-        self.state = state
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
-
-    def wait(self, timeout: float = 60) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    @property
-    def stdout(self) -> str:
-        return self.out.read_text(encoding="utf-8")
-
-    @property
-    def stderr(self) -> str:
-        return self.err.read_text(encoding="utf-8")
-
-    def output(self) -> str:
-        return f"exit {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
 def setup(tmp_path: Path, count: int = IMAGES) -> tuple[Path, Path, list[str]]:
