@@ -321,6 +321,12 @@ def create_attributes(change: Change) -> str:
     return "; ".join(parts)
 
 
+def summary_line(report: RunReport) -> str:
+    """The report in one line: the plan's counts, and for an apply what it did."""
+    applied = report.mode == "apply" and not report.dry_run
+    return plan_line(report.summary) + (" " + apply_line(report.summary) if applied else "")
+
+
 def plan_line(s: dict[str, int]) -> str:
     adopt = f"{s['adopt']} to adopt, " if s.get("adopt") else ""
     return (f"Plan: {s['create']} to create, {adopt}{s['unchanged']} unchanged, "

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from reconciler import __version__, planfile
 from reconciler.apply.creates import Creator
 from reconciler.apply.decisions import verdict
-from reconciler.apply.request import ApplyRequest, ApplyResult, Preview
+from reconciler.apply.request import ApplyRequest, ApplyResult, Preview, settle_time
 from reconciler.apply.runstate import RunState
 from reconciler.catalog import load_catalog
 from reconciler.client import normalize_endpoint
@@ -32,9 +33,11 @@ from reconciler.models import (
     iso,
 )
 from reconciler.operations import bulk_build, get_profile, make_plan, new_run_id
-from reconciler.planner import plan
+from reconciler.planner import plan, select
 from reconciler.refresh import observe
 from reconciler.state import LockRequest, SqliteStore, StateStore, is_url, open_for_write
+
+log = logging.getLogger("reconciler.apply")
 
 
 def preview(req: ApplyRequest) -> Preview:
@@ -43,9 +46,15 @@ def preview(req: ApplyRequest) -> Preview:
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
-                       clock=req.clock)
-    return Preview(result.plan, result.observed, result.state_revision,
-                   result.catalog.digest, result.report)
+                       clock=req.clock, only=req.saved.only if req.saved else req.only)
+    shown, report = result.plan, result.report
+    if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
+        shown = shown.model_copy(update={"changes": tuple(
+            c for c in shown.changes if c.action == "adopt" or c.reason == "changed_remotely")})
+        report = report.model_copy(update={"changes": shown.changes,
+                                           "summary": shown.summary()})
+    return Preview(shown, result.observed, result.state_revision, result.catalog.digest,
+                   report)
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -100,12 +109,19 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     store.start_run(run.run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest, tool_version=__version__,
                     started_at=iso(req.clock.now()))
+    log.info("run %s started at %s", run.run_id, target,
+             extra={"event": "run_start", "run_id": run.run_id, "target": target})
     if req.saved is not None:
         store.mark_plan_applied(req.saved.plan_id, run.run_id)
+    settle_s, why = settle_time(req.settle_s, req.request_timeout_s)
+    if why:
+        log.warning(why, extra={"event": "settle_time_raised"})
     creator = Creator(store, req.api, target, run, parallelism=req.parallelism,
-                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome,
+                      retry=req.retry, settle_s=settle_s, recovery_settle_s=req.settle_s,
+                      on_outcome=req.on_outcome,
                       client_ids=catalog.profile == "glance")  # IMS takes no id (README)
     outcomes: list[Outcome] = []
+    taken_in: list[str] = []
     summary: dict[str, int] = {}
     result: Plan | None = None
     try:
@@ -121,13 +137,17 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                     run.stop(f"authentication failed: {exc.message}")
             pending = {p.name: p.nonce for p in store.pending(target)}
             with bulk_build():
-                result = plan(catalog, records, target=target, pending=pending,
-                              observed=observed)
+                result = select(plan(catalog, records, target=target, pending=pending,
+                                     observed=observed),
+                                req.saved.only if req.saved else req.only)
             summary = result.summary()
             req.on_plan(result)
             todo = [c for c in result.changes if chosen is None or (c.name, c.action) in chosen]
             outcomes.extend(creator.adopt(todo))
-            outcomes.extend(creator.create_all([c for c in todo if c.action == "create"]))
+            if req.refresh_only:
+                taken_in = creator.take_in(todo, records)
+            else:
+                outcomes.extend(creator.create_all([c for c in todo if c.action == "create"]))
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: what was recorded is counted and reported, and the caller says
         # how to finish; the creates in flight have finished and are recorded.
@@ -143,12 +163,12 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     outcome = verdict(done=counts["created"] + counts["adopted"], failed=counts["failed"],
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
     _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
-    return _result(req, catalog, target, run, result, summary, outcomes, t0)
+    return _result(req, catalog, target, run, result, summary, outcomes, t0, taken_in)
 
 
 def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
             result: Plan | None, summary: dict[str, int], outcomes: list[Outcome], t0: float,
-            *, interrupted: bool = False) -> ApplyResult:
+            taken_in: list[str] | None = None, *, interrupted: bool = False) -> ApplyResult:
     counts = _counts(outcomes)
     reason = "interrupted" if interrupted else run.reason
     report = RunReport.model_construct(
@@ -158,8 +178,9 @@ def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
         summary={**(summary or dict.fromkeys(ACTIONS, 0)), **counts},
         changes=result.changes if result else (),
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
-        warnings=(("run interrupted: run `reconcile apply` again to finish",) if interrupted
-                  else (f"run aborted: {run.reason}",) if run.reason else ()),
+        warnings=tuple(taken_in or ()) + (
+            ("run interrupted: run `reconcile apply` again to finish",) if interrupted
+            else (f"run aborted: {run.reason}",) if run.reason else ()),
         duration_s=req.clock.monotonic() - t0, run_id=run.run_id,
         auth_refreshes=req.refreshes(), refreshed=req.refresh or req.saved is not None,
         state=str(req.state_path), plan_id=req.saved.plan_id if req.saved else None,
@@ -214,7 +235,8 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog, target:
                                      state_revision=store.revision(), observed=observed)
     if not reasons:
         pending = {p.name: p.nonce for p in store.pending(target)}
-        fresh = plan(catalog, records, target=target, pending=pending, observed=observed)
+        fresh = select(plan(catalog, records, target=target, pending=pending,
+                            observed=observed), saved.only)
         now = {(c.name, c.action) for c in fresh.changes if c.action in ("create", "adopt")}
         then = {(c.name, c.action) for c in saved.changes}
         reasons.extend(f"{name}: the plan says {action}, now it would not"
@@ -240,3 +262,6 @@ def _finish(store: StateStore, run_id: str, summary: dict[str, int], outcomes: l
     store.finish_run(run_id, summary=summary, created=counts["created"],
                      adopted=counts["adopted"], failed=counts["failed"] + counts["skipped"],
                      outcome=outcome, error=error)
+    log.info("run %s ended: %s", run_id, outcome.value,
+             extra={"event": "run_end", "run_id": run_id, "outcome": outcome.value,
+                    "counts": counts})
