@@ -125,11 +125,14 @@ def task(name: str, *args: object) -> Run:
 
 
 @contextlib.contextmanager
-def sandbox(latency_ms: int = 0, data: Path | None = None) -> Iterator[str]:
+def sandbox(latency_ms: int = 0, data: Path | None = None,
+            capacity: int | None = None) -> Iterator[str]:
     """``reconcile sandbox`` as its own process on a free port; yields its URL."""
     cmd = [RECONCILE, "sandbox", "--port", "0", "--latency-ms", str(latency_ms)]
     if data is not None:
         cmd += ["--data", str(data)]
+    if capacity is not None:
+        cmd += ["--capacity", str(capacity)]
     log = (OUT / "sandbox.log").open("ab")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, text=True)
     try:
@@ -249,24 +252,29 @@ class ApplyRun:
 
 
 def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
-                  wal: bool = False, postgres: str | None = None) -> ApplyRun:
+                  wal: bool = False, postgres: str | None = None,
+                  capacity: int | None = None, fixed: bool = False) -> ApplyRun:
     """``reconcile apply`` of a fresh catalog of ``creates`` images, fresh state and sandbox.
 
     ``wal``: what-if, the fresh state file is switched to WAL journaling first.
     ``postgres``: the URL of an empty PostgreSQL database to use as the state instead.
+    ``capacity``: the sandbox in capacity mode. ``fixed``: ``--concurrency fixed``.
     """
     catalog = gen_catalog(OUT / f"catalog-apply-{creates}", creates, 4)
-    name = f"apply-p{parallelism}-l{latency_ms}{'-wal' if wal else ''}{'-pg' if postgres else ''}"
+    name = (f"apply-p{parallelism}-l{latency_ms}{'-wal' if wal else ''}"
+            f"{'-pg' if postgres else ''}{f'-c{capacity}' if capacity else ''}"
+            f"{'-fixed' if fixed else ''}")
     report = OUT / f"{name}.json"
     state: Path | str = postgres or OUT / f"{name}.db"
     for path in (OUT / f"{name}.db", report):
         path.unlink(missing_ok=True)
     if wal:
         task("wal-state", "--out", state)
-    with sandbox(latency_ms) as url:
+    with sandbox(latency_ms, capacity=capacity) as url:
         done = run([RECONCILE, "apply", "--catalog", catalog, "--state", state, "--endpoint",
                     url, "--yes", "--parallelism", parallelism, "--format", "json",
-                    "--output", report], env={"OS_AUTH_TOKEN": TOKEN}).check()
+                    "--output", report, "--concurrency", "fixed" if fixed else "adaptive"],
+                   env={"OS_AUTH_TOKEN": TOKEN}).check()
     doc = json.loads(report.read_text(encoding="utf-8"))
     created = doc["summary"]["created"]
     if created != creates:
@@ -274,7 +282,8 @@ def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
     result = ApplyRun(parallelism, latency_ms, created, float(doc["duration_s"]), done.wall,
                       done.rss_mb)
     print(f"  apply p={parallelism} latency {latency_ms} ms{' WAL' if wal else ''}"
-          f"{' PostgreSQL state' if postgres else ''}: "
+          f"{' PostgreSQL state' if postgres else ''}"
+          f"{f' capacity {capacity}' if capacity else ''}{' fixed' if fixed else ''}: "
           f"{created} creates in "
           f"{result.seconds:.2f} s = {result.per_second:.0f}/s", flush=True)
     return result

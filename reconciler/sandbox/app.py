@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from reconciler.sandbox.capacity import Capacity
 from reconciler.sandbox.config import SandboxConfig
 from reconciler.sandbox.faults import Fault, FaultInjector
 from reconciler.sandbox.images import build_foreign_image, build_image, isotime
@@ -126,6 +127,7 @@ class SandboxApp:
         self.config = config
         self.store = ImageStore(config.data_file)
         self._faults = FaultInjector(config.seed, config.faults)
+        self._capacity = Capacity(config.capacity)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
         self._issued: dict[str, datetime] = {}  # Keystone-mode token -> expiry
@@ -185,9 +187,15 @@ class SandboxApp:
             return self._issue_token(req)
         if kind not in ("images", "image"):
             raise GlanceError(404, "The resource could not be found.")
+        with self._capacity.admit() as load:
+            if load is None:  # over capacity: refused at once, as an overloaded server does
+                return webob_default(503, req.headers.get("accept", ""))
+            return self._serve(req, kind, load)
+
+    def _serve(self, req: Request, kind: str, load: float) -> Reply:
         cfg = self.config
         if cfg.latency_ms:
-            time.sleep(cfg.latency_ms / 1000)
+            time.sleep(cfg.latency_ms * load / 1000)
         create = (kind, req.method) == ("images", "POST")
         fault = self._faults.draw(
             fail_rate=cfg.fail_rate,

@@ -11,6 +11,8 @@ an adaptive client has to find that without being told.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class Capacity:
@@ -20,23 +22,25 @@ class Capacity:
         self.capacity = capacity
         self._in_flight = 0
         self._lock = threading.Lock()
-        self._mine = threading.local()  # whether this handler thread holds a place
 
-    def enter(self) -> float | None:
-        """A place for this request and its latency factor, or None when it is refused."""
+    @contextmanager
+    def admit(self) -> Iterator[float | None]:
+        """Hold a place while the request is served; yields its latency factor, or None
+        when it is refused (no place is held then)."""
         if self.capacity is None:
-            return 1.0
+            yield 1.0
+            return
         with self._lock:
             if self._in_flight >= self.capacity:
-                return None
-            self._in_flight += 1
-            load = self._in_flight
-        self._mine.held = True
-        return 1 + (load - 1) / self.capacity
-
-    def leave(self) -> None:
-        """Give back the place this thread's request holds, if it holds one."""
-        if getattr(self._mine, "held", False):
-            self._mine.held = False
+                load = None
+            else:
+                self._in_flight += 1
+                load = self._in_flight
+        if load is None:
+            yield None
+            return
+        try:
+            yield 1 + (load - 1) / self.capacity
+        finally:
             with self._lock:
                 self._in_flight -= 1
