@@ -367,6 +367,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
       OS_AUTH_TOKEN=... reconcile apply --endpoint https://ims.example.com --yes
       reconcile apply --yes --log-format json --format html --output report.html
       reconcile apply plan.json --yes
+      reconcile apply --yes --parallelism 32             # a ceiling: the limit adapts below it
+      reconcile apply --yes --parallelism 4 --concurrency fixed
     """
     logs.configure(log_format)
     check_outputs(output)

@@ -7,12 +7,15 @@ knows. ``ConcurrencyLimit`` is driven by real threads and a manual clock.
 
 from __future__ import annotations
 
+import heapq
+import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from reconciler.apply.limit import ConcurrencyLimit, LimitState, Signal, signal_of
+from reconciler.apply.limit import ConcurrencyLimit, LimitState, Signal, Trend, judge, signal_of
 from reconciler.errors import (
     ApiError,
     AuthError,
@@ -74,13 +77,19 @@ def test_later_overloads_cut_by_the_decrease_factor_once_per_round_trip() -> Non
     d.answer(signal=OVERLOAD)  # 16 -> 8, slow start over
     d.round_trips(3)  # 8 -> 11
     assert d.state.slots == 11
+    for _ in range(11):  # a round trip at 11 (less work than slots: no growth): it held
+        d.answer(busy=False)
+    assert d.state.probe_from is None
     cut_at = d.now
     d.answer(signal=OVERLOAD)
     assert d.state.slots == 8  # 11 * 0.8 = 8.8
     for _ in range(10):  # the rest of a burst, sent before the cut: ignored
         d.answer(signal=OVERLOAD, sent_at=cut_at - 0.01)
+    settled = d.state.settled_at  # the cut, plus a round trip (the smoothed latency)
+    assert settled == pytest.approx(cut_at + 0.001 + 0.05 + 0.05)
+    d.answer(signal=OVERLOAD, sent_at=settled - 0.01)  # within a round trip: the old load
     assert d.state.slots == 8
-    d.answer(signal=OVERLOAD)  # sent after the cut: it saw the new limit
+    d.answer(signal=OVERLOAD, sent_at=settled)  # a round trip later: it saw the new limit
     assert d.state.slots == 6
     assert d.state.cuts == 3
 
@@ -239,3 +248,160 @@ def test_an_adaptive_limit_starts_at_one_and_learns_from_exceptions() -> None:
     with limit.request():
         pass  # never sent: says nothing
     assert limit.limit == 1
+
+
+# --- the trend of latency, as a table ---------------------------------------------------------
+
+@pytest.mark.parametrize(("slower", "more", "trend"), [
+    (1.0, 1.0, Trend.GROW),    # as fast as ever
+    (1.4, 0.5, Trend.GROW),    # a little slower: below hold_factor, nothing to judge
+    (1.5, 1.0, Trend.HOLD),    # half again as slow for the same in-flight: a queue forming
+    (2.0, 16.0, Trend.GROW),   # twice as slow at 16 times the in-flight: 8x the rate
+    (2.0, 2.4, Trend.HOLD),    # rate up by 1.2x only: not worth the latency
+    (2.0, 2.5, Trend.GROW),    # rate up by 1.25x
+    (3.0, 3.0, Trend.HOLD),    # three times slower, rate as it was: stop, do not cut
+    (3.0, 2.9, Trend.CUT),     # three times slower and fewer answers per second
+    (4.0, 1.0, Trend.CUT),     # four times slower, same in-flight
+    (2.9, 0.5, Trend.HOLD),    # the rate fell, but latency is below cut_factor
+])
+def test_judge(slower: float, more: float, trend: Trend) -> None:
+    assert judge(slower, more) is trend
+
+
+def test_latency_that_grows_with_load_while_the_rate_rises_does_not_stop_growth() -> None:
+    """A pool of 16 workers: latency 1 + (n - 1) / 16 times the unloaded one. The limit grows
+    past the 1.5x mark (reached at 9 in flight) towards 16, where the rate is highest."""
+    d = Driver(LimitState(64))
+    while d.state.slots < 32:  # the slow start overshoots; no 503s in this test
+        d.round_trips(1, latency=0.05 * (1 + (d.state.slots - 1) / 16))
+    d.answer(signal=OVERLOAD)  # 16
+    for _ in range(10):
+        d.round_trips(1, latency=0.05 * (1 + (d.state.slots - 1) / 16))
+    assert d.state.slots > 16  # latency is 1.9x its low, the rate 8x
+
+
+def test_a_failed_probe_goes_back_to_the_level_that_held_and_waits_ever_longer() -> None:
+    """A server that takes exactly 5 at once: every request past 5 gets a 503 at once."""
+    d = Driver(LimitState(64))
+    d.round_trips(3)  # 1 -> 8: the slow start overshoots
+    d.answer(signal=OVERLOAD)  # 8 -> 4
+    d.now = d.state.settled_at
+    gaps = []
+    for _ in range(5):
+        answers = 0
+        while d.state.slots <= 5:
+            d.answer()
+            answers += 1
+        assert d.state.slots == 6
+        d.now = max(d.now, d.state.settled_at)
+        d.answer(signal=OVERLOAD)  # the sixth request in flight: refused
+        assert d.state.slots == 5  # back to where the probe started, not 6 * 0.8
+        gaps.append(answers)
+    # 4 -> 5 at the normal pace, then 5 -> 6 after 16, 32, ... answers at 5
+    assert gaps[1:] == [16, 32, 64, 128]
+    assert d.state.failed_at == 6
+
+
+def test_a_probe_that_holds_at_the_failed_level_resets_the_interval() -> None:
+    d = Driver(LimitState(64))
+    d.round_trips(3)
+    d.answer(signal=OVERLOAD)  # 8 -> 4
+    d.now = d.state.settled_at
+    while d.state.slots <= 5:
+        d.answer()
+    d.now = max(d.now, d.state.settled_at)
+    d.answer(signal=OVERLOAD)  # 6 failed: back to 5, interval 16
+    assert (d.state.slots, d.state.probe, d.state.failed_at) == (5, 16, 6)
+    d.now = max(d.now, d.state.settled_at)
+    while d.state.slots <= 5:
+        d.answer()
+    d.round_trips(1)  # this time a round trip at 6 holds: the server grew
+    assert d.state.failed_at is None and d.state.probe == 8
+    d.round_trips(2)
+    assert d.state.slots == 8  # one per round trip again
+
+
+# --- whole runs against simulated servers, in virtual time -----------------------------------
+
+def capacity_server(capacity: int, latency: float) -> Callable[[int], tuple[float, Signal]]:
+    """The sandbox's capacity mode (sandbox/capacity.py): over ``capacity`` in flight a 503
+    at once, else a latency that grows with the load."""
+    def answer(in_flight: int) -> tuple[float, Signal]:
+        if in_flight > capacity:
+            return 0.002, OVERLOAD
+        return latency * (1 + (in_flight - 1) / capacity), OK
+    return answer
+
+
+def latency_bound(latency: float) -> Callable[[int], tuple[float, Signal]]:
+    return lambda in_flight: (latency, OK)
+
+
+def single_worker(latency: float) -> Callable[[int], tuple[float, Signal]]:
+    """One worker (Glance on SQLite): requests in flight share it, so each takes ``latency``
+    times their number, and overlapping ones fail (500) ever more often."""
+    rng = random.Random(7)
+
+    def answer(in_flight: int) -> tuple[float, Signal]:
+        failed = rng.random() < 0.5 * (in_flight - 1) / in_flight
+        return latency * in_flight, OVERLOAD if failed else OK
+    return answer
+
+
+RETRY_S = 0.5  # the applier's first backoff (RetryPolicy)
+WORK = 2000  # requests per simulated run, as many as the benchmark's apply
+
+
+def simulate(server: Callable[[int], tuple[float, Signal]], work: int, *,
+             limit: int | None = None, ceiling: int = 10) -> float:
+    """Images created per second of ``work`` in virtual time, as ``Creator`` runs them: at
+    most ``limit`` (fixed) or ``ceiling`` (adaptive) images in progress (its worker pool), a
+    failed create sent again ``RETRY_S`` later, its slot free meanwhile; in flight at most
+    ``limit``, or what a ``LimitState`` of ``ceiling`` allows."""
+    state = None if limit is not None else LimitState(ceiling)
+    pool = limit or ceiling
+    now, todo, waiting, active, done, seq = 0.0, work, 0, 0, 0, 0
+    flying: list[tuple[float, int, float, Signal]] = []  # (ends, seq, sent_at, signal)
+    retries: list[float] = []  # when each failed create is sent again
+    while done < work:
+        slots = pool if state is None else state.slots
+        while len(flying) < slots and (waiting or (todo and active < pool)):
+            if waiting:
+                waiting -= 1
+            else:
+                todo, active = todo - 1, active + 1
+            latency, signal = server(len(flying) + 1)
+            seq += 1
+            heapq.heappush(flying, (now + latency, seq, now, signal))
+        if retries and (not flying or retries[0] <= flying[0][0]):
+            now = heapq.heappop(retries)
+            waiting += 1
+            continue
+        now, _, sent_at, signal = heapq.heappop(flying)
+        busy = len(flying) + 1 >= slots
+        if signal is OK:
+            done, active = done + 1, active - 1
+        else:
+            heapq.heappush(retries, now + RETRY_S)
+        if state is not None:
+            state.finish(signal, sent_at=sent_at, now=now, busy=busy)
+    return work / now
+
+
+@pytest.mark.parametrize(("server", "ceiling", "fixed", "share"), [
+    # a pool of workers: best fixed = the capacity; adaptive within 10 % of it
+    (capacity_server(16, 0.05), 32, range(1, 33), 0.9),
+    (capacity_server(6, 0.05), 10, range(1, 11), 0.9),
+    (capacity_server(3, 0.02), 64, range(1, 65, 3), 0.9),
+    # latency-bound: every fixed level answers at once; adaptive near the ceiling
+    (latency_bound(0.05), 16, [16], 0.9),
+    (latency_bound(0.05), 32, [32], 0.9),
+    # one worker: the best is sequential or two in flight
+    (single_worker(0.05), 10, range(1, 11), 0.9),
+], ids=["capacity-16", "capacity-6", "capacity-3", "latency-p16", "latency-p32",
+        "single-worker"])
+def test_adaptive_reaches_the_best_fixed_parallelism(
+        server: Callable[[int], tuple[float, Signal]], ceiling: int, fixed: range | list[int],
+        share: float) -> None:
+    best = max(simulate(server, WORK, limit=p) for p in fixed)
+    assert simulate(server, WORK, ceiling=ceiling) >= share * best

@@ -161,6 +161,11 @@ class SandboxApp:
     def scripted_left(self) -> int:
         return self._faults.scripted_left()
 
+    def capacity_counts(self) -> tuple[int, int]:
+        """Capacity mode: the most ``/v2`` requests served at once, and how many were
+        refused (503) for want of a place."""
+        return self._capacity.peak, self._capacity.refused
+
     def counts(self) -> Counter[tuple[str, str]]:
         """Requests seen so far per ``(method, route kind)``."""
         with self._counts_lock:

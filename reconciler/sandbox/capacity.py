@@ -22,6 +22,8 @@ class Capacity:
         self.capacity = capacity
         self._in_flight = 0
         self._lock = threading.Lock()
+        self.peak = 0     # the most requests admitted at once
+        self.refused = 0  # requests answered 503 for want of a place
 
     @contextmanager
     def admit(self) -> Iterator[float | None]:
@@ -33,9 +35,11 @@ class Capacity:
         with self._lock:
             if self._in_flight >= self.capacity:
                 load = None
+                self.refused += 1
             else:
                 self._in_flight += 1
                 load = self._in_flight
+                self.peak = max(self.peak, load)
         if load is None:
             yield None
             return
