@@ -26,7 +26,7 @@ import httpx
 from reconciler import __version__, planfile
 from reconciler.applier import DEFAULT_SETTLE_S
 from reconciler.auth import Credentials, resolve
-from reconciler.catalog import did_you_mean, lint_problems, load_catalog
+from reconciler.catalog import did_you_mean, lint_problems
 from reconciler.client import ImageClient, RetryPolicy, http_client
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
@@ -34,18 +34,18 @@ from reconciler.operations import (
     ApplyRequest,
     Clock,
     apply_catalog,
-    bulk_build,
     dry_run_report,
     forget_image,
-    get_profile,
     import_image,
     make_plan,
     open_existing,
     save_plan,
     utc_now,
+    validate_catalog,
 )
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, plan_line, render
+from reconciler.schemacache import Allowances
 from reconciler.state import DEFAULT_PATH
 
 CONFIG_FILE = "reconcile.toml"
@@ -58,6 +58,8 @@ CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
     "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
     "interface": ("interface", str), "cacert": ("cacert", str),
+    "allow_disk_formats": ("allow_disk_format", list),
+    "allow_container_formats": ("allow_container_format", list),
 }
 
 
@@ -86,6 +88,12 @@ def _load_config(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: unknown setting {key!r}"
                               + did_you_mean(key, tuple(CONFIG_KEYS)))
         param, kind = CONFIG_KEYS[key]
+        if kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: setting {key!r} must be a list of strings, like "
+                                  f'["zvhd", "zvhd2"]; not {value!r}')
+            settings[param] = tuple(value)
+            continue
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             names = kind.__name__ if isinstance(kind, type) else "number"
             raise ConfigError(f"{path}: setting {key!r} must be a {names.replace('str', 'string')}"
@@ -137,6 +145,16 @@ def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--endpoint", envvar="RECONCILE_ENDPOINT", show_envvar=True,
                         help="Image API root, e.g. https://ims.cn-north-4.myhuaweicloud.com. "
                              "Selects whose records to compare with.")(f)
+
+
+def allow_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--allow-container-format", multiple=True, metavar="FORMAT",
+                     help="Also allow this container_format (repeatable); see "
+                          "--allow-disk-format.")(f)
+    return click.option("--allow-disk-format", multiple=True, metavar="FORMAT",
+                        help="Also allow this disk_format (repeatable), for a deployment whose "
+                             "schema cannot be read. Once the server's schema is known, it "
+                             "alone decides.")(f)
 
 
 def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -232,30 +250,6 @@ def _color(output: Path | None) -> bool:
     return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
-@cli.command()
-@catalog_option
-@profile_option
-@strict_option
-def validate(catalog: Path, profile: str, strict: bool) -> None:
-    """Check the catalog without reading state or contacting the API.
-
-    Reports every problem at once as FILE:LINE: FIELD: message, and exits 1 if there is any.
-
-    \b
-    Examples:
-      reconcile validate --catalog catalog/
-      reconcile validate --profile glance --strict
-    """
-    with bulk_build():
-        loaded = load_catalog(catalog, get_profile(profile), strict=strict)
-    for line in lint_problems(loaded):
-        click.echo(f"warning: {line}", err=True)
-    n = len(loaded.images)
-    click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{len(loaded.files)} file{'s' if len(loaded.files) != 1 else ''} "
-               f"(profile {profile})")
-
-
 def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Where credentials come from; the order of precedence is in ``reconciler.auth``."""
     options = [
@@ -288,6 +282,53 @@ class AuthFlags:
     insecure: bool
     connect_timeout: float
     read_timeout: float
+
+
+@cli.command()
+@catalog_option
+@state_option
+@profile_option
+@strict_option
+@endpoint_option
+@auth_options
+@allow_options
+@click.pass_obj
+def validate(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: bool,
+             endpoint: str | None, allow_disk_format: tuple[str, ...],
+             allow_container_format: tuple[str, ...], **auth: Any) -> None:
+    """Check the catalog; with --endpoint, against what that server says it accepts.
+
+    Reports every problem at once as FILE:LINE: FIELD: message, and exits 1 if there is any.
+    Under --profile glance the allowed visibilities, formats and typed properties are the
+    server's own image schema (GET /v2/schemas/image); under ims the region's OS list. With
+    --endpoint on the command line the server is asked (with the usual credentials) and its
+    answer is kept in the state file; otherwise the last answer kept there is used, else
+    reconcile's built-in rules. Every refusal says which of these it follows.
+
+    \b
+    Examples:
+      reconcile validate --catalog catalog/
+      reconcile validate --profile glance --strict
+      OS_AUTH_TOKEN=... reconcile validate --profile glance --endpoint https://glance:9292
+    """
+    ctx = click.get_current_context()
+    online = ctx.get_parameter_source("endpoint") is click.core.ParameterSource.COMMANDLINE
+    allow = Allowances(allow_disk_format, allow_container_format)
+    with contextlib.ExitStack() as stack:
+        session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if online \
+            else None
+        result = validate_catalog(catalog, state, profile=profile, strict=strict,
+                                  endpoint=endpoint, api=session.client if session else None,
+                                  clock=rt.clock, allow=allow)
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
+    for line in lint_problems(result.catalog):
+        click.echo(f"warning: {line}", err=True)
+    loaded = result.catalog
+    n = len(loaded.images)
+    click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
+               f"{len(loaded.files)} file{'s' if len(loaded.files) != 1 else ''} "
+               f"(profile {profile}; {result.rules.profile.source})")
 
 
 @contextlib.contextmanager
@@ -357,6 +398,7 @@ class ApiSession:
                    "or changed out of band, lost records to adopt, and same-name duplicates.")
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False),
               help="Save the plan to this file; `reconcile apply FILE` applies exactly it.")
+@allow_options
 @report_options
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
@@ -365,11 +407,13 @@ class ApiSession:
 def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: bool,
              endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, detailed_exitcode: bool,
+             allow_disk_format: tuple[str, ...], allow_container_format: tuple[str, ...],
              **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
-    Works offline and without credentials unless --refresh is given; never creates or
-    changes the state file.
+    Works offline and without credentials unless --refresh is given, and never writes a
+    record. --refresh also reads what the server accepts (Glance's image schema, IMS's OS
+    list) and keeps it in the state file, for the offline plans after it.
 
     \b
     Examples:
@@ -382,7 +426,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
         result = make_plan(catalog, state, profile=profile, strict=strict,
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
-                           project_id=session.project_id if session else None, clock=rt.clock)
+                           project_id=session.project_id if session else None, clock=rt.clock,
+                           allow=Allowances(allow_disk_format, allow_container_format))
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock)
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
@@ -490,6 +535,7 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 @click.option("--refresh/--no-refresh", default=True, show_default=True,
               help="Read the cloud first: recreate images deleted out of band, adopt lost "
                    "records, block same-name duplicates.")
+@allow_options
 @report_options
 @click.option("--dry-run", is_flag=True,
               help="Print the exact request bodies; touch neither the API nor the state file.")
@@ -510,7 +556,8 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, profile: str,
           strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
           templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
-          settle_time: float, log_format: str, **auth: Any) -> None:
+          settle_time: float, log_format: str, allow_disk_format: tuple[str, ...],
+          allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
@@ -527,6 +574,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
       reconcile apply plan.json --yes
     """
     _setup_logging(log_format)
+    allow = Allowances(allow_disk_format, allow_container_format)
     saved = planfile.read(plan_file) if plan_file else None
     if saved is not None:
         ctx = click.get_current_context()
@@ -542,7 +590,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
             raise ConfigError("--dry-run shows a catalog's plan; a saved plan is already "
                               f"reviewable: `cat {plan_file}`")
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
-                                endpoint=endpoint, clock=rt.clock)
+                                endpoint=endpoint, clock=rt.clock, allow=allow)
         _write_report(render(report, fmt, color=_color(output), templates=templates), output)
         return
     if not yes and not sys.stdin.isatty():
@@ -554,7 +602,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
                                 profile=saved.profile if saved else profile, strict=strict,
                                 endpoint=session.endpoint,
                                 api=session.client if refresh else None,
-                                project_id=session.project_id, clock=rt.clock)
+                                project_id=session.project_id, clock=rt.clock, allow=allow)
             _confirm(preview.plan, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
         try:
@@ -566,7 +614,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
                     retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
                     clock=rt.clock,
                     on_outcome=progress, refreshes=lambda: session.refreshes,
-                    project_id=session.project_id,
+                    project_id=session.project_id, allow=allow,
                     on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
         finally:
             progress.close()

@@ -40,6 +40,7 @@ from .errors import (
     ServerError,
     TransportError,
 )
+from .serverinfo import OS_VERSIONS_PATH, SCHEMA_PATH, Kind, validate_body
 
 log = logging.getLogger("reconciler.client")
 
@@ -458,6 +459,26 @@ class ImageClient:
         if not response.is_success:
             raise error_from_response(response, secrets=tokens)
         return self._json_object(response)
+
+    def server_info(self, kind: Kind) -> Any:
+        """What the server says it accepts, as JSON: its image schema (``GET
+        /v2/schemas/image``) or the region's OS versions (IMS ``GET
+        /v1/cloudimages/os_version``), checked against their documented shape
+        (``MalformedResponse`` if they break it)."""
+        path = SCHEMA_PATH if kind == "image_schema" else OS_VERSIONS_PATH
+        response, tokens = self._send("GET", path)
+        if not response.is_success:
+            raise error_from_response(response, secrets=tokens)
+        try:
+            body = response.json()
+            validate_body(kind, body)
+        except ValueError as exc:  # not JSON, or InvalidServerInfo
+            problems = getattr(exc, "problems", ["is not JSON"])
+            method, url = _request_line(response)
+            raise MalformedResponse(f"unexpected answer to GET {path}", problems=problems,
+                                    status=response.status_code, method=method,
+                                    url=url) from None
+        return body
 
     def delete_image(self, image_id: str) -> None:
         """``DELETE /v2/images/{id}``; a missing image is a ``ClientError`` with status 404."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler import __version__, planfile
+from reconciler import __version__, planfile, schemacache
 from reconciler.applier import DEFAULT_SETTLE_S, Applier, adoption_request
 from reconciler.catalog import load_catalog
 from reconciler.client import ImageClient, RetryPolicy, normalize_endpoint
@@ -37,6 +37,7 @@ from reconciler.planfile import SavedPlan
 from reconciler.planner import diff_bodies, plan
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import observe
+from reconciler.schemacache import NO_ALLOWANCES, Allowances, RunProfile
 from reconciler.state import StateStore
 
 Clock = Callable[[], datetime]
@@ -77,16 +78,20 @@ class PlanResult:
 def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
               api: ImageClient | None = None, project_id: str | None = None,
-              clock: Clock = utc_now) -> PlanResult:
-    """Compare the catalog with the state file, which is only read (never created).
+              clock: Clock = utc_now, allow: Allowances = NO_ALLOWANCES) -> PlanResult:
+    """Compare the catalog with the state file, which is only read (no records written).
 
-    With ``api`` the cloud is read too (``--refresh``); without it the plan is offline.
+    With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
+    in the state file as a cache); without it the plan is offline and uses the kept rules.
     """
     with bulk_build():
-        catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
         store = StateStore.open_readonly(state_path)
         try:
-            target = resolve_target(store, endpoint)
+            target = resolve_target(store, endpoint or (api.endpoint if api else None))
+            rules = run_profile(profile, store, target, api=api, state_path=state_path,
+                                allow=allow, clock=clock)
+            notes = _kept_notes(rules, target, state_path)  # kept even if the catalog fails
+            catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
             records = _records_for_plan(store, target, catalog, full=api is not None) \
                 if store else {}
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
@@ -96,8 +101,52 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
         result = plan(catalog, records, target=target, pending=pending, observed=observed)
-        report = plan_report(catalog, result, clock=clock)
+        report = plan_report(catalog, result, clock=clock, warnings=notes)
     return PlanResult(catalog, result, report, revision, observed)
+
+
+def run_profile(profile: str, store: StateStore | None, target: str, *,
+                api: ImageClient | None, state_path: str | Path, allow: Allowances,
+                clock: Clock) -> RunProfile:
+    """The profile to validate with: the server's rules if ``api`` can tell them, else the
+    ones kept for ``target``, else the built-in ones."""
+    get_profile(profile)  # an unknown name is a ConfigError
+    if api is None:
+        return schemacache.offline(profile, store, target, allow)
+    return schemacache.online(profile, api, target, state_path, allow=allow, clock=clock)
+
+
+def _kept_notes(rules: RunProfile, target: str, state_path: str | Path,
+                store: StateStore | None = None) -> tuple[str, ...]:
+    note = schemacache.keep(rules, target, store=store, state_path=state_path)
+    return (*rules.notes, *([note] if note else []))
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    catalog: Catalog
+    rules: RunProfile
+    notes: tuple[str, ...]
+
+
+def validate_catalog(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
+                     strict: bool = False, endpoint: str | None = None,
+                     api: ImageClient | None = None, clock: Clock = utc_now,
+                     allow: Allowances = NO_ALLOWANCES) -> ValidateResult:
+    """Load and check the catalog against the server's rules (``api``), the ones the state
+    file kept for the endpoint, or the built-in ones; the state's records are not read."""
+    store = StateStore.open_readonly(state_path)
+    try:
+        target = resolve_target(store, endpoint or (api.endpoint if api else None))
+        rules = run_profile(profile, store, target, api=api, state_path=state_path,
+                            allow=allow, clock=clock)
+    finally:
+        if store:
+            store.close()
+    notes = _kept_notes(rules, target, state_path)  # kept even if the catalog fails
+    with bulk_build():
+        catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
+    return ValidateResult(catalog, rules, notes)
 
 
 def _records_for_plan(store: StateStore, target: str, catalog: Catalog, *,
@@ -137,12 +186,13 @@ def save_plan(result: PlanResult, path: Path, *, clock: Clock = utc_now) -> Save
     return saved
 
 
-def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = utc_now) -> RunReport:
+def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = utc_now,
+                warnings: tuple[str, ...] = ()) -> RunReport:
     return RunReport.model_construct(
         format_version=1, mode="plan", dry_run=False, generated_at=iso(clock()),
         tool_version=__version__, catalog=catalog.directory, target=result.target,
         profile=result.profile, catalog_digest=result.catalog_digest, summary=result.summary(),
-        changes=result.changes, outcomes=(), warnings=(), duration_s=None, run_id=None,
+        changes=result.changes, outcomes=(), warnings=warnings, duration_s=None, run_id=None,
         auth_refreshes=0,
     )
 
@@ -157,10 +207,10 @@ def open_existing(state_path: str | Path) -> StateStore:
 
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                    strict: bool = False, endpoint: str | None = None,
-                   clock: Clock = utc_now) -> RunReport:
+                   clock: Clock = utc_now, allow: Allowances = NO_ALLOWANCES) -> RunReport:
     """What apply would send, computed offline; touches neither the API nor the state file."""
     result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
-                       endpoint=endpoint, clock=clock)
+                       endpoint=endpoint, clock=clock, allow=allow)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 
@@ -198,6 +248,7 @@ class ApplyRequest:
     refreshes: Callable[[], int] = lambda: 0  # token refreshes so far, for the report
     settle_s: float = DEFAULT_SETTLE_S
     project_id: str | None = None  # our project, when the credentials tell
+    allow: Allowances = field(default_factory=Allowances)
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -210,27 +261,29 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
     saved = req.saved
     if saved is not None and normalize_endpoint(req.endpoint) != saved.target:
         raise PlanFileError(f"the plan was made for {saved.target}, not {req.endpoint}")
-    with bulk_build():
-        catalog = load_catalog(saved.catalog if saved else req.catalog_dir,
-                               get_profile(saved.profile if saved else req.profile),
-                               strict=req.strict)
     target = normalize_endpoint(req.endpoint)
+    rules = run_profile(saved.profile if saved else req.profile, None, target, api=req.api,
+                        state_path=req.state_path, allow=req.allow, clock=req.clock)
+    with bulk_build():
+        catalog = load_catalog(saved.catalog if saved else req.catalog_dir, rules.profile,
+                               strict=req.strict)
     store = StateStore.open_for_write(req.state_path)
     try:
         with store.lock():
-            return _apply_locked(req, store, catalog, target)
+            return _apply_locked(req, store, catalog, target, rules)
     finally:
         store.close()
 
 
 def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
-                  target: str) -> ApplyResult:
+                  target: str, rules: RunProfile) -> ApplyResult:
     t0 = time.monotonic()
     chosen: set[tuple[str, str]] | None = None
     observed: Observed | None = None
     if req.saved is not None:
         # The cloud is read once: what the check saw is what the plan below works from.
         chosen, observed = _check_saved(req, store, catalog, target)
+    notes = _kept_notes(rules, target, req.state_path, store)  # a refused plan writes nothing
     run_id = new_run_id(req.clock)
     store.start_run(run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest, tool_version=__version__,
@@ -282,7 +335,8 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         summary={**(summary or dict.fromkeys(ACTIONS, 0)), **counts},
         changes=result.changes if result else (),
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
-        warnings=(f"run aborted: {applier.abort_reason}",) if applier.abort_reason else (),
+        warnings=(*notes, *((f"run aborted: {applier.abort_reason}",)
+                            if applier.abort_reason else ())),
         duration_s=time.monotonic() - t0, run_id=run_id, auth_refreshes=req.refreshes(),
     )
     return ApplyResult(report, counts["failed"] + counts["skipped"], summary.get("blocked", 0),
@@ -371,7 +425,9 @@ def _finish(store: StateStore, run_id: str, summary: dict[str, int], outcomes: l
 def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, image_id: str, *,
                  profile: str, endpoint: str, api: ImageClient, force: bool = False) -> Record:
     """Start managing an existing image under a catalog name, after comparing it."""
-    catalog = load_catalog(catalog_dir, get_profile(profile))
+    rules = run_profile(profile, None, normalize_endpoint(endpoint), api=api,
+                        state_path=state_path, allow=NO_ALLOWANCES, clock=utc_now)
+    catalog = load_catalog(catalog_dir, rules.profile)
     spec = next((s for s in catalog.images if s.name == name), None)
     if spec is None:
         raise ConfigError(f"{name!r} is not in the catalog {catalog_dir}; add it first")

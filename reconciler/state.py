@@ -75,8 +75,16 @@ def _v3(db: Database) -> None:
                                      pk="plan_id")
 
 
+def _v4(db: Database) -> None:
+    # v4: what each target's server said it accepts (its image schema, IMS's OS list), with
+    # when it was read, so that offline runs validate against the last answer seen.
+    db.table("server_info").create({"target": str, "kind": str, "url": str, "body_json": str,
+                                    "read_at": str}, pk=("target", "kind"),
+                                   not_null={"url", "body_json", "read_at"})
+
+
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -124,6 +132,21 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StateError(f"cannot read state file {p}: {exc}") from None
         return cls(conn, str(p), writable=False)
+
+    @staticmethod
+    def version_of(path: str | Path) -> int:
+        """The schema version of the file at ``path``; 0 when there is none yet."""
+        p = Path(path)
+        if not p.is_file():
+            return 0
+        try:
+            conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
+            try:
+                return _check_version(conn, str(p))
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read state file {p}: {exc}") from None
 
     @classmethod
     def open_for_write(cls, path: str | Path) -> StateStore:
@@ -246,6 +269,23 @@ class StateStore:
                                 (plan_id,)).fetchone()
         return {"applied_at": row[0], "run_id": row[1]} if row else None
 
+    def server_info(self, target: str, kind: str) -> dict[str, Any] | None:
+        """The last answer of ``target``'s server of that kind: url, body (JSON), read_at."""
+        row = self.conn.execute("SELECT url, body_json, read_at FROM server_info "
+                                "WHERE target = ? AND kind = ?", (target, kind)).fetchone()
+        if row is None:
+            return None
+        try:
+            body = json.loads(row[1])
+        except ValueError:
+            return None  # a damaged cache entry is as good as none; the next read replaces it
+        return {"url": row[0], "body": body, "read_at": row[2]}
+
+    def server_info_targets(self, kind: str) -> list[str]:
+        rows = self.conn.execute("SELECT target FROM server_info WHERE kind = ? ORDER BY target",
+                                 (kind,))
+        return [r[0] for r in rows]
+
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         cursor = self.conn.execute(
             "SELECT id, mode, target, profile, started_at, finished_at, host, pid, tool_version,"
@@ -351,6 +391,22 @@ class StateStore:
                                "image_id = ? WHERE nonce = ?",
                                (now_iso(), record.image_id, nonce)))
         self._commit(*statements)
+
+    def save_server_info(self, target: str, kind: str, *, url: str, body: Any,
+                         read_at: str) -> None:
+        """Replace the cached answer. It is a cache, not a record: the revision (which saved
+        plans pin) stays, so reading the server never makes a saved plan stale."""
+        if not self.writable:
+            raise StateError("internal error: state store opened read-only")
+        with self._write_lock:
+            try:
+                with self.conn:
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO server_info (target, kind, url, body_json, "
+                        "read_at) VALUES (?, ?, ?, ?, ?)",
+                        (target, kind, url, json.dumps(body, sort_keys=True), read_at))
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot write state file {self.path}: {exc}") from None
 
     def forget(self, target: str, name: str) -> bool:
         [deleted] = self._commit(("DELETE FROM images WHERE target = ? AND name = ?",

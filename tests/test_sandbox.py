@@ -565,7 +565,7 @@ def test_delete_of_a_foreign_public_image_is_403(catalog: Sandbox) -> None:
 
 def test_unknown_paths_are_404_and_root_lists_versions(ims: Sandbox) -> None:
     with client(ims) as c:
-        assert c.get("/v2/schemas/image").status_code == 404
+        assert c.get("/v2/schemas/member").status_code == 404
         assert c.put("/v2/images").status_code == 404
         root = c.get("/")
     assert root.status_code == 200

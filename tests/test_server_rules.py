@@ -1,0 +1,351 @@
+"""The server's own rules: Glance's image schema and IMS's OS list, read online, kept in the
+state per target, used offline, and named in every refusal.
+
+CLI tests run against the sandbox over loopback HTTP; ``profile_for`` is tested on plain
+schema documents (the real Glance's answer is covered by tests/glance).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apply_helpers import SandboxFactory
+from click.testing import Result
+
+from reconciler.catalog import load_catalog
+from reconciler.client import ImageClient, StaticToken
+from reconciler.errors import CatalogError, MalformedResponse
+from reconciler.osversions import KNOWN_OS_VERSIONS
+from reconciler.serverinfo import InvalidServerInfo, ServerInfo, os_versions, profile_for
+from reconciler.state import SCHEMA_VERSION, StateStore
+
+Run = Callable[..., Result]
+ENV = {"OS_AUTH_TOKEN": "t0ken"}
+CUSTOM_OS = "Kylin V10 SP2 64bit"  # not in the built-in list
+UUID = "11111111-2222-4333-8444-555555555555"
+
+
+def glance_schema(disk: list[str | None] | None = None, **extra: Any) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "name": {"type": ["null", "string"], "maxLength": 255},
+        "visibility": {"type": "string", "enum": ["community", "public", "private", "shared"]},
+        "container_format": {"type": ["null", "string"], "enum": [None, "bare", "ovf"]},
+        "disk_format": {"type": ["null", "string"],
+                        "enum": disk if disk is not None else [None, "raw", "qcow2"]},
+        **extra,
+    }
+    return {"name": "image", "properties": props, "additionalProperties": {"type": "string"}}
+
+
+def schema_info(body: dict[str, Any]) -> ServerInfo:
+    return ServerInfo("image_schema", "http://glance:9292/v2/schemas/image",
+                      "2026-12-01T10:00:00Z", body)
+
+
+def one_image(write_catalog: Callable[..., Path], **fields: Any) -> Path:
+    return write_catalog({"a.yaml": {"images": [{"name": "img", **fields}]}})
+
+
+def problems(root: Path, profile: Any) -> list[str]:
+    try:
+        load_catalog(root, profile)
+    except CatalogError as exc:
+        return [p.message for p in exc.problems]
+    return []
+
+
+# --- the profile a schema makes (pure) -------------------------------------------------------
+
+def test_server_schema_formats_replace_the_upstream_defaults(
+        write_catalog: Callable[..., Path]) -> None:
+    profile = profile_for("glance", schema_info(glance_schema([None, "raw", "zvhd2"])))
+    assert problems(one_image(write_catalog, disk_format="zvhd2"), profile) == []
+    [message] = problems(one_image(write_catalog, disk_format="qcow2"), profile)
+    assert message == ("'qcow2' is not allowed by the server's schema "
+                       "(http://glance:9292/v2/schemas/image, read 2026-12-01); use one of: "
+                       "raw, zvhd2")
+
+
+def test_without_a_schema_refusals_name_the_upstream_defaults_and_how_to_read_one(
+        write_catalog: Callable[..., Path]) -> None:
+    [message] = problems(one_image(write_catalog, disk_format="zvhd2"), profile_for("glance"))
+    assert "upstream Glance's defaults" in message
+    assert "reconcile validate --endpoint URL" in message
+
+
+def test_allow_setting_widens_the_defaults_but_never_the_server_schema(
+        write_catalog: Callable[..., Path]) -> None:
+    root = one_image(write_catalog, disk_format="zvhd2", container_format="docker")
+    offline = profile_for("glance", allow_disk_formats=["zvhd2"])
+    assert problems(root, offline) == []
+    assert "plus the allow_* settings" in offline.source
+    online = profile_for("glance", schema_info(glance_schema()), allow_disk_formats=["zvhd2"])
+    found = sorted(problems(root, online))
+    assert len(found) == 2
+    assert "'docker' is not allowed by the server's schema" in found[0]
+    assert "your allow_* setting adds it, but the server's schema does not list it" in found[1]
+
+
+def test_property_rules_the_schema_states_are_enforced_like_the_server_does(
+        write_catalog: Callable[..., Path]) -> None:
+    uuid_rule = {"type": ["null", "string"], "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-"
+                 "([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"}
+    policy = {"type": "string", "enum": ["on_image_deletion", "do_not_delete"]}
+    profile = profile_for("glance", schema_info(glance_schema(
+        kernel_id=uuid_rule, cinder_encryption_key_deletion_policy=policy)))
+    ok = one_image(write_catalog, properties={
+        "kernel_id": UUID, "cinder_encryption_key_deletion_policy": "do_not_delete"})
+    assert problems(ok, profile) == []
+    bad = write_catalog({"b.yaml": {"images": [{"name": "bad", "properties": {
+        "kernel_id": "not-a-uuid", "cinder_encryption_key_deletion_policy": "never"}}]}}, "bad")
+    found = sorted(problems(bad, profile), key=lambda m: "never" in m)
+    assert len(found) == 2
+    assert all(m.startswith("is refused by the server's schema (http://glance:9292") for m in found)
+    assert "'not-a-uuid' does not match" in found[0]
+    assert "'never' is not one of ['on_image_deletion', 'do_not_delete']" in found[1]
+    assert problems(bad, profile_for("glance")) == []  # no schema: plain string properties
+
+
+def test_a_schema_narrower_than_the_defaults_is_followed(
+        write_catalog: Callable[..., Path]) -> None:
+    mitaka = glance_schema(visibility={"type": "string", "enum": ["public", "private"]},
+                           name={"type": ["null", "string"], "maxLength": 100})
+    profile = profile_for("glance", schema_info(mitaka))
+    found = problems(write_catalog({"a.yaml": {"images": [
+        {"name": "x" * 101, "visibility": "shared"}]}}), profile)
+    assert len(found) == 2 and "at most 100" in found[0] and "'shared' is not allowed" in found[1]
+
+
+@pytest.mark.parametrize("body", [
+    {"properties": 5}, [], {"properties": {"disk_format": {"enum": "raw"}}},
+    {"properties": {"disk_format": {"enum": [1, 2]}}},
+], ids=["properties-not-a-mapping", "not-an-object", "enum-not-a-list", "enum-of-numbers"])
+def test_a_malformed_schema_is_refused_with_where_it_is_wrong(body: Any) -> None:
+    with pytest.raises(InvalidServerInfo) as info:
+        profile_for("glance", schema_info(body))
+    assert info.value.problems
+
+
+def test_os_list_answer_is_read_like_the_documented_example() -> None:
+    body = [{"platform": "SUSE", "version_list": [
+        {"platform": "SUSE", "os_version_key": "SUSE Linux Enterprise Server 15 64bit",
+         "os_version": "SUSE Linux Enterprise Server 15 64bit", "os_bit": 64,
+         "os_type": "Linux"}]},
+        {"platform": "Other", "version_list": [
+            {"platform": "Other", "os_version_key": "Other(32 bit)",
+             "os_version": "Other(32 bit)", "os_bit": 32, "os_type": "Linux"}]}]
+    assert os_versions(body) == {"SUSE Linux Enterprise Server 15 64bit", "Other(32 bit)"}
+    for bad in ([], [{"platform": "x"}], {"version_list": []}, [{"version_list": [{}]}]):
+        with pytest.raises(InvalidServerInfo):
+            os_versions(bad)
+
+
+def test_client_refuses_a_malformed_answer_as_malformed_response() -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"properties": 1}))
+    with httpx.Client(transport=transport) as http, ImageClient(
+            "http://glance:9292", token_provider=StaticToken("t0ken"), http=http) as client:
+        with pytest.raises(MalformedResponse) as info:
+            client.server_info("image_schema")
+    assert "GET /v2/schemas/image" in str(info.value)
+
+
+# --- the sandbox serves both -----------------------------------------------------------------
+
+def test_sandbox_serves_its_os_list_and_its_schema(sandbox: SandboxFactory) -> None:
+    ims, glance = sandbox(), sandbox(profile="glance")
+    with ImageClient(ims.url, token_provider=StaticToken("t0ken")) as client:
+        assert os_versions(client.server_info("os_versions")) == KNOWN_OS_VERSIONS
+    with ImageClient(glance.url, token_provider=StaticToken("t0ken")) as client:
+        profile = profile_for("glance", ServerInfo(
+            "image_schema", glance.url, "2026-12-01T00:00:00Z", client.server_info(
+                "image_schema")))
+    assert "vmdk" in profile.disk_formats and "zvhd2" not in profile.disk_formats
+
+
+# --- online, cached, offline through the CLI -------------------------------------------------
+
+def validate(run_cli: Run, catalog: Path, state: Path, *flags: Any) -> Result:
+    return run_cli(["validate", "--catalog", catalog, "--state", state, *flags], env=ENV)
+
+
+def test_region_os_list_is_read_kept_and_used_offline(
+        tmp_path: Path, write_catalog: Callable[..., Path], run_cli: Run,
+        sandbox: SandboxFactory) -> None:
+    sb = sandbox(os_versions=frozenset({CUSTOM_OS, *KNOWN_OS_VERSIONS}))
+    catalog = one_image(write_catalog, os_version=CUSTOM_OS, min_disk=40)
+    state = tmp_path / "state.db"
+
+    fresh = validate(run_cli, catalog, tmp_path / "other.db", "--strict")
+    assert fresh.exit_code == 1
+    assert "is not in reconcile's built-in IMS OS list" in fresh.stderr
+
+    online = validate(run_cli, catalog, state, "--strict", "--endpoint", sb.url)
+    assert online.exit_code == 0, online.output
+    assert "warning" not in online.stderr
+    assert "the region's OS list" not in online.stdout  # the line names the formats' source
+    row = StateStore.open_readonly(state)
+    assert row is not None
+    kept = row.server_info(sb.url, "os_versions")
+    row.close()
+    assert kept is not None and kept["url"] == f"{sb.url}/v1/cloudimages/os_version"
+    assert kept["read_at"] == "2024-05-17T12:30:00Z"  # the injected clock
+
+    offline = validate(run_cli, catalog, state, "--strict")  # no --endpoint: the kept list
+    assert offline.exit_code == 0, offline.output
+    other = validate(run_cli, write_catalog({"a.yaml": {"images": [
+        {"name": "x", "os_version": "Plan9", "min_disk": 40}]}}, "c2"), state)
+    assert f"is not in the region's OS list ({sb.url}/v1/cloudimages/os_version, read " \
+           "2024-05-17 (cached))" in other.stderr
+
+
+def test_apply_reads_the_os_list_and_the_sandbox_accepts_current_versions(
+        tmp_path: Path, write_catalog: Callable[..., Path], run_cli: Run,
+        sandbox: SandboxFactory) -> None:
+    sb = sandbox()
+    catalog = write_catalog({"a.yaml": {"images": [
+        {"name": f"i{n}", "os_version": v, "min_disk": 40} for n, v in enumerate(
+            ["Ubuntu 22.04 server 64bit", "Ubuntu 20.04 server 64bit", "openEuler 22.03 64bit",
+             "EulerOS 2.10 64bit"])]}})
+    state = tmp_path / "state.db"
+    result = run_cli(["apply", "--yes", "--strict", "--catalog", catalog, "--state", state,
+                      "--endpoint", sb.url], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert len(sb.images()) == 4
+    store = StateStore.open_readonly(state)
+    assert store is not None
+    assert store.server_info(sb.url, "os_versions") is not None
+    store.close()
+
+
+def test_glance_schema_refusal_names_the_server_then_the_cache(
+        tmp_path: Path, write_catalog: Callable[..., Path], run_cli: Run,
+        sandbox: SandboxFactory) -> None:
+    sb = sandbox(profile="glance")
+    catalog = one_image(write_catalog, disk_format="zvhd2")
+    state = tmp_path / "state.db"
+    online = validate(run_cli, catalog, state, "--profile", "glance", "--endpoint", sb.url)
+    assert online.exit_code == 1
+    assert (f"'zvhd2' is not allowed by the server's schema ({sb.url}/v2/schemas/image, read "
+            "2024-05-17); use one of:") in online.stderr
+    offline = validate(run_cli, catalog, state, "--profile", "glance")
+    assert f"({sb.url}/v2/schemas/image, read 2024-05-17 (cached))" in offline.stderr
+    ok = validate(run_cli, one_image(write_catalog, disk_format="vmdk"), state,
+                  "--profile", "glance")
+    assert ok.exit_code == 0
+    assert f"the server's schema ({sb.url}/v2/schemas/image" in ok.stdout
+
+
+def test_kept_rules_are_per_target(tmp_path: Path, write_catalog: Callable[..., Path],
+                                   run_cli: Run, sandbox: SandboxFactory) -> None:
+    one, two = sandbox(os_versions=frozenset({CUSTOM_OS})), sandbox()
+    state = tmp_path / "state.db"
+    catalog = one_image(write_catalog, os_version=CUSTOM_OS, min_disk=40)
+    for sb in (one, two):
+        assert validate(run_cli, catalog, state, "--endpoint", sb.url).exit_code == 0
+    env_one = {**ENV, "RECONCILE_ENDPOINT": one.url}
+    assert run_cli(["validate", "--catalog", catalog, "--state", state, "--strict"],
+                   env=env_one).exit_code == 0  # the env var selects, it does not go online
+    env_two = {**ENV, "RECONCILE_ENDPOINT": two.url}
+    result = run_cli(["validate", "--catalog", catalog, "--state", state, "--strict"],
+                     env=env_two)
+    assert result.exit_code == 1 and "the region's OS list" in result.stderr
+    assert one.request_count[("GET", "os_versions")] == 1 == two.request_count[("GET", "os_versions")]
+
+
+def test_plan_refresh_keeps_the_rules_for_the_offline_plan(
+        tmp_path: Path, write_catalog: Callable[..., Path], run_cli: Run,
+        sandbox: SandboxFactory) -> None:
+    sb = sandbox(os_versions=frozenset({CUSTOM_OS}))
+    catalog = one_image(write_catalog, os_version=CUSTOM_OS, min_disk=40)
+    state = tmp_path / "state.db"
+    args = ["plan", "--catalog", catalog, "--state", state, "--strict"]
+    assert run_cli([*args, "--refresh", "--endpoint", sb.url], env=ENV).exit_code == 0
+    result = run_cli([*args, "--endpoint", sb.url], env=ENV)
+    assert result.exit_code == 0, result.output
+
+
+def test_unreadable_rules_are_a_note_and_the_built_ins_apply(
+        tmp_path: Path, write_catalog: Callable[..., Path], run_cli: Run,
+        sandbox: SandboxFactory) -> None:
+    sb = sandbox(profile="glance")  # Glance has no /v1/cloudimages/os_version
+    catalog = one_image(write_catalog, os_version="Ubuntu 22.04 server 64bit", min_disk=40)
+    result = validate(run_cli, catalog, tmp_path / "state.db", "--endpoint", sb.url)
+    assert result.exit_code == 0, result.output
+    assert (f"warning: could not read the server's OS list ({sb.url}/v1/cloudimages/"
+            "os_version): ") in result.stderr
+    assert "404" in result.stderr
+    assert "using reconcile's built-in rules" in result.stderr
+
+
+def old_state_file(path: Path) -> Path:
+    """A state file of schema version 3 (before server_info)."""
+    from sqlite_utils import Database
+
+    from reconciler.state import MIGRATIONS
+    conn = sqlite3.connect(path)
+    db = Database(conn)
+    for step in MIGRATIONS[:3]:
+        step(db)
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_an_old_state_file_is_not_migrated_by_validate_and_the_run_goes_on(
+        tmp_path: Path, write_catalog: Callable[..., Path], run_cli: Run,
+        sandbox: SandboxFactory, file_sha256: Callable[[Path], str]) -> None:
+    sb = sandbox()
+    state = old_state_file(tmp_path / "state.db")
+    before = file_sha256(state)
+    catalog = one_image(write_catalog, os_version="Ubuntu 22.04 server 64bit", min_disk=40)
+    result = validate(run_cli, catalog, state, "--endpoint", sb.url)
+    assert result.exit_code == 0, result.output
+    assert "warning: the OS list was not kept: state file" in result.stderr
+    assert "older schema (the next apply migrates it)" in result.stderr
+    assert file_sha256(state) == before
+
+
+def test_allow_setting_from_reconcile_toml(tmp_path: Path, write_catalog: Callable[..., Path],
+                                           run_cli: Run) -> None:
+    catalog = one_image(write_catalog, disk_format="zvhd2")
+    (tmp_path / "reconcile.toml").write_text('allow_disk_formats = ["zvhd", "zvhd2"]\n')
+    result = run_cli(["validate", "--catalog", catalog, "--profile", "glance"])
+    assert result.exit_code == 0, result.output
+    assert "plus the allow_* settings" in result.stdout
+    (tmp_path / "reconcile.toml").write_text('allow_disk_formats = "zvhd2"\n')
+    bad = run_cli(["validate", "--catalog", catalog, "--profile", "glance"])
+    assert bad.exit_code == 1
+    assert "'allow_disk_formats' must be a list of strings" in bad.stderr
+
+
+# --- the state's cache -----------------------------------------------------------------------
+
+def test_kept_rules_do_not_move_the_revision_saved_plans_pin(tmp_path: Path) -> None:
+    store = StateStore.open_for_write(tmp_path / "state.db")
+    before = store.revision()
+    store.save_server_info("http://x", "os_versions", url="http://x/v1", body=[1],
+                           read_at="2026-12-01T00:00:00Z")
+    store.save_server_info("http://x", "os_versions", url="http://x/v1", body=[2],
+                           read_at="2026-12-02T00:00:00Z")
+    assert store.revision() == before
+    assert store.server_info("http://x", "os_versions") == {
+        "url": "http://x/v1", "body": [2], "read_at": "2026-12-02T00:00:00Z"}
+    assert store.server_info("http://y", "os_versions") is None
+    store.close()
+
+
+def test_migration_to_v4_adds_the_server_info_table(tmp_path: Path) -> None:
+    path = old_state_file(tmp_path / "old.db")
+    assert StateStore.version_of(path) == 3
+    reader = StateStore.open_readonly(path)  # migrated in memory only
+    assert reader is not None and reader.server_info("t", "os_versions") is None
+    reader.close()
+    assert StateStore.version_of(path) == 3
+    StateStore.open_for_write(path).close()
+    assert StateStore.version_of(path) == SCHEMA_VERSION >= 4
