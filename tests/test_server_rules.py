@@ -140,7 +140,9 @@ def test_os_list_answer_is_read_like_the_documented_example() -> None:
             {"platform": "Other", "os_version_key": "Other(32 bit)",
              "os_version": "Other(32 bit)", "os_bit": 32, "os_type": "Linux"}]}]
     assert os_versions(body) == {"SUSE Linux Enterprise Server 15 64bit", "Other(32 bit)"}
-    for bad in ([], [{"platform": "x"}], {"version_list": []}, [{"version_list": [{}]}]):
+    malformed: list[Any] = [[], [{"platform": "x"}], {"version_list": []},
+                            [{"version_list": [{}]}]]
+    for bad in malformed:
         with pytest.raises(InvalidServerInfo):
             os_versions(bad)
 
@@ -148,9 +150,9 @@ def test_os_list_answer_is_read_like_the_documented_example() -> None:
 def test_client_refuses_a_malformed_answer_as_malformed_response() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"properties": 1}))
     with httpx.Client(transport=transport) as http, ImageClient(
-            "http://glance:9292", token_provider=StaticToken("t0ken"), http=http) as client:
-        with pytest.raises(MalformedResponse) as info:
-            client.server_info("image_schema")
+            "http://glance:9292", token_provider=StaticToken("t0ken"), http=http) as client, \
+            pytest.raises(MalformedResponse) as info:
+        client.server_info("image_schema")
     assert "GET /v2/schemas/image" in str(info.value)
 
 
@@ -254,7 +256,8 @@ def test_kept_rules_are_per_target(tmp_path: Path, write_catalog: Callable[..., 
     result = run_cli(["validate", "--catalog", catalog, "--state", state, "--strict"],
                      env=env_two)
     assert result.exit_code == 1 and "the region's OS list" in result.stderr
-    assert one.request_count[("GET", "os_versions")] == 1 == two.request_count[("GET", "os_versions")]
+    reads = ("GET", "os_versions")
+    assert one.request_count[reads] == 1 == two.request_count[reads]
 
 
 def test_plan_refresh_keeps_the_rules_for_the_offline_plan(

@@ -230,7 +230,8 @@ class Sandbox:
 
     @property
     def request_count(self) -> Counter[tuple[str, str]]:
-        """Requests per ``(method, kind)``; kind is root, tokens, images, image, schema, os_versions or other."""
+        """Requests per ``(method, kind)``; kind is root, tokens, images, image, schema,
+        os_versions or other."""
         return self._app.counts()
 
     @property
