@@ -196,6 +196,12 @@ IMS = Profile(
     source="the ims profile (IMS's create-image document)",
 )
 
+# The typed properties of upstream Glance's etc/schema-image.json, which deployments install
+# with the service: the best guess of the server's rules while its schema is unknown.
+_UUID_RULE = {"type": ["null", "string"], "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-"
+              "([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"}
+_UPSTREAM_PROPERTY_RULES = {"kernel_id": _UUID_RULE, "ramdisk_id": _UUID_RULE}
+
 GLANCE = Profile(
     name="glance",
     defaults={},
@@ -211,6 +217,7 @@ GLANCE = Profile(
     max_string=None,
     empty_strings=True,
     admin_visibilities=frozenset({"public"}),
+    property_rules=_UPSTREAM_PROPERTY_RULES,
     source="upstream Glance's defaults (no server schema read or cached; `reconcile validate "
            "--endpoint URL` reads it)",
 )
