@@ -19,13 +19,13 @@ however many workers ask, and once more after a 401. Secrets live only in these 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-import os
 import threading
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -33,7 +33,15 @@ from urllib.parse import quote, unquote
 import httpx
 import yaml
 
-from reconciler.client import StaticToken, TokenProvider, error_from_response
+from reconciler.client import (
+    ImageClient,
+    RetryPolicy,
+    StaticToken,
+    TokenProvider,
+    error_from_response,
+    http_client,
+)
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ApiError, AuthError, ConfigError, TransportError
 from reconciler.models import parse_iso
 
@@ -57,7 +65,7 @@ class KeystonePassword:
     project_domain_name: str | None = None
     project_domain_id: str | None = None
     http: httpx.Client = field(default_factory=httpx.Client, repr=False)
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+    clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
     margin_s: float = REFRESH_MARGIN_S
     refreshes: int = 0  # authentications after the first one
     _token: str | None = field(default=None, repr=False)
@@ -207,7 +215,7 @@ class AkSkAuth(httpx.Auth):
     sk: str = field(repr=False)
     project_id: str
     security_token: str | None = field(default=None, repr=False)
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+    clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         self.sign(request)
@@ -436,5 +444,71 @@ def _keystone(auth: Mapping[str, str], region: str | None, endpoint: str | None,
     return Credentials(provider, url, source, verify=verify)
 
 
-def default_env() -> dict[str, str]:
-    return dict(os.environ)
+# --- a ready session ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """Where credentials come from and how patiently to talk: the commands' auth flags."""
+
+    token_file: Path | None = None
+    os_cloud: str | None = None
+    interface: str | None = None
+    cacert: str | None = None
+    insecure: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+INSECURE_WARNING = ("TLS certificates are NOT verified (--insecure or verify: false); anyone "
+                    "on the network path can read the token and change answers")
+
+
+@dataclass(frozen=True)
+class ApiSession:
+    """An authenticated Image API client and the credentials behind it."""
+
+    client: ImageClient
+    credentials: Credentials
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.endpoint
+
+    @property
+    def refreshes(self) -> int:
+        return self.credentials.refreshes
+
+    @property
+    def project_id(self) -> str | None:
+        return self.credentials.project_id
+
+
+@contextlib.contextmanager
+def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectOptions, *,
+                 retries: int = 5, clock: Clock = SYSTEM_CLOCK,
+                 warn: Callable[[str], None] = lambda message: None) -> Iterator[ApiSession]:
+    """Resolve the credentials, authenticate, and yield a client; closed afterwards.
+
+    Authenticates at once, so bad credentials fail before any work starts. ``warn`` gets
+    ``INSECURE_WARNING`` on every run without TLS verification, whether from ``--insecure``
+    or ``verify: false`` in clouds.yaml. Reads are retried ``retries`` times (writes never:
+    docs/architecture.md §6.5).
+    """
+    def factory(verify: bool | str) -> httpx.Client:
+        return http_client(verify, connect_timeout=options.connect_timeout,
+                           read_timeout=options.read_timeout)
+
+    creds = resolve(env, endpoint=endpoint, token_file=options.token_file,
+                    os_cloud=options.os_cloud, interface=options.interface,
+                    cacert=options.cacert, insecure=options.insecure, http_factory=factory)
+    if creds.verify is False:
+        warn(INSECURE_WARNING)
+    creds.tokens.token()
+    client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
+                         verify=creds.verify, connect_timeout=options.connect_timeout,
+                         read_timeout=options.read_timeout,
+                         read_retry=RetryPolicy(attempts=retries + 1), clock=clock)
+    try:
+        yield ApiSession(client, creds)
+    finally:
+        client.close()

@@ -14,33 +14,35 @@ import os
 import signal
 import sys
 import threading
-import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import httpx
 
-from reconciler import __version__, planfile
-from reconciler.applier import DEFAULT_SETTLE_S
-from reconciler.auth import Credentials, resolve
-from reconciler.catalog import did_you_mean, lint_problems
-from reconciler.client import ImageClient, RetryPolicy, http_client
+from reconciler import __version__, logs, planfile, settings
+from reconciler.apply import (
+    DEFAULT_SETTLE_S,
+    ApplyRequest,
+    apply_catalog,
+    check_invocation,
+    preview,
+)
+from reconciler.auth import ApiSession, ConnectOptions, open_session
+from reconciler.client import RetryPolicy
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
-    ApplyRequest,
-    Clock,
-    apply_catalog,
     dry_run_report,
     forget_image,
     import_image,
+    list_records,
     make_plan,
-    open_existing,
+    run_history,
     save_plan,
-    utc_now,
+    show_records,
     validate_catalog,
 )
 from reconciler.profiles import PROFILES
@@ -48,58 +50,13 @@ from reconciler.report import FORMATS, plan_line, render
 from reconciler.schemacache import Allowances
 from reconciler.state import DEFAULT_PATH
 
-CONFIG_FILE = "reconcile.toml"
-# reconcile.toml keys: (the parameter each one sets in every command that has it, its type).
-CONFIG_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
-    "catalog": ("catalog", str), "state": ("state", str), "profile": ("profile", str),
-    "endpoint": ("endpoint", str), "format": ("fmt", str), "templates": ("templates", str),
-    "strict": ("strict", bool), "parallelism": ("parallelism", int),
-    "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
-    "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
-    "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
-    "interface": ("interface", str), "cacert": ("cacert", str),
-    "allow_disk_formats": ("allow_disk_format", list),
-    "allow_container_formats": ("allow_container_format", list),
-}
-
 
 @dataclass
 class Runtime:
     """What flags cannot carry, injected by tests through ``obj=``."""
 
-    clock: Clock = utc_now
+    clock: Clock = SYSTEM_CLOCK
     env: dict[str, str] | None = None  # None: the process environment
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _load_config(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    section = data.get("reconcile", data)
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [reconcile] must be a table")
-    settings: dict[str, Any] = {}
-    for key, value in section.items():
-        if key not in CONFIG_KEYS:
-            raise ConfigError(f"{path}: unknown setting {key!r}"
-                              + did_you_mean(key, tuple(CONFIG_KEYS)))
-        param, kind = CONFIG_KEYS[key]
-        if kind is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{path}: setting {key!r} must be a list of strings, like "
-                                  f'["zvhd", "zvhd2"]; not {value!r}')
-            settings[param] = tuple(value)
-            continue
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            names = kind.__name__ if isinstance(kind, type) else "number"
-            raise ConfigError(f"{path}: setting {key!r} must be a {names.replace('str', 'string')}"
-                              f", not {type(value).__name__} ({value!r})")
-        settings[param] = value
-    return settings
 
 
 def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]:
@@ -200,9 +157,9 @@ def _fail(message: str) -> NoReturn:
 
 def _notice(message: str, *, level: int = logging.INFO) -> None:
     """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
-    if isinstance(getattr(_LOG_HANDLER, "formatter", None), _JsonLogFormatter):
-        _LOGGER.log(level, message.removeprefix("error: "), extra={"event": "notice" if
-                    level < logging.ERROR else "error"})
+    if logs.json_lines():
+        logs.LOGGER.log(level, message.removeprefix("error: "),
+                        extra={"event": "notice" if level < logging.ERROR else "error"})
     else:
         click.echo(message, err=True)
 
@@ -211,7 +168,7 @@ def _notice(message: str, *, level: int = logging.INFO) -> None:
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="reconcile")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              help=f"Settings file (default: ./{CONFIG_FILE} if present).")
+              help=f"Settings file (default: ./{settings.CONFIG_FILE} if present).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Keep a cloud's image catalog equal to a desired-state catalog kept in git.
@@ -227,10 +184,10 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     """
     if not isinstance(ctx.obj, Runtime):
         ctx.obj = Runtime()
-    _setup_logging("text")  # apply may switch to JSON lines
-    path = config_path or Path(CONFIG_FILE)
+    logs.configure("text")  # apply may switch to JSON lines
+    path = config_path or Path(settings.CONFIG_FILE)
     if config_path or path.exists():
-        ctx.default_map = _default_map(cli, _load_config(path))
+        ctx.default_map = _default_map(cli, settings.load(path))
 
 
 def _write_report(text: str, output: Path | None) -> None:
@@ -273,15 +230,12 @@ def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@dataclass(frozen=True)
-class AuthFlags:
-    token_file: Path | None
-    os_cloud: str | None
-    interface: str | None
-    cacert: str | None
-    insecure: bool
-    connect_timeout: float
-    read_timeout: float
+def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
+         retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
+    """An Image API session from the auth options; closed afterwards."""
+    return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
+                        ConnectOptions(**auth), retries=retries, clock=rt.clock,
+                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command()
@@ -313,77 +267,18 @@ def validate(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
     """
     ctx = click.get_current_context()
     online = ctx.get_parameter_source("endpoint") is click.core.ParameterSource.COMMANDLINE
-    allow = Allowances(allow_disk_format, allow_container_format)
     with contextlib.ExitStack() as stack:
-        session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if online \
-            else None
-        result = validate_catalog(catalog, state, profile=profile, strict=strict,
-                                  endpoint=endpoint, api=session.client if session else None,
-                                  clock=rt.clock, allow=allow)
-    for note in result.notes:
-        click.echo(f"warning: {note}", err=True)
-    for line in lint_problems(result.catalog):
+        session = stack.enter_context(_api(rt, endpoint, auth)) if online else None
+        result = validate_catalog(catalog, profile=profile, strict=strict, state_path=state,
+                                  endpoint=session.endpoint if session else endpoint,
+                                  api=session.client if session else None, clock=rt.clock,
+                                  allow=Allowances(allow_disk_format, allow_container_format))
+    for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
-    loaded = result.catalog
-    n = len(loaded.images)
+    n, files = len(result.catalog.images), len(result.catalog.files)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{len(loaded.files)} file{'s' if len(loaded.files) != 1 else ''} "
-               f"(profile {profile}; {result.rules.profile.source})")
-
-
-@contextlib.contextmanager
-def _api(rt: Runtime, endpoint: str | None, flags: AuthFlags,
-         retries: int = 5) -> Iterator[ApiSession]:
-    """An Image API client and its credentials; closed afterwards."""
-    injected = rt.extra.get("api")
-    if injected is not None:
-        _warn_insecure(flags.insecure)
-        yield ApiSession(injected, None)
-        return
-
-    def factory(verify: bool | str) -> httpx.Client:
-        return http_client(verify, connect_timeout=flags.connect_timeout,
-                           read_timeout=flags.read_timeout)
-
-    creds = resolve(rt.env if rt.env is not None else dict(os.environ), endpoint=endpoint,
-                    token_file=flags.token_file, os_cloud=flags.os_cloud,
-                    interface=flags.interface, cacert=flags.cacert, insecure=flags.insecure,
-                    http_factory=factory)
-    _warn_insecure(creds.verify is False)
-    creds.tokens.token()  # authenticate now: bad credentials fail before any work starts
-    client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
-                         verify=creds.verify, connect_timeout=flags.connect_timeout,
-                         read_timeout=flags.read_timeout,
-                         read_retry=RetryPolicy(attempts=retries + 1))
-    try:
-        yield ApiSession(client, creds)
-    finally:
-        client.close()
-
-
-def _warn_insecure(insecure: bool) -> None:
-    if insecure:  # every run, whether from --insecure or `verify: false` in clouds.yaml
-        _notice("warning: TLS certificates are NOT verified (--insecure or verify: false); "
-                "anyone on the network path can read the token and change answers",
-                level=logging.WARNING)
-
-
-@dataclass(frozen=True)
-class ApiSession:
-    client: ImageClient
-    credentials: Credentials | None
-
-    @property
-    def endpoint(self) -> str:
-        return self.client.endpoint
-
-    @property
-    def refreshes(self) -> int:
-        return self.credentials.refreshes if self.credentials else 0
-
-    @property
-    def project_id(self) -> str | None:
-        return self.credentials.project_id if self.credentials else None
+               f"{files} file{'s' if files != 1 else ''} (profile {profile}; "
+               f"{result.rules.profile.source})")
 
 
 @cli.command("plan")
@@ -422,7 +317,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
     """
     with contextlib.ExitStack() as stack:
-        session = stack.enter_context(_api(rt, endpoint, AuthFlags(**auth))) if refresh else None
+        session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
@@ -465,38 +360,6 @@ class _Progress:
     def close(self) -> None:
         if self.enabled and self.done:
             click.echo("", err=True)
-
-
-class _JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "event": getattr(record, "event", record.name),
-            "message": record.getMessage(),
-        }
-        for key in ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s",
-                    "run_id"):
-            if hasattr(record, key):
-                doc[key] = getattr(record, key)
-        return json.dumps(doc, sort_keys=True)
-
-
-_LOGGER = logging.getLogger("reconciler")
-_LOG_HANDLER: logging.Handler | None = None
-
-
-def _setup_logging(log_format: str) -> None:
-    global _LOG_HANDLER
-    _LOG_HANDLER = logging.StreamHandler(sys.stderr)
-    _LOGGER.handlers[:] = [_LOG_HANDLER]
-    _LOGGER.propagate = False
-    if log_format == "json":
-        _LOG_HANDLER.setFormatter(_JsonLogFormatter())
-        _LOGGER.setLevel(logging.INFO)
-    else:
-        _LOG_HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        _LOGGER.setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -573,49 +436,37 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
       reconcile apply --yes --log-format json --format html --output report.html
       reconcile apply plan.json --yes
     """
-    _setup_logging(log_format)
+    logs.configure(log_format)
     allow = Allowances(allow_disk_format, allow_container_format)
     saved = planfile.read(plan_file) if plan_file else None
+    ctx = click.get_current_context()
+    given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
+             is click.core.ParameterSource.COMMANDLINE}
+    check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
+                     interactive=sys.stdin.isatty(), plan_file=plan_file)
     if saved is not None:
-        ctx = click.get_current_context()
-        given = {p for p in ("catalog", "profile", "refresh")
-                 if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE}
-        if given:
-            raise ConfigError(f"{', '.join('--' + g for g in sorted(given))}: a saved plan "
-                              "fixes the catalog and profile, and is always checked against "
-                              "the cloud (that is what makes it safe to apply once only)")
         endpoint = endpoint or saved.target
     if dry_run:
-        if saved is not None:
-            raise ConfigError("--dry-run shows a catalog's plan; a saved plan is already "
-                              f"reviewable: `cat {plan_file}`")
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock, allow=allow)
         _write_report(render(report, fmt, color=_color(output), templates=templates), output)
         return
-    if not yes and not sys.stdin.isatty():
-        raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
-                          "in a terminal")
-    with _api(rt, endpoint, AuthFlags(**auth), retries) as session:
-        if not yes:
-            preview = make_plan(saved.catalog if saved else catalog, state,
-                                profile=saved.profile if saved else profile, strict=strict,
-                                endpoint=session.endpoint,
-                                api=session.client if refresh else None,
-                                project_id=session.project_id, clock=rt.clock, allow=allow)
-            _confirm(preview.plan, session.endpoint)
+    with _api(rt, endpoint, auth, retries) as session:
         progress = _Progress(sys.stderr.isatty())
+        request = ApplyRequest(
+            catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
+            api=session.client, strict=strict, refresh=refresh, saved=saved,
+            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            settle_s=settle_time, clock=rt.clock, on_outcome=progress,
+            refreshes=lambda: session.refreshes, project_id=session.project_id, allow=allow,
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
+        if not yes:
+            shown = preview(request)
+            _confirm(shown.plan, session.endpoint)
+            request.preview = shown  # what the locked apply checks and works from
         try:
             with _sigterm_as_interrupt():
-                result = apply_catalog(ApplyRequest(
-                    catalog_dir=catalog, state_path=state, profile=profile,
-                    endpoint=session.endpoint, api=session.client, strict=strict,
-                    refresh=refresh, saved=saved, parallelism=parallelism,
-                    retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
-                    clock=rt.clock,
-                    on_outcome=progress, refreshes=lambda: session.refreshes,
-                    project_id=session.project_id, allow=allow,
-                    on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions))))
+                result = apply_catalog(request)
         finally:
             progress.close()
     _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
@@ -702,11 +553,7 @@ def state_list(state: Path, as_json: bool) -> None:
       reconcile state list
       reconcile state list --json | jq -r .image_id
     """
-    store = open_existing(state)
-    try:
-        rows = store.all_records()
-    finally:
-        store.close()
+    rows = list_records(state)
     if as_json:
         for target, rec in rows:
             click.echo(json.dumps({"target": target, "name": rec.name, "image_id": rec.image_id,
@@ -735,16 +582,7 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
       reconcile state show ubuntu-18.04-base
       reconcile state show ubuntu-18.04-base --json | jq .response.created_at
     """
-    store = open_existing(state)
-    try:
-        found = store.records_named(name)
-    finally:
-        store.close()
-    if not found:
-        raise ConfigError(f"no image named {name!r} is recorded in {state}; "
-                          "`reconcile state list` shows what is")
-    docs = [{"target": target, **rec.model_dump(exclude={"request_json", "response_json"}),
-             "request": rec.request, "response": rec.response} for target, rec in found]
+    docs = show_records(state, name)
     if as_json:
         click.echo(json.dumps(docs if len(docs) > 1 else docs[0], indent=2, sort_keys=True))
         return
@@ -784,7 +622,7 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     Example:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
     """
-    with _api(rt, endpoint, AuthFlags(**auth)) as session:
+    with _api(rt, endpoint, auth) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force)
     click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
@@ -818,11 +656,7 @@ def history(state: Path, limit: int, as_json: bool) -> None:
     Example:
       reconcile history --limit 5
     """
-    store = open_existing(state)
-    try:
-        runs = store.runs(limit)
-    finally:
-        store.close()
+    runs = run_history(state, limit)
     if as_json:
         for run in runs:
             click.echo(json.dumps(run, sort_keys=True))

@@ -1,13 +1,15 @@
 """HTTP client for the Image API (Huawei Cloud IMS / OpenStack Glance v2 ``/v2/images``).
 
 ``ImageClient`` sends one request per call and turns every failure into the ``ApiError`` family
-of ``reconciler.errors``: ``error_from_response`` maps an HTTP error answer (every body shape
-of docs/api-contract.md §9) and ``TransportError.sent`` says whether a request that got no
-answer may have reached the server. Reads are retried here, writes never: the only retry of a
-write is the single re-authentication after a 401 (docs/api-contract.md §11.2); backoff and the
-look-up-before-retry protocol of creates belong to the applier, which alone knows whether
-repeating a request is safe (docs/architecture.md §6.5). One client is shared by the applier's
-worker threads: it keeps no per-request state, and httpx's connection pool is thread-safe.
+of ``reconciler.errors``: ``error_from_response`` is the one place that decides what a status
+code means (every body shape of docs/api-contract.md §9), ``TransportError.sent`` says whether
+a request that got no answer may have reached the server, and a success answer with an
+unusable body is a ``MalformedResponse``. Writes are retried here only once, after a 401, with
+a fresh token (docs/api-contract.md §11.2); reads may also be retried with backoff
+(``read_retry``). Backoff and the look-up-before-retry protocol of creates belong to
+``reconciler.apply``, which alone knows whether repeating a create is safe
+(docs/architecture.md §6.5). One client is shared by the apply's worker threads: it keeps no
+per-request state, and httpx's connection pool is thread-safe.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import os
 import random
 import re
 import ssl
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,13 +32,17 @@ from urllib.parse import quote
 
 import httpx
 
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import (
     ApiError,
     AuthError,
     ClientError,
     ConfigError,
+    GatewayError,
     MalformedResponse,
+    NotFoundError,
     ServerError,
+    ThrottledError,
     TransportError,
 )
 from .serverinfo import OS_VERSIONS_PATH, SCHEMA_PATH, Kind, validate_body
@@ -108,14 +113,13 @@ class StaticToken:
 # --------------------------------------------------------------------------- error mapping
 
 
-def error_from_response(response: httpx.Response, *, secrets: Iterable[str] = ()) -> ApiError:
+def error_from_response(response: httpx.Response, *, secrets: Iterable[str] = (),
+                        clock: Clock = SYSTEM_CLOCK) -> ApiError:
     """Map an error answer to the ``ApiError`` subclass for its status, with a clean message.
 
-    401 → ``AuthError``; 429 and 5xx → ``ServerError`` (with ``retry_after``); other 4xx →
-    ``ClientError``; any other status → ``ApiError``. The body is read in the order of
-    docs/api-contract.md §9.5; tags are stripped, whitespace collapsed, the message truncated, and
-    every string in ``secrets`` (the tokens sent) is replaced by ``***``.
-    """
+    This is where a status code gets its meaning, once (docs/api-contract.md §9):
+
+    =========  ==================  ========================================    """
     secret_list = [s for s in secrets if s]
     status = response.status_code
     reason = response.reason_phrase or httpx.codes.get_reason_phrase(status)
@@ -157,13 +161,31 @@ def error_from_response(response: httpx.Response, *, secrets: Iterable[str] = ()
         "url": url,
     }
     message = _truncate(_redact(message, secret_list), _MAX_MESSAGE)
+    kind = _error_class(status)
+    if kind in (ThrottledError, GatewayError, ServerError):
+        fields["retry_after"] = _retry_after(response, clock)
+    return kind(message, **fields)
+
+
+def _error_class(status: int) -> type[ApiError]:
     if status == 401:
-        return AuthError(message, **fields)
-    if status == 429 or 500 <= status <= 599:
-        return ServerError(message, retry_after=_retry_after(response), **fields)
+        return AuthError
+    if status == 404:
+        return NotFoundError
+    if status == 429:
+        return ThrottledError
+    if status in (502, 504):
+        return GatewayError
+    if 500 <= status <= 599:
+        return ServerError
     if 400 <= status <= 499:
-        return ClientError(message, **fields)
-    return ApiError(message, **fields)
+        return ClientError
+    return ApiError
+
+
+#: What a read may be retried after: nothing was changed, and the next try may succeed.
+RETRYABLE_READ: tuple[type[ApiError], ...] = (
+    ThrottledError, GatewayError, ServerError, TransportError)
 
 
 def _code_and_message(body: object) -> tuple[object, object] | None:
@@ -265,7 +287,7 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx.Response, clock: Clock) -> float | None:
     """``Retry-After`` in seconds: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
     value = response.headers.get("retry-after", "").strip()
     if re.fullmatch(r"\d+(\.\d+)?", value):
@@ -275,7 +297,7 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
     # Measured against the server's own Date header when there is one, so a skewed local
     # clock does not turn "in 30 s" into "now" or "in an hour".
-    now = _http_date(response.headers.get("date", "")) or datetime.now(UTC)
+    now = _http_date(response.headers.get("date", "")) or clock.now()
     return max(0.0, (when - now).total_seconds())
 
 
@@ -409,8 +431,10 @@ class ImageClient:
         user_agent: str = DEFAULT_USER_AGENT,
         auth: httpx.Auth | None = None,
         read_retry: RetryPolicy | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.endpoint = normalize_endpoint(endpoint)
+        self._clock = clock
         self._tokens = token_provider
         self._auth = auth  # request signing (AK/SK), applied to every request
         self._read_retry = read_retry
@@ -443,9 +467,7 @@ class ImageClient:
 
     def create_image(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v2/images``; returns the created image (expected status 201)."""
-        response, tokens = self._send("POST", "/v2/images", json_body=body)
-        if not response.is_success:
-            raise error_from_response(response, secrets=tokens)
+        response = self._send("POST", "/v2/images", json_body=body)
         image = self._json_object(response, "the image may have been created")
         if not isinstance(image.get("id"), str) or not image["id"]:
             raise self._bad_body(response, "has no image id; the image may have been created")
@@ -453,11 +475,10 @@ class ImageClient:
 
     def get_image(self, image_id: str) -> dict[str, Any] | None:
         """``GET /v2/images/{id}``; None if the image does not exist (404)."""
-        response, tokens = self._send("GET", self._image_path(image_id))
-        if response.status_code == 404:
+        try:
+            response = self._send("GET", self._image_path(image_id))
+        except NotFoundError:
             return None
-        if not response.is_success:
-            raise error_from_response(response, secrets=tokens)
         return self._json_object(response)
 
     def server_info(self, kind: Kind) -> Any:
@@ -466,9 +487,7 @@ class ImageClient:
         /v1/cloudimages/os_version``), checked against their documented shape
         (``MalformedResponse`` if they break it)."""
         path = SCHEMA_PATH if kind == "image_schema" else OS_VERSIONS_PATH
-        response, tokens = self._send("GET", path)
-        if not response.is_success:
-            raise error_from_response(response, secrets=tokens)
+        response = self._send("GET", path)
         try:
             body = response.json()
             validate_body(kind, body)
@@ -481,10 +500,8 @@ class ImageClient:
         return body
 
     def delete_image(self, image_id: str) -> None:
-        """``DELETE /v2/images/{id}``; a missing image is a ``ClientError`` with status 404."""
-        response, tokens = self._send("DELETE", self._image_path(image_id))
-        if not response.is_success:
-            raise error_from_response(response, secrets=tokens)
+        """``DELETE /v2/images/{id}``; a missing image is a ``NotFoundError``."""
+        self._send("DELETE", self._image_path(image_id))
 
     def list_images(
         self,
@@ -514,9 +531,7 @@ class ImageClient:
         marker: str | None = None
         while True:
             query = (*params, ("marker", marker)) if marker else params
-            response, tokens = self._send("GET", "/v2/images", params=query)
-            if not response.is_success:
-                raise error_from_response(response, secrets=tokens)
+            response = self._send("GET", "/v2/images", params=query)
             page = self._json_object(response)
             images = page.get("images")
             if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
@@ -567,38 +582,49 @@ class ImageClient:
         *,
         params: tuple[tuple[str, str], ...] | None = None,
         json_body: Mapping[str, Any] | None = None,
-    ) -> tuple[httpx.Response, list[str]]:
-        """Send, and once more with a fresh token after a 401 if the provider has one.
+    ) -> httpx.Response:
+        """The success answer to one request; every failure raised as its ``ApiError``.
 
-        Reads (GET) are also retried on 429, 5xx and lost connections when ``read_retry`` is
-        set: they change nothing, so retrying them is always safe. Writes are never retried
-        here; the applier owns that protocol. Returns the response and the tokens used,
-        which error messages must never show.
+        Reads (GET) are also retried after the errors of ``RETRYABLE_READ`` when
+        ``read_retry`` is set: they change nothing, so retrying them is always safe. Writes
+        are never retried here; the apply protocol owns that.
         """
+        retry = self._read_retry if method == "GET" else None
         attempt = 0
         while True:
             attempt += 1
-            retry = self._read_retry if method == "GET" else None
             try:
-                tokens = [self._tokens.token()]
-                response = self._attempt(method, path, params, json_body, tokens)
-                if response.status_code == 401 and self._tokens.invalidate(tokens[-1]):
-                    tokens.append(self._tokens.token())
-                    response = self._attempt(method, path, params, json_body, tokens)
-            except TransportError as exc:
+                return self._authenticated(method, path, params, json_body)
+            except RETRYABLE_READ as exc:
                 if retry is None or attempt >= retry.attempts:
                     raise
-                delay, why = retry.delay(attempt, None, self._rng), str(exc)
-            else:
-                busy = response.status_code == 429 or 500 <= response.status_code <= 599
-                if retry is None or not busy or attempt >= retry.attempts:
-                    return response, tokens
-                delay = retry.delay(attempt, _retry_after(response), self._rng)
-                why = f"HTTP {response.status_code}"
+                delay = retry.delay(attempt, exc.retry_after, self._rng)
+                why = str(exc) if isinstance(exc, TransportError) else f"HTTP {exc.status}"
             log.warning("%s %s: %s; retrying in %.1fs (attempt %d of %d)", method, path, why,
                         delay, attempt, retry.attempts,
                         extra={"event": "read_retry", "attempt": attempt})
-            time.sleep(delay)
+            self._clock.sleep(delay)
+
+    def _authenticated(
+        self,
+        method: str,
+        path: str,
+        params: tuple[tuple[str, str], ...] | None,
+        json_body: Mapping[str, Any] | None,
+    ) -> httpx.Response:
+        """Send, and once more with a fresh token after a 401 if the provider has one."""
+        tokens = [self._tokens.token()]
+        response = self._attempt(method, path, params, json_body, tokens)
+        if response.is_success:
+            return response
+        error = error_from_response(response, secrets=tokens, clock=self._clock)
+        if not isinstance(error, AuthError) or not self._tokens.invalidate(tokens[-1]):
+            raise error
+        tokens.append(self._tokens.token())
+        response = self._attempt(method, path, params, json_body, tokens)
+        if response.is_success:
+            return response
+        raise error_from_response(response, secrets=tokens, clock=self._clock)
 
     def _attempt(
         self,

@@ -14,9 +14,16 @@ Library code raises these; only ``cli.py`` turns them into a message and an exit
     └── ApiError               the Image API answered with an error or not at all
         ├── AuthError          401: token missing, invalid or expired
         ├── ClientError        other 4xx: the request itself is wrong; never retried
-        ├── ServerError        429 and 5xx: retried with backoff
-        ├── TransportError     no (complete) answer: connect/read timeout, reset
+        │   └── NotFoundError  404
+        ├── ThrottledError     429: refused before the service saw it; ``retry_after``
+        ├── ServerError        5xx from the service itself: it is done with the request
+        ├── GatewayError       502, 504: a gateway answered for a service that did not; the
+        │                      request may still be in progress behind it
+        ├── TransportError     no (complete) answer: connect/read timeout, reset; ``sent``
         └── MalformedResponse  a success answer whose body breaks the API's schema or limits
+
+What a status code means is decided once, in ``client.error_from_response``; everything
+else branches on these classes (``apply.decisions`` says what each means for a create).
 """
 
 from __future__ import annotations
@@ -120,8 +127,23 @@ class ClientError(ApiError):
     """A 4xx other than 401 and 429: the request is wrong and retrying will not help."""
 
 
+class NotFoundError(ClientError):
+    """404: no such resource."""
+
+
+class ThrottledError(ApiError):
+    """429: the gateway refused the request before the service saw it (nothing was done);
+    ``retry_after`` is the server's wish in seconds, if it said one."""
+
+
 class ServerError(ApiError):
-    """429 or 5xx: the service is busy or failing; safe to retry after looking for the image."""
+    """A 5xx answered by the service (500, 503, ...): it is done with the request, whatever
+    it did; a read may be repeated, a create only after looking whether it happened."""
+
+
+class GatewayError(ApiError):
+    """502 or 504: a gateway answered because the service did not (in time). The request
+    may have reached the service and still be in progress there."""
 
 
 class TransportError(ApiError):

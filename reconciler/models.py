@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import cached_property
 from typing import Any, Literal
 
@@ -23,14 +24,29 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def now_iso() -> str:
-    return iso(datetime.now(UTC))
-
-
 def parse_iso(value: str) -> datetime:
     """An ISO 8601 time from the API or the state file; naive ones are UTC."""
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class JournalState(StrEnum):
+    """Where a create's journal entry stands (the ``journal.state`` column)."""
+
+    PENDING = "pending"    # written before the POST; the image may or may not exist
+    DONE = "done"          # the image is recorded (``image_id``)
+    RELEASED = "released"  # certainly not created; nothing to look for
+
+
+class RunOutcome(StrEnum):
+    """How an apply run ended (the ``runs.outcome`` column and the report's verdict)."""
+
+    RUNNING = "running"          # not finished (yet): a killed run stays so until the next
+    SUCCESS = "success"
+    PARTIAL = "partial"          # some images failed or are blocked, others were done
+    FAILED = "failed"            # nothing done, or the run itself failed
+    ABORTED = "aborted"          # stopped by a condition that stops every create (a 401)
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM, or killed
 
 
 #: The extra property that carries a create's nonce, so a create whose answer was lost can be
@@ -265,6 +281,27 @@ class Outcome(Frozen):
     duration_s: float = 0.0
     error: ErrorInfo | None = None
     request: dict[str, Any] | None = None
+
+    @classmethod
+    def recorded(cls, record: Record, result: OutcomeResult, *, attempts: int = 0,
+                 duration_s: float = 0.0, request: dict[str, Any] | None = None) -> Outcome:
+        """An image that is now recorded (created or adopted)."""
+        return cls.model_construct(
+            name=record.name, result=result, image_id=record.image_id, status=record.status,
+            created_at=record.created_at, updated_at=record.updated_at, attempts=attempts,
+            duration_s=duration_s, error=None, request=request)
+
+    @classmethod
+    def failure(cls, name: str, result: OutcomeResult, message: str, *, status: int | None = None,
+                code: str | None = None, request_id: str | None = None, attempts: int = 0,
+                duration_s: float = 0.0) -> Outcome:
+        """An image not done: ``failed`` (tried) or ``skipped`` (not attempted)."""
+        error = ErrorInfo.model_construct(message=message, status=status, code=code,
+                                          request_id=request_id)
+        return cls.model_construct(
+            name=name, result=result, image_id=None, status=None, created_at=None,
+            updated_at=None, attempts=attempts, duration_s=duration_s, error=error,
+            request=None)
 
 
 class RunReport(Frozen):

@@ -118,15 +118,24 @@ def read(path: Path) -> SavedPlan:
                             "again") from None
 
 
+def moved_since(*, catalog: str, catalog_then: str, catalog_now: str, revision_then: int,
+                revision_now: int, event: str = "the plan was made") -> list[str]:
+    """What changed in the catalog and the state file since ``event``."""
+    reasons = []
+    if catalog_now != catalog_then:
+        reasons.append(f"the catalog {catalog} changed since {event}")
+    if revision_now != revision_then:
+        reasons.append(f"the state file changed since {event} (revision "
+                       f"{revision_then} → {revision_now})")
+    return reasons
+
+
 def stale_reasons(saved: SavedPlan, *, catalog_digest: str, state_revision: int,
                   observed: Observed | None) -> list[str]:
     """Everything that changed since the plan was made; empty when it can be applied."""
-    reasons = []
-    if catalog_digest != saved.catalog_digest:
-        reasons.append(f"the catalog {saved.catalog} changed since the plan was made")
-    if state_revision != saved.state_revision:
-        reasons.append(f"the state file changed since the plan was made (revision "
-                       f"{saved.state_revision} → {state_revision})")
+    reasons = moved_since(catalog=saved.catalog, catalog_then=saved.catalog_digest,
+                          catalog_now=catalog_digest, revision_then=saved.state_revision,
+                          revision_now=state_revision)
     if observed is None:
         return reasons
     now = fingerprints(observed, saved.names)

@@ -189,3 +189,15 @@ def diff_remote(record: Record, remote: Mapping[str, Any]) -> tuple[FieldDiff, .
     keys = record.request.keys() - {MARKER_PROPERTY}
     then = {k: record.response.get(k, record.request[k]) for k in keys}
     return diff_bodies(then, {k: remote.get(k) for k in keys})
+
+
+def adoption_request(spec: ImageSpec, image: dict[str, Any]) -> dict[str, Any]:
+    """What we would have sent to get ``image``: the catalog's fields, valued as in the cloud.
+
+    Recording this (not the catalog's body) keeps the record honest: if the image differs
+    from the catalog, the next plan shows it as drift.
+    """
+    request = {key: image.get(key) for key in spec.body()}
+    if MARKER_PROPERTY in image:
+        request[MARKER_PROPERTY] = image[MARKER_PROPERTY]
+    return request

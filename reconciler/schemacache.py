@@ -10,12 +10,11 @@ which the run's own requests then meet and report as they always do).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
+from typing import Any, Protocol
 
-from reconciler.client import ImageClient
+from reconciler.clock import Clock
 from reconciler.errors import ApiError, StateError
 from reconciler.models import iso
 from reconciler.profiles import Profile
@@ -24,12 +23,19 @@ from reconciler.serverinfo import (
     OS_VERSIONS_PATH,
     SCHEMA_PATH,
     InvalidServerInfo,
+    Kind,
     ServerInfo,
     profile_for,
 )
 from reconciler.state import SCHEMA_VERSION, StateStore
 
 _WHAT = {"image_schema": "image schema", "os_versions": "OS list"}
+
+
+class RulesApi(Protocol):
+    """What is read of ``ImageClient`` here."""
+
+    def server_info(self, kind: Kind) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,8 @@ def offline(profile: str, store: StateStore | None, target: str,
     return _build(profile, cached(store, profile, target), allow, ())
 
 
-def online(profile: str, api: ImageClient, target: str, state_path: str | Path, *,
-           allow: Allowances = NO_ALLOWANCES, clock: Callable[[], datetime]) -> RunProfile:
+def online(profile: str, api: RulesApi, target: str, state_path: str | Path, *,
+           allow: Allowances = NO_ALLOWANCES, clock: Clock) -> RunProfile:
     """Ask the server and build the profile from its answer (the caller ``keep``s it once
     the catalog is valid); fall back to what the state file kept."""
     kind = KIND_OF[profile]
@@ -85,13 +91,13 @@ def online(profile: str, api: ImageClient, target: str, state_path: str | Path, 
     try:
         body = api.server_info(kind)
     except ApiError as exc:  # a 401 too: the run's own requests then stop it, and say so
-        notes.append(f"could not read the server's {_WHAT[kind]} ({api.endpoint}{path}): "
+        notes.append(f"could not read the server's {_WHAT[kind]} ({target}{path}): "
                      f"{exc}")
         info = _kept(profile, state_path, target)
         notes[-1] += (f"; using the one read {info.read_at[:10]}" if info else
                       "; using reconcile's built-in rules")
         return _build(profile, info, allow, tuple(notes))
-    info = ServerInfo(kind, api.endpoint + path, iso(clock()), body)
+    info = ServerInfo(kind, target + path, iso(clock.now()), body)
     return _build(profile, info, allow, ())
 
 

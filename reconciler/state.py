@@ -19,14 +19,14 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
+from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import StateError, StateLockedError, StateVersionError
-from reconciler.models import PendingCreate, Record, now_iso
+from reconciler.models import JournalState, PendingCreate, Record, RunOutcome, iso
 
 DEFAULT_PATH = "reconcile-state.db"
 
@@ -101,8 +101,9 @@ def _migrate(conn: sqlite3.Connection, current: int, upto: int = SCHEMA_VERSION)
 class StateStore:
     """Records, runs and journal of one state file. Writes are serialised by a lock."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str, *, writable: bool) -> None:
-        self.conn, self.path, self.writable = conn, path, writable
+    def __init__(self, conn: sqlite3.Connection, path: str, *, writable: bool,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.conn, self.path, self.writable, self.clock = conn, path, writable, clock
         self._write_lock = threading.Lock()  # held by the one thread committing
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -111,7 +112,7 @@ class StateStore:
     # --- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open_readonly(cls, path: str | Path) -> StateStore | None:
+    def open_readonly(cls, path: str | Path, *, clock: Clock = SYSTEM_CLOCK) -> StateStore | None:
         """Open for reading, never writing; None when the file does not exist yet."""
         p = Path(path)
         if not p.exists():
@@ -131,7 +132,7 @@ class StateStore:
                 conn = memory
         except sqlite3.Error as exc:
             raise StateError(f"cannot read state file {p}: {exc}") from None
-        return cls(conn, str(p), writable=False)
+        return cls(conn, str(p), writable=False, clock=clock)
 
     @staticmethod
     def version_of(path: str | Path) -> int:
@@ -149,7 +150,7 @@ class StateStore:
             raise StateError(f"cannot read state file {p}: {exc}") from None
 
     @classmethod
-    def open_for_write(cls, path: str | Path) -> StateStore:
+    def open_for_write(cls, path: str | Path, *, clock: Clock = SYSTEM_CLOCK) -> StateStore:
         """Open (creating if needed) and migrate to the current schema, backing up first."""
         p = Path(path)
         if p.is_dir():
@@ -162,7 +163,7 @@ class StateStore:
             version = _check_version(conn, str(p))
             if 0 < version < SCHEMA_VERSION:
                 backup = p.with_name(f"{p.name}.bak-v{version}-"
-                                     f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+                                     f"{clock.now().strftime('%Y%m%dT%H%M%SZ')}")
                 conn.close()
                 shutil.copy2(p, backup)
                 conn = sqlite3.connect(str(p), check_same_thread=False, timeout=30)
@@ -173,7 +174,10 @@ class StateStore:
             raise StateError(f"cannot open state file {p} for writing: {exc}") from None
         except OSError as exc:
             raise StateError(f"cannot back up state file {p}: {exc.strerror}") from None
-        return cls(conn, str(p), writable=True)
+        return cls(conn, str(p), writable=True, clock=clock)
+
+    def _now(self) -> str:
+        return iso(self.clock.now())
 
     def _use_wal(self) -> None:
         """From the first write until close(): WAL, so a commit is an append rather than an
@@ -199,7 +203,8 @@ class StateStore:
 
     def targets(self) -> list[str]:
         rows = self.conn.execute("SELECT DISTINCT target FROM images UNION "
-                                 "SELECT DISTINCT target FROM journal WHERE state = 'pending'")
+                                 "SELECT DISTINCT target FROM journal WHERE state = ?",
+                                 (JournalState.PENDING,))
         return sorted(r[0] for r in rows)
 
     def records(self, target: str, *, full: bool = True) -> dict[str, Record]:
@@ -255,7 +260,8 @@ class StateStore:
     def pending(self, target: str) -> list[PendingCreate]:
         rows = self.conn.execute(
             "SELECT nonce, name, run_id, started_at FROM journal "
-            "WHERE target = ? AND state = 'pending' ORDER BY started_at, name", (target,))
+            "WHERE target = ? AND state = ? ORDER BY started_at, name",
+            (target, JournalState.PENDING))
         return [PendingCreate.model_construct(nonce=r[0], name=r[1], run_id=r[2], started_at=r[3])
                 for r in rows]
 
@@ -346,36 +352,37 @@ class StateStore:
                   tool_version: str, started_at: str) -> None:
         self._commit(
             # A run still marked running while we hold the lock was killed.
-            ("UPDATE runs SET outcome = 'interrupted' WHERE outcome = 'running'", ()),
+            ("UPDATE runs SET outcome = ? WHERE outcome = ?",
+             (RunOutcome.INTERRUPTED, RunOutcome.RUNNING)),
             ("INSERT INTO runs (id, mode, target, profile, catalog_digest, started_at, host, "
              "pid, tool_version, summary_json, created, adopted, failed, outcome) "
-             "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, 'running')",
+             "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, ?)",
              (run_id, target, profile, catalog_digest, started_at, socket.gethostname(),
-              os.getpid(), tool_version)))
+              os.getpid(), tool_version, RunOutcome.RUNNING)))
 
     def mark_plan_applied(self, plan_id: str, run_id: str) -> None:
         self._commit(("INSERT INTO applied_plans (plan_id, applied_at, run_id) "
-                      "VALUES (?, ?, ?)", (plan_id, now_iso(), run_id)))
+                      "VALUES (?, ?, ?)", (plan_id, self._now(), run_id)))
 
     def finish_run(self, run_id: str, *, summary: dict[str, int], created: int, adopted: int,
                    failed: int, outcome: str, error: str | None = None) -> None:
         self._commit(("UPDATE runs SET finished_at = ?, summary_json = ?, created = ?, "
                       "adopted = ?, failed = ?, outcome = ?, error = ? WHERE id = ?",
-                      (now_iso(), json.dumps(summary, sort_keys=True), created, adopted, failed,
+                      (self._now(), json.dumps(summary, sort_keys=True), created, adopted, failed,
                        outcome, error, run_id)))
 
     def journal_open(self, *, nonce: str, target: str, name: str, run_id: str,
                      request: dict[str, Any]) -> None:
         """Write the intent to create before the POST, so a lost answer can be found again."""
         self._commit(("INSERT INTO journal (nonce, target, name, run_id, request_json, state, "
-                      "started_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                      "started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                       (nonce, target, name, run_id, json.dumps(request, sort_keys=True),
-                       now_iso())))
+                       JournalState.PENDING, self._now())))
 
     def journal_release(self, nonce: str, note: str) -> None:
         """The create certainly did not happen: close the entry without a record."""
-        self._commit(("UPDATE journal SET state = 'released', resolved_at = ?, note = ? "
-                      "WHERE nonce = ?", (now_iso(), note, nonce)))
+        self._commit(("UPDATE journal SET state = ?, resolved_at = ?, note = ? "
+                      "WHERE nonce = ?", (JournalState.RELEASED, self._now(), note, nonce)))
 
     def save_record(self, target: str, record: Record, *, nonce: str | None = None) -> None:
         """Record an image and close its journal entry in one transaction."""
@@ -387,9 +394,9 @@ class StateStore:
              record.response_json, record.status, record.created_at, record.updated_at,
              record.recorded_at, record.run_id, record.origin))]
         if nonce:
-            statements.append(("UPDATE journal SET state = 'done', resolved_at = ?, "
+            statements.append(("UPDATE journal SET state = ?, resolved_at = ?, "
                                "image_id = ? WHERE nonce = ?",
-                               (now_iso(), record.image_id, nonce)))
+                               (JournalState.DONE, self._now(), record.image_id, nonce)))
         self._commit(*statements)
 
     def save_server_info(self, target: str, kind: str, *, url: str, body: Any,
@@ -432,7 +439,7 @@ class StateStore:
                 raise StateLockedError(self.path, holder.get("pid"), holder.get("host"),
                                        holder.get("started_at")) from None
             info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                               "started_at": now_iso()}).encode()
+                               "started_at": self._now()}).encode()
             os.ftruncate(fd, 0)
             os.pwrite(fd, info, 0)
             try:

@@ -2,7 +2,7 @@
 sandboxes.
 
 ``run_cli`` runs every command in the test's own ``tmp_path`` (so a stray ``reconcile.toml`` in
-the checkout never leaks in) with ``RECONCILE_*`` and ``NO_COLOR`` cleared, a fixed clock
+the checkout never leaks in) with ``RECONCILE_*`` and ``NO_COLOR`` cleared, a manual clock
 injected through ``obj=Runtime(...)``, and ``catch_exceptions=False`` so an unexpected exception
 fails the test loudly instead of hiding behind exit code 1.
 """
@@ -23,6 +23,7 @@ from apply_helpers import SandboxFactory, sandboxes
 from click.testing import CliRunner, Result
 
 from reconciler.cli import Runtime, cli
+from reconciler.clock import ManualClock
 from reconciler.models import ImageSpec, Record
 from reconciler.state import StateStore
 
@@ -41,8 +42,9 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def fixed_clock() -> Callable[[], datetime]:
-    return lambda: FIXED_NOW
+def fixed_clock() -> ManualClock:
+    """Starts at FIXED_NOW and moves only when reconcile sleeps on it (backoff, settling)."""
+    return ManualClock(FIXED_NOW)
 
 
 CatalogContent = str | bytes | Mapping[str, Any] | list[Any]
@@ -77,7 +79,7 @@ def write_catalog(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-            fixed_clock: Callable[[], datetime]) -> Callable[..., Result]:
+            fixed_clock: ManualClock) -> Callable[..., Result]:
     """run_cli(args, env=None) -> click Result (``.stdout``, ``.stderr``, ``.output``)."""
     for var in list(os.environ):
         if var.startswith("RECONCILE_") or var == "NO_COLOR":

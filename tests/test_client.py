@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,14 +17,18 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.client import ImageClient, StaticToken, error_from_response
+from reconciler.client import ImageClient, RetryPolicy, StaticToken, error_from_response
+from reconciler.clock import ManualClock
 from reconciler.errors import (
     ApiError,
     AuthError,
     ClientError,
     ConfigError,
+    GatewayError,
     MalformedResponse,
+    NotFoundError,
     ServerError,
+    ThrottledError,
     TransportError,
 )
 
@@ -293,6 +298,66 @@ def test_other_errors_are_not_retried(status: int) -> None:
     assert tokens.invalidated == []
 
 
+# --------------------------------------------------------------------------- read retries
+
+
+def retrying_client(answers: list[int | None], clock: ManualClock) -> tuple[ImageClient, list[str]]:
+    """A client whose server answers ``answers`` in turn (None: the connection drops), then
+    200; returns it and the methods it received."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        status = answers.pop(0) if answers else 200
+        if status is None:
+            raise httpx.ReadError("connection reset", request=request)
+        if status == 200:
+            return json_response(200, {"id": "i1", "name": "web", "status": "active"})
+        return httpx.Response(status, headers={"Retry-After": "2"})
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    client = ImageClient(ENDPOINT, token_provider=StaticToken(TOKEN), http=http,
+                         read_retry=RetryPolicy(attempts=4), clock=clock)
+    return client, seen
+
+
+@pytest.mark.parametrize("answers", [[429], [502], [503], [504], [None], [503, 429, None]])
+def test_reads_are_retried_after_busy_answers_on_the_injected_clock(
+        answers: list[int | None]) -> None:
+    clock = ManualClock(datetime(2024, 5, 17, tzinfo=UTC))
+    client, seen = retrying_client(list(answers), clock)
+    assert client.get_image("i1") == {"id": "i1", "name": "web", "status": "active"}
+    assert seen == ["GET"] * (len(answers) + 1)
+    assert len(clock.sleeps) == len(answers)
+    # Retry-After is followed where there is an answer; a dropped connection backs off.
+    assert all(d == 2.0 for d, a in zip(clock.sleeps, answers, strict=True) if a is not None)
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, ClientError), (403, ClientError)])
+def test_reads_are_not_retried_after_client_errors(status: int, kind: type[ApiError]) -> None:
+    clock = ManualClock(datetime(2024, 5, 17, tzinfo=UTC))
+    client, seen = retrying_client([status], clock)
+    with pytest.raises(kind):
+        client.get_image("i1")
+    assert seen == ["GET"] and clock.sleeps == []
+
+
+def test_reads_give_up_after_the_last_attempt() -> None:
+    clock = ManualClock(datetime(2024, 5, 17, tzinfo=UTC))
+    client, seen = retrying_client([503, 503, 503, 503, 503], clock)
+    with pytest.raises(ServerError):
+        client.get_image("i1")
+    assert len(seen) == 4 and len(clock.sleeps) == 3
+
+
+def test_writes_are_never_retried_by_the_client() -> None:
+    clock = ManualClock(datetime(2024, 5, 17, tzinfo=UTC))
+    client, seen = retrying_client([503], clock)
+    with pytest.raises(ServerError):
+        client.create_image({"name": "web"})
+    assert seen == ["POST"] and clock.sleeps == []
+
+
 # --------------------------------------------------------------------------- list and find
 
 
@@ -429,6 +494,24 @@ WEBOB_HTML = (
 
 
 @pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (401, AuthError), (403, ClientError), (404, NotFoundError), (409, ClientError),
+        (413, ClientError), (429, ThrottledError), (500, ServerError), (501, ServerError),
+        (502, GatewayError), (503, ServerError), (504, GatewayError), (599, ServerError),
+        (302, ApiError), (100, ApiError),
+    ],
+)
+def test_each_status_maps_to_one_error_class(status: int, kind: type[ApiError]) -> None:
+    assert type(error_for(status, "", {})) is kind
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_busy_answers_carry_their_retry_after(status: int) -> None:
+    assert error_for(status, "", {"Retry-After": "7"}).retry_after == 7.0
+
+
+@pytest.mark.parametrize(
     ("status", "headers", "body", "kind", "code", "message"),
     [
         pytest.param(
@@ -474,7 +557,7 @@ WEBOB_HTML = (
             {"Content-Type": "text/html"},
             "<html><head><title>502 Bad Gateway</title></head><body><center>"
             "<h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>",
-            ServerError,
+            GatewayError,
             "502",
             "nginx",
             id="proxy-html",
@@ -527,7 +610,7 @@ WEBOB_HTML = (
             id="unknown-json",
         ),
         pytest.param(503, {}, "", ServerError, "503", "Service Unavailable", id="empty"),
-        pytest.param(429, {}, "", ServerError, "429", "Too Many Requests", id="throttled"),
+        pytest.param(429, {}, "", ThrottledError, "429", "Too Many Requests", id="throttled"),
         pytest.param(302, {}, "", ApiError, "302", "Found", id="redirect"),
     ],
 )

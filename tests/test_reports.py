@@ -20,6 +20,7 @@ import pytest
 from click.testing import Result
 
 from reconciler.catalog import load_catalog
+from reconciler.clock import ManualClock
 from reconciler.models import Action, Catalog, Change, FieldDiff, ImageSpec, Record, RunReport
 from reconciler.operations import plan_report
 from reconciler.planner import plan
@@ -173,7 +174,8 @@ def planned(n: int, prefix: str = "image") -> RunReport:
                             line=i + 2) for i in range(n))
     catalog = Catalog(directory="catalog", profile="ims", images=specs)
     result = plan(catalog, {}, target=TARGET)
-    return plan_report(catalog, result, clock=lambda: datetime(2024, 5, 17, 12, 30, tzinfo=UTC))
+    clock = ManualClock(datetime(2024, 5, 17, 12, 30, tzinfo=UTC))
+    return plan_report(catalog, result, clock=clock)
 
 
 def test_markdown_for_20000_images_fits_a_pr_comment_and_says_it_was_shortened() -> None:

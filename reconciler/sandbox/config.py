@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
+from reconciler.clock import SYSTEM_CLOCK
 from reconciler.errors import ConfigError
 from reconciler.sandbox.validation import OsVersionPolicy, Profile
 
 # The project id of Huawei's documented create example (docs/api-contract.md §5.3).
 DEFAULT_PROJECT_ID = "b912fb4a4c464b568ecfca1071b21b10"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -56,7 +53,7 @@ class SandboxConfig:
     # The region's OS versions: served by GET /v1/cloudimages/os_version and accepted by
     # creates; None = reconcile's built-in list (osversions.KNOWN_OS_VERSIONS).
     os_versions: frozenset[str] | None = None
-    clock: Callable[[], datetime] = field(default=utcnow, repr=False)
+    clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
 
     @property
     def api_profile(self) -> Profile:

@@ -1,0 +1,26 @@
+"""The apply use case in one package (docs/architecture.md §6).
+
+``run`` is the lifecycle of one run under the state lock; ``creates`` sends, records and
+recovers creates; ``decisions`` holds every choice of the protocol as a pure function;
+``runstate`` is the run's stop flag; ``request`` is what an apply is asked to do and the
+rules its options follow.
+"""
+
+from reconciler.apply.creates import DEFAULT_SETTLE_S
+from reconciler.apply.request import (
+    ApplyRequest,
+    ApplyResult,
+    Preview,
+    check_invocation,
+)
+from reconciler.apply.run import apply_catalog, preview
+
+__all__ = [
+    "DEFAULT_SETTLE_S",
+    "ApplyRequest",
+    "ApplyResult",
+    "Preview",
+    "apply_catalog",
+    "check_invocation",
+    "preview",
+]

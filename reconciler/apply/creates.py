@@ -1,0 +1,298 @@
+"""Where a create is sent, recorded and recovered (docs/architecture.md §6.3).
+
+Every create first writes a journal entry with a fresh nonce, then POSTs with the nonce as the
+``reconcile_marker`` extra property; a 201 is recorded and the entry closed in one
+transaction. After a failure, ``decisions.on_create_error`` says whether to look the image up
+by name and marker before anything is sent again, and what to do if it is not there. An entry
+is released only when the create certainly did not happen; otherwise it stays pending and the
+next apply resolves it first (``recover``, decided by ``decisions.resolve_pending``). Workers
+run in a bounded thread pool; the state store serialises writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from reconciler.apply.decisions import (
+    IfAbsent,
+    Looking,
+    LookUp,
+    Next,
+    PendingFate,
+    after_absent,
+    look_step,
+    on_create_error,
+    resolve_pending,
+)
+from reconciler.apply.runstate import RunState
+from reconciler.client import RetryPolicy
+from reconciler.errors import ApiError, AuthError
+from reconciler.models import (
+    GONE_STATUSES,
+    MARKER_PROPERTY,
+    Change,
+    ImageSpec,
+    Outcome,
+    OutcomeResult,
+    Record,
+    iso,
+    parse_iso,
+)
+from reconciler.planner import adoption_request
+from reconciler.state import StateStore
+
+log = logging.getLogger("reconciler.apply")
+
+#: How long after it was sent an unanswered create may still land. Until then a create that
+#: cannot be found is not presumed lost: it is neither sent again nor released.
+DEFAULT_SETTLE_S = 120.0
+
+_UNKNOWN = ("outcome unknown (kept as pending; the next apply looks the image up before "
+            "creating it again): ")
+
+
+class ImageApi(Protocol):
+    """The part of ``ImageClient`` the protocol needs."""
+
+    def create_image(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def find_images(self, name: str, **props: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class Creator:
+    """Creates, adopts and recovers images for one target, recording each as soon as it
+    exists."""
+
+    store: StateStore
+    api: ImageApi
+    target: str
+    run: RunState
+    parallelism: int = 10
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    settle_s: float = DEFAULT_SETTLE_S
+    on_outcome: Callable[[Outcome], None] = lambda outcome: None
+    rng: random.Random = field(default_factory=random.Random)
+
+    # --- recovery of earlier runs ----------------------------------------------------------
+
+    def recover(self) -> list[Outcome]:
+        """Resolve pending journal entries: adopt what was created, release what was not."""
+        outcomes = []
+        clock = self.run.clock
+        for entry in self.store.pending(self.target):
+            started = clock.monotonic()
+            try:
+                found = self._find(entry.name, entry.nonce)
+            except ApiError as exc:
+                log.warning("cannot resolve the pending create of %s: %s", entry.name, exc,
+                            extra={"event": "recover_failed", "image": entry.name})
+                outcomes.append(self._failed(
+                    entry.name, exc, 1, started,
+                    "the pending create of an earlier run could not be resolved: "))
+                if isinstance(exc, AuthError):
+                    self.run.stop(f"authentication failed: {exc.message}")
+                    break
+                continue
+            age = (clock.now() - parse_iso(entry.started_at)).total_seconds()
+            match resolve_pending(found=found is not None, age_s=age, settle_s=self.settle_s):
+                case PendingFate.WAIT:
+                    log.warning("%s: the create sent %ds ago by run %s may still land; it is "
+                                "left pending (blocked) until %ds after it was sent",
+                                entry.name, age, entry.run_id, self.settle_s,
+                                extra={"event": "recover_waiting", "image": entry.name})
+                case PendingFate.RELEASE:
+                    self.store.journal_release(entry.nonce, f"not found by run {self.run.run_id}")
+                    log.info("released pending create of %s: not on the server", entry.name,
+                             extra={"event": "recover_released", "image": entry.name})
+                case PendingFate.ADOPT:
+                    assert found is not None
+                    request = self.store.pending_request(entry.nonce)
+                    outcomes.append(self._record(entry.name, request, found, entry.nonce,
+                                                 started, 1, result="adopted"))
+                    log.info("recovered %s (%s) created by run %s", entry.name, found["id"],
+                             entry.run_id, extra={"event": "recovered", "image": entry.name,
+                                                  "image_id": found["id"]})
+        return outcomes
+
+    # --- adoption --------------------------------------------------------------------------
+
+    def adopt(self, changes: Iterable[Change]) -> list[Outcome]:
+        """Record the images the plan found in the cloud carrying our marker."""
+        outcomes = []
+        for change in changes:
+            if change.action != "adopt" or change.remote is None or change.spec is None:
+                continue
+            record = Record.from_image(change.name, adoption_request(change.spec, change.remote),
+                                       change.remote, recorded_at=iso(self.run.clock.now()),
+                                       run_id=self.run.run_id, origin="adopted")
+            self.store.save_record(self.target, record)
+            outcomes.append(self._deliver(Outcome.recorded(record, "adopted")))
+        return outcomes
+
+    # --- creates ---------------------------------------------------------------------------
+
+    def create_all(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Create every image of ``changes`` (all ``create``), at most ``parallelism`` at once.
+
+        On KeyboardInterrupt no new create starts, running ones finish and are recorded,
+        then the interrupt propagates.
+        """
+        outcomes: list[Outcome] = []
+        todo = [c for c in changes if c.spec is not None]
+        with ThreadPoolExecutor(max_workers=max(1, self.parallelism),
+                                thread_name_prefix="reconcile") as pool:
+            running: set[Future[Outcome]] = set()
+            queue = iter(todo)
+            try:
+                while True:
+                    while len(running) < self.parallelism and not self.run.stopped:
+                        change = next(queue, None)
+                        if change is None:
+                            break
+                        assert change.spec is not None
+                        running.add(pool.submit(self._create_one, change.spec))
+                    if not running:
+                        break
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    outcomes.extend(self._deliver(fut.result()) for fut in done)
+            except KeyboardInterrupt:
+                self.run.stop("interrupted")
+                outcomes.extend(self._deliver(fut.result()) for fut in running)
+                raise
+            finally:
+                left = {o.name for o in outcomes}
+                outcomes.extend(self._deliver(self._skipped(c.name)) for c in todo
+                                if c.name not in left)
+        return outcomes
+
+    def _create_one(self, spec: ImageSpec) -> Outcome:
+        clock = self.run.clock
+        started = clock.monotonic()
+        if self.run.stopped:
+            return self._skipped(spec.name)
+        nonce = uuid.uuid4().hex
+        body = {**spec.body(), MARKER_PROPERTY: nonce}
+        self.store.journal_open(nonce=nonce, target=self.target, name=spec.name,
+                                run_id=self.run.run_id, request=body)
+        attempt = 0
+        while True:
+            attempt += 1
+            sent_at = clock.monotonic()
+            try:
+                image = self.api.create_image(body)
+            except ApiError as exc:
+                error = exc
+            else:
+                return self._record(spec.name, body, image, nonce, started, attempt)
+            decision = on_create_error(error)
+            if decision.stops_run:
+                self.run.stop(f"authentication failed: {error.message}")
+            if decision.look_up is not LookUp.NO:
+                try:
+                    found = self._look(spec.name, nonce, decision.look_up, sent_at)
+                except (ApiError, _Unsettled):
+                    return self._keep_pending(spec.name, error, attempt, started)
+                if found is not None:
+                    log.info("found %s after a lost answer; not sending it again", spec.name,
+                             extra={"event": "found_after_loss", "image": spec.name,
+                                    "image_id": found["id"]})
+                    return self._record(spec.name, body, found, nonce, started, attempt)
+            step = after_absent(decision, attempt=attempt, attempts=self.retry.attempts,
+                                stopped=self.run.stopped)
+            if step is Next.KEEP_PENDING:
+                return self._keep_pending(spec.name, error, attempt, started)
+            if step is Next.RELEASE:
+                rejected = decision.if_absent is IfAbsent.RELEASE
+                return self._release(spec.name, nonce, error, attempt, started,
+                                     f"HTTP {error.status}: not created" if rejected
+                                     else f"gave up: {error}")
+            delay = self.retry.delay(attempt, error.retry_after, self.rng)
+            log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", spec.name, error,
+                        delay, attempt, self.retry.attempts,
+                        extra={"event": "retry", "image": spec.name, "status": error.status,
+                               "code": error.code, "request_id": error.request_id,
+                               "attempt": attempt, "delay_s": round(delay, 3)})
+            self.run.pause(delay)
+            if self.run.stopped:  # absent, and not sent again: certainly not created
+                return self._release(spec.name, nonce, error, attempt, started,
+                                     f"gave up: {error}")
+
+    def _look(self, name: str, nonce: str, look_up: LookUp,
+              sent_at: float) -> dict[str, Any] | None:
+        """After a failed create: the image, if it was created after all; None if it was not.
+
+        Raises _Unsettled if the run stops before that is known.
+        """
+        clock = self.run.clock
+        looks = 0
+        while True:
+            found = self._find(name, nonce)
+            since_send = clock.monotonic() - sent_at
+            match look_step(look_up, found=found is not None, since_send_s=since_send,
+                            settle_s=self.settle_s, stopped=self.run.stopped):
+                case Looking.FOUND | Looking.ABSENT:
+                    return found
+                case Looking.UNSETTLED:
+                    raise _Unsettled
+                case Looking.LOOK_AGAIN:
+                    looks += 1
+                    self.run.pause(min(self.settle_s - since_send,
+                                       self.retry.delay(looks, None, self.rng)))
+
+    def _find(self, name: str, nonce: str) -> dict[str, Any] | None:
+        """The live image carrying this nonce, if any (the oldest, should there be two).
+
+        Busy answers to the look-up are retried by the client (reads are safe to repeat).
+        """
+        found = [i for i in self.api.find_images(name, **{MARKER_PROPERTY: nonce})
+                 if i.get("status") not in GONE_STATUSES]
+        found.sort(key=lambda i: (str(i.get("created_at")), str(i.get("id"))))
+        return found[0] if found else None
+
+    # --- outcomes --------------------------------------------------------------------------
+
+    def _deliver(self, outcome: Outcome) -> Outcome:
+        self.on_outcome(outcome)
+        return outcome
+
+    def _record(self, name: str, body: dict[str, Any], image: dict[str, Any], nonce: str,
+                started: float, attempts: int, *, result: OutcomeResult = "created") -> Outcome:
+        record = Record.from_image(name, body, image, recorded_at=iso(self.run.clock.now()),
+                                   run_id=self.run.run_id, origin="created")
+        self.store.save_record(self.target, record, nonce=nonce)
+        return Outcome.recorded(record, result, attempts=attempts, request=body,
+                                duration_s=self.run.clock.monotonic() - started)
+
+    def _release(self, name: str, nonce: str, exc: ApiError, attempts: int, started: float,
+                 note: str) -> Outcome:
+        """Certainly not created: close the journal entry."""
+        self.store.journal_release(nonce, note)
+        return self._failed(name, exc, attempts, started)
+
+    def _keep_pending(self, name: str, exc: ApiError, attempts: int, started: float) -> Outcome:
+        """May have been created: leave the journal entry for the next apply."""
+        return self._failed(name, exc, attempts, started, _UNKNOWN)
+
+    def _failed(self, name: str, exc: ApiError, attempts: int, started: float,
+                prefix: str = "") -> Outcome:
+        log.error("%s failed: %s%s", name, prefix, exc,
+                  extra={"event": "failed", "image": name, "status": exc.status,
+                         "code": exc.code, "request_id": exc.request_id})
+        return Outcome.failure(name, "failed", prefix + exc.message, status=exc.status,
+                               code=exc.code, request_id=exc.request_id, attempts=attempts,
+                               duration_s=self.run.clock.monotonic() - started)
+
+    def _skipped(self, name: str) -> Outcome:
+        return Outcome.failure(name, "skipped",
+                               f"not attempted: {self.run.reason or 'run stopped'}")
+
+
+class _Unsettled(Exception):
+    """The run stopped before a lost create's fate was known."""

@@ -1,0 +1,183 @@
+"""The apply protocol's choices, as pure functions over typed values (docs/architecture.md
+§6.9). No I/O, no clock, no state: each function is one table, tested row by row in
+tests/test_decisions.py.
+
+A create's journal entry is written before the POST. What happens after a failed POST is
+``on_create_error``; what an unresolved (pending) entry of an earlier run becomes is
+``resolve_pending``; how a run ends is ``verdict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from reconciler.errors import (
+    ApiError,
+    AuthError,
+    ClientError,
+    GatewayError,
+    MalformedResponse,
+    ServerError,
+    ThrottledError,
+    TransportError,
+)
+from reconciler.models import RunOutcome
+
+
+class LookUp(StrEnum):
+    """Whether to look for the image (by name and marker) before deciding."""
+
+    NO = "no"                        # certainly not created: nothing to look for
+    ONCE = "once"                    # the server is done with the request: one look decides
+    UNTIL_SETTLED = "until settled"  # it may still land: look until the settle time is over
+
+
+class IfAbsent(StrEnum):
+    """What to do when the image was not (or could not be) looked for and is not there."""
+
+    RELEASE = "release"            # close the journal entry; retrying will not help
+    RETRY = "retry"                # send again after a backoff (the entry stays open)
+    KEEP_PENDING = "keep pending"  # it may exist all the same: the next apply resolves it
+
+
+@dataclass(frozen=True)
+class OnError:
+    """What a failed create means: look first or not, then what to do if nothing is found."""
+
+    look_up: LookUp
+    if_absent: IfAbsent
+    stops_run: bool = False  # no other create can succeed either (a 401)
+
+
+#: The table of ``on_create_error``, in the order it is matched (first match wins; more
+#: specific classes come first).
+CREATE_ERRORS: tuple[tuple[type[ApiError], bool | None, OnError], ...] = (
+    # class,             sent,  decision
+    (AuthError,          None,  OnError(LookUp.NO, IfAbsent.RELEASE, stops_run=True)),
+    (ClientError,        None,  OnError(LookUp.NO, IfAbsent.RELEASE)),
+    (ThrottledError,     None,  OnError(LookUp.NO, IfAbsent.RETRY)),
+    (TransportError,     False, OnError(LookUp.NO, IfAbsent.RETRY)),
+    (TransportError,     True,  OnError(LookUp.UNTIL_SETTLED, IfAbsent.RETRY)),
+    (GatewayError,       None,  OnError(LookUp.UNTIL_SETTLED, IfAbsent.RETRY)),
+    (ServerError,        None,  OnError(LookUp.ONCE, IfAbsent.RETRY)),
+    (MalformedResponse,  None,  OnError(LookUp.UNTIL_SETTLED, IfAbsent.KEEP_PENDING)),
+)  # fmt: skip
+#: Any other ``ApiError`` (a status the API does not document): the image may exist.
+UNKNOWN_ERROR = OnError(LookUp.NO, IfAbsent.KEEP_PENDING)
+
+
+def on_create_error(exc: ApiError) -> OnError:
+    """What a create's failure tells about the image, and so what to do next.
+
+    | error                          | look up       | if absent    | why                       |
+    |--------------------------------|---------------|--------------|---------------------------|
+    | 401 ``AuthError``              | no            | release      | rejected; stops the run   |
+    | other 4xx ``ClientError``      | no            | release      | rejected as wrong         |
+    | 429 ``ThrottledError``         | no            | retry        | refused before the service|
+    | ``TransportError``, not sent   | no            | retry        | never left this machine   |
+    | ``TransportError``, sent       | until settled | retry        | may still be in progress  |
+    | 502/504 ``GatewayError``       | until settled | retry        | may still be in progress  |
+    | other 5xx ``ServerError``      | once          | retry        | the service is done       |
+    | 2xx ``MalformedResponse``      | until settled | keep pending | it says created: it may be|
+    | any other ``ApiError``         | no            | keep pending | unknown: assume it may be |
+    """
+    for kind, sent, decision in CREATE_ERRORS:
+        if isinstance(exc, kind) and (sent is None or getattr(exc, "sent", None) is sent):
+            return decision
+    return UNKNOWN_ERROR
+
+
+class Next(StrEnum):
+    """After a failed create that was not found: the next step."""
+
+    SEND_AGAIN = "send again"
+    RELEASE = "release"            # give up; the image certainly does not exist
+    KEEP_PENDING = "keep pending"  # give up; the image may exist
+
+
+def after_absent(decision: OnError, *, attempt: int, attempts: int, stopped: bool) -> Next:
+    """What follows a failure whose image is not there (or was not looked for).
+
+    | if absent    | attempts left, run going | otherwise    |
+    |--------------|--------------------------|--------------|
+    | retry        | send again               | release      |
+    | release      | release                  | release      |
+    | keep pending | keep pending             | keep pending |
+    """
+    if decision.if_absent is IfAbsent.KEEP_PENDING:
+        return Next.KEEP_PENDING
+    if decision.if_absent is IfAbsent.RETRY and attempt < attempts and not stopped:
+        return Next.SEND_AGAIN
+    return Next.RELEASE
+
+
+class Looking(StrEnum):
+    """One step of looking for an image whose create may still land."""
+
+    FOUND = "found"              # record it; never send again
+    ABSENT = "absent"            # certainly not created (settled, or the server was done)
+    LOOK_AGAIN = "look again"    # wait (backing off, at most until settled) and look again
+    UNSETTLED = "unsettled"      # the run stops before it is known: keep the entry pending
+
+
+def look_step(look_up: LookUp, *, found: bool, since_send_s: float, settle_s: float,
+              stopped: bool) -> Looking:
+    """After one look-up for a failed create.
+
+    | found | look up       | settled (since send >= settle) | run stopped | step       |
+    |-------|---------------|--------------------------------|-------------|------------|
+    | yes   | any           | any                            | any         | found      |
+    | no    | once          | any                            | any         | absent     |
+    | no    | until settled | yes                            | any         | absent     |
+    | no    | until settled | no                             | yes         | unsettled  |
+    | no    | until settled | no                             | no          | look again |
+    """
+    if found:
+        return Looking.FOUND
+    if look_up is not LookUp.UNTIL_SETTLED or since_send_s >= settle_s:
+        return Looking.ABSENT
+    return Looking.UNSETTLED if stopped else Looking.LOOK_AGAIN
+
+
+class PendingFate(StrEnum):
+    """What a pending journal entry of an earlier run becomes."""
+
+    ADOPT = "adopt"      # the image exists: record it
+    WAIT = "wait"        # not there yet, but it may still land: leave it pending (blocked)
+    RELEASE = "release"  # not there, and too old to land: certainly not created
+
+
+def resolve_pending(*, found: bool, age_s: float, settle_s: float) -> PendingFate:
+    """A pending entry, given what the cloud shows (by name and marker) and its age.
+
+    | found | age (since written) | fate    |
+    |-------|---------------------|---------|
+    | yes   | any                 | adopt   |
+    | no    | < settle time       | wait    |
+    | no    | >= settle time      | release |
+
+    The age is measured from when the entry was written, just before the POST, so it is
+    never shorter than the time since the send.
+    """
+    if found:
+        return PendingFate.ADOPT
+    return PendingFate.WAIT if age_s < settle_s else PendingFate.RELEASE
+
+
+def verdict(*, done: int, failed: int, blocked: int, aborted: bool) -> RunOutcome:
+    """How a run that finished ended; ``done`` counts created and adopted images, ``failed``
+    those failed or skipped.
+
+    | aborted | failed or blocked | done | outcome |
+    |---------|-------------------|------|---------|
+    | yes     | any               | any  | aborted |
+    | no      | yes               | > 0  | partial |
+    | no      | yes               | 0    | failed  |
+    | no      | no                | any  | success |
+    """
+    if aborted:
+        return RunOutcome.ABORTED
+    if failed or blocked:
+        return RunOutcome.PARTIAL if done else RunOutcome.FAILED
+    return RunOutcome.SUCCESS

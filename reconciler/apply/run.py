@@ -1,0 +1,213 @@
+"""One apply run from start to verdict, under the state lock (docs/architecture.md §6).
+
+1. Load the catalog; open the state file and take its lock.
+2. A saved plan is checked against the world, a confirmed preview against the state file;
+   either refuses before anything is written if the world moved.
+3. Record the run; resolve the pending creates of earlier runs (``Creator.recover``).
+4. Plan from the state as it is now (and the cloud, read once), so a create shown for
+   confirmation can never happen twice; adopt, then create.
+5. Close the run with its verdict (``decisions.verdict``) and build the report.
+"""
+
+from __future__ import annotations
+
+from reconciler import __version__, planfile
+from reconciler.apply.creates import Creator
+from reconciler.apply.decisions import verdict
+from reconciler.apply.request import ApplyRequest, ApplyResult, Preview
+from reconciler.apply.runstate import RunState
+from reconciler.catalog import load_catalog
+from reconciler.client import normalize_endpoint
+from reconciler.errors import AuthError, PlanFileError
+from reconciler.models import (
+    ACTIONS,
+    Catalog,
+    Observed,
+    Outcome,
+    Plan,
+    RunOutcome,
+    RunReport,
+    iso,
+)
+from reconciler.operations import bulk_build, kept_notes, make_plan, new_run_id, run_profile
+from reconciler.planner import plan
+from reconciler.refresh import observe
+from reconciler.schemacache import RunProfile
+from reconciler.state import StateStore
+
+
+def preview(req: ApplyRequest) -> Preview:
+    """The plan to confirm before ``apply_catalog(req)`` with ``preview=`` set: made without
+    the lock, from the cloud as it is now (read once; the apply reuses what it saw)."""
+    result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
+                       strict=req.strict, endpoint=req.endpoint,
+                       api=req.api if req.refresh else None, project_id=req.project_id,
+                       clock=req.clock, allow=req.allow)
+    return Preview(result.plan, result.observed, result.state_revision,
+                   result.catalog.digest)
+
+
+def apply_catalog(req: ApplyRequest) -> ApplyResult:
+    """Create (and adopt) what the catalog has and the state lacks, under the state lock.
+
+    Pending creates of earlier runs are resolved first and the plan is made from the state
+    as it is then. A saved plan is checked against the world before anything is written,
+    and then applied once.
+    """
+    saved = req.saved
+    if saved is not None and normalize_endpoint(req.endpoint) != saved.target:
+        raise PlanFileError(f"the plan was made for {saved.target}, not {req.endpoint}")
+    target = normalize_endpoint(req.endpoint)
+    # The server's rules first (read now, kept once the run is under way): the catalog is
+    # checked against what this server accepts.
+    rules = run_profile(req.catalog_profile, None, target, api=req.api,
+                        state_path=req.state_path, allow=req.allow, clock=req.clock)
+    with bulk_build():
+        catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
+    store = StateStore.open_for_write(req.state_path, clock=req.clock)
+    try:
+        with store.lock():
+            return _apply_locked(req, store, catalog, target, rules)
+    finally:
+        store.close()
+
+
+def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
+                  target: str, rules: RunProfile) -> ApplyResult:
+    t0 = req.clock.monotonic()
+    chosen: set[tuple[str, str]] | None = None
+    observed: Observed | None = None
+    if req.preview is not None:
+        observed = _check_preview(req.preview, store, catalog)
+    if req.saved is not None:
+        # The cloud is read once: what the check saw is what the plan below works from.
+        chosen, observed = _check_saved(req, store, catalog, target, observed)
+    notes = kept_notes(rules, target, req.state_path, store)  # a refused plan writes nothing
+    run = RunState(new_run_id(req.clock), req.clock)
+    store.start_run(run.run_id, target=target, profile=catalog.profile,
+                    catalog_digest=catalog.digest, tool_version=__version__,
+                    started_at=iso(req.clock.now()))
+    if req.saved is not None:
+        store.mark_plan_applied(req.saved.plan_id, run.run_id)
+    creator = Creator(store, req.api, target, run, parallelism=req.parallelism,
+                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome)
+    outcomes: list[Outcome] = []
+    summary: dict[str, int] = {}
+    result: Plan | None = None
+    try:
+        outcomes.extend(creator.recover())
+        if not run.stopped:
+            records = store.records(target)
+            if req.refresh and observed is None:
+                try:
+                    observed = observe(req.api, catalog.profile, records.values(),
+                                       req.project_id)
+                except AuthError as exc:
+                    # Nothing can be sent either; the report lists what was not done.
+                    run.stop(f"authentication failed: {exc.message}")
+            pending = {p.name: p.nonce for p in store.pending(target)}
+            with bulk_build():
+                result = plan(catalog, records, target=target, pending=pending,
+                              observed=observed)
+            summary = result.summary()
+            req.on_plan(result)
+            todo = [c for c in result.changes if chosen is None or (c.name, c.action) in chosen]
+            outcomes.extend(creator.adopt(todo))
+            outcomes.extend(creator.create_all([c for c in todo if c.action == "create"]))
+    except KeyboardInterrupt:
+        _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, "interrupted")
+        raise
+    except Exception as exc:
+        _finish(store, run.run_id, summary, outcomes, RunOutcome.FAILED, str(exc))
+        raise
+    counts = _counts(outcomes)
+    outcome = verdict(done=counts["created"] + counts["adopted"], failed=counts["failed"],
+                      blocked=summary.get("blocked", 0), aborted=run.reason is not None)
+    _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
+    report = RunReport.model_construct(
+        format_version=1, mode="apply", dry_run=False, generated_at=iso(req.clock.now()),
+        tool_version=__version__, catalog=catalog.directory, target=target,
+        profile=catalog.profile, catalog_digest=catalog.digest,
+        summary={**(summary or dict.fromkeys(ACTIONS, 0)), **counts},
+        changes=result.changes if result else (),
+        outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
+        warnings=(*notes, *((f"run aborted: {run.reason}",) if run.reason else ())),
+        duration_s=req.clock.monotonic() - t0, run_id=run.run_id,
+        auth_refreshes=req.refreshes(),
+    )
+    return ApplyResult(report, counts["failed"] + counts["skipped"], summary.get("blocked", 0),
+                       run.reason)
+
+
+def _check_preview(preview: Preview, store: StateStore, catalog: Catalog) -> Observed | None:
+    """Refuse if the state file or the catalog changed since the preview was made (another
+    apply, import or forget ran in between); returns the cloud as the preview saw it."""
+    reasons = planfile.moved_since(
+        catalog=catalog.directory, catalog_then=preview.catalog_digest,
+        catalog_now=catalog.digest, revision_then=preview.state_revision,
+        revision_now=store.revision(), event="the plan was shown")
+    if reasons:
+        raise PlanFileError("the plan you confirmed is stale; nothing was done. Run apply "
+                            "again to see the new plan.\n" + _listed(reasons))
+    return preview.observed
+
+
+_MAX_REASONS = 20
+
+
+def _listed(reasons: list[str]) -> str:
+    shown = [f"  - {r}" for r in reasons[:_MAX_REASONS]]
+    if len(reasons) > _MAX_REASONS:
+        shown.append(f"  … and {len(reasons) - _MAX_REASONS} more")
+    return "\n".join(shown)
+
+
+def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog, target: str,
+                 seen: Observed | None) -> tuple[set[tuple[str, str]], Observed | None]:
+    """Refuse a saved plan that was applied already or that the world has moved past.
+
+    Runs before anything is written. ``seen``: the cloud as the confirmed preview saw it
+    (then it is not read again). Returns the (name, action) pairs to carry out, and the
+    cloud as it saw it.
+    """
+    saved = req.saved
+    assert saved is not None
+    applied = store.plan_applied(saved.plan_id)
+    if applied:
+        raise PlanFileError(f"this plan was applied already (run {applied['run_id']} at "
+                            f"{applied['applied_at']}); a saved plan can be applied once only. "
+                            "Make a new plan with `reconcile plan --out FILE`")
+    records = store.records(target)
+    observed = seen
+    if observed is None and req.refresh:
+        observed = observe(req.api, catalog.profile, records.values(), req.project_id)
+    reasons = planfile.stale_reasons(saved, catalog_digest=catalog.digest,
+                                     state_revision=store.revision(), observed=observed)
+    if not reasons:
+        pending = {p.name: p.nonce for p in store.pending(target)}
+        fresh = plan(catalog, records, target=target, pending=pending, observed=observed)
+        now = {(c.name, c.action) for c in fresh.changes if c.action in ("create", "adopt")}
+        then = {(c.name, c.action) for c in saved.changes}
+        reasons.extend(f"{name}: the plan says {action}, now it would not"
+                       for name, action in sorted(then - now))
+        reasons.extend(f"{name}: now it would {action}, the plan does not say so"
+                       for name, action in sorted(now - then))
+    if reasons:
+        raise PlanFileError("the saved plan is stale; nothing was done. Make a new plan.\n"
+                            + _listed(reasons))
+    return {(c.name, c.action) for c in saved.changes}, observed
+
+
+def _counts(outcomes: list[Outcome]) -> dict[str, int]:
+    counts = {"created": 0, "adopted": 0, "failed": 0, "skipped": 0}
+    for o in outcomes:
+        counts[o.result] += 1
+    return counts
+
+
+def _finish(store: StateStore, run_id: str, summary: dict[str, int], outcomes: list[Outcome],
+            outcome: RunOutcome, error: str | None) -> None:
+    counts = _counts(outcomes)
+    store.finish_run(run_id, summary=summary, created=counts["created"],
+                     adopted=counts["adopted"], failed=counts["failed"] + counts["skipped"],
+                     outcome=outcome, error=error)

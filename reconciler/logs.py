@@ -1,0 +1,54 @@
+"""Where the library's log records go: warnings as text, or every event as a JSON line.
+
+Library modules log to the ``reconciler`` logger (``reconciler.apply``, ``reconciler.client``,
+…) and never configure it; the command line calls ``configure`` once per invocation, and
+again when ``apply --log-format json`` asks for JSON lines for cron. The records' ``extra``
+fields (image, status, request id, …) become keys of the JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+LOGGER = logging.getLogger("reconciler")
+
+#: ``extra`` keys copied into a JSON line when a record has them.
+FIELDS = ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s", "run_id")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, event, message and the known extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", record.name),
+            "message": record.getMessage(),
+        }
+        for key in FIELDS:
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        return json.dumps(doc, sort_keys=True)
+
+
+def configure(log_format: str) -> None:
+    """Send the ``reconciler`` logger to stderr: ``text`` shows warnings and errors as
+    ``LEVEL: message``, ``json`` every event from INFO up as a JSON line."""
+    handler = logging.StreamHandler(sys.stderr)  # stderr as it is now (CliRunner swaps it)
+    LOGGER.handlers[:] = [handler]
+    LOGGER.propagate = False
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+        LOGGER.setLevel(logging.INFO)
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        LOGGER.setLevel(logging.WARNING)
+
+
+def json_lines() -> bool:
+    """Whether logs are JSON lines now, so user messages should be JSON lines too."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in LOGGER.handlers)
