@@ -3,12 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The program alone, as a user installs it (`pip install .`): what `make demo` needs. STAMP
+# makes it editable and adds the test and lint tools (`make install`, `make test`).
+RUNTIME := $(VENV)/.runtime-stamp
 
 .PHONY: install lint test test-fast test-glance demo bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -40,7 +47,7 @@ test-glance: install  ## reconcile against a real OpenStack Glance (slow)
 
 # The demo: a sandbox on a free loopback port, plan, apply, plan again (no changes left),
 # with a temporary state file; the apply report is written to demo-report.html.
-demo: install  ## reconcile the example catalog against a local sandbox
+demo: $(RUNTIME)  ## reconcile the example catalog against a local sandbox (installs no test tools)
 	@set -e; tmp=$$(mktemp -d); \
 	$(BIN)/reconcile sandbox --port 0 > $$tmp/sandbox.out 2>&1 & spid=$$!; \
 	trap 'kill $$spid 2>/dev/null; rm -rf $$tmp' EXIT; \

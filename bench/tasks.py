@@ -71,12 +71,12 @@ _INSERT = ("INSERT INTO images (target, name, image_id, spec_digest, request_jso
 def build_state(args: argparse.Namespace) -> dict[str, Any]:
     """A state file recording every generated image, as apply would have left it.
 
-    The rows are those ``StateStore.save_record`` writes after a create (the request with its
+    The rows are those ``SqliteStore.save_record`` writes after a create (the request with its
     marker, the server's answer, the request's digest), inserted in one transaction into a
-    file whose schema ``StateStore.open_for_write`` created.
+    file whose schema ``SqliteStore.open_for_write`` created.
     """
     from reconciler.models import MARKER_PROPERTY, body_digest
-    from reconciler.state import StateStore
+    from reconciler.state import SqliteStore
 
     gc.disable()  # preparation, not measured: 100k rows of acyclic data need no collector
     rows = []
@@ -88,7 +88,7 @@ def build_state(args: argparse.Namespace) -> dict[str, Any]:
                      response["status"], response["created_at"], response["updated_at"],
                      response["created_at"], "20260101T000000Z-bench0", "created"))
     args.out.unlink(missing_ok=True)
-    store = StateStore.open_for_write(args.out)
+    store = SqliteStore.open_for_write(args.out)
     with store.conn:
         store.conn.executemany(_INSERT, rows)
         store.conn.execute("UPDATE meta SET value = '1' WHERE key = 'revision'")
@@ -97,16 +97,16 @@ def build_state(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def wal_state(args: argparse.Namespace) -> dict[str, Any]:
-    """What-if: an empty state file (schema by ``StateStore``) switched to WAL journaling.
+    """What-if: an empty state file (schema by ``SqliteStore``) switched to WAL journaling.
 
     SQLite keeps the journal mode in the file, so ``reconcile apply`` then writes it in WAL
     mode, with its own ``synchronous = FULL``: the fix measured without changing reconcile.
     """
-    from reconciler.state import StateStore
+    from reconciler.state import SqliteStore
 
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{args.out}{suffix}").unlink(missing_ok=True)
-    store = StateStore.open_for_write(args.out)
+    store = SqliteStore.open_for_write(args.out)
     mode = store.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     store.close()
     return {"journal_mode": mode}
@@ -210,14 +210,14 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     from reconciler import operations
     from reconciler.operations import make_plan, plan_report
     from reconciler.planner import plan
-    from reconciler.state import StateStore
+    from reconciler.state import SqliteStore
 
     # First, and before the probes count GC: later, the plan's objects would slow its GC.
     floor = _floor(args.catalog) if args.no_profile else None
     probes = _Probes()
     probes.wrap(operations, "load_catalog", "load_catalog")
-    probes.wrap(StateStore, "open_readonly", "StateStore.open_readonly")
-    probes.wrap(StateStore, "records", "StateStore.records")
+    probes.wrap(SqliteStore, "open_readonly", "SqliteStore.open_readonly")
+    probes.wrap(SqliteStore, "records", "SqliteStore.records")
     probes.wrap(operations, "plan", "planner.plan")
     probes.wrap(operations, "plan_report", "plan_report")
     probes.wrap(sys.modules[__name__], "_text_report", "render text")
@@ -253,7 +253,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(_shorten(buffer.getvalue()), encoding="utf-8")
 
-    records = probes.values.get("StateStore.records") or {}
+    records = probes.values.get("SqliteStore.records") or {}
     kept = {name: records[name] for name in sorted(records)[::2]}
     half = plan(result.catalog, kept, target=result.plan.target, pending={})
     reports_half = _render_all(plan_report(result.catalog, half), parse=False)
@@ -327,7 +327,7 @@ def raw(args: argparse.Namespace) -> dict[str, Any]:
 def state_writes(args: argparse.Namespace) -> dict[str, Any]:
     """What recording costs alone: apply's two transactions per create, on a fresh file."""
     from reconciler.models import MARKER_PROPERTY, Record, body_digest
-    from reconciler.state import StateStore
+    from reconciler.state import SqliteStore
 
     items = []
     for index, body in enumerate(_bodies(args.images, args.files, args.seed)):
@@ -335,7 +335,7 @@ def state_writes(args: argparse.Namespace) -> dict[str, Any]:
         items.append((request, _server_image(request, index)))
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{args.state}{suffix}").unlink(missing_ok=True)
-    store = StateStore.open_for_write(args.state)
+    store = SqliteStore.open_for_write(args.state)
     if args.wal:
         store.conn.execute("PRAGMA journal_mode = WAL")
     start = time.perf_counter()

@@ -45,10 +45,10 @@ from reconciler.operations import (
     show_records,
     validate_catalog,
 )
-from reconciler.profiles import PROFILES
+from reconciler.profiles import PROFILES, Profile
 from reconciler.report import FORMATS, plan_line, render
 from reconciler.schemacache import Allowances
-from reconciler.state import DEFAULT_PATH
+from reconciler.state import DEFAULT_PATH, parse_duration
 
 
 @dataclass
@@ -80,9 +80,28 @@ def catalog_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def state_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--state", type=click.Path(path_type=Path, dir_okay=False),
-                        default=DEFAULT_PATH, envvar="RECONCILE_STATE", show_default=True,
-                        show_envvar=True, help="SQLite state file.")(f)
+    return click.option("--state", default=DEFAULT_PATH, envvar="RECONCILE_STATE",
+                        show_default=True, show_envvar=True, metavar="FILE|URL",
+                        help="State store: an SQLite file, or a PostgreSQL URL "
+                             "(postgresql://user@host:5432/db?sslmode=require) shared by a "
+                             "team.")(f)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
+    """A duration such as 90, 30s, 5m, 1h30m (seconds when no unit is given)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return parse_duration(str(value))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--lock-timeout", metavar="DURATION", callback=_duration, default="0",
+                        show_default=True, envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
+                        help="How long to wait for another run's lock (e.g. 30s, 10m) "
+                             "before giving up; 0 fails at once, naming the holder.")(f)
 
 
 def profile_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -277,8 +296,15 @@ def validate(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
         click.echo(f"warning: {line}", err=True)
     n, files = len(result.catalog.images), len(result.catalog.files)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{files} file{'s' if files != 1 else ''} (profile {profile}; "
-               f"{result.rules.profile.source})")
+               f"{files} file{'s' if files != 1 else ''} (profile {profile}"
+               f"{_rules_line(result.rules.profile, result.rules.info is not None)})")
+
+
+def _rules_line(profile: Profile, from_server: bool) -> str:
+    """Which rules a valid catalog was checked with, when they are not just the built-ins."""
+    if profile.name == "ims":
+        return f"; OS versions from {profile.os_source}" if from_server else ""
+    return f"; {profile.source}" if from_server or "allow_*" in profile.source else ""
 
 
 @cli.command("plan")
@@ -299,7 +325,7 @@ def validate(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
               help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
                    "everything is unchanged.")
 @click.pass_obj
-def plan_cmd(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: bool,
+def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, detailed_exitcode: bool,
              allow_disk_format: tuple[str, ...], allow_container_format: tuple[str, ...],
@@ -415,12 +441,14 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Logs on stderr: text (warnings only) or JSON lines "
                                       "(every event, for cron).")
+@lock_timeout_option
 @click.pass_obj
-def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, profile: str,
+def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, profile: str,
           strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
           templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
-          settle_time: float, log_format: str, allow_disk_format: tuple[str, ...],
-          allow_container_format: tuple[str, ...], **auth: Any) -> None:
+          settle_time: float, log_format: str, lock_timeout: float,
+          allow_disk_format: tuple[str, ...], allow_container_format: tuple[str, ...],
+          **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
@@ -459,6 +487,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: Path, pr
             parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
             settle_s=settle_time, clock=rt.clock, on_outcome=progress,
             refreshes=lambda: session.refreshes, project_id=session.project_id, allow=allow,
+            lock_timeout_s=lock_timeout,
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
@@ -545,7 +574,7 @@ def state() -> None:
 @state.command("list")
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines for scripts.")
-def state_list(state: Path, as_json: bool) -> None:
+def state_list(state: str, as_json: bool) -> None:
     """List recorded images: name, id, status, created_at, endpoint.
 
     \b
@@ -574,7 +603,7 @@ def state_list(state: Path, as_json: bool) -> None:
 @click.argument("name")
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
-def state_show(name: str, state: Path, as_json: bool) -> None:
+def state_show(name: str, state: str, as_json: bool) -> None:
     """Show everything recorded about one image: ids, timestamps, request and response.
 
     \b
@@ -610,9 +639,11 @@ def state_show(name: str, state: Path, as_json: bool) -> None:
 @click.option("--force", is_flag=True,
               help="Import even if the image differs from the catalog entry (it then shows "
                    "as drift), or replace an existing record.")
+@lock_timeout_option
 @click.pass_obj
-def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state: Path,
-                 profile: str, endpoint: str | None, force: bool, **auth: Any) -> None:
+def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state: str,
+                 profile: str, endpoint: str | None, force: bool, lock_timeout: float,
+                 **auth: Any) -> None:
     """Start managing an existing image: record IMAGE_ID under the catalog name NAME.
 
     The image is fetched and compared with the catalog entry first; differing fields are
@@ -624,7 +655,8 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     """
     with _api(rt, endpoint, auth) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
-                              endpoint=session.endpoint, api=session.client, force=force)
+                              endpoint=session.endpoint, api=session.client, force=force,
+                              lock_timeout_s=lock_timeout)
     click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
                f"{record.created_at})")
 
@@ -633,14 +665,15 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
 @click.argument("name")
 @state_option
 @endpoint_option
-def state_forget(name: str, state: Path, endpoint: str | None) -> None:
+@lock_timeout_option
+def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: float) -> None:
     """Stop managing NAME: drop its record. The image stays in the cloud, untouched.
 
     \b
     Example:
       reconcile state forget ubuntu-16.04-legacy
     """
-    image_id = forget_image(state, name, endpoint=endpoint)
+    image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout)
     click.echo(f"forgot {name} ({image_id}); the image itself was not touched")
 
 
@@ -649,7 +682,7 @@ def state_forget(name: str, state: Path, endpoint: str | None) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many runs to show, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines for scripts.")
-def history(state: Path, limit: int, as_json: bool) -> None:
+def history(state: str, limit: int, as_json: bool) -> None:
     """List apply runs, newest first: when, outcome and counts.
 
     \b

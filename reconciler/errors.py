@@ -9,7 +9,8 @@ Library code raises these; only ``cli.py`` turns them into a message and an exit
     ├── CatalogError           the catalog cannot be loaded or is invalid (all problems at once)
     ├── StateError             the state file cannot be used
     │   ├── StateVersionError  written by a newer reconcile, or unknown schema
-    │   └── StateLockedError   another apply holds the lock (pid, host, start time)
+    │   ├── StateLockedError   another run holds the lock (host, pid, user, since, operation)
+    │   └── StateConnectionLost  the shared store's connection (and with it the lock) dropped
     ├── PlanFileError          a saved plan is unreadable, stale or already applied
     └── ApiError               the Image API answered with an error or not at all
         ├── AuthError          401: token missing, invalid or expired
@@ -79,15 +80,29 @@ class StateVersionError(StateError):
 
 
 class StateLockedError(StateError):
-    """Another apply holds the state lock."""
+    """Another run holds the write lock; ``holder`` says who (host, pid, user, since,
+    operation) as far as the lock tells."""
 
-    def __init__(self, path: str, pid: int | None, host: str | None, started_at: str | None):
-        self.pid, self.host, self.started_at = pid, host, started_at
-        holder = f"pid {pid} on host {host}, started {started_at}" if pid else "another process"
+    def __init__(self, location: str, holder: dict[str, object], *, waited_s: float = 0.0,
+                 what: str = "") -> None:
+        self.holder = holder
+        self.pid, self.host = holder.get("pid"), holder.get("host")
+        self.started_at = holder.get("since")
+        if self.pid:
+            who = (f"{holder.get('operation') or 'a run'} (pid {self.pid} on host {self.host}, "
+                   f"user {holder.get('user') or '?'}, since {self.started_at})")
+        else:
+            who = "another run"
+        waited = f" (waited {waited_s:g}s)" if waited_s else ""
         super().__init__(
-            f"state file {path} is locked by {holder}; wait for that run to finish "
-            "(a killed run releases the lock by itself)"
+            f"state {location}{what} is locked by {who}{waited}; wait for it to finish, or "
+            "pass --lock-timeout (e.g. 10m) to wait for it. A killed run releases the lock "
+            "by itself"
         )
+
+
+class StateConnectionLost(StateError):
+    """The connection to a shared state store dropped mid-run, and the lock with it."""
 
 
 class PlanFileError(ReconcileError):

@@ -33,7 +33,7 @@ from reconciler.planner import adoption_request, diff_bodies, plan
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import ListingApi, observe
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
-from reconciler.state import StateStore
+from reconciler.state import LockRequest, StateStore, open_for_write, open_readonly, redact
 
 
 class PlanApi(ListingApi, RulesApi, Protocol):
@@ -78,7 +78,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
     in the state file as a cache); without it the plan is offline and uses the kept rules.
     """
     with bulk_build():
-        store = StateStore.open_readonly(state_path, clock=clock)
+        store = open_readonly(state_path, clock=clock)
         try:
             target = resolve_target(store, endpoint)
             rules = run_profile(profile, store, target, api=api, state_path=state_path,
@@ -179,7 +179,7 @@ def validate_catalog(catalog_dir: str | Path, *, profile: str, strict: bool = Fa
                      allow: Allowances = NO_ALLOWANCES) -> Validation:
     """Load and check the catalog against the server's rules (``api``), the ones the state
     file kept for the endpoint, or the built-in ones; the state's records are not read."""
-    store = StateStore.open_readonly(state_path, clock=clock) if state_path else None
+    store = open_readonly(state_path, clock=clock) if state_path else None
     try:
         target = resolve_target(store, endpoint)
         rules = run_profile(profile, store, target, api=api, state_path=state_path or "",
@@ -196,9 +196,9 @@ def validate_catalog(catalog_dir: str | Path, *, profile: str, strict: bool = Fa
 @contextlib.contextmanager
 def reading(state_path: str | Path) -> Iterator[StateStore]:
     """The state file opened read-only (never locked, never changed), closed afterwards."""
-    store = StateStore.open_readonly(state_path)
+    store = open_readonly(state_path)
     if store is None:
-        raise StateError(f"state file {state_path} does not exist yet: nothing is recorded "
+        raise StateError(f"state {redact(state_path)} does not exist yet: nothing is recorded "
                          "(apply creates it)")
     try:
         yield store
@@ -217,7 +217,7 @@ def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
     with reading(state_path) as store:
         found = store.records_named(name)
     if not found:
-        raise ConfigError(f"no image named {name!r} is recorded in {state_path}; "
+        raise ConfigError(f"no image named {name!r} is recorded in {redact(state_path)}; "
                           "`reconcile state list` shows what is")
     return [{"target": target, **rec.model_dump(exclude={"request_json", "response_json"}),
              "request": rec.request, "response": rec.response} for target, rec in found]
@@ -242,7 +242,7 @@ def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: 
 
 def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, image_id: str, *,
                  profile: str, endpoint: str, api: ImageClient, force: bool = False,
-                 clock: Clock = SYSTEM_CLOCK) -> Record:
+                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> Record:
     """Start managing an existing image under a catalog name, after comparing it."""
     rules = run_profile(profile, None, normalize_endpoint(endpoint), api=api,
                         state_path=state_path, allow=NO_ALLOWANCES, clock=clock)
@@ -262,40 +262,40 @@ def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, ima
                           f"catalog or pass --force to import it anyway (it will show as "
                           f"drift):\n{lines}")
     target = normalize_endpoint(endpoint)
-    store = StateStore.open_for_write(state_path, clock=clock)
+    store = open_for_write(state_path, LockRequest(target, "state import", lock_timeout_s),
+                           clock=clock)
     try:
-        with store.lock():
-            existing = store.record(target, name)
-            if existing and existing.image_id != image_id and not force:
-                raise ConfigError(f"{name!r} is already recorded as {existing.image_id}; "
-                                  "`reconcile state forget` it first, or pass --force")
-            record = Record.from_image(name, request, image, recorded_at=iso(clock.now()),
-                                       run_id=None, origin="imported")
-            store.save_record(target, record)
-            return record
+        existing = store.record(target, name)
+        if existing and existing.image_id != image_id and not force:
+            raise ConfigError(f"{name!r} is already recorded as {existing.image_id}; "
+                              "`reconcile state forget` it first, or pass --force")
+        record = Record.from_image(name, request, image, recorded_at=iso(clock.now()),
+                                   run_id=None, origin="imported")
+        store.save_record(target, record)
+        return record
     finally:
         store.close()
 
 
 def forget_image(state_path: str | Path, name: str, *, endpoint: str | None,
-                 clock: Clock = SYSTEM_CLOCK) -> str:
+                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> str:
     """Stop managing an image (its record goes; the image stays). Returns its id."""
-    store = StateStore.open_readonly(state_path)
+    store = open_readonly(state_path)
     if store is None:
-        raise StateError(f"state file {state_path} does not exist: nothing to forget")
+        raise StateError(f"state {redact(state_path)} does not exist: nothing to forget")
     try:
         target = resolve_target(store, endpoint)
     finally:
         store.close()
-    store = StateStore.open_for_write(state_path, clock=clock)
+    store = open_for_write(state_path, LockRequest(target, "state forget", lock_timeout_s),
+                           clock=clock)
     try:
-        with store.lock():
-            record = store.record(target, name)
-            if record is None:
-                raise ConfigError(f"{name!r} is not recorded for {target or 'any endpoint'}; "
-                                  "`reconcile state list` shows what is")
-            store.forget(target, name)
-            return record.image_id
+        record = store.record(target, name)
+        if record is None:
+            raise ConfigError(f"{name!r} is not recorded for {target or 'any endpoint'}; "
+                              "`reconcile state list` shows what is")
+        store.forget(target, name)
+        return record.image_id
     finally:
         store.close()
 

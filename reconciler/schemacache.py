@@ -27,7 +27,14 @@ from reconciler.serverinfo import (
     ServerInfo,
     profile_for,
 )
-from reconciler.state import SCHEMA_VERSION, StateStore
+from reconciler.state import (
+    SCHEMA_VERSION,
+    LockRequest,
+    StateStore,
+    open_for_write,
+    open_readonly,
+    schema_version,
+)
 
 _WHAT = {"image_schema": "image schema", "os_versions": "OS list"}
 
@@ -109,7 +116,7 @@ def _build(profile: str, info: ServerInfo | None, allow: Allowances,
 
 def _kept(profile: str, state_path: str | Path, target: str) -> ServerInfo | None:
     try:
-        reader = StateStore.open_readonly(state_path)
+        reader = open_readonly(state_path)
     except StateError:
         return None
     try:
@@ -132,10 +139,11 @@ def keep(run: RunProfile, target: str, *, store: StateStore | None = None,
             store.save_server_info(target, info.kind, url=info.url, body=info.body,
                                    read_at=info.read_at)
             return None
-        if StateStore.version_of(state_path) not in (0, SCHEMA_VERSION):
+        if schema_version(state_path) not in (0, SCHEMA_VERSION):
             return (f"the {_WHAT[info.kind]} was not kept: state file {state_path} is of an "
                     "older schema (the next apply migrates it)")
-        writer = StateStore.open_for_write(state_path)
+        # a writer like any other: under the target's lock, never while an apply holds it
+        writer = open_for_write(state_path, LockRequest(target, "keep the server's rules"))
         try:
             writer.save_server_info(target, info.kind, url=info.url, body=info.body,
                                     read_at=info.read_at)

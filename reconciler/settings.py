@@ -24,6 +24,7 @@ KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
     "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
     "interface": ("interface", str), "cacert": ("cacert", str),
+    "lock_timeout": ("lock_timeout", (str, int, float)),
     "allow_disk_formats": ("allow_disk_format", list),
     "allow_container_formats": ("allow_container_format", list),
 }

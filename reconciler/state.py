@@ -1,9 +1,16 @@
-"""The SQLite state store: image records, run history, the create journal and the apply lock.
+"""The state store: image records, run history, the create journal and the write lock.
 
-One file, readable with plain ``sqlite3``. The schema version lives in ``PRAGMA user_version``
-and changes only through ``MIGRATIONS``; a file from a newer reconcile is refused, an older
-one is copied to a backup and migrated when it is opened for writing. Read-only commands open
-the file with ``mode=ro`` and migrate an old file in memory, so reading never changes a byte.
+``StateStore`` is the one interface the rest of reconcile sees; ``open_store`` picks the
+implementation from the location: a file path is an SQLite file (the embedded default, on
+sqlite-utils, readable with plain ``sqlite3``), a ``postgresql://`` or ``postgres://`` URL is a
+shared PostgreSQL database (``reconciler.pgstate``). Both hold the same tables, migrate through
+the same numbered steps and run the same SQL (``SqlStore``), so they behave alike.
+
+A store opened for writing holds the write lock until it is closed, taken before anything is
+migrated or written: for SQLite an flock on the state file's inode (whatever name reaches it),
+for PostgreSQL a session-level advisory lock per target. Both die with their process, so a
+killed run never leaves a stale lock. A store opened for reading takes no lock and writes
+nothing; an old SQLite file is migrated in memory for reading, so reading never changes a byte.
 Every write is one transaction that also bumps ``meta.revision``, which saved plans pin.
 """
 
@@ -14,33 +21,81 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import StateError, StateLockedError, StateVersionError
-from reconciler.models import JournalState, PendingCreate, Record, RunOutcome, iso
+from reconciler.errors import ConfigError, StateError, StateLockedError, StateVersionError
+from reconciler.sqlstore import (
+    TABLES,
+    LockRequest,
+    SqlStore,
+    StateStore,
+    holder_info,
+    is_url,
+    parse_duration,
+    poll,
+    redact,
+)
+
+if TYPE_CHECKING:
+    from reconciler.pgstate import PostgresStore
+
+__all__ = ["DEFAULT_PATH", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "LockRequest",
+           "SqliteStore", "StateStore", "is_url", "open_for_write", "open_readonly",
+           "parse_duration", "redact", "schema_version"]
 
 DEFAULT_PATH = "reconcile-state.db"
 
-Statement = tuple[str, tuple[Any, ...]]
+
+def open_readonly(location: str | Path, *, clock: Clock = SYSTEM_CLOCK) -> StateStore | None:
+    """Open for reading; None when there is nothing there yet (nothing is created)."""
+    if is_url(location):
+        return _postgres().open_readonly(str(location), clock=clock)
+    return SqliteStore.open_readonly(location, clock=clock)
 
 
-@dataclass(eq=False)
-class _Pending:
-    """Statements waiting for the next group commit, and what became of them."""
+def open_for_write(location: str | Path, lock: LockRequest | None = None, *,
+                   clock: Clock = SYSTEM_CLOCK) -> StateStore:
+    """Open (creating if needed) holding the write lock, migrated to the current schema."""
+    if is_url(location):
+        return _postgres().open_for_write(str(location), lock or LockRequest(), clock=clock)
+    return SqliteStore.open_for_write(location, lock or LockRequest(), clock=clock)
 
-    statements: tuple[Statement, ...]
-    rowcounts: list[int] | None = None
-    error: StateError | None = None
 
+def schema_version(location: str | Path) -> int:
+    """The schema version at ``location``: 0 when there is no state yet. A PostgreSQL state
+    counts as current: every writer of it migrates it under its migration lock anyway."""
+    if is_url(location):
+        return SCHEMA_VERSION
+    p = Path(location)
+    if not p.is_file():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
+        try:
+            return _check_version(conn, str(p))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read state file {p}: {exc}") from None
+
+
+def _postgres() -> type[PostgresStore]:
+    try:
+        from reconciler.pgstate import PostgresStore
+    except ImportError:
+        raise ConfigError("a PostgreSQL state needs psycopg: pip install "
+                          "'reconcile[postgresql]'") from None
+    return PostgresStore
+
+
+# --- SQLite ----------------------------------------------------------------------------------
 
 def _v1(db: Database) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key")
@@ -83,7 +138,8 @@ def _v4(db: Database) -> None:
                                    not_null={"url", "body_json", "read_at"})
 
 
-#: MIGRATIONS[i] upgrades a schema of version i to version i + 1.
+#: MIGRATIONS[i] upgrades a schema of version i to version i + 1. Each step has its twin in
+#: ``reconciler.pgstate.MIGRATIONS``.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -98,21 +154,31 @@ def _migrate(conn: sqlite3.Connection, current: int, upto: int = SCHEMA_VERSION)
         conn.execute(f"PRAGMA user_version = {upto}")
 
 
-class StateStore:
-    """Records, runs and journal of one state file. Writes are serialised by a lock."""
+class SqliteStore(SqlStore):
+    """Records, runs and journal of one SQLite state file."""
+
+    _db_errors = (sqlite3.Error,)
 
     def __init__(self, conn: sqlite3.Connection, path: str, *, writable: bool,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
-        self.conn, self.path, self.writable, self.clock = conn, path, writable, clock
-        self._write_lock = threading.Lock()  # held by the one thread committing
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
+                 lock: FileLock | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__(path, writable=writable, clock=clock)
+        self.conn, self.path, self._lock = conn, path, lock
         self._wal = False
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.conn.execute(sql, params)
+
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        return self.conn
+
+    def _error(self, exc: Exception, doing: str) -> StateError:
+        return StateError(f"cannot {doing} state file {self.path}: {exc}")
 
     # --- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open_readonly(cls, path: str | Path, *, clock: Clock = SYSTEM_CLOCK) -> StateStore | None:
+    def open_readonly(cls, path: str | Path, *,
+                      clock: Clock = SYSTEM_CLOCK) -> SqliteStore | None:
         """Open for reading, never writing; None when the file does not exist yet."""
         p = Path(path)
         if not p.exists():
@@ -134,29 +200,16 @@ class StateStore:
             raise StateError(f"cannot read state file {p}: {exc}") from None
         return cls(conn, str(p), writable=False, clock=clock)
 
-    @staticmethod
-    def version_of(path: str | Path) -> int:
-        """The schema version of the file at ``path``; 0 when there is none yet."""
-        p = Path(path)
-        if not p.is_file():
-            return 0
-        try:
-            conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
-            try:
-                return _check_version(conn, str(p))
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot read state file {p}: {exc}") from None
-
     @classmethod
-    def open_for_write(cls, path: str | Path, *, clock: Clock = SYSTEM_CLOCK) -> StateStore:
-        """Open (creating if needed) and migrate to the current schema, backing up first."""
+    def open_for_write(cls, path: str | Path, lock: LockRequest | None = None, *,
+                       clock: Clock = SYSTEM_CLOCK) -> SqliteStore:
+        """Take the lock, then open (creating if needed) and migrate, backing up first."""
         p = Path(path)
         if p.is_dir():
             raise StateError(f"state file {p} is a directory; pass a file path with --state")
         if not p.parent.exists():
             raise StateError(f"cannot create state file {p}: directory {p.parent} does not exist")
+        file_lock = FileLock.acquire(p, lock or LockRequest(), clock)
         try:
             conn = sqlite3.connect(str(p), check_same_thread=False, timeout=30)
             conn.execute("PRAGMA synchronous = FULL")
@@ -171,15 +224,17 @@ class StateStore:
             if version < SCHEMA_VERSION:
                 _migrate(conn, version)
         except sqlite3.Error as exc:
+            file_lock.release()
             raise StateError(f"cannot open state file {p} for writing: {exc}") from None
         except OSError as exc:
+            file_lock.release()
             raise StateError(f"cannot back up state file {p}: {exc.strerror}") from None
-        return cls(conn, str(p), writable=True, clock=clock)
+        except BaseException:
+            file_lock.release()
+            raise
+        return cls(conn, str(p), writable=True, lock=file_lock, clock=clock)
 
-    def _now(self) -> str:
-        return iso(self.clock.now())
-
-    def _use_wal(self) -> None:
+    def _before_write(self) -> None:
         """From the first write until close(): WAL, so a commit is an append rather than an
         fsync'd rollback journal. A killed process loses nothing; a power cut may lose the
         last commits but never corrupts, and the next apply finds what they created by its
@@ -190,273 +245,109 @@ class StateStore:
             self._wal = True
 
     def close(self) -> None:
-        if self._wal:  # back to one self-contained file
-            with contextlib.suppress(sqlite3.Error):  # another process may still be reading
-                self.conn.execute("PRAGMA journal_mode = DELETE")
-        self.conn.close()
-
-    # --- reading -------------------------------------------------------------------------
-
-    def revision(self) -> int:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
-        return int(row[0]) if row else 0
-
-    def targets(self) -> list[str]:
-        rows = self.conn.execute("SELECT DISTINCT target FROM images UNION "
-                                 "SELECT DISTINCT target FROM journal WHERE state = ?",
-                                 (JournalState.PENDING,))
-        return sorted(r[0] for r in rows)
-
-    def records(self, target: str, *, full: bool = True) -> dict[str, Record]:
-        """Every record of a target. ``full=False`` reads only name, id and digest (an
-        offline plan needs no more for an unchanged image: 100,000 of them then cost a
-        fraction of the memory); ``records_of`` reads the rest where it is needed."""
-        if full:
-            return self.records_of(target)
-        cursor = self.conn.execute(
-            "SELECT name, image_id, spec_digest, origin FROM images WHERE target = ?",
-            (target,))
-        return {row[0]: Record.model_construct(
-            _fields_set=_RECORD_FIELDS, name=row[0], image_id=row[1], spec_digest=row[2],
-            request_json="{}", response_json="{}", status=None, created_at=None,
-            updated_at=None, recorded_at="", run_id=None, origin=row[3]) for row in cursor}
-
-    def records_of(self, target: str, names: list[str] | None = None) -> dict[str, Record]:
-        """Complete records of a target: all of them, or those of ``names``."""
-        query = ("SELECT name, image_id, spec_digest, request_json, response_json, status, "
-                 "created_at, updated_at, recorded_at, run_id, origin FROM images "
-                 "WHERE target = ?")
-        if names is None:
-            return {row[0]: _record(row) for row in self.conn.execute(query, (target,))}
-        out: dict[str, Record] = {}
-        for i in range(0, len(names), 500):  # SQLite's bound-parameter limit
-            chunk = names[i:i + 500]
-            rows = self.conn.execute(f"{query} AND name IN ({','.join('?' * len(chunk))})",
-                                     (target, *chunk))
-            out.update((row[0], _record(row)) for row in rows)
-        return out
-
-    def record(self, target: str, name: str) -> Record | None:
-        row = self.conn.execute(
-            "SELECT name, image_id, spec_digest, request_json, response_json, status, "
-            "created_at, updated_at, recorded_at, run_id, origin FROM images "
-            "WHERE target = ? AND name = ?", (target, name)).fetchone()
-        return _record(row) if row else None
-
-    def records_named(self, name: str) -> list[tuple[str, Record]]:
-        rows = self.conn.execute(
-            "SELECT name, image_id, spec_digest, request_json, response_json, status, "
-            "created_at, updated_at, recorded_at, run_id, origin, target FROM images "
-            "WHERE name = ? ORDER BY target", (name,))
-        return [(row[11], _record(row[:11])) for row in rows]
-
-    def all_records(self) -> list[tuple[str, Record]]:
-        rows = self.conn.execute(
-            "SELECT name, image_id, spec_digest, request_json, response_json, status, "
-            "created_at, updated_at, recorded_at, run_id, origin, target FROM images "
-            "ORDER BY target, name")
-        return [(row[11], _record(row[:11])) for row in rows]
-
-    def pending(self, target: str) -> list[PendingCreate]:
-        rows = self.conn.execute(
-            "SELECT nonce, name, run_id, started_at FROM journal "
-            "WHERE target = ? AND state = ? ORDER BY started_at, name",
-            (target, JournalState.PENDING))
-        return [PendingCreate.model_construct(nonce=r[0], name=r[1], run_id=r[2], started_at=r[3])
-                for r in rows]
-
-    def pending_request(self, nonce: str) -> dict[str, Any]:
-        row = self.conn.execute("SELECT request_json FROM journal WHERE nonce = ?",
-                                (nonce,)).fetchone()
-        return dict(json.loads(row[0])) if row else {}
-
-    def plan_applied(self, plan_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT applied_at, run_id FROM applied_plans WHERE plan_id = ?",
-                                (plan_id,)).fetchone()
-        return {"applied_at": row[0], "run_id": row[1]} if row else None
-
-    def server_info(self, target: str, kind: str) -> dict[str, Any] | None:
-        """The last answer of ``target``'s server of that kind: url, body (JSON), read_at."""
-        row = self.conn.execute("SELECT url, body_json, read_at FROM server_info "
-                                "WHERE target = ? AND kind = ?", (target, kind)).fetchone()
-        if row is None:
-            return None
         try:
-            body = json.loads(row[1])
-        except ValueError:
-            return None  # a damaged cache entry is as good as none; the next read replaces it
-        return {"url": row[0], "body": body, "read_at": row[2]}
-
-    def server_info_targets(self, kind: str) -> list[str]:
-        rows = self.conn.execute("SELECT target FROM server_info WHERE kind = ? ORDER BY target",
-                                 (kind,))
-        return [r[0] for r in rows]
-
-    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        cursor = self.conn.execute(
-            "SELECT id, mode, target, profile, started_at, finished_at, host, pid, tool_version,"
-            " summary_json, created, adopted, failed, outcome, error FROM runs "
-            "ORDER BY started_at DESC, id DESC LIMIT ?", (limit,))
-        names = [d[0] for d in cursor.description]
-        out = []
-        for row in cursor:
-            run = dict(zip(names, row, strict=True))
-            run["summary"] = json.loads(run.pop("summary_json") or "{}")
-            out.append(run)
-        return out
-
-    # --- writing -------------------------------------------------------------------------
-
-    def _commit(self, *statements: Statement) -> list[int]:
-        """Run ``statements`` in one transaction that also bumps the revision; return each
-        one's row count once it is committed.
-
-        Concurrent callers share transactions (group commit): whoever holds the write lock
-        commits everything queued so far, so sixteen workers pay for one fsync, not sixteen.
-        """
-        if not self.writable:
-            raise StateError("internal error: state store opened read-only")
-        mine = _Pending(statements)
-        with self._queue_lock:
-            self._queue.append(mine)
-        while mine.rowcounts is None and mine.error is None:
-            with self._write_lock:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                if batch:
-                    self._run(batch)
-        if mine.error is not None:
-            raise mine.error
-        assert mine.rowcounts is not None
-        return mine.rowcounts
-
-    def _run(self, batch: list[_Pending]) -> None:
-        try:
-            self._use_wal()
-            with self.conn:
-                self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
-                                  "WHERE key = 'revision'")
-                counts = [[self.conn.execute(sql, params).rowcount for sql, params in p.statements]
-                          for p in batch]
-        except sqlite3.Error as exc:
-            if len(batch) > 1:  # find the one that failed; the others still commit
-                for pending in batch:
-                    self._run([pending])
-            else:
-                batch[0].error = StateError(f"cannot write state file {self.path}: {exc}")
-            return
-        for pending, rowcounts in zip(batch, counts, strict=True):
-            pending.rowcounts = rowcounts
-
-    def start_run(self, run_id: str, *, target: str, profile: str, catalog_digest: str,
-                  tool_version: str, started_at: str) -> None:
-        self._commit(
-            # A run still marked running while we hold the lock was killed.
-            ("UPDATE runs SET outcome = ? WHERE outcome = ?",
-             (RunOutcome.INTERRUPTED, RunOutcome.RUNNING)),
-            ("INSERT INTO runs (id, mode, target, profile, catalog_digest, started_at, host, "
-             "pid, tool_version, summary_json, created, adopted, failed, outcome) "
-             "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, ?)",
-             (run_id, target, profile, catalog_digest, started_at, socket.gethostname(),
-              os.getpid(), tool_version, RunOutcome.RUNNING)))
-
-    def mark_plan_applied(self, plan_id: str, run_id: str) -> None:
-        self._commit(("INSERT INTO applied_plans (plan_id, applied_at, run_id) "
-                      "VALUES (?, ?, ?)", (plan_id, self._now(), run_id)))
-
-    def finish_run(self, run_id: str, *, summary: dict[str, int], created: int, adopted: int,
-                   failed: int, outcome: str, error: str | None = None) -> None:
-        self._commit(("UPDATE runs SET finished_at = ?, summary_json = ?, created = ?, "
-                      "adopted = ?, failed = ?, outcome = ?, error = ? WHERE id = ?",
-                      (self._now(), json.dumps(summary, sort_keys=True), created, adopted, failed,
-                       outcome, error, run_id)))
-
-    def journal_open(self, *, nonce: str, target: str, name: str, run_id: str,
-                     request: dict[str, Any]) -> None:
-        """Write the intent to create before the POST, so a lost answer can be found again."""
-        self._commit(("INSERT INTO journal (nonce, target, name, run_id, request_json, state, "
-                      "started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (nonce, target, name, run_id, json.dumps(request, sort_keys=True),
-                       JournalState.PENDING, self._now())))
-
-    def journal_release(self, nonce: str, note: str) -> None:
-        """The create certainly did not happen: close the entry without a record."""
-        self._commit(("UPDATE journal SET state = ?, resolved_at = ?, note = ? "
-                      "WHERE nonce = ?", (JournalState.RELEASED, self._now(), note, nonce)))
-
-    def save_record(self, target: str, record: Record, *, nonce: str | None = None) -> None:
-        """Record an image and close its journal entry in one transaction."""
-        statements: list[Statement] = [(
-            "INSERT OR REPLACE INTO images (target, name, image_id, spec_digest, "
-            "request_json, response_json, status, created_at, updated_at, recorded_at, "
-            "run_id, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (target, record.name, record.image_id, record.spec_digest, record.request_json,
-             record.response_json, record.status, record.created_at, record.updated_at,
-             record.recorded_at, record.run_id, record.origin))]
-        if nonce:
-            statements.append(("UPDATE journal SET state = ?, resolved_at = ?, "
-                               "image_id = ? WHERE nonce = ?",
-                               (JournalState.DONE, self._now(), record.image_id, nonce)))
-        self._commit(*statements)
-
-    def save_server_info(self, target: str, kind: str, *, url: str, body: Any,
-                         read_at: str) -> None:
-        """Replace the cached answer. It is a cache, not a record: the revision (which saved
-        plans pin) stays, so reading the server never makes a saved plan stale."""
-        if not self.writable:
-            raise StateError("internal error: state store opened read-only")
-        with self._write_lock:
-            try:
-                with self.conn:
-                    self.conn.execute(
-                        "INSERT OR REPLACE INTO server_info (target, kind, url, body_json, "
-                        "read_at) VALUES (?, ?, ?, ?, ?)",
-                        (target, kind, url, json.dumps(body, sort_keys=True), read_at))
-            except sqlite3.Error as exc:
-                raise StateError(f"cannot write state file {self.path}: {exc}") from None
-
-    def forget(self, target: str, name: str) -> bool:
-        [deleted] = self._commit(("DELETE FROM images WHERE target = ? AND name = ?",
-                                  (target, name)))
-        return deleted > 0
-
-    # --- the apply lock ------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the apply lock. The kernel releases it if the process dies, even by SIGKILL."""
-        lock_path = f"{self.path}.lock"
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StateError(f"cannot create the lock file {lock_path}: {exc.strerror}; the "
-                             "state file's directory must be writable") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                raise StateLockedError(self.path, holder.get("pid"), holder.get("host"),
-                                       holder.get("started_at")) from None
-            info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                               "started_at": self._now()}).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info, 0)
-            try:
-                yield
-            finally:
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            if self._wal:  # back to one self-contained file
+                with contextlib.suppress(sqlite3.Error):  # another process may be reading
+                    self.conn.execute("PRAGMA journal_mode = DELETE")
+            self.conn.close()
         finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+
+#: The lock file holds its holder as JSON padded with spaces to this size: it is rewritten in
+#: place, never truncated.
+_HOLDER_SIZE = 1024
+
+
+class FileLock:
+    """The write lock of an SQLite state file: an flock on the state file itself.
+
+    The flock is on the file's inode, so every name of the file (symlink, hard link, another
+    relative path) meets the same lock; the kernel drops it when the process dies. Who holds
+    it is written to ``<real path>.lock`` beside the file, opened without following a
+    symlink and never truncated, so a planted link cannot make us clobber another file.
+    """
+
+    def __init__(self, fd: int, holder_fd: int | None) -> None:
+        self._fd, self._holder_fd = fd, holder_fd
+
+    @classmethod
+    def acquire(cls, path: Path, request: LockRequest, clock: Clock = SYSTEM_CLOCK) -> FileLock:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            raise StateError(f"cannot open state file {path} for writing: "
+                             f"{exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StateError(f"state file {path} is not a regular file; pass a file "
+                                 "path with --state")
+
+            def attempt() -> bool:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    return False
+
+            holder_path = Path(f"{os.path.realpath(path)}.lock")
+            if not poll(attempt, request.timeout_s, clock):
+                holder = _read_holder(holder_path)
+                raise StateLockedError(str(path), holder, waited_s=request.timeout_s)
+            holder_fd = _write_holder(holder_path, holder_info(request.operation, clock))
+        except BaseException:
             os.close(fd)
+            raise
+        return cls(fd, holder_fd)
+
+    def release(self) -> None:
+        if self._holder_fd is not None:
+            with contextlib.suppress(OSError):
+                os.pwrite(self._holder_fd, b" " * _HOLDER_SIZE, 0)
+            os.close(self._holder_fd)
+            self._holder_fd = None
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = -1
 
 
-def _read_holder(fd: int) -> dict[str, Any]:
+def _open_holder(path: Path, flags: int) -> int:
+    """Open the holder file without following a symlink or blocking on a FIFO."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > _HOLDER_SIZE:
+        os.close(fd)
+        raise OSError(0, "it is not a lock file reconcile wrote (not a regular file of its "
+                         "own, or too large); remove it")
+    return fd
+
+
+def _write_holder(path: Path, info: dict[str, Any]) -> int:
     try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        fd = _open_holder(path, os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        reason = "it is a symbolic link; remove it" if exc.errno == 40 else exc.strerror
+        raise StateError(f"cannot create the lock file {path}: {reason}; the state file's "
+                         "directory must be writable") from None
+    data = json.dumps(info).encode()[:_HOLDER_SIZE]
+    os.pwrite(fd, data.ljust(_HOLDER_SIZE), 0)
+    return fd
+
+
+def _read_holder(path: Path) -> dict[str, Any]:
+    try:
+        fd = _open_holder(path, os.O_RDONLY)
+    except OSError:
+        return {}
+    try:
+        data = json.loads(os.pread(fd, _HOLDER_SIZE, 0).strip() or b"{}")
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+    finally:
+        os.close(fd)
 
 
 def _check_version(conn: sqlite3.Connection, path: str) -> int:
@@ -477,14 +368,3 @@ def _check_version(conn: sqlite3.Connection, path: str) -> int:
         raise StateError(f"state file {path} is damaged: tables are missing; restore it from "
                          "a backup")
     return version
-
-
-def _record(row: tuple[Any, ...]) -> Record:
-    return Record.model_construct(
-        _fields_set=_RECORD_FIELDS, name=row[0], image_id=row[1], spec_digest=row[2],
-        request_json=row[3] or "{}", response_json=row[4] or "{}", status=row[5],
-        created_at=row[6], updated_at=row[7], recorded_at=row[8], run_id=row[9],
-        origin=row[10] or "created")
-
-
-_RECORD_FIELDS: set[str] = set(Record.model_fields)  # shared: see models._RECORD_FIELDS

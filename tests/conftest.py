@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pg_server
 import pytest
 import yaml
 from apply_helpers import SandboxFactory, sandboxes
@@ -25,7 +26,7 @@ from click.testing import CliRunner, Result
 from reconciler.cli import Runtime, cli
 from reconciler.clock import ManualClock
 from reconciler.models import ImageSpec, Record
-from reconciler.state import StateStore
+from reconciler.state import open_for_write
 
 FIXED_NOW = datetime(2024, 5, 17, 12, 30, 0, tzinfo=UTC)
 TARGET = "http://127.0.0.1:9999"
@@ -120,9 +121,9 @@ def make_record() -> Callable[..., Record]:
 def make_state() -> Callable[..., Path]:
     """make_state(path, records=[Record...], pending=[name...], target=TARGET) -> path."""
 
-    def make(path: Path, records: Iterable[Record] = (), *, pending: Iterable[str] = (),
-             target: str = TARGET) -> Path:
-        store = StateStore.open_for_write(path)
+    def make(path: Any, records: Iterable[Record] = (), *, pending: Iterable[str] = (),
+             target: str = TARGET) -> Any:
+        store = open_for_write(path)
         try:
             for record in records:
                 store.save_record(target, record)
@@ -149,3 +150,27 @@ def file_sha256() -> Callable[[Path], str]:
 def sandbox() -> Iterator[SandboxFactory]:
     """sandbox(**SandboxConfig fields) -> a started Sandbox; all are stopped after the test."""
     yield from sandboxes()
+
+
+# --- state stores -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[str]:
+    """An administrative URL of the PostgreSQL server of this test session."""
+    with pg_server.server() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(pg_admin: str) -> Iterator[str]:
+    """A PostgreSQL state URL: an empty database of this test's own."""
+    with pg_server.database(pg_admin) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A state store location of each kind: an SQLite file path, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return str(request.getfixturevalue("pg_url"))

@@ -102,7 +102,7 @@ def finish(tmp_path: Path, sb: Sandbox, state: Path, catalog: Path) -> dict[str,
 def lock_holder(state: Path) -> dict[str, Any]:
     lock = Path(f"{state}.lock")
     try:
-        doc = json.loads(lock.read_bytes() or b"{}")
+        doc = json.loads(lock.read_bytes().strip() or b"{}")
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
@@ -266,7 +266,7 @@ from reconciler import state
 def killed(db):
     os.kill(os.getpid(), signal.SIGKILL)
 state.MIGRATIONS[1] = killed  # SIGKILL arrives after schema step 1, before the last one
-state.StateStore.open_for_write(sys.argv[1])
+state.SqliteStore.open_for_write(sys.argv[1])
 """
 
 
@@ -303,7 +303,7 @@ def test_second_concurrent_apply_fails_fast_naming_the_lock_holder(
     assert elapsed < 5
     message = second.stderr
     assert f"pid {first.proc.pid}" in message
-    assert socket.gethostname() in message and holder["started_at"] in message
+    assert socket.gethostname() in message and holder["since"] in message
     assert "Traceback" not in message
     assert first.wait() == 0, first.output()
     assert_converged(sb, state, names)

@@ -9,10 +9,13 @@ same paragraph (lines up to a blank one); in a document of docs/ it may also mea
 from __future__ import annotations
 
 import re
+import sqlite3
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from reconciler.state import SCHEMA_VERSION, open_for_write
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -128,6 +131,36 @@ def test_the_layer_contract_names_every_module_the_architecture_lists() -> None:
     documented = {m.rstrip("/") for m in re.findall(r"^\|[^|]+\| `([\w./]+)` \|", section,
                                                    re.MULTILINE)}
     assert documented == set(_layer_modules())
+
+
+# --- the state schema of docs/architecture.md §7 ---------------------------------------------
+
+def _section(number: str) -> str:
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    return text.split(f"\n## {number}. ", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_schema_table_lists_every_table_and_column(tmp_path: Path) -> None:
+    """docs/architecture.md §7 against a state file made by this reconcile."""
+    documented: dict[str, set[str]] = {}
+    for row in re.findall(r"^\| `(\w+)` \|([^|]*)\|([^|]*)\|", _section("7"), re.MULTILINE):
+        table, key, columns = row
+        outside_parentheses = re.sub(r"\([^)]*\)", "", columns)
+        documented[table] = set(re.findall(r"`(\w+)`", key + outside_parentheses))
+    path = tmp_path / "state.db"
+    open_for_write(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        actual = {t: {c[1] for c in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+    finally:
+        conn.close()
+    assert documented == actual
+
+
+def test_the_schema_section_names_the_current_version() -> None:
+    assert f"(now {SCHEMA_VERSION})" in _section("7")
 
 
 def test_the_readme_links_the_docs() -> None:

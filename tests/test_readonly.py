@@ -16,7 +16,7 @@ from reconciler.operations import (
     show_records,
     validate_catalog,
 )
-from reconciler.state import StateStore
+from reconciler.state import open_for_write
 
 TARGETS = ("https://ims.a.example", "https://ims.b.example")
 
@@ -31,7 +31,7 @@ def _record(name: str, image_id: str) -> Record:
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     path = tmp_path / "state.db"
-    store = StateStore.open_for_write(path)
+    store = open_for_write(path)
     store.save_record(TARGETS[1], _record("web", "id-web-b"))
     store.save_record(TARGETS[0], _record("web", "id-web-a"))
     store.save_record(TARGETS[0], _record("db", "id-db"))

@@ -22,7 +22,7 @@ from reconciler.client import ImageClient, StaticToken
 from reconciler.errors import CatalogError, MalformedResponse
 from reconciler.osversions import KNOWN_OS_VERSIONS
 from reconciler.serverinfo import InvalidServerInfo, ServerInfo, os_versions, profile_for
-from reconciler.state import SCHEMA_VERSION, StateStore
+from reconciler.state import SCHEMA_VERSION, open_for_write, open_readonly, schema_version
 
 Run = Callable[..., Result]
 ENV = {"OS_AUTH_TOKEN": "t0ken"}
@@ -191,8 +191,9 @@ def test_region_os_list_is_read_kept_and_used_offline(
     online = validate(run_cli, catalog, state, "--strict", "--endpoint", sb.url)
     assert online.exit_code == 0, online.output
     assert "warning" not in online.stderr
-    assert "the region's OS list" not in online.stdout  # the line names the formats' source
-    row = StateStore.open_readonly(state)
+    assert f"OS versions from the region's OS list ({sb.url}/v1/cloudimages/os_version" \
+        in online.stdout
+    row = open_readonly(state)
     assert row is not None
     kept = row.server_info(sb.url, "os_versions")
     row.close()
@@ -220,7 +221,7 @@ def test_apply_reads_the_os_list_and_the_sandbox_accepts_current_versions(
                       "--endpoint", sb.url], env=ENV)
     assert result.exit_code == 0, result.output
     assert len(sb.images()) == 4
-    store = StateStore.open_readonly(state)
+    store = open_readonly(state)
     assert store is not None
     assert store.server_info(sb.url, "os_versions") is not None
     store.close()
@@ -332,7 +333,7 @@ def test_allow_setting_from_reconcile_toml(tmp_path: Path, write_catalog: Callab
 # --- the state's cache -----------------------------------------------------------------------
 
 def test_kept_rules_do_not_move_the_revision_saved_plans_pin(tmp_path: Path) -> None:
-    store = StateStore.open_for_write(tmp_path / "state.db")
+    store = open_for_write(tmp_path / "state.db")
     before = store.revision()
     store.save_server_info("http://x", "os_versions", url="http://x/v1", body=[1],
                            read_at="2026-12-01T00:00:00Z")
@@ -347,10 +348,10 @@ def test_kept_rules_do_not_move_the_revision_saved_plans_pin(tmp_path: Path) -> 
 
 def test_migration_to_v4_adds_the_server_info_table(tmp_path: Path) -> None:
     path = old_state_file(tmp_path / "old.db")
-    assert StateStore.version_of(path) == 3
-    reader = StateStore.open_readonly(path)  # migrated in memory only
+    assert schema_version(path) == 3
+    reader = open_readonly(path)  # migrated in memory only
     assert reader is not None and reader.server_info("t", "os_versions") is None
     reader.close()
-    assert StateStore.version_of(path) == 3
-    StateStore.open_for_write(path).close()
-    assert StateStore.version_of(path) == SCHEMA_VERSION >= 4
+    assert schema_version(path) == 3
+    open_for_write(path).close()
+    assert schema_version(path) == SCHEMA_VERSION >= 4

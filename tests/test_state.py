@@ -1,24 +1,41 @@
-"""The state store: migrations, refusal of newer or foreign files, revisions, atomic writes,
-the apply lock across processes, and the read-only ``state`` / ``history`` commands."""
+"""The state stores: migrations, refusal of newer or foreign stores, revisions, atomic writes,
+the write lock across processes, and the read-only ``state`` / ``history`` commands.
+
+Every test of what a store does takes ``state_location`` and runs once per store (an SQLite
+file, a PostgreSQL database); tests of one store's own files or server are marked by name.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pg_server
 import pytest
 from click.testing import Result
 from sqlite_utils import Database
 
 from reconciler.errors import StateError, StateLockedError, StateVersionError
 from reconciler.models import ImageSpec, Record
-from reconciler.state import MIGRATIONS, SCHEMA_VERSION, StateStore
+from reconciler.state import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    LockRequest,
+    SqliteStore,
+    StateStore,
+    is_url,
+    open_for_write,
+    open_readonly,
+)
 
 TARGET = "http://127.0.0.1:9999"
 V1_ROW = ("http://127.0.0.1:9999", "old-image", "img-0001", "d" * 64, '{"name": "old-image"}',
@@ -27,7 +44,7 @@ V1_ROW = ("http://127.0.0.1:9999", "old-image", "img-0001", "d" * 64, '{"name": 
 
 #: Every refusal of a file must hold for both ways of opening it.
 EACH_OPENER = pytest.mark.parametrize(
-    "opener", [StateStore.open_readonly, StateStore.open_for_write], ids=["readonly", "for_write"])
+    "opener", [open_readonly, open_for_write], ids=["readonly", "for_write"])
 
 
 def user_version(path: Path) -> int:
@@ -57,7 +74,7 @@ def v1_file(tmp_path: Path) -> Path:
 def newer_file(tmp_path: Path) -> Path:
     """A state file from a reconcile one schema version ahead of this one."""
     path = tmp_path / "newer.db"
-    StateStore.open_for_write(path).close()
+    open_for_write(path).close()
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
@@ -65,8 +82,8 @@ def newer_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    s = StateStore.open_for_write(tmp_path / "state.db")
+def store(state_location: str) -> Iterator[StateStore]:
+    s = open_for_write(state_location, LockRequest(TARGET))
     yield s
     s.close()
 
@@ -81,12 +98,12 @@ def a_record(name: str = "a", image_id: str = "img-a") -> Record:
 # --- migrations -----------------------------------------------------------------------------
 
 def test_open_for_write_migrates_v1_to_current_schema(v1_file: Path) -> None:
-    StateStore.open_for_write(v1_file).close()
+    SqliteStore.open_for_write(v1_file).close()
     assert user_version(v1_file) == SCHEMA_VERSION
 
 
 def test_migration_keeps_v1_records(v1_file: Path) -> None:
-    store = StateStore.open_for_write(v1_file)
+    store = SqliteStore.open_for_write(v1_file)
     try:
         rec = store.record(TARGET, "old-image")
     finally:
@@ -99,7 +116,7 @@ def test_migration_keeps_v1_records(v1_file: Path) -> None:
 def test_migration_leaves_byte_identical_backup(
         v1_file: Path, file_sha256: Callable[[Path], str]) -> None:
     original = file_sha256(v1_file)
-    StateStore.open_for_write(v1_file).close()
+    SqliteStore.open_for_write(v1_file).close()
     backups = list(v1_file.parent.glob(f"{v1_file.name}.bak-v1-*"))
     assert len(backups) == 1
     assert file_sha256(backups[0]) == original
@@ -109,7 +126,7 @@ def test_migration_leaves_byte_identical_backup(
 def test_open_readonly_reads_v1_without_changing_it(
         v1_file: Path, file_sha256: Callable[[Path], str]) -> None:
     before = file_sha256(v1_file)
-    store = StateStore.open_readonly(v1_file)
+    store = SqliteStore.open_readonly(v1_file)
     assert store is not None
     try:
         records = store.records(TARGET)
@@ -216,25 +233,29 @@ def test_plan_with_a_file_that_is_not_a_state_file_exits_1(
 
 def test_state_file_missing_tables_is_reported_damaged(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    StateStore.open_for_write(path).close()
+    SqliteStore.open_for_write(path).close()
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE journal")
     conn.commit()
     conn.close()
     with pytest.raises(StateError, match="damaged"):
-        StateStore.open_readonly(path)
+        SqliteStore.open_readonly(path)
 
 
 def test_open_readonly_on_missing_file_returns_none_and_creates_nothing(tmp_path: Path) -> None:
-    assert StateStore.open_readonly(tmp_path / "absent.db") is None
+    assert SqliteStore.open_readonly(tmp_path / "absent.db") is None
     assert list(tmp_path.iterdir()) == []
 
 
 # --- writes ---------------------------------------------------------------------------------
 
-def test_new_state_file_is_at_current_schema_with_revision_0(
-        tmp_path: Path, store: StateStore) -> None:
-    assert user_version(tmp_path / "state.db") == SCHEMA_VERSION
+def test_new_store_is_at_current_schema_with_revision_0(
+        state_location: str, store: StateStore) -> None:
+    if is_url(state_location):
+        assert pg_server.execute(state_location, "SELECT version FROM reconcile.schema_info") \
+            == [(SCHEMA_VERSION,)]
+    else:
+        assert user_version(Path(state_location)) == SCHEMA_VERSION
     assert store.revision() == 0
 
 
@@ -249,23 +270,48 @@ def test_revision_increments_once_per_write(store: StateStore) -> None:
     assert store.revision() == 4
 
 
-def test_save_record_closes_its_journal_entry(store: StateStore) -> None:
+def journal_row(location: str, nonce: str) -> tuple[object, ...]:
+    sql = "SELECT state, image_id FROM {}journal WHERE nonce = ?"
+    if is_url(location):
+        (row,) = pg_server.execute(location, sql.format("reconcile.").replace("?", "%s"),
+                                   (nonce,))
+        return row
+    conn = sqlite3.connect(location)
+    try:
+        return tuple(conn.execute(sql.format(""), (nonce,)).fetchone())
+    finally:
+        conn.close()
+
+
+def test_save_record_closes_its_journal_entry(state_location: str, store: StateStore) -> None:
     store.journal_open(nonce="n1", target=TARGET, name="a", run_id="r1", request={"name": "a"})
     assert [p.name for p in store.pending(TARGET)] == ["a"]
     store.save_record(TARGET, a_record("a"), nonce="n1")
     assert store.pending(TARGET) == []
     assert store.record(TARGET, "a") == a_record("a")
-    row = store.conn.execute("SELECT state, image_id FROM journal WHERE nonce = 'n1'").fetchone()
-    assert row == ("done", "img-a")
+    assert journal_row(state_location, "n1") == ("done", "img-a")
 
 
-def test_save_record_and_journal_close_are_one_transaction(store: StateStore) -> None:
+def refuse_journal_updates(location: str) -> None:
+    """Make every UPDATE of the journal fail, as a full disk would."""
+    if is_url(location):
+        pg_server.execute(location, "CREATE FUNCTION reconcile.refuse() RETURNS trigger "
+                          "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk gone'; END $$")
+        pg_server.execute(location, "CREATE TRIGGER refuse BEFORE UPDATE ON reconcile.journal "
+                          "FOR EACH ROW EXECUTE FUNCTION reconcile.refuse()")
+        return
+    conn = sqlite3.connect(location)
+    conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON journal "
+                 "BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
+    conn.commit()
+    conn.close()
+
+
+def test_save_record_and_journal_close_are_one_transaction(
+        state_location: str, store: StateStore) -> None:
     store.journal_open(nonce="n1", target=TARGET, name="a", run_id="r1", request={"name": "a"})
     revision = store.revision()
-    # Make the second statement of the transaction (closing the journal entry) fail.
-    store.conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON journal "
-                       "BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
-    store.conn.commit()
+    refuse_journal_updates(state_location)  # the second statement of the transaction fails
     with pytest.raises(StateError, match="disk gone"):
         store.save_record(TARGET, a_record("a"), nonce="n1")
     assert store.record(TARGET, "a") is None
@@ -278,10 +324,18 @@ def test_records_are_kept_per_target(store: StateStore) -> None:
     store.save_record("https://other.example", a_record("a", "img-2"))
     assert store.record(TARGET, "a").image_id == "img-1"  # type: ignore[union-attr]
     assert store.targets() == ["http://127.0.0.1:9999", "https://other.example"]
+    assert [(t, r.image_id) for t, r in store.records_named("a")] == [
+        (TARGET, "img-1"), ("https://other.example", "img-2")]
 
 
-def test_readonly_store_refuses_writes(tmp_path: Path, store: StateStore) -> None:
-    reader = StateStore.open_readonly(tmp_path / "state.db")
+def test_saving_a_record_again_replaces_it(store: StateStore) -> None:
+    store.save_record(TARGET, a_record("a", "img-1"))
+    store.save_record(TARGET, a_record("a", "img-2"))
+    assert [(t, r.image_id) for t, r in store.all_records()] == [(TARGET, "img-2")]
+
+
+def test_readonly_store_refuses_writes(state_location: str, store: StateStore) -> None:
+    reader = open_readonly(state_location)
     assert reader is not None
     try:
         with pytest.raises(StateError, match="read-only"):
@@ -290,22 +344,87 @@ def test_readonly_store_refuses_writes(tmp_path: Path, store: StateStore) -> Non
         reader.close()
 
 
-# --- the apply lock ---------------------------------------------------------------------------
+def test_runs_and_applied_plans_round_trip(store: StateStore) -> None:
+    store.start_run("r1", target=TARGET, profile="ims", catalog_digest="c" * 64,
+                    tool_version="0.1.0", started_at="2024-05-01T07:59:00Z")
+    store.mark_plan_applied("plan-1", "r1")
+    store.finish_run("r1", summary={"create": 1}, created=1, adopted=0, failed=0,
+                     outcome="success")
+    (run,) = store.runs()
+    assert (run["id"], run["outcome"], run["created"], run["summary"]) == (
+        "r1", "success", 1, {"create": 1})
+    applied = store.plan_applied("plan-1")
+    assert applied is not None and applied["run_id"] == "r1" and applied["applied_at"]
+    assert store.plan_applied("plan-2") is None
+
+
+def test_a_run_left_running_is_marked_interrupted_by_the_next_of_its_target(
+        store: StateStore) -> None:
+    for run_id, target in (("r1", TARGET), ("r2", "https://other.example")):
+        store.start_run(run_id, target=target, profile="ims", catalog_digest="c" * 64,
+                        tool_version="0.1.0", started_at=f"2024-05-01T07:5{run_id[1]}:00Z")
+    store.start_run("r3", target=TARGET, profile="ims", catalog_digest="c" * 64,
+                    tool_version="0.1.0", started_at="2024-05-01T08:00:00Z")
+    outcomes = {r["id"]: r["outcome"] for r in store.runs()}
+    # Another target's run may well be running now, under its own lock.
+    assert outcomes == {"r1": "interrupted", "r2": "running", "r3": "running"}
+
+
+def test_dump_and_load_copy_every_row(store: StateStore, tmp_path: Path) -> None:
+    store.save_record(TARGET, a_record("a"))
+    store.journal_open(nonce="n1", target=TARGET, name="b", run_id="r1", request={"name": "b"})
+    store.start_run("r1", target=TARGET, profile="ims", catalog_digest="c" * 64,
+                    tool_version="0.1.0", started_at="2024-05-01T07:59:00Z")
+    other = open_for_write(tmp_path / "copy.db")
+    try:
+        other.load(store.dump())
+        assert other.dump() == store.dump()
+        assert other.pending(TARGET)[0].name == "b"
+    finally:
+        other.close()
+
+
+def test_server_rules_are_kept_per_target_and_kind_without_moving_the_revision(
+        state_location: str, store: StateStore) -> None:
+    store.save_record(TARGET, a_record("a"))
+    revision = store.revision()
+    store.save_server_info(TARGET, "image_schema", url=f"{TARGET}/v2/schemas/image",
+                           body={"properties": {"disk_format": {"enum": ["raw"]}}},
+                           read_at="2026-12-01T10:00:00Z")
+    store.save_server_info(TARGET, "image_schema", url=f"{TARGET}/v2/schemas/image",
+                           body={"properties": {}}, read_at="2026-12-02T10:00:00Z")
+    store.save_server_info("https://other", "os_versions", url="https://other/v1", body=[],
+                           read_at="2026-12-03T10:00:00Z")
+    assert store.revision() == revision  # a cache, not a record: saved plans stay valid
+    assert store.server_info(TARGET, "image_schema") == {
+        "url": f"{TARGET}/v2/schemas/image", "body": {"properties": {}},
+        "read_at": "2026-12-02T10:00:00Z"}
+    assert store.server_info(TARGET, "os_versions") is None
+    assert store.server_info_targets("os_versions") == ["https://other"]
+    reader = open_readonly(state_location)
+    assert reader is not None
+    try:
+        assert reader.server_info("https://other", "os_versions") == {
+            "url": "https://other/v1", "body": [], "read_at": "2026-12-03T10:00:00Z"}
+    finally:
+        reader.close()
+
+
+# --- the write lock ----------------------------------------------------------------------------
 
 HOLDER = """
 import sys, time
-from reconciler.state import StateStore
-store = StateStore.open_for_write(sys.argv[1])
-with store.lock():
-    print("locked", flush=True)
-    time.sleep(60)
+from reconciler.state import LockRequest, open_for_write
+store = open_for_write(sys.argv[1], LockRequest(sys.argv[2], "apply"))
+print("locked", flush=True)
+time.sleep(60)
 """
 
 
-@pytest.fixture
-def lock_holder(tmp_path: Path, store: StateStore) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding the lock of the ``store`` fixture's file."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "state.db")],
+@contextlib.contextmanager
+def holding(location: str, target: str = TARGET) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the write lock of ``location`` for ``target``."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, location, target],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -316,32 +435,270 @@ def lock_holder(tmp_path: Path, store: StateStore) -> Iterator[subprocess.Popen[
         proc.wait(timeout=10)
 
 
-def test_second_lock_from_another_process_names_the_holder(
-        store: StateStore, lock_holder: subprocess.Popen[str]) -> None:
-    with pytest.raises(StateLockedError) as excinfo, store.lock():
-        pass
-    assert excinfo.value.pid == lock_holder.pid
-    assert excinfo.value.host == socket.gethostname()
-    assert f"pid {lock_holder.pid} on host {socket.gethostname()}" in str(excinfo.value)
+@pytest.fixture
+def lock_holder(state_location: str) -> Iterator[subprocess.Popen[str]]:
+    with holding(state_location) as proc:
+        yield proc
+
+
+def test_second_writer_from_another_process_fails_at_once_naming_the_holder(
+        state_location: str, lock_holder: subprocess.Popen[str]) -> None:
+    started = time.monotonic()
+    with pytest.raises(StateLockedError) as excinfo:
+        open_for_write(state_location, LockRequest(TARGET))
+    assert time.monotonic() - started < 5
+    holder = excinfo.value.holder
+    assert (holder["pid"], holder["host"], holder["operation"]) == (
+        lock_holder.pid, socket.gethostname(), "apply")
+    assert holder["user"] and holder["since"]
+    message = str(excinfo.value)
+    assert f"apply (pid {lock_holder.pid} on host {socket.gethostname()}, user " in message
+    assert "--lock-timeout" in message
 
 
 def test_lock_is_released_when_holder_is_killed(
-        store: StateStore, lock_holder: subprocess.Popen[str]) -> None:
+        state_location: str, lock_holder: subprocess.Popen[str]) -> None:
     lock_holder.send_signal(signal.SIGKILL)
     assert lock_holder.wait(timeout=10) == -signal.SIGKILL
-    entered = False
-    with store.lock():
-        entered = True
-    assert entered
+    open_for_write(state_location, LockRequest(TARGET)).close()
 
 
-def test_lock_can_be_taken_again_after_release(store: StateStore) -> None:
-    with store.lock():
-        pass
-    entered = False
-    with store.lock():
-        entered = True
-    assert entered
+def test_a_writer_waits_up_to_the_lock_timeout_for_the_holder(state_location: str) -> None:
+    with holding(state_location) as proc:
+        threading.Timer(1.0, proc.kill).start()
+        started = time.monotonic()
+        store = open_for_write(state_location, LockRequest(TARGET, timeout_s=30))
+        store.close()
+    assert 0.5 < time.monotonic() - started < 30
+
+
+def test_a_lock_timeout_that_runs_out_names_the_holder(
+        state_location: str, lock_holder: subprocess.Popen[str]) -> None:
+    started = time.monotonic()
+    with pytest.raises(StateLockedError, match=rf"pid {lock_holder.pid} .*waited 0.5s"):
+        open_for_write(state_location, LockRequest(TARGET, timeout_s=0.5))
+    assert time.monotonic() - started >= 0.5
+
+
+def test_lock_can_be_taken_again_after_release(state_location: str) -> None:
+    open_for_write(state_location, LockRequest(TARGET)).close()
+    open_for_write(state_location, LockRequest(TARGET)).close()
+
+
+def test_readers_take_no_lock(state_location: str,
+                              lock_holder: subprocess.Popen[str]) -> None:
+    reader = open_readonly(state_location)
+    assert reader is not None
+    reader.close()
+
+
+def test_postgresql_writers_of_different_targets_do_not_block_each_other(pg_url: str) -> None:
+    with holding(pg_url, TARGET):
+        other = open_for_write(pg_url, LockRequest("https://other.example"))
+        other.save_record("https://other.example", a_record())
+        other.close()
+
+
+def test_postgresql_whole_store_lock_waits_for_every_writer(pg_url: str) -> None:
+    with holding(pg_url, TARGET) as proc, pytest.raises(StateLockedError,
+                                                       match=rf"pid {proc.pid}"):
+        open_for_write(pg_url, LockRequest("", "state copy"))
+    open_for_write(pg_url, LockRequest("", "state copy")).close()
+
+
+def test_sqlite_lock_is_one_per_file_whatever_the_target(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    with holding(path, TARGET), pytest.raises(StateLockedError):
+        open_for_write(path, LockRequest("https://other.example"))
+
+
+# --- the SQLite lock: one per file, whatever names it; a lock file that clobbers nothing --------
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_sqlite_lock_holds_through_every_name_of_the_file(tmp_path: Path, link: str) -> None:
+    real = tmp_path / "real.db"
+    open_for_write(real).close()
+    alias = tmp_path / "alias.db"
+    (alias.symlink_to if link == "symlink" else alias.hardlink_to)(real)
+    with holding(str(real)) as proc:
+        with pytest.raises(StateLockedError) as excinfo:
+            open_for_write(alias)
+        if link == "symlink":  # the lock file sits beside the real file: the holder is named
+            assert excinfo.value.pid == proc.pid
+
+
+def test_sqlite_lock_file_that_is_a_symlink_is_neither_followed_nor_truncated(
+        tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "st.db.lock").symlink_to(victim)
+    with pytest.raises(StateError, match="symbolic link"):
+        open_for_write(tmp_path / "st.db")
+    assert victim.read_text() == "precious\n"
+
+
+def test_sqlite_lock_file_that_is_a_hard_link_is_not_written(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "st.db.lock").hardlink_to(victim)
+    with pytest.raises(StateError, match="not a lock file reconcile wrote"):
+        open_for_write(tmp_path / "st.db")
+    assert victim.read_text() == "precious\n"
+
+
+def test_sqlite_lock_file_is_rewritten_in_place_never_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "st.db"
+    open_for_write(path).close()
+    lock = Path(f"{path}.lock")
+    inode = lock.stat().st_ino
+    open_for_write(path).close()
+    assert lock.stat().st_ino == inode
+    assert lock.read_bytes().strip() == b""  # released: nobody named
+
+
+def test_lock_that_cannot_be_created_is_a_state_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Path(f"{path}.lock").mkdir()  # as root, an unwritable directory would not stop us
+    with pytest.raises(StateError, match="cannot create the lock file"):
+        open_for_write(path)
+
+
+MIGRATE_SLOWLY = """
+import sys, time
+from reconciler import state
+step = state.MIGRATIONS[1]
+def slow(db):
+    print("migrating", flush=True)
+    time.sleep(60)
+state.MIGRATIONS[1] = slow
+state.open_for_write(sys.argv[1])
+"""
+
+
+def test_sqlite_migration_runs_under_the_lock(v1_file: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", MIGRATE_SLOWLY, str(v1_file)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "migrating"
+        with pytest.raises(StateLockedError) as excinfo:
+            open_for_write(v1_file)
+        assert excinfo.value.pid == proc.pid
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert user_version(v1_file) == 1  # the killed migration left the old file intact
+
+
+# --- PostgreSQL: what the server holds and says ---------------------------------------------------
+
+def make_pg_at_v1(url: str) -> None:
+    from reconciler import pgstate
+    statements = [f"CREATE SCHEMA {pgstate.SCHEMA}", f"SET search_path TO {pgstate.SCHEMA}",
+                  "CREATE TABLE schema_info (version integer NOT NULL)",
+                  "INSERT INTO schema_info VALUES (1)", *pgstate.MIGRATIONS[0],
+                  "INSERT INTO images (target, name, image_id, spec_digest, request_json, "
+                  "response_json, status, created_at, updated_at, recorded_at, run_id) VALUES "
+                  + str(V1_ROW)]
+    pg_server.execute(url, "; ".join(statements))
+
+
+def test_postgresql_at_v1_is_migrated_by_a_writer_keeping_its_records(pg_url: str) -> None:
+    make_pg_at_v1(pg_url)
+    with pytest.raises(StateVersionError, match=r"schema version 1; .*next `reconcile apply`"):
+        open_readonly(pg_url)
+    store = open_for_write(pg_url, LockRequest(TARGET))
+    try:
+        rec = store.record(TARGET, "old-image")
+    finally:
+        store.close()
+    assert rec is not None and (rec.image_id, rec.origin) == ("img-0001", "created")
+    assert pg_server.execute(pg_url, "SELECT version FROM reconcile.schema_info") == [
+        (SCHEMA_VERSION,)]
+
+
+@EACH_OPENER
+def test_postgresql_newer_schema_is_refused(
+        pg_url: str, opener: Callable[[str], object]) -> None:
+    open_for_write(pg_url).close()
+    pg_server.execute(pg_url, "UPDATE reconcile.schema_info SET version = version + 1")
+    with pytest.raises(StateVersionError, match=f"schema version {SCHEMA_VERSION + 1}, but "
+                                                f"this reconcile understands up to "
+                                                f"{SCHEMA_VERSION}"):
+        opener(pg_url)
+
+
+@EACH_OPENER
+def test_postgresql_foreign_tables_are_refused_and_left_alone(
+        pg_url: str, opener: Callable[[str], object]) -> None:
+    pg_server.execute(pg_url, "CREATE SCHEMA reconcile; "
+                      "CREATE TABLE reconcile.invoices (id integer)")
+    with pytest.raises(StateError, match=r"tables \(invoices\) reconcile did not make"):
+        opener(pg_url)
+    assert pg_server.execute(pg_url, "SELECT count(*) FROM pg_tables "
+                             "WHERE schemaname = 'reconcile'") == [(1,)]
+
+
+def test_postgresql_empty_database_reads_as_no_state_and_is_not_changed(pg_url: str) -> None:
+    assert open_readonly(pg_url) is None
+    assert pg_server.execute(pg_url, "SELECT count(*) FROM pg_namespace "
+                             "WHERE nspname = 'reconcile'") == [(0,)]
+
+
+@EACH_OPENER
+def test_postgresql_unreachable_server_is_one_clear_error(
+        opener: Callable[[str], object]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://me:hunter2@127.0.0.1:{port}/state?connect_timeout=3"
+    with pytest.raises(StateError) as excinfo:
+        opener(url)
+    message = str(excinfo.value)
+    assert "cannot be reached" in message
+    assert "hunter2" not in message and "me:***@" in message
+
+
+def test_postgresql_refused_login_is_one_clear_error(pg_url: str) -> None:
+    pg_server.execute(pg_url, "CREATE ROLE outsider NOLOGIN PASSWORD 'hunter2'")
+    url = pg_server.as_user(pg_url, "outsider", "hunter2")
+    with pytest.raises(StateError) as excinfo:
+        open_for_write(url)
+    message = str(excinfo.value)
+    assert "refused the login" in message
+    assert "hunter2" not in message
+
+
+def test_postgresql_read_only_role_can_read_but_not_write(pg_url: str) -> None:
+    store = open_for_write(pg_url, LockRequest(TARGET))
+    store.save_record(TARGET, a_record())
+    store.close()
+    pg_server.execute(pg_url, "CREATE ROLE reader LOGIN; GRANT USAGE ON SCHEMA reconcile "
+                      "TO reader; GRANT SELECT ON ALL TABLES IN SCHEMA reconcile TO reader")
+    url = pg_server.as_user(pg_url, "reader")
+    reader = open_readonly(url)
+    assert reader is not None
+    try:
+        assert list(reader.records(TARGET)) == ["a"]
+    finally:
+        reader.close()
+    with pytest.raises(StateError):
+        open_for_write(url, LockRequest(TARGET)).save_record(TARGET, a_record("b"))
+
+
+def test_postgresql_dropped_connection_stops_writes_and_says_what_to_do(pg_url: str) -> None:
+    store = open_for_write(pg_url, LockRequest(TARGET))
+    try:
+        pg_server.execute(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                          "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()")
+        with pytest.raises(StateError, match=r"lost the connection .* run `reconcile apply` "
+                                             r"again"):
+            store.journal_open(nonce="n1", target=TARGET, name="a", run_id="r1",
+                               request={"name": "a"})
+    finally:
+        store.close()
+    # The lock went with the connection: the next writer gets it at once.
+    open_for_write(pg_url, LockRequest(TARGET)).close()
 
 
 # --- state list / show / history ----------------------------------------------------------------
@@ -350,25 +707,27 @@ READ_COMMANDS = [["state", "list"], ["state", "show", "a"], ["history"]]
 
 
 @pytest.mark.parametrize("command", READ_COMMANDS, ids=lambda c: " ".join(c))
-def test_read_command_on_missing_state_file_exits_1_and_creates_nothing(
-        command: list[str], tmp_path: Path, run_cli: Callable[..., Result]) -> None:
-    missing = tmp_path / "absent.db"
-    result = run_cli([*command, "--state", missing])
+def test_read_command_on_missing_state_exits_1_and_creates_nothing(
+        command: list[str], state_location: str, run_cli: Callable[..., Result]) -> None:
+    result = run_cli([*command, "--state", state_location])
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    assert f"error: state file {missing} does not exist yet" in result.stderr
-    assert not missing.exists()
+    assert "does not exist yet" in result.stderr
+    if is_url(state_location):
+        assert open_readonly(state_location) is None
+    else:
+        assert not Path(state_location).exists()
 
 
 @pytest.fixture
-def populated(tmp_path: Path, make_state: Callable[..., Path],
-              make_record: Callable[..., Record]) -> Path:
-    path = make_state(tmp_path / "state.db", [
+def populated(state_location: str, make_state: Callable[..., str],
+              make_record: Callable[..., Record]) -> str:
+    location = make_state(state_location, [
         make_record(ImageSpec(name="ubuntu-base", min_disk=40), "11111111-aaaa"),
         make_record(ImageSpec(name="centos-base", min_disk=40), "22222222-bbbb",
                     status="active"),
     ])
-    store = StateStore.open_for_write(path)
+    store = open_for_write(location, LockRequest(TARGET))
     try:
         store.start_run("run-0001", target=TARGET, profile="ims", catalog_digest="c" * 64,
                         tool_version="0.1.0", started_at="2024-05-01T07:59:00Z")
@@ -376,10 +735,10 @@ def populated(tmp_path: Path, make_state: Callable[..., Path],
                          outcome="success")
     finally:
         store.close()
-    return path
+    return location
 
 
-def test_state_list_prints_every_record(populated: Path, run_cli: Callable[..., Result]) -> None:
+def test_state_list_prints_every_record(populated: str, run_cli: Callable[..., Result]) -> None:
     result = run_cli(["state", "list", "--state", populated])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -391,7 +750,7 @@ def test_state_list_prints_every_record(populated: Path, run_cli: Callable[..., 
 
 
 def test_state_show_prints_ids_timestamps_and_server_fields(
-        populated: Path, run_cli: Callable[..., Result]) -> None:
+        populated: str, run_cli: Callable[..., Result]) -> None:
     result = run_cli(["state", "show", "ubuntu-base", "--state", populated])
     assert result.exit_code == 0, result.output
     fields = {line.split(":", 1)[0]: line.split(":", 1)[1].strip()
@@ -406,13 +765,13 @@ def test_state_show_prints_ids_timestamps_and_server_fields(
     assert fields["owner"] == "0123456789abcdef0123456789abcdef"
 
 
-def test_state_show_unknown_name_exits_1(populated: Path, run_cli: Callable[..., Result]) -> None:
+def test_state_show_unknown_name_exits_1(populated: str, run_cli: Callable[..., Result]) -> None:
     result = run_cli(["state", "show", "nope", "--state", populated])
     assert result.exit_code == 1
     assert "no image named 'nope' is recorded" in result.stderr
 
 
-def test_history_lists_runs(populated: Path, run_cli: Callable[..., Result]) -> None:
+def test_history_lists_runs(populated: str, run_cli: Callable[..., Result]) -> None:
     result = run_cli(["history", "--state", populated])
     assert result.exit_code == 0, result.output
     (line,) = result.stdout.splitlines()
@@ -420,13 +779,31 @@ def test_history_lists_runs(populated: Path, run_cli: Callable[..., Result]) -> 
     assert "created 2, adopted 0, failed 0" in line
 
 
-def test_read_commands_do_not_change_the_state_file(
-        populated: Path, run_cli: Callable[..., Result],
-        file_sha256: Callable[[Path], str]) -> None:
-    before = file_sha256(populated)
+def snapshot(location: str) -> object:
+    """Everything a store holds, to compare before and after."""
+    if is_url(location):
+        reader = open_readonly(location)
+        assert reader is not None
+        try:
+            return reader.dump(), pg_server.execute(location, "TABLE reconcile.locks")
+        finally:
+            reader.close()
+    return Path(location).read_bytes()
+
+
+def test_read_commands_do_not_change_the_state(
+        populated: str, run_cli: Callable[..., Result]) -> None:
+    before = snapshot(populated)
     for command in (["state", "list"], ["state", "show", "ubuntu-base"], ["history"]):
         assert run_cli([*command, "--state", populated]).exit_code == 0
-    assert file_sha256(populated) == before
+    assert snapshot(populated) == before
+
+
+def test_read_commands_work_while_a_writer_holds_the_lock(
+        populated: str, run_cli: Callable[..., Result]) -> None:
+    with holding(populated):
+        for command in (["state", "list"], ["history"]):
+            assert run_cli([*command, "--state", populated]).exit_code == 0
 
 
 def test_concurrent_writes_all_land_through_shared_commits(store: StateStore) -> None:
@@ -451,7 +828,6 @@ def test_light_records_carry_only_ids_and_digests_and_records_of_reads_the_rest(
     assert store.records_of(TARGET, ["b"])["b"].request == a_record("b").request
 
 
-def test_lock_that_cannot_be_created_is_a_state_error(store: StateStore) -> None:
-    Path(f"{store.path}.lock").mkdir()  # as root, an unwritable directory would not stop us
-    with pytest.raises(StateError, match="cannot create the lock file"), store.lock():
-        pass
+def test_every_sqlite_migration_has_its_postgresql_twin() -> None:
+    from reconciler import pgstate
+    assert len(pgstate.MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION == pgstate.SCHEMA_VERSION

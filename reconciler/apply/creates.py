@@ -32,7 +32,7 @@ from reconciler.apply.decisions import (
 )
 from reconciler.apply.runstate import RunState
 from reconciler.client import RetryPolicy
-from reconciler.errors import ApiError, AuthError
+from reconciler.errors import ApiError, AuthError, StateError
 from reconciler.models import (
     GONE_STATUSES,
     MARKER_PROPERTY,
@@ -165,6 +165,11 @@ class Creator:
             except KeyboardInterrupt:
                 self.run.stop("interrupted")
                 outcomes.extend(self._deliver(fut.result()) for fut in running)
+                raise
+            except StateError as exc:
+                # The state cannot be written (for a shared store: its connection, and the
+                # lock with it, is gone): send nothing more; the journal has what was sent.
+                self.run.stop(str(exc))
                 raise
             finally:
                 left = {o.name for o in outcomes}

@@ -82,6 +82,7 @@ class ApplyRequest:
     refreshes: Callable[[], int] = lambda: 0  # token refreshes so far, for the report
     settle_s: float = DEFAULT_SETTLE_S
     project_id: str | None = None  # our project, when the credentials tell
+    lock_timeout_s: float = 0.0  # how long to wait for another run's lock
     allow: Allowances = NO_ALLOWANCES  # formats allowed beyond the built-in lists
 
     @property

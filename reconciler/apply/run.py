@@ -33,7 +33,7 @@ from reconciler.operations import bulk_build, kept_notes, make_plan, new_run_id,
 from reconciler.planner import plan
 from reconciler.refresh import observe
 from reconciler.schemacache import RunProfile
-from reconciler.state import StateStore
+from reconciler.state import LockRequest, StateStore, open_for_write
 
 
 def preview(req: ApplyRequest) -> Preview:
@@ -64,10 +64,10 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
                         state_path=req.state_path, allow=req.allow, clock=req.clock)
     with bulk_build():
         catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
-    store = StateStore.open_for_write(req.state_path, clock=req.clock)
+    store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s),
+                           clock=req.clock)
     try:
-        with store.lock():
-            return _apply_locked(req, store, catalog, target, rules)
+        return _apply_locked(req, store, catalog, target, rules)
     finally:
         store.close()
 

@@ -41,7 +41,7 @@ from reconciler.errors import CatalogError, ClientError
 from reconciler.models import MARKER_PROPERTY
 from reconciler.profiles import INT32_MAX, PROFILES, Profile
 from reconciler.serverinfo import ServerInfo, profile_for
-from reconciler.state import StateStore
+from reconciler.state import SqliteStore
 
 pytestmark = pytest.mark.glance
 
@@ -76,7 +76,7 @@ def cli_args(command: str, catalog: Path, state: Path, url: str, *extra: str) ->
 
 def recorded(state: Path) -> dict[str, Any]:
     """name -> Record, for the state's only target."""
-    store = StateStore.open_readonly(state)
+    store = SqliteStore.open_readonly(state)
     assert store is not None, f"{state} was not created"
     try:
         rows = store.all_records()
