@@ -10,6 +10,7 @@ because a catalog must never silently turn a name into a number.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 import re
@@ -134,7 +135,9 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
     if text.startswith("\ufeff"):
         text = text[1:]
     if path.suffix == ".json":
-        return _parse_json(text, display)
+        data, problems = _parse_json(text, display)
+        return data, [dataclasses.replace(p, snippet=_snippet(text, p.line, p.column))
+                      for p in problems]
     loader = _AliasLoader if "*" in text and _ALIAS.search(text) else _Loader
     try:
         return yaml.load(text, Loader=loader), []
@@ -143,10 +146,13 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
                               "refers to itself")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if mark and exc.context_mark and mark.line >= len(text.splitlines()):
+            mark = exc.context_mark  # "at the end of the file": point at what was left open
         line = mark.line + 1 if mark else None
         what = " ".join(filter(None, [exc.context, exc.problem]))
-        return None, [Problem(display, line, "", f"is not valid YAML: {what}",
-                              column=mark.column + 1 if mark else None)]
+        column = mark.column + 1 if mark else None
+        return None, [Problem(display, line, "", f"is not valid YAML: {what}", column=column,
+                              snippet=_snippet(text, line, column))]
     except yaml.YAMLError as exc:
         return None, [Problem(display, None, "", f"is not valid YAML: {exc}")]
 
@@ -165,6 +171,28 @@ def _parse_json(text: str, display: str) -> tuple[Any, list[Problem]]:
 def did_you_mean(key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(known)}"
+
+
+def _field_hint(key: str, known: tuple[str, ...]) -> str:
+    """A typo of a field (``min_disc``) gets the field; anything else is most likely an extra
+    property written one level too high, so say where properties go."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    if close:
+        return f"; did you mean {close[0]}?"
+    return (f"; if it is an extra property, indent it under `properties:`; the fields are "
+            f"{', '.join(known)}")
+
+
+def _snippet(text: str, line: int | None, column: int | None) -> str:
+    """The offending source line with a caret under the column (tabs shown as spaces)."""
+    lines = text.splitlines()
+    if not line or not column or not 1 <= line <= len(lines):
+        return ""
+    source = lines[line - 1].replace("\t", " ")
+    start = max(0, column - 60)  # long lines: a window around the column
+    shown = source[start:start + 100]
+    gutter = " " * len(str(line))
+    return f"  {line} | {shown}\n  {gutter} | {' ' * (column - 1 - start)}^"
 
 
 def _describe(value: Any) -> str:
@@ -202,13 +230,13 @@ class _FileChecker:
         self.display, self.profile, self.strict = display, profile, strict
         self.reader = "JSON" if display.endswith(".json") else "YAML"
         self.problems: list[Problem] = []
-        self.warnings: dict[str, list[Problem]] = {}
+        self.image: str | None = None  # the name of the image being checked, if it has one
 
     def error(self, line: int | None, path: str, message: str) -> None:
-        self.problems.append(Problem(self.display, line, path, message))
+        self.problems.append(Problem(self.display, line, path, message, image=self.image))
 
-    def check(self, data: Any) -> list[tuple[dict[str, Any], int, str]]:
-        """Return (merged fields, line, path) per valid image."""
+    def check(self, data: Any) -> list[tuple[dict[str, Any], int, str, dict[str, int]]]:
+        """Return (merged fields, line, path, the line of each field) per valid image."""
         if data is None or (isinstance(data, RawScalar) and data.kind == "null"):
             self.error(1, "", "is empty; a catalog file holds `images:` (a list) and optional "
                               "`defaults:`")
@@ -223,6 +251,7 @@ class _FileChecker:
                 self.error(data.key_lines.get(key), str(key), "unknown top-level key"
                            + did_you_mean(str(key), _TOP_KEYS))
         defaults: dict[str, Any] = {}
+        default_lines: dict[str, int] = {}
         if "defaults" in data:
             raw_defaults = data["defaults"]
             if not isinstance(raw_defaults, LineDict):
@@ -230,6 +259,7 @@ class _FileChecker:
                            f"must be a mapping, but it is {_describe(raw_defaults)}")
             else:
                 defaults = self._fields(raw_defaults, "defaults", allow_name=False) or {}
+                default_lines = _field_lines(raw_defaults)
         images = data.get("images")
         if "images" not in data:
             self.error(data.line, "images", "is missing; list the images under `images:`")
@@ -245,13 +275,15 @@ class _FileChecker:
                 self.error(line, path, f"must be a mapping with at least `name:`, but it is "
                                        f"{_describe(item)}")
                 continue
+            name = item.get("name")
+            self.image = name if isinstance(name, str) and name else None
             fields = self._fields(item, path, allow_name=True)
-            if fields is None:
-                continue
-            if "name" not in fields:
+            if fields is not None and "name" not in fields:
                 self.error(item.line, f"{path}.name", "is required")
-                continue
-            out.append((_merge(defaults, fields), line, path))
+            elif fields is not None:
+                out.append((_merge(defaults, fields), line, path,
+                            {**default_lines, **_field_lines(item)}))
+            self.image = None
         return out
 
     def _duplicates(self, data: LineDict, path: str) -> None:
@@ -273,7 +305,7 @@ class _FileChecker:
             where = f"{path}.{key}"
             if field not in known:
                 hint = "; `name` belongs to each image, not to defaults" if key == "name" else \
-                    did_you_mean(str(key), known)
+                    _field_hint(str(key), known)
                 self.error(line, where, "unknown field" + hint)
                 continue
             if field in out:
@@ -304,11 +336,12 @@ class _FileChecker:
                 return None
             return self._value(field, int(value), line, where)
         if field == "protected":
+            if isinstance(value, RawScalar) and value.kind == "bool":
+                self.error(line, where, f"is `{value.text}`, which YAML 1.1 reads as a boolean "
+                           "and YAML 1.2 as text; write true or false")
+                return None
             if not isinstance(value, bool):
-                hint = " (YAML 1.1 reads yes/no/on/off as booleans; write true or false)" if (
-                    isinstance(value, RawScalar) and value.kind == "bool") else ""
-                self.error(line, where, f"must be true or false, but it is {_describe(value)}"
-                           + hint)
+                self.error(line, where, f"must be true or false, but it is {_describe(value)}")
                 return None
             return value
         if field == "tags":
@@ -417,12 +450,13 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
         checker = _FileChecker(display, profile, strict)
         images = checker.check(data)
         problems.extend(checker.problems)
-        for fields, line, where in images:
+        for fields, line, where, field_lines in images:
             name = fields["name"]
             if name in seen:
                 first_file, first_line = seen[name]
                 problems.append(Problem(display, line, f"{where}.name", f"duplicate image name "
-                                        f"{name!r}; first defined at {first_file}:{first_line}"))
+                                        f"{name!r}; first defined at {first_file}:{first_line}",
+                                        image=name))
                 continue
             seen[name] = (display, line)
             extras = len(fields.get("properties", ())) + ("os_version" in fields) + 1
@@ -430,26 +464,32 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                 problems.append(Problem(display, line, f"{where}.properties", f"has {extras} "
                                         "extra properties with os_version and reconcile's "
                                         f"marker; the API allows at most "
-                                        f"{profile.max_properties}"))
+                                        f"{profile.max_properties}", image=name))
                 continue
             spec_fields = {**profile.defaults, **fields}
             messages = profile.lint(spec_fields)
             if messages:
-                found = [Problem(display, line, f"{where}.{f}", m, "warning") for f, m in messages]
-                lint.extend(found)
-                warnings[name] = tuple(f"{p.path.split('.', 1)[1]} {p.message}" for p in found)
+                lint.extend(Problem(display, field_lines.get(f, line), f"{where}.{f}", m,
+                                    "warning", image=name) for f, m in messages)
+                warnings[name] = tuple(f"{f} {m}" for f, m in messages)
             specs.append(ImageSpec.model_construct(
                 _fields_set=_SPEC_FIELDS, **{**_SPEC_DEFAULTS, **spec_fields}, file=display,
                 line=line))
     if strict:
-        problems.extend(Problem(p.file, p.line, p.path, f"{p.message} (--strict)") for p in lint)
+        problems.extend(dataclasses.replace(p, message=f"{p.message} (--strict)",
+                                            severity="error") for p in lint)
     if problems:
         raise CatalogError(problems)
     specs.sort(key=lambda s: s.name)
     return Catalog.model_construct(
         directory=str(root), profile=profile.name, images=tuple(specs),
-        warnings=warnings, files=tuple(p.as_posix() for p in files),
+        warnings=warnings, files=tuple(p.as_posix() for p in files), lint=tuple(lint),
     )
+
+
+def _field_lines(data: LineDict) -> dict[str, int]:
+    return {("os_version" if k == "__os_version" else str(k)): line
+            for k, line in data.key_lines.items()}
 
 
 # One fields-set shared by every spec (model_construct would make one per object).
@@ -461,11 +501,6 @@ _SPEC_DEFAULTS: dict[str, Any] = {
 }
 
 
-def lint_problems(catalog: Catalog) -> list[str]:
-    """Lint warnings as display lines, in catalog order."""
-    by_name = {s.name: s for s in catalog.images}
-    out: list[str] = []
-    for name, messages in sorted(catalog.warnings.items()):
-        spec = by_name[name]
-        out.extend(f"{spec.file}:{spec.line}: {name}: {m}" for m in messages)
-    return out
+def lint_problems(catalog: Catalog) -> list[Problem]:
+    """Lint warnings at their fields' lines, in file order."""
+    return sorted(catalog.lint, key=lambda p: (p.file, p.line or 0))

@@ -32,7 +32,7 @@ from reconciler.apply import (
 from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, ReconcileError
+from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.models import Outcome, Plan
 from reconciler.operations import (
     dry_run_report,
@@ -140,6 +140,9 @@ def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "(report.txt.j2, report.md.j2, report.html.j2).")(f)
     f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
                      help="Write the report to this file instead of stdout.")(f)
+    f = click.option("--show-unchanged", is_flag=True,
+                     help="List unchanged images in the text report too (they are always "
+                          "counted; the other formats always list them).")(f)
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
                         show_default=True, help="Report format.")(f)
 
@@ -265,10 +268,14 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
 @endpoint_option
 @auth_options
 @allow_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
+              show_default=True,
+              help="text: FILE:LINE: FIELD: message lines; json: one document for scripts; "
+                   "github: ::error/::warning annotations for GitHub Actions.")
 @click.pass_obj
-def validate(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: bool,
+def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              endpoint: str | None, allow_disk_format: tuple[str, ...],
-             allow_container_format: tuple[str, ...], **auth: Any) -> None:
+             allow_container_format: tuple[str, ...], fmt: str, **auth: Any) -> None:
     """Check the catalog; with --endpoint, against what that server says it accepts.
 
     Reports every problem at once as FILE:LINE: FIELD: message, and exits 1 if there is any.
@@ -283,21 +290,72 @@ def validate(rt: Runtime, /, catalog: Path, state: Path, profile: str, strict: b
       reconcile validate --catalog catalog/
       reconcile validate --profile glance --strict
       OS_AUTH_TOKEN=... reconcile validate --profile glance --endpoint https://glance:9292
+      reconcile validate --format github     # annotations on the PR's changed lines
+      reconcile validate --format json | jq '.warnings | length'
     """
     ctx = click.get_current_context()
     online = ctx.get_parameter_source("endpoint") is click.core.ParameterSource.COMMANDLINE
-    with contextlib.ExitStack() as stack:
-        session = stack.enter_context(_api(rt, endpoint, auth)) if online else None
-        result = validate_catalog(catalog, profile=profile, strict=strict, state_path=state,
-                                  endpoint=session.endpoint if session else endpoint,
-                                  api=session.client if session else None, clock=rt.clock,
-                                  allow=Allowances(allow_disk_format, allow_container_format))
-    for line in result.warnings:
-        click.echo(f"warning: {line}", err=True)
-    n, files = len(result.catalog.images), len(result.catalog.files)
+    try:
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(_api(rt, endpoint, auth)) if online else None
+            result = validate_catalog(
+                catalog, profile=profile, strict=strict, state_path=state,
+                endpoint=session.endpoint if session else endpoint,
+                api=session.client if session else None, clock=rt.clock,
+                allow=Allowances(allow_disk_format, allow_container_format))
+    except CatalogError as exc:
+        if fmt == "text":
+            raise
+        _show_problems(fmt, catalog, profile, errors=exc.problems, warnings=[])
+        raise click.exceptions.Exit(1) from None
+    notes = [Problem(str(catalog), None, "", note, "warning") for note in result.notes]
+    if fmt != "text":
+        _show_problems(fmt, catalog, profile, errors=[], warnings=[*notes, *result.warnings],
+                       images=len(result.catalog.images), files=len(result.catalog.files))
+        return
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
+    for problem in result.warnings:
+        click.echo(f"warning: {problem}", err=True)
+    n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
                f"{files} file{'s' if files != 1 else ''} (profile {profile}"
-               f"{_rules_line(result.rules.profile, result.rules.info is not None)})")
+               f"{_rules_line(result.rules.profile, result.rules.info is not None)}), "
+               f"{w} warning{'s' if w != 1 else ''}")
+
+
+def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
+                   warnings: list[Problem], images: int = 0, files: int = 0) -> None:
+    """validate's problems as JSON (one document) or as GitHub Actions annotations."""
+    if fmt == "json":
+        def doc(p: Problem) -> dict[str, Any]:
+            return {"file": p.file, "line": p.line, "column": p.column, "field": p.path,
+                    "image": p.image, "message": p.message}
+        click.echo(json.dumps({"valid": not errors, "catalog": str(catalog), "profile": profile,
+                               "images": images, "files": files,
+                               "errors": [doc(p) for p in errors],
+                               "warnings": [doc(p) for p in warnings]}, indent=2))
+        return
+    for kind, problems in (("error", errors), ("warning", warnings)):
+        for p in problems:
+            props = [f"file={_gh_property(p.file)}"]
+            if p.line:
+                props.append(f"line={p.line}")
+            if p.column:
+                props.append(f"col={p.column}")
+            props.append(f"title={_gh_property('reconcile ' + (p.field or 'catalog'))}")
+            click.echo(f"::{kind} {','.join(props)}::{_gh_data(p.message)}")
+
+
+def _gh_data(text: str) -> str:
+    """GitHub's workflow-command escaping of a message."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
 
 
 def _rules_line(profile: Profile, from_server: bool) -> str:
@@ -327,9 +385,9 @@ def _rules_line(profile: Profile, from_server: bool) -> str:
 @click.pass_obj
 def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
-             output: Path | None, templates: Path | None, detailed_exitcode: bool,
-             allow_disk_format: tuple[str, ...], allow_container_format: tuple[str, ...],
-             **auth: Any) -> None:
+             output: Path | None, templates: Path | None, show_unchanged: bool,
+             detailed_exitcode: bool, allow_disk_format: tuple[str, ...],
+             allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
     Works offline and without credentials unless --refresh is given, and never writes a
@@ -349,11 +407,14 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                            api=session.client if session else None,
                            project_id=session.project_id if session else None, clock=rt.clock,
                            allow=Allowances(allow_disk_format, allow_container_format))
+    report = result.report
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock)
+        report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
+    _write_report(render(report, fmt, color=_color(output), templates=templates,
+                         show_unchanged=show_unchanged), output)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
         raise click.exceptions.Exit(2)
@@ -445,10 +506,10 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 @click.pass_obj
 def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, profile: str,
           strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
-          templates: Path | None, dry_run: bool, yes: bool, parallelism: int, retries: int,
-          settle_time: float, log_format: str, lock_timeout: float,
-          allow_disk_format: tuple[str, ...], allow_container_format: tuple[str, ...],
-          **auth: Any) -> None:
+          templates: Path | None, show_unchanged: bool, dry_run: bool, yes: bool,
+          parallelism: int, retries: int, settle_time: float, log_format: str,
+          lock_timeout: float, allow_disk_format: tuple[str, ...],
+          allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
@@ -477,7 +538,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     if dry_run:
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock, allow=allow)
-        _write_report(render(report, fmt, color=_color(output), templates=templates), output)
+        _write_report(render(report, fmt, color=_color(output), templates=templates,
+                             show_unchanged=show_unchanged), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
         progress = _Progress(sys.stderr.isatty())
@@ -498,7 +560,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                 result = apply_catalog(request)
         finally:
             progress.close()
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates), output)
+    _write_report(render(result.report, fmt, color=_color(output), templates=templates,
+                         show_unchanged=show_unchanged), output)
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:

@@ -51,13 +51,23 @@ class Problem:
     message: str
     severity: str = "error"  # "error" or "warning"
     column: int | None = None  # where a syntax error is, counting from 1
+    image: str | None = None  # the name of the image the path is in, when it has one
+    snippet: str = ""  # the source line of a syntax error, with a caret under the column
+
+    @property
+    def field(self) -> str:
+        """The path as a person finds it: ``ubuntu-18.04-base.min_disk (images[1])``."""
+        index, _, rest = self.path.partition(".")
+        if self.image and index.startswith("images[") and rest != "name":
+            return f"{self.image}{'.' + rest if rest else ''} ({index})"
+        return self.path
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         if self.line and self.column:
             where += f":{self.column}"
-        field = f" {self.path}:" if self.path else ""
-        return f"{where}:{field} {self.message}"
+        field = f" {self.field}:" if self.path else ""
+        return f"{where}:{field} {self.message}" + (f"\n{self.snippet}" if self.snippet else "")
 
 
 class CatalogError(ReconcileError):

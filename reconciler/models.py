@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from reconciler.errors import Problem
+
 
 def iso(moment: datetime) -> str:
     """Timestamps as Glance writes them, and as reconcile stores and reports them."""
@@ -117,6 +119,7 @@ class Catalog(Frozen):
     images: tuple[ImageSpec, ...]
     warnings: dict[str, tuple[str, ...]] = {}
     files: tuple[str, ...] = ()
+    lint: tuple[Problem, ...] = ()  # the same warnings, located (file, line of the field)
 
     @cached_property
     def digest(self) -> str:
@@ -323,3 +326,6 @@ class RunReport(Frozen):
     duration_s: float | None = None
     run_id: str | None = None
     auth_refreshes: int = 0  # Keystone re-authentications during the run
+    refreshed: bool = False  # the cloud was read too, not only the state file
+    state: str = ""  # the state file compared with
+    plan_id: str | None = None  # the saved plan written (plan --out) or applied

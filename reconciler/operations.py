@@ -18,7 +18,7 @@ from reconciler import __version__, planfile, schemacache
 from reconciler.catalog import lint_problems, load_catalog
 from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, StateError
+from reconciler.errors import ConfigError, Problem, StateError
 from reconciler.models import (
     GONE_STATUSES,
     Catalog,
@@ -94,7 +94,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
         result = plan(catalog, records, target=target, pending=pending, observed=observed)
-        report = plan_report(catalog, result, clock=clock, warnings=notes)
+        report = plan_report(catalog, result, clock=clock, state=str(state_path),
+                             refreshed=api is not None, warnings=notes)
     return PlanResult(catalog, result, report, revision, observed)
 
 
@@ -154,13 +155,14 @@ def save_plan(result: PlanResult, path: Path, *, clock: Clock = SYSTEM_CLOCK) ->
 
 
 def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK,
+                state: str = "", refreshed: bool = False,
                 warnings: tuple[str, ...] = ()) -> RunReport:
     return RunReport.model_construct(
         format_version=1, mode="plan", dry_run=False, generated_at=iso(clock.now()),
         tool_version=__version__, catalog=catalog.directory, target=result.target,
         profile=result.profile, catalog_digest=result.catalog_digest, summary=result.summary(),
         changes=result.changes, outcomes=(), warnings=warnings, duration_s=None, run_id=None,
-        auth_refreshes=0,
+        auth_refreshes=0, refreshed=refreshed, state=state, plan_id=None,
     )
 
 
@@ -169,8 +171,9 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK,
 @dataclass(frozen=True)
 class Validation:
     catalog: Catalog
-    warnings: list[str]  # reading or keeping the server's rules, then lint (FILE:LINE: ...)
+    warnings: list[Problem]  # lint warnings, each at its field's line
     rules: RunProfile
+    notes: tuple[str, ...] = ()  # reading or keeping the server's rules
 
 
 def validate_catalog(catalog_dir: str | Path, *, profile: str, strict: bool = False,
@@ -190,7 +193,7 @@ def validate_catalog(catalog_dir: str | Path, *, profile: str, strict: bool = Fa
     notes = kept_notes(rules, target, state_path) if state_path else rules.notes
     with bulk_build():
         catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
-    return Validation(catalog, [*notes, *lint_problems(catalog)], rules)
+    return Validation(catalog, lint_problems(catalog), rules, notes)
 
 
 @contextlib.contextmanager

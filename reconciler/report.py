@@ -9,6 +9,8 @@ characters by cutting sections step by step and saying what was cut; ``json`` is
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import jinja2
 
 from reconciler.errors import ConfigError
-from reconciler.models import ACTIONS, Change, Outcome, RunReport
+from reconciler.models import ACTIONS, Change, ErrorInfo, Outcome, RunReport
 
 FORMATS = ("text", "markdown", "html", "json")
 MARKDOWN_LIMIT = 65_536
@@ -32,7 +34,8 @@ HEADING = {"create": "To create", "adopt": "To adopt (found in the cloud)",
            "blocked": "Blocked"}
 COLOR = {"create": "green", "adopt": "cyan", "unchanged": "dim", "drift": "yellow",
          "orphan": "cyan", "blocked": "red", "created": "green", "adopted": "cyan",
-         "failed": "red", "skipped": "red"}
+         "failed": "red", "skipped": "red", "added": "green", "removed": "red",
+         "changed": "yellow"}
 #: Sections in the order markdown and html show them: what needs attention first.
 SECTIONS = ("blocked", "drift", "create", "adopt", "orphan", "unchanged")
 
@@ -63,12 +66,14 @@ def _environment(override: Path | None) -> jinja2.Environment:
 
 
 def render(report: RunReport, fmt: str, *, color: bool = False,
-           templates: Path | None = None) -> str:
-    """The report in one of FORMATS."""
+           templates: Path | None = None, show_unchanged: bool = False) -> str:
+    """The report in one of FORMATS. ``text`` lists unchanged images only with
+    ``show_unchanged`` (it always counts them); the other formats always list them."""
     if fmt == "json":
         return json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n"
     try:
-        return _render_template(report, fmt, color=color, templates=templates)
+        return _render_template(report, fmt, color=color, templates=templates,
+                                show_unchanged=show_unchanged)
     except jinja2.TemplateError as exc:
         # A team's --templates override is user input: say which file and line is wrong.
         where = getattr(exc, "filename", None) or _TEMPLATE[fmt]
@@ -78,22 +83,24 @@ def render(report: RunReport, fmt: str, *, color: bool = False,
 
 
 def _render_template(report: RunReport, fmt: str, *, color: bool,
-                     templates: Path | None) -> str:
+                     templates: Path | None, show_unchanged: bool) -> str:
     template = _environment(templates).get_template(_TEMPLATE[fmt])
     if fmt != "markdown":
-        return template.render(_view(report, LIST_LIMIT, color=color and fmt == "text"))
+        return template.render(_view(report, LIST_LIMIT, color=color and fmt == "text",
+                                     show_unchanged=show_unchanged or fmt != "text"))
     total = len(report.changes) + len(report.outcomes)
     caps = [c for c in _MARKDOWN_CAPS if c * 150 < MARKDOWN_LIMIT or c >= total] or [0]
     text = ""
     for cap in caps:
-        text = template.render(_view(report, cap, color=False))
+        text = template.render(_view(report, cap, color=False, show_unchanged=True))
         if len(text) <= MARKDOWN_LIMIT:
             return text
     cut = "\n\n_(report cut to fit 65,536 characters; see the JSON report)_\n"
     return text[: MARKDOWN_LIMIT - len(cut)] + cut
 
 
-def _view(report: RunReport, cap: int, *, color: bool) -> dict[str, Any]:
+def _view(report: RunReport, cap: int, *, color: bool,
+          show_unchanged: bool) -> dict[str, Any]:
     groups: dict[str, list[Change]] = {a: [] for a in ACTIONS}
     for change in report.changes:
         groups[change.action].append(change)
@@ -125,7 +132,108 @@ def _view(report: RunReport, cap: int, *, color: bool) -> dict[str, Any]:
         "plan_line": plan_line(report.summary),
         "apply_line": apply_line(report.summary) if report.outcomes or (
             report.mode == "apply" and not report.dry_run) else "",
+        "applied": report.mode == "apply" and not report.dry_run,
+        "show_unchanged": show_unchanged,
+        "no_changes": not any(report.summary.get(a) for a in ACTIONS if a != "unchanged"),
+        "source": source_line(report),
+        "side": SIDES,
+        "diff_lines": diff_lines,
+        "failure_groups": failure_groups(results["failed"][:cap]),
+        "result_width": min(48, max((len(o.name) for o in report.outcomes), default=0)),
+        "attributes": create_attributes,
+        "fence": _fence,
     }
+
+
+def _fence(lines: list[DiffLine]) -> str:
+    """A code fence longer than any run of backticks in the lines, so none can close it."""
+    longest = max((len(run) for d in lines for text in (d.field, d.before, d.after)
+                   for run in re.findall("`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+#: What a drift's diff compares, by reason: the left side is always what was recorded.
+SIDES = {"catalog_changed": "recorded → catalog", "changed_remotely": "recorded → cloud"}
+
+
+def source_line(report: RunReport) -> str:
+    """What the report was made from: whether the cloud was read, which state, which catalog."""
+    state = f"state {report.state}" if report.state else "the state"
+    if report.refreshed:
+        read = f"refreshed: {state} and the cloud"
+    elif report.dry_run:
+        read = f"offline: {state} only, the cloud was not read"
+    elif report.mode == "plan":
+        read = f"offline: {state} only, the cloud was not read (--refresh reads it)"
+    else:
+        read = f"{state}, the cloud not read (--no-refresh)"
+    plan_id = f" · plan {report.plan_id}" if report.plan_id else ""
+    return f"{read} · catalog digest {report.catalog_digest[:12]}{plan_id}"
+
+
+@dataclass(frozen=True)
+class DiffLine:
+    """One line of a readable diff: ``kind`` is added, removed or changed."""
+
+    kind: str
+    field: str
+    before: str = ""
+    after: str = ""
+
+
+def diff_lines(change: Change) -> list[DiffLine]:
+    """The change's diff as a person reads it: tags (a set) as the tags added and removed,
+    a field that appears or disappears as added or removed, others as changed."""
+    out: list[DiffLine] = []
+    for d in change.diff:
+        if d.field == "tags" and isinstance(d.before, list | tuple | None) and \
+                isinstance(d.after, list | tuple | None):
+            before, after = list(d.before or ()), list(d.after or ())
+            out += [DiffLine("removed", "tags", before=_show_value(t))
+                    for t in before if t not in after]
+            out += [DiffLine("added", "tags", after=_show_value(t))
+                    for t in after if t not in before]
+        elif d.before is None:
+            out.append(DiffLine("added", d.field, after=_show_value(d.after)))
+        elif d.after is None:
+            out.append(DiffLine("removed", d.field, before=_show_value(d.before)))
+        else:
+            out.append(DiffLine("changed", d.field, _show_value(d.before),
+                                _show_value(d.after)))
+    return out
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Failures with one error: a run-wide one (a bad token) is one line, not one per image."""
+
+    error: ErrorInfo | None
+    names: tuple[str, ...]
+    attempts: int
+
+
+def failure_groups(failed: list[Outcome]) -> list[FailureGroup]:
+    groups: dict[tuple[str, int | None, str | None], list[Outcome]] = {}
+    for o in failed:
+        key = (o.error.message, o.error.status, o.error.code) if o.error else ("", None, None)
+        groups.setdefault(key, []).append(o)
+    return [FailureGroup(g[0].error, tuple(o.name for o in g), max(o.attempts for o in g))
+            for g in groups.values()]
+
+
+def create_attributes(change: Change) -> str:
+    """A create's main attributes on one line, for the pull-request comment."""
+    spec = change.spec
+    if spec is None:
+        return ""
+    parts = [f"{k} {v}" for k, v in (("os", spec.os_version), ("disk_format", spec.disk_format),
+                                     ("min_disk", spec.min_disk), ("min_ram", spec.min_ram),
+                                     ("visibility", spec.visibility)) if v is not None]
+    if spec.tags:
+        parts.append("tags " + ", ".join(spec.tags))
+    if spec.properties:
+        parts.append("properties " + ", ".join(f"{k}={v}" for k, v in spec.properties.items()))
+    return "; ".join(parts)
 
 
 def plan_line(s: dict[str, int]) -> str:
@@ -136,7 +244,7 @@ def plan_line(s: dict[str, int]) -> str:
 
 def apply_line(s: dict[str, int]) -> str:
     return (f"Apply: {s.get('created', 0)} created, {s.get('adopted', 0)} adopted, "
-            f"{s.get('failed', 0)} failed.")
+            f"{s.get('failed', 0)} failed, {s.get('skipped', 0)} skipped.")
 
 
 def _show_value(value: Any) -> str:
@@ -189,6 +297,9 @@ def to_json(report: RunReport) -> dict[str, Any]:
         "run_id": report.run_id,
         "duration_s": report.duration_s,
         "auth_refreshes": report.auth_refreshes,
+        "refreshed": report.refreshed,
+        "state": report.state,
+        "plan_id": report.plan_id,
         "summary": report.summary,
         "changes": [change_json(c) for c in report.changes],
         "warnings": list(report.warnings),

@@ -182,6 +182,9 @@ class SqliteStore(SqlStore):
         """Open for reading, never writing; None when the file does not exist yet."""
         p = Path(path)
         if not p.exists():
+            if not p.parent.is_dir():  # a typo in --state, not "nothing recorded yet"
+                raise StateError(f"state file {p}: directory {p.parent} does not exist; "
+                                 "check --state (or RECONCILE_STATE)")
             return None
         if p.is_dir():
             raise StateError(f"state file {p} is a directory; pass a file path with --state")

@@ -8,12 +8,14 @@ must point at, the field path, and a piece of the message that tells the user wh
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import Result
 
 from reconciler.catalog import load_catalog
@@ -175,7 +177,22 @@ BAD_FILE: dict[str, Bad] = {
 
 def expected_location(root: Path, case: Bad) -> str:
     head = f"{root.as_posix()}/{case.where}:"
-    return f"{head} {case.path}:" if case.path else head
+    return f"{head} {shown(case.path, case.files[case.where.split(':')[0]])}:" \
+        if case.path else head
+
+
+def shown(path: str, content: str | bytes) -> str:
+    """A field path as messages show it: with the image's name, when it has a text name."""
+    index, _, rest = path.partition(".")
+    match = re.fullmatch(r"images\[(\d+)\]", index)
+    if not match or rest == "name":
+        return path
+    try:
+        doc = yaml.safe_load(content)
+        name = doc["images"][int(match.group(1))].get("name")
+    except (yaml.YAMLError, KeyError, IndexError, TypeError, AttributeError):
+        return path
+    return f"{name}.{rest} ({index})" if isinstance(name, str) and name else path
 
 
 def assert_clean_failure(result: Result) -> None:
@@ -244,8 +261,8 @@ def test_every_problem_of_every_file_is_reported_at_once(rejected: Rejected) -> 
         "b.yaml": "images:\n  - name: c\n    visibility: public\n",
     })
     assert "(3 problems)" in result.stderr
-    for where in ("a.yaml:3: images[0].min_disk:", "a.yaml:5: images[1].min_ram:",
-                  "b.yaml:3: images[0].visibility:"):
+    for where in ("a.yaml:3: a.min_disk (images[0]):", "a.yaml:5: b.min_ram (images[1]):",
+                  "b.yaml:3: c.visibility (images[0]):"):
         assert f"{root.as_posix()}/{where}" in result.stderr
 
 
@@ -314,34 +331,35 @@ def test_unreadable_catalog_file_is_an_error_naming_the_file(
 
 # --- lint warnings and --strict -----------------------------------------------------------
 
+# (files, the field as messages show it, the field's line: warnings point at it)
 LINT = {
     "name_with_bang": (image(f"os_version: {OK_OS}", "min_disk: 4", name="hello!"),
-                       "images[0].name"),
+                       "images[0].name", 2),
     "more_than_20_tags": (
         image(f"os_version: {OK_OS}", "min_disk: 4",
               "tags: [" + ", ".join(f"t{i}" for i in range(21)) + "]"),
-        "images[0].tags"),
+        "a.tags (images[0])", 5),
     "unknown_os_version": (image("os_version: Plan9 4th edition", "min_disk: 4"),
-                           "images[0].os_version"),
+                           "a.os_version (images[0])", 3),
 }
 
 
-@pytest.mark.parametrize(("files", "path"), LINT.values(), ids=LINT.keys())
+@pytest.mark.parametrize(("files", "path", "line"), LINT.values(), ids=LINT.keys())
 def test_lint_finding_is_a_warning_without_strict(
-        files: dict[str, Any], path: str, write_catalog: Callable[..., Path],
+        files: dict[str, Any], path: str, line: int, write_catalog: Callable[..., Path],
         run_cli: Callable[..., Result]) -> None:
     root = write_catalog(files)
     result = run_cli(["validate", "--catalog", root])
     assert result.exit_code == 0, result.output
-    assert result.stderr.startswith(f"warning: {root.as_posix()}/a.yaml:2: ")
+    assert result.stderr.startswith(f"warning: {root.as_posix()}/a.yaml:{line}: {path}: ")
     assert "is valid: 1 image" in result.stdout
 
 
-@pytest.mark.parametrize(("files", "path"), LINT.values(), ids=LINT.keys())
+@pytest.mark.parametrize(("files", "path", "line"), LINT.values(), ids=LINT.keys())
 def test_strict_turns_lint_finding_into_error(
-        files: dict[str, Any], path: str, rejected: Rejected) -> None:
+        files: dict[str, Any], path: str, line: int, rejected: Rejected) -> None:
     root, result = rejected(files, "--strict")
-    assert f"{root.as_posix()}/a.yaml:2: {path}:" in result.stderr
+    assert f"{root.as_posix()}/a.yaml:{line}: {path}:" in result.stderr
     assert "(--strict)" in result.stderr
 
 
@@ -351,14 +369,14 @@ def test_strict_plan_refuses_lint_finding(
     root = write_catalog(LINT["unknown_os_version"][0])
     result = run_cli(["plan", "--catalog", root, "--state", state_file, "--strict"])
     assert_clean_failure(result)
-    assert "images[0].os_version:" in result.stderr
+    assert "a.os_version (images[0]):" in result.stderr
 
 
 # --- edge cases found while writing these tests ---------------------------------------
 
 def test_unhashable_key_is_not_reported_as_a_duplicate(rejected: Rejected) -> None:
     root, result = rejected(one("images:\n  - name: a\n    ? [x]\n    : y\n"))
-    assert f"{root.as_posix()}/a.yaml:3: images[0]" in result.stderr
+    assert f"{root.as_posix()}/a.yaml:3: a (images[0])" in result.stderr
     assert "given twice" not in result.stderr
 
 
@@ -370,12 +388,12 @@ def test_aliased_image_is_located_at_the_alias(rejected: Rejected) -> None:
 @pytest.mark.parametrize("text", ["010", "1:30"], ids=["octal", "sexagesimal"])
 def test_yaml_11_integer_surprises_are_errors(text: str, rejected: Rejected) -> None:
     root, result = rejected(image(f"min_disk: {text}"))
-    assert f"{root.as_posix()}/a.yaml:3: images[0].min_disk:" in result.stderr
+    assert f"{root.as_posix()}/a.yaml:3: a.min_disk (images[0]):" in result.stderr
 
 
 @pytest.mark.parametrize(("lines", "path", "source"), [
-    (("tags: [0755]",), "images[0].tags[0]", "0755"),
-    (("properties:", "  mode: 0755"), "images[0].properties.mode", "0755"),
+    (("tags: [0755]",), "a.tags[0] (images[0])", "0755"),
+    (("properties:", "  mode: 0755"), "a.properties.mode (images[0])", "0755"),
 ], ids=["tag", "property"])
 def test_quote_hint_repeats_what_the_user_wrote(
         lines: tuple[str, ...], path: str, source: str, rejected: Rejected) -> None:
@@ -385,8 +403,8 @@ def test_quote_hint_repeats_what_the_user_wrote(
 
 
 @pytest.mark.parametrize(("lines", "path"), [
-    (("tags: [" + ", ".join(f"t{i}" for i in range(129)) + "]",), "images[0].tags"),
-    (("properties:", *(f"  k{i}: v" for i in range(129))), "images[0].properties"),
+    (("tags: [" + ", ".join(f"t{i}" for i in range(129)) + "]",), "a.tags (images[0])"),
+    (("properties:", *(f"  k{i}: v" for i in range(129))), "a.properties (images[0])"),
 ], ids=["129_tags", "129_properties"])
 def test_more_than_128_tags_or_properties_is_an_error(
         lines: tuple[str, ...], path: str, rejected: Rejected) -> None:

@@ -74,7 +74,7 @@ def test_duplicate_key_is_refused_at_the_second_one(
     root = write_catalog({"a.json": text})
     result = run_cli(["validate", "--catalog", root])
     assert result.exit_code == 1
-    assert (f"{root.as_posix()}/a.json:4: images[0].min_disk: is given twice in the same "
+    assert (f"{root.as_posix()}/a.json:4: a.min_disk (images[0]): is given twice in the same "
             "mapping") in result.stderr
 
 

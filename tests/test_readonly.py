@@ -92,8 +92,9 @@ def test_validate_catalog_returns_the_catalog_and_its_warnings(
                                                 {"name": "bare"}]}})
     result = validate_catalog(root, profile="ims")
     assert sorted(s.name for s in result.catalog.images) == ["bare", "ok"]
-    assert result.warnings and all(w.startswith(f"{root / 'a.yaml'}:") for w in result.warnings)
-    assert all(": bare: " in w for w in result.warnings)
+    assert result.warnings and all(w.file == f"{root / 'a.yaml'}" for w in result.warnings)
+    assert all(w.image == "bare" and str(w).startswith(f"{w.file}:{w.line}: bare.")
+               for w in result.warnings)
 
 
 def test_validate_catalog_strict_turns_warnings_into_errors(

@@ -133,7 +133,8 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
         warnings=(*notes, *((f"run aborted: {run.reason}",) if run.reason else ())),
         duration_s=req.clock.monotonic() - t0, run_id=run.run_id,
-        auth_refreshes=req.refreshes(),
+        auth_refreshes=req.refreshes(), refreshed=req.refresh or req.saved is not None,
+        state=str(req.state_path), plan_id=req.saved.plan_id if req.saved else None,
     )
     return ApplyResult(report, counts["failed"] + counts["skipped"], summary.get("blocked", 0),
                        run.reason)
