@@ -82,7 +82,6 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     if req.saved is not None:
         # The cloud is read once: what the check saw is what the plan below works from.
         chosen, observed = _check_saved(req, store, catalog, target, observed)
-    notes = kept_notes(rules, target, req.state_path, store)  # a refused plan writes nothing
     run = RunState(new_run_id(req.clock), req.clock)
     store.start_run(run.run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest, tool_version=__version__,
@@ -121,6 +120,9 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         _finish(store, run.run_id, summary, outcomes, RunOutcome.FAILED, str(exc))
         raise
     counts = _counts(outcomes)
+    # Kept once the work is done: pending creates are resolved first, and a refused saved
+    # plan or preview (which raise above) writes nothing.
+    notes = kept_notes(rules, target, req.state_path, store)
     outcome = verdict(done=counts["created"] + counts["adopted"], failed=counts["failed"],
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
     _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
