@@ -25,7 +25,7 @@ import hmac
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -33,16 +33,22 @@ from urllib.parse import quote, unquote
 import httpx
 import yaml
 
+from reconciler import redaction
+from reconciler.answers import KeystoneAnswer, ValidationError, problems
 from reconciler.client import (
     ImageClient,
     RetryPolicy,
     StaticToken,
     TokenProvider,
     error_from_response,
+    header_value_problem,
     http_client,
+    http_date,
+    refuse_userinfo,
+    send_capped,
 )
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ApiError, AuthError, ConfigError, TransportError
+from reconciler.errors import AuthError, ConfigError, MalformedResponse, TransportError
 from reconciler.models import parse_iso
 
 REFRESH_MARGIN_S = 120.0
@@ -77,6 +83,10 @@ class KeystonePassword:
     _authenticated: bool = False
 
     def __post_init__(self) -> None:
+        refuse_userinfo(self.auth_url, "the Keystone URL",
+                        "the user and password go in OS_USERNAME and OS_PASSWORD (or auth: in "
+                        "clouds.yaml)")
+        redaction.register(self.password)
         if not (self.username or self.user_id):
             raise ConfigError("Keystone auth needs OS_USERNAME or OS_USER_ID")
         if self.username and not (self.user_domain_name or self.user_domain_id):
@@ -121,8 +131,8 @@ class KeystonePassword:
         url = self.auth_url.rstrip("/")
         url = f"{url}/auth/tokens" if url.endswith("/v3") else f"{url}/v3/auth/tokens"
         try:
-            response = self.http.post(url, json=self._body(),
-                                      headers={"Accept": "application/json"})
+            response = send_capped(self.http, self.http.build_request(
+                "POST", url, json=self._body(), headers={"Accept": "application/json"}))
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise ConfigError(f"the Keystone URL {self.auth_url!r} is not valid ({exc}); "
                               "check OS_AUTH_URL or auth_url in clouds.yaml") from None
@@ -137,25 +147,36 @@ class KeystonePassword:
                                 f"{who!r}: {error.message}", status=401,
                                 request_id=error.request_id) from None
             raise error
+        received = self.clock()
         token = response.headers.get("X-Subject-Token")
         try:
-            body = response.json()["token"]
-            expires = parse_iso(body["expires_at"])
-            issued = parse_iso(body["issued_at"]) if body.get("issued_at") else self.clock()
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(f"Keystone at {self.auth_url} answered without a usable token "
-                           "body") from None
+            body = KeystoneAnswer.model_validate_json(response.content).token
+        except ValidationError as exc:
+            found = problems(exc)
+            raise MalformedResponse(f"Keystone at {self.auth_url} answered without a usable "
+                                    f"token body ({'; '.join(found[:3])})", problems=found,
+                                    status=response.status_code) from None
         if not token:
-            raise ApiError(f"Keystone at {self.auth_url} answered without X-Subject-Token")
+            raise MalformedResponse(f"Keystone at {self.auth_url} answered without "
+                                    "X-Subject-Token", status=response.status_code)
+        problem = header_value_problem(token)
+        if problem:
+            raise MalformedResponse(f"Keystone at {self.auth_url} answered with an unusable "
+                                    f"X-Subject-Token: it {problem}", status=response.status_code)
         if self._authenticated:
             self.refreshes += 1
         self._authenticated = True
-        self._token, self._expires = token, expires
-        self._lifetime_s = max(0.0, (expires - issued).total_seconds())
-        self._catalog = list(body.get("catalog") or [])
-        project = body.get("project")
-        self._project_id = str(project["id"]) if isinstance(project, dict) and project.get(
-            "id") else self.project_id
+        # The expiry is kept on the local clock: the token's lifetime by the server's own
+        # clock, counted from its receipt here. Comparing the server's expires_at with the
+        # local time would make a server 2 h behind look expired forever (a login per call).
+        lifetime = body.lifetime_s(http_date(response.headers.get("date", "")))
+        self._lifetime_s = lifetime if lifetime is not None else max(
+            0.0, (parse_iso(body.expires_at) - received).total_seconds())
+        redaction.register(token)
+        self._token = token
+        self._expires = received + timedelta(seconds=self._lifetime_s)
+        self._catalog = list(body.catalog or [])
+        self._project_id = body.project.id if body.project else self.project_id
 
     def _body(self) -> dict[str, Any]:
         user: dict[str, Any] = {"password": self.password}
@@ -216,6 +237,9 @@ class AkSkAuth(httpx.Auth):
     project_id: str
     security_token: str | None = field(default=None, repr=False)
     clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
+
+    def __post_init__(self) -> None:
+        redaction.register(self.sk, self.security_token)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         self.sign(request)
@@ -358,13 +382,15 @@ def resolve(env: Mapping[str, str], *, endpoint: str | None, token_file: Path | 
     """Pick the credential source (first match of the module docstring's list)."""
     verify: bool | str = False if insecure else (cacert or env.get("OS_CACERT") or True)
     if token_file is not None:
-        return Credentials(StaticToken(_read_token(token_file)), _need(endpoint),
+        return Credentials(StaticToken(_read_token(token_file), f"--token-file {token_file}"),
+                           _need(endpoint),
                            "--token-file", verify=verify)
     cloud_name = os_cloud or env.get("OS_CLOUD") or None
     if cloud_name is not None:
         return _from_cloud(cloud_name, env, endpoint, interface, verify, http_factory)
     if env.get("OS_AUTH_TOKEN", "").strip():
-        return Credentials(StaticToken(env["OS_AUTH_TOKEN"].strip()), _need(endpoint),
+        return Credentials(StaticToken(env["OS_AUTH_TOKEN"].strip(), "OS_AUTH_TOKEN"),
+                           _need(endpoint),
                            "OS_AUTH_TOKEN", verify=verify)
     if env.get("OS_AUTH_URL"):
         auth = {k[3:].lower(): v for k, v in env.items() if k.startswith("OS_") and v}
@@ -417,7 +443,8 @@ def _from_cloud(name: str, env: Mapping[str, str], endpoint: str | None,
             "token" in auth and "password" not in auth):
         if "token" not in auth:
             raise ConfigError(f"{source} has auth_type token but no auth.token")
-        return Credentials(StaticToken(auth["token"]), _need(endpoint or cloud.get(
+        return Credentials(StaticToken(auth["token"], f"{source}: auth.token"),
+                           _need(endpoint or cloud.get(
             "image_endpoint_override")), source, verify=verify)
     return _keystone(auth, cloud.get("region_name"), endpoint or cloud.get(
         "image_endpoint_override"), interface or cloud.get("interface") or "public", verify,

@@ -1,8 +1,9 @@
 """The ``reconcile`` command line: parse options, call one library function, render, exit.
 
-This is the only module that imports click, prints, prompts or exits. Every ``ReconcileError``
-is translated here into one message on stderr and exit code 1; usage errors also exit 1,
-because exit code 2 means "plan succeeded and has changes" (``--detailed-exitcode``).
+With ``options`` (the shared click options) the only code that imports click, and the only
+module that prints, prompts or exits. Every ``ReconcileError`` is translated here into one
+message on stderr and exit code 1; usage errors also exit 1, because exit code 2 means "plan
+succeeded and has changes" (``--detailed-exitcode``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile, settings
+from reconciler import __version__, logs, planfile, redaction, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
@@ -45,10 +46,20 @@ from reconciler.operations import (
     show_records,
     validate_catalog,
 )
+from reconciler.options import (
+    allow_options,
+    auth_options,
+    catalog_option,
+    endpoint_option,
+    lock_timeout_option,
+    profile_option,
+    report_options,
+    state_option,
+    strict_option,
+)
 from reconciler.profiles import PROFILES, Profile
-from reconciler.report import FORMATS, plan_line, render
+from reconciler.report import plan_line, render
 from reconciler.schemacache import Allowances
-from reconciler.state import DEFAULT_PATH, parse_duration
 
 
 @dataclass
@@ -69,82 +80,6 @@ def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]
             params = {p.name for p in cmd.params}
             out[name] = {k: v for k, v in settings.items() if k in params}
     return out
-
-
-# --- shared options ------------------------------------------------------------------------
-
-def catalog_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--catalog", type=click.Path(path_type=Path), default="catalog",
-                        envvar="RECONCILE_CATALOG", show_default=True, show_envvar=True,
-                        help="Directory of catalog files (*.yaml, *.yml, *.json).")(f)
-
-
-def state_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--state", default=DEFAULT_PATH, envvar="RECONCILE_STATE",
-                        show_default=True, show_envvar=True, metavar="FILE|URL",
-                        help="State store: an SQLite file, or a PostgreSQL URL "
-                             "(postgresql://user@host:5432/db?sslmode=require) shared by a "
-                             "team.")(f)
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
-    """A duration such as 90, 30s, 5m, 1h30m (seconds when no unit is given)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return parse_duration(str(value))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
-def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--lock-timeout", metavar="DURATION", callback=_duration, default="0",
-                        show_default=True, envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
-                        help="How long to wait for another run's lock (e.g. 30s, 10m) "
-                             "before giving up; 0 fails at once, naming the holder.")(f)
-
-
-def profile_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--profile", type=click.Choice(list(PROFILES)), default="ims",
-                        envvar="RECONCILE_PROFILE", show_default=True, show_envvar=True,
-                        help="API rules to validate against: ims (Huawei Cloud IMS) or glance "
-                             "(upstream OpenStack Glance).")(f)
-
-
-def strict_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--strict", is_flag=True, default=False,
-                        help="Treat IMS documentation warnings (128-char names, 20 tags, "
-                             "unknown os_version) as errors.")(f)
-
-
-def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--endpoint", envvar="RECONCILE_ENDPOINT", show_envvar=True,
-                        help="Image API root, e.g. https://ims.cn-north-4.myhuaweicloud.com. "
-                             "Selects whose records to compare with.")(f)
-
-
-def allow_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--allow-container-format", multiple=True, metavar="FORMAT",
-                     help="Also allow this container_format (repeatable); see "
-                          "--allow-disk-format.")(f)
-    return click.option("--allow-disk-format", multiple=True, metavar="FORMAT",
-                        help="Also allow this disk_format (repeatable), for a deployment whose "
-                             "schema cannot be read. Once the server's schema is known, it "
-                             "alone decides.")(f)
-
-
-def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--templates", type=click.Path(path_type=Path, file_okay=False,
-                                                    exists=True),
-                     help="Directory of report templates overriding the built-in ones "
-                          "(report.txt.j2, report.md.j2, report.html.j2).")(f)
-    f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Write the report to this file instead of stdout.")(f)
-    f = click.option("--show-unchanged", is_flag=True,
-                     help="List unchanged images in the text report too (they are always "
-                          "counted; the other formats always list them).")(f)
-    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
-                        show_default=True, help="Report format.")(f)
 
 
 # --- the group -----------------------------------------------------------------------------
@@ -179,6 +114,7 @@ def _fail(message: str) -> NoReturn:
 
 def _notice(message: str, *, level: int = logging.INFO) -> None:
     """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
+    message = redaction.redact(message)
     if logs.json_lines():
         logs.LOGGER.log(level, message.removeprefix("error: "),
                         extra={"event": "notice" if level < logging.ERROR else "error"})
@@ -227,37 +163,6 @@ def _write_report(text: str, output: Path | None) -> None:
 
 def _color(output: Path | None) -> bool:
     return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
-
-
-def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Where credentials come from; the order of precedence is in ``reconciler.auth``."""
-    options = [
-        click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Read a static API token from this file."),
-        click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD)."),
-        click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
-                     help="Service catalog interface for the image endpoint (default: "
-                          "$OS_INTERFACE or public)."),
-        click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
-                     help="CA bundle for TLS verification (default: $OS_CACERT)."),
-        click.option("--insecure", is_flag=True,
-                     help="Do not verify TLS certificates (prints a warning every run)."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
-                     show_default=True, help="Seconds to wait for a connection."),
-        click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
-                     show_default=True, help="Seconds to wait for an answer."),
-    ]
-    for option in reversed(options):  # click lists the last applied first
-        f = option(f)
-    return f
-
-
-def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
-         retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
-    """An Image API session from the auth options; closed afterwards."""
-    return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
-                        ConnectOptions(**auth), retries=retries, clock=rt.clock,
-                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command()
@@ -324,6 +229,13 @@ def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                f"{w} warning{'s' if w != 1 else ''}")
 
 
+def _rules_line(profile: Profile, from_server: bool) -> str:
+    """Which rules a valid catalog was checked with, when they are not just the built-ins."""
+    if profile.name == "ims":
+        return f"; OS versions from {profile.os_source}" if from_server else ""
+    return f"; {profile.source}" if from_server or "allow_*" in profile.source else ""
+
+
 def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
                    warnings: list[Problem], images: int = 0, files: int = 0) -> None:
     """validate's problems as JSON (one document) or as GitHub Actions annotations."""
@@ -356,13 +268,12 @@ def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-
-
-def _rules_line(profile: Profile, from_server: bool) -> str:
-    """Which rules a valid catalog was checked with, when they are not just the built-ins."""
-    if profile.name == "ims":
-        return f"; OS versions from {profile.os_source}" if from_server else ""
-    return f"; {profile.source}" if from_server or "allow_*" in profile.source else ""
+def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
+         retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
+    """An Image API session from the auth options; closed afterwards."""
+    return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
+                        ConnectOptions(**auth), retries=retries, clock=rt.clock,
+                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command("plan")
@@ -390,9 +301,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
              allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
-    Works offline and without credentials unless --refresh is given, and never writes a
-    record. --refresh also reads what the server accepts (Glance's image schema, IMS's OS
-    list) and keeps it in the state file, for the offline plans after it.
+    Works offline and without credentials unless --refresh is given; never creates or
+    changes the state file.
 
     \b
     Examples:
@@ -533,8 +443,6 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
              is click.core.ParameterSource.COMMANDLINE}
     check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
                      interactive=sys.stdin.isatty(), plan_file=plan_file)
-    if saved is not None:
-        endpoint = endpoint or saved.target
     if dry_run:
         report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                 endpoint=endpoint, clock=rt.clock, allow=allow)
@@ -542,6 +450,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                              show_unchanged=show_unchanged), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
+        if saved is not None:
+            planfile.check_target(saved, session.endpoint)
         progress = _Progress(sys.stderr.isatty())
         request = ApplyRequest(
             catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import ssl
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,11 +28,14 @@ from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
+from . import redaction
+from .answers import ImageAnswer, ImagePage, problems
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import (
     ApiError,
@@ -45,9 +49,11 @@ from .errors import (
     ThrottledError,
     TransportError,
 )
+from .models import MARKER_PROPERTY
 from .serverinfo import OS_VERSIONS_PATH, SCHEMA_PATH, Kind, validate_body
 
 log = logging.getLogger("reconciler.client")
+_Model = TypeVar("_Model", bound=BaseModel)
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -55,6 +61,7 @@ __all__ = [
     "StaticToken",
     "TokenProvider",
     "error_from_response",
+    "send_capped",
 ]
 
 
@@ -76,7 +83,13 @@ _MAX_CODE = 64
 # Only the head of a non-JSON body is parsed: the message is in the first lines, and a
 # megabyte of HTML must cost neither time nor log space.
 _SCAN_LIMIT = 64 * 1024
-_REDACTED = "***"
+#: The largest answer body read (8 MiB, a listing page of 1,000 images with long descriptions
+#: is under 2 MiB). A success answer over it is refused while it is read, never loaded whole;
+#: of an error answer only the head is kept.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+#: The most pages one listing may take: 10 million images at 1,000 a page. A server that keeps
+#: sending fresh pages beyond it is looping, and the listing fails instead of running forever.
+MAX_PAGES = 10_000
 _GONE_STATUSES = frozenset({"deleted", "pending_delete", "killed"})
 
 
@@ -92,12 +105,32 @@ class TokenProvider(Protocol):
         ...
 
 
+def header_value_problem(token: str) -> str | None:
+    """Why ``token`` cannot be sent as an HTTP header value, or None if it can.
+
+    Tokens are visible ASCII (RFC 9110 field values; Keystone and IAM tokens are base64url),
+    so anything else is a paste error that no retry can fix: it is refused before any request.
+    """
+    for position, char in enumerate(token, 1):
+        if char in "\r\n":
+            return f"contains a line break (at character {position}): a token is one line"
+        if not "!" <= char <= "~":
+            what = "a non-ASCII" if ord(char) > 127 else "a space or control"
+            return f"contains {what} character (at character {position})"
+    return None
+
+
 class StaticToken:
     """A fixed token (e.g. ``OS_TOKEN``): nothing to refresh, so a 401 is final."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, source: str = "the API token") -> None:
         if not token:
-            raise ConfigError("the API token is empty")
+            raise ConfigError(f"{source} is empty")
+        problem = header_value_problem(token)
+        if problem:
+            raise ConfigError(f"{source} {problem}; nothing was sent. Check how it was "
+                              "copied (a token is printable ASCII without spaces)")
+        redaction.register(token)
         self._token = token
 
     def token(self) -> str:
@@ -273,14 +306,7 @@ def _without_status_line(message: str, status: int, reason: str) -> str:
 
 
 def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        # A 1-3 character "token" is no secret, and masking it would garble every message.
-        if len(secret) >= _MIN_SECRET:
-            text = text.replace(secret, _REDACTED)
-    return text
-
-
-_MIN_SECRET = 4
+    return redaction.redact(text, secrets)
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -292,16 +318,18 @@ def _retry_after(response: httpx.Response, clock: Clock) -> float | None:
     value = response.headers.get("retry-after", "").strip()
     if re.fullmatch(r"\d+(\.\d+)?", value):
         return float(value)
-    when = _http_date(value)
+    when = http_date(value)
     if when is None:
         return None
     # Measured against the server's own Date header when there is one, so a skewed local
     # clock does not turn "in 30 s" into "now" or "in an hour".
-    now = _http_date(response.headers.get("date", "")) or clock.now()
+    now = http_date(response.headers.get("date", "")) or clock.now()
     return max(0.0, (when - now).total_seconds())
 
 
-def _http_date(value: str) -> datetime | None:
+def http_date(value: str) -> datetime | None:
+    """An HTTP-date header value (``Date``, ``Retry-After``) as an aware time; None if it is
+    missing or unreadable."""
     if not value:
         return None
     try:
@@ -322,6 +350,75 @@ def _request_line(response: httpx.Response) -> tuple[str | None, str | None]:
 def _safe_url(url: httpx.URL) -> str:
     # Errors are logged and shown: no query string, no user info.
     return str(url.copy_with(query=None, fragment=None, userinfo=b""))
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` with anything before an ``@`` in its authority cut off, for messages: a URL
+    given as ``https://user:password@host`` must not print the password when refused."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = "…@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{path}"
+
+
+def refuse_userinfo(url: str, what: str, fix: str) -> None:
+    """Refuse ``user:password@`` in a URL: it would be printed, stored as the target and sent
+    as Basic auth. Credentials come from tokens, passwords and keys, never URLs."""
+    shown = without_userinfo(url)
+    if shown != url:
+        raise ConfigError(f"{what} {shown} carries a user name or password before '@'; "
+                          f"remove it: {fix}")
+
+
+def send_capped(http: httpx.Client, request: httpx.Request, *,
+                auth: httpx.Auth | None = None) -> httpx.Response:
+    """Send ``request`` and read at most ``MAX_BODY_BYTES`` of the answer, streaming.
+
+    A success answer that is larger is a ``MalformedResponse``; reading stops at the cap,
+    whatever the server keeps sending. An error answer keeps its first ``MAX_BODY_BYTES``
+    (its message is in the head). Transport failures propagate as httpx raises them.
+    """
+    response = http.send(request, auth=auth, stream=True)
+    chunks: list[bytes] = []
+    try:
+        size = 0
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    if response.is_success:
+                        raise _too_big(response, request)
+                    chunks.append(chunk[: len(chunk) - (size - MAX_BODY_BYTES)])
+                    break
+                chunks.append(chunk)
+        except httpx.DecodingError:
+            if response.is_success:
+                raise _malformed(request, response.status_code, "cannot be decoded "
+                                 f"(Content-Encoding {response.headers.get('content-encoding')})"
+                                 ) from None
+            chunks = []
+    finally:
+        response.close()
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+                          request=request, extensions=response.extensions)
+
+
+def _too_big(response: httpx.Response, request: httpx.Request) -> MalformedResponse:
+    return _malformed(request, response.status_code,
+                      f"is over {MAX_BODY_BYTES // (1024 * 1024)} MiB; reading stopped there")
+
+
+def _malformed(request: httpx.Request, status: int, problem: str, *,
+               found: Sequence[str] = (), request_id: str | None = None) -> MalformedResponse:
+    return MalformedResponse(f"unexpected response: the body {problem}", problems=found,
+                             status=status, request_id=request_id, method=request.method,
+                             url=_safe_url(request.url))
 
 
 # --------------------------------------------------------------------------- transport errors
@@ -363,6 +460,8 @@ def _transport_error(
 
 def normalize_endpoint(endpoint: str) -> str:
     """The API root of an endpoint (no trailing / or /v2); also the state's target key."""
+    refuse_userinfo(endpoint, "the image endpoint",
+                    "give the token or password as `reconcile apply --help` shows")
     root = endpoint.strip().rstrip("/")
     if root.endswith("/v2"):
         root = root[: -len("/v2")].rstrip("/")
@@ -431,10 +530,16 @@ class ImageClient:
         user_agent: str = DEFAULT_USER_AGENT,
         auth: httpx.Auth | None = None,
         read_retry: RetryPolicy | None = None,
+        max_pages: int = MAX_PAGES,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.endpoint = normalize_endpoint(endpoint)
         self._clock = clock
+        self._max_pages = max_pages
+        # Which request name each id answered to a create belongs to: a server that answers
+        # two creates with one id is lying about one of them.
+        self._created: dict[str, str] = {}
+        self._created_lock = threading.Lock()
         self._tokens = token_provider
         self._auth = auth  # request signing (AK/SK), applied to every request
         self._read_retry = read_retry
@@ -466,11 +571,26 @@ class ImageClient:
     # ---------------------------------------------------------------- API calls
 
     def create_image(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /v2/images``; returns the created image (expected status 201)."""
+        """``POST /v2/images``; returns the created image (expected status 201).
+
+        An answer that does not describe the image asked for (no valid image, another name or
+        marker, or an id already answered to another create) is a ``MalformedResponse``: the
+        image may have been created all the same.
+        """
         response = self._send("POST", "/v2/images", json_body=body)
-        image = self._json_object(response, "the image may have been created")
-        if not isinstance(image.get("id"), str) or not image["id"]:
-            raise self._bad_body(response, "has no image id; the image may have been created")
+        consequence = "the image may have been created"
+        image = self._json_object(response, consequence)
+        checked = self._validated(response, ImageAnswer, image, consequence)
+        for key, value in (("name", checked.name), (MARKER_PROPERTY, checked.marker)):
+            if value is not None and key in body and value != body[key]:
+                raise self._bad_body(response, f"describes another image ({key} differs "
+                                     f"from the request); {consequence}")
+        name = str(body.get("name"))
+        with self._created_lock:
+            earlier = self._created.setdefault(checked.id, name)
+        if earlier != name:
+            raise self._bad_body(response, f"gives the id {checked.id} that it gave "
+                                 f"{earlier!r} before; {consequence}")
         return image
 
     def get_image(self, image_id: str) -> dict[str, Any] | None:
@@ -479,7 +599,10 @@ class ImageClient:
             response = self._send("GET", self._image_path(image_id))
         except NotFoundError:
             return None
-        return self._json_object(response)
+        image = self._json_object(response)
+        if self._validated(response, ImageAnswer, image).id != image_id:
+            raise self._bad_body(response, f"describes another image than {image_id}")
+        return image
 
     def server_info(self, kind: Kind) -> Any:
         """What the server says it accepts, as JSON: its image schema (``GET
@@ -529,26 +652,26 @@ class ImageClient:
         self, params: tuple[tuple[str, str], ...], page_size: int
     ) -> Iterator[dict[str, Any]]:
         marker: str | None = None
-        while True:
+        listed: set[str] = set()  # a server whose paging loops repeats ids: stop at the first
+        for number in range(1, self._max_pages + 1):
             query = (*params, ("marker", marker)) if marker else params
             response = self._send("GET", "/v2/images", params=query)
-            page = self._json_object(response)
-            images = page.get("images")
-            if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
-                raise self._bad_body(response, "has no list of images")
+            body = self._json_object(response)
+            page = self._validated(response, ImagePage, body)
+            for entry in page.images:
+                if entry.id in listed:
+                    raise self._bad_body(response, f"of page {number} lists image {entry.id} "
+                                         "again: the server's paging loops")
+                listed.add(entry.id)
+            images: list[dict[str, Any]] = body["images"]
             yield from images
-            if not images:
-                return
-            last_id = images[-1].get("id")
-            if not isinstance(last_id, str) or last_id == marker:
-                raise self._bad_body(
-                    response, "cannot be paged: its last image id is missing or repeats the marker"
-                )
             # A short page ends the listing, unless the server says there is more: a server
             # that caps limit below page_size returns short pages that still have a "next".
-            if len(images) < page_size and "next" not in page:
+            if not images or (len(images) < page_size and "next" not in body):
                 return
-            marker = last_id
+            marker = page.images[-1].id
+        raise self._bad_body(response, f"still links a next page after {self._max_pages:,} "
+                             "pages: the listing does not end (the server keeps sending pages)")
 
     def find_images(self, name: str, **props: str) -> list[dict[str, Any]]:
         """Live images whose name and properties equal the given ones exactly.
@@ -642,18 +765,39 @@ class ImageClient:
         if tokens[-1]:  # no token when requests are signed instead (AK/SK)
             headers["X-Auth-Token"] = tokens[-1]
         content: bytes | None = None
-        if json_body is not None:
-            headers["Content-Type"] = "application/json"
-            content = json.dumps(json_body, ensure_ascii=False).encode()
-        request = self._http.build_request(
-            method, self.endpoint + path, params=params, headers=headers, content=content
-        )
         try:
-            return self._http.send(request, auth=self._auth)
+            if json_body is not None:
+                headers["Content-Type"] = "application/json"
+                content = json.dumps(json_body, ensure_ascii=False).encode()
+            request = self._http.build_request(
+                method, self.endpoint + path, params=params, headers=headers, content=content
+            )
+        except (UnicodeError, ValueError) as exc:
+            # Nothing left the machine (a lone surrogate in a body, a header that is not
+            # ASCII): "not sent" lets the caller release what it journaled for this request.
+            raise TransportError(f"the request was not sent: it cannot be encoded "
+                                 f"({type(exc).__name__})", sent=False, method=method,
+                                 url=_safe_url(httpx.URL(self.endpoint + path))) from None
+        try:
+            return send_capped(self._http, request, auth=self._auth)
         except httpx.TransportError as exc:
             # "from None": a chained httpx error would print its own text in tracebacks, and
             # h11 quotes offending header values, which may be the token.
             raise _transport_error(exc, request, tokens) from None
+
+    @staticmethod
+    def _validated(response: httpx.Response, model: type[_Model], body: dict[str, Any],
+                   consequence: str = "") -> _Model:
+        """``body`` checked against the API's schema (``reconciler.answers``)."""
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            found = problems(exc)
+            more = f"; +{len(found) - 3} more" if len(found) > 3 else ""
+            problem = f"breaks the API's schema ({'; '.join(found[:3])}{more})"
+            raise ImageClient._bad_body(
+                response, f"{problem}; {consequence}" if consequence else problem, found
+            ) from None
 
     @staticmethod
     def _json_object(response: httpx.Response, consequence: str = "") -> dict[str, Any]:
@@ -670,15 +814,11 @@ class ImageClient:
         )
 
     @staticmethod
-    def _bad_body(response: httpx.Response, problem: str) -> MalformedResponse:
-        method, url = _request_line(response)
+    def _bad_body(response: httpx.Response, problem: str,
+                  found: Sequence[str] = ()) -> MalformedResponse:
         request_id = response.headers.get("x-request-id") or response.headers.get(
             "x-openstack-request-id"
         )
-        return MalformedResponse(
-            f"unexpected response: the body {problem}",
-            status=response.status_code,
-            request_id=request_id,
-            method=method,
-            url=url,
-        )
+        return _malformed(response.request, response.status_code, problem, found=found,
+                          request_id=_truncate(_redact(request_id, ()), _MAX_CODE)
+                          if request_id else None)

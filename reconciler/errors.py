@@ -200,9 +200,4 @@ class MalformedResponse(ApiError):
         url: str | None = None,
     ) -> None:
         self.problems = list(problems)
-        detail = "; ".join(self.problems[:5])
-        more = f" (+{len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
-        super().__init__(
-            f"{message}: {detail}{more}" if detail else message,
-            status=status, request_id=request_id, method=method, url=url,
-        )
+        super().__init__(message, status=status, request_id=request_id, method=method, url=url)

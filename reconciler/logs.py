@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Any
 
+from reconciler import redaction
+
 LOGGER = logging.getLogger("reconciler")
 
 #: ``extra`` keys copied into a JSON line when a record has them.
@@ -39,6 +41,7 @@ def configure(log_format: str) -> None:
     """Send the ``reconciler`` logger to stderr: ``text`` shows warnings and errors as
     ``LEVEL: message``, ``json`` every event from INFO up as a JSON line."""
     handler = logging.StreamHandler(sys.stderr)  # stderr as it is now (CliRunner swaps it)
+    handler.addFilter(_redacted)
     LOGGER.handlers[:] = [handler]
     LOGGER.propagate = False
     if log_format == "json":
@@ -47,6 +50,12 @@ def configure(log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         LOGGER.setLevel(logging.WARNING)
+
+
+def _redacted(record: logging.LogRecord) -> bool:
+    """The last line of defence: no log line leaves with a registered secret in it."""
+    record.msg, record.args = redaction.redact(record.getMessage()), None
+    return True
 
 
 def json_lines() -> bool:

@@ -155,3 +155,16 @@ def _show(prints: tuple[Fingerprint, ...]) -> str:
     if not prints:
         return "none"
     return ", ".join(f"{f.id} {f.status} updated {f.updated_at}" for f in prints)
+
+
+def check_target(saved: SavedPlan, endpoint: str) -> None:
+    """Refuse a plan made for another endpoint than the one the credentials and settings name.
+
+    The plan file never chooses where requests (and tokens) go: it is an input anyone with
+    write access to it could edit, so its ``target`` is only compared, before any request.
+    """
+    if saved.target != endpoint:
+        raise PlanFileError(f"the plan was made for {saved.target}, but this apply would send "
+                            f"to {endpoint} (from --endpoint, RECONCILE_ENDPOINT, reconcile.toml "
+                            "or the credentials); nothing was sent. Make a new plan for this "
+                            "endpoint")

@@ -222,16 +222,21 @@ def test_sigterm_stops_gracefully_recording_every_create_in_flight(
 
 
 # A create the server is still processing when the client stops waiting for it can land after
-# the look-up that was meant to find it. Both tests below make POSTs slow (3 s) and reads fast.
-def duplicates_after_slow_creates_land(sb: Sandbox) -> dict[str, int]:
-    time.sleep(3.2)  # every POST the sandbox received has committed by now
+# the look-up that was meant to find it. Both tests below make POSTs slow and reads fast.
+# The kill test's rerun must read the cloud before the slow POSTs land, so they are slow enough
+# (8 s) to outlast a rerun's start-up on a loaded machine.
+SLOW_POST_MS = 8000
+
+
+def duplicates_after_slow_creates_land(sb: Sandbox, latency_ms: int) -> dict[str, int]:
+    time.sleep(latency_ms / 1000 + 0.2)  # every POST the sandbox received has committed by now
     return {n: len(v) for n, v in by_name(sb.images()).items() if len(v) > 1}
 
 
 @pytest.mark.timeout(90)
 def test_create_still_in_flight_when_killed_is_not_duplicated_by_the_rerun(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
-    sb = sandbox(latency_ms=3000)
+    sb = sandbox(latency_ms=SLOW_POST_MS)
     catalog, state, _ = setup(tmp_path, 8)
     run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--no-refresh")
     wait_for(lambda: sb.post_count >= 4, 30, "four creates in flight", alive=run.alive)
@@ -241,7 +246,7 @@ def test_create_still_in_flight_when_killed_is_not_duplicated_by_the_rerun(
     assert rerun.wait() == 1, rerun.output()  # the in-flight creates block their names
     blocked = [c for c in json.loads(rerun.stdout)["changes"] if c["action"] == "blocked"]
     assert blocked and {c["reason"] for c in blocked} == {"pending_create"}
-    assert duplicates_after_slow_creates_land(sb) == {}
+    assert duplicates_after_slow_creates_land(sb, SLOW_POST_MS) == {}
     finish(tmp_path, sb, state, catalog)  # the landed creates are adopted, the rest created
     assert_converged(sb, state, [c["name"] for c in json.loads(rerun.stdout)["changes"]])
 
@@ -256,7 +261,7 @@ def test_create_outliving_the_read_timeout_is_not_sent_again(
     wait_for(lambda: sb.post_count >= 2, 30, "two creates in flight", alive=run.alive)
     sb.config.latency_ms = 0
     assert run.wait() == 0, run.output()  # found once they land, within the settle time
-    assert duplicates_after_slow_creates_land(sb) == {}
+    assert duplicates_after_slow_creates_land(sb, 3000) == {}
     assert_converged(sb, state, image_names(2))
 
 
@@ -289,8 +294,8 @@ def test_first_apply_killed_while_creating_the_state_file_does_not_brick_it(
 @pytest.mark.timeout(90)
 def test_second_concurrent_apply_fails_fast_naming_the_lock_holder(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
-    sb = sandbox(latency_ms=200)
-    catalog, state, names = setup(tmp_path, 30)  # about 3 s of creates
+    sb = sandbox(latency_ms=300)
+    catalog, state, names = setup(tmp_path, 60)  # about 9 s of creates: outlasts the second's start
     first = Apply(tmp_path, sb, state, catalog, "--parallelism", "2")
     wait_for(lambda: lock_holder(state).get("pid") == first.proc.pid, 30,
              "the first apply to take the lock", alive=first.alive)

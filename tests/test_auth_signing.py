@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
@@ -47,7 +47,10 @@ def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"images": []})
     if request.method == "DELETE":
         return httpx.Response(204)
-    return httpx.Response(201 if request.method == "POST" else 200, json=IMAGE)
+    if request.method == "POST":  # the image asked for, as a server answers it
+        return httpx.Response(201, json={**IMAGE, "name": json.loads(request.content)["name"]})
+    image_id = unquote(request.url.raw_path.decode().rsplit("/", 1)[1])
+    return httpx.Response(200, json={**IMAGE, "id": image_id})
 
 
 def sent_by_client(call: str, argument: Any, security_token: str | None = None) -> httpx.Request:

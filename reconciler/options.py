@@ -1,0 +1,114 @@
+"""The options several commands share, one decorator each, so every command spells, documents
+and defaults them alike (the ``auth_options`` apply to each command that talks to the API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reconciler.errors import ConfigError
+from reconciler.profiles import PROFILES
+from reconciler.report import FORMATS
+from reconciler.state import DEFAULT_PATH, parse_duration
+
+
+def catalog_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--catalog", type=click.Path(path_type=Path), default="catalog",
+                        envvar="RECONCILE_CATALOG", show_default=True, show_envvar=True,
+                        help="Directory of catalog files (*.yaml, *.yml, *.json).")(f)
+
+
+def state_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--state", default=DEFAULT_PATH, envvar="RECONCILE_STATE",
+                        show_default=True, show_envvar=True, metavar="FILE|URL",
+                        help="State store: an SQLite file, or a PostgreSQL URL "
+                             "(postgresql://user@host:5432/db?sslmode=require) shared by a "
+                             "team.")(f)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
+    """A duration such as 90, 30s, 5m, 1h30m (seconds when no unit is given)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return parse_duration(str(value))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--lock-timeout", metavar="DURATION", callback=_duration, default="0",
+                        show_default=True, envvar="RECONCILE_LOCK_TIMEOUT", show_envvar=True,
+                        help="How long to wait for another run's lock (e.g. 30s, 10m) "
+                             "before giving up; 0 fails at once, naming the holder.")(f)
+
+
+def profile_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--profile", type=click.Choice(list(PROFILES)), default="ims",
+                        envvar="RECONCILE_PROFILE", show_default=True, show_envvar=True,
+                        help="API rules to validate against: ims (Huawei Cloud IMS) or glance "
+                             "(upstream OpenStack Glance).")(f)
+
+
+def strict_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--strict", is_flag=True, default=False,
+                        help="Treat IMS documentation warnings (128-char names, 20 tags, "
+                             "unknown os_version) as errors.")(f)
+
+
+def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--endpoint", envvar="RECONCILE_ENDPOINT", show_envvar=True,
+                        help="Image API root, e.g. https://ims.cn-north-4.myhuaweicloud.com. "
+                             "Selects whose records to compare with.")(f)
+
+
+def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--templates", type=click.Path(path_type=Path, file_okay=False,
+                                                    exists=True),
+                     help="Directory of report templates overriding the built-in ones "
+                          "(report.txt.j2, report.md.j2, report.html.j2).")(f)
+    f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Write the report to this file instead of stdout.")(f)
+    f = click.option("--show-unchanged", is_flag=True,
+                     help="List unchanged images in the text report too (they are always "
+                          "counted; the other formats always list them).")(f)
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
+                        show_default=True, help="Report format.")(f)
+
+
+def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Where credentials come from; the order of precedence is in ``reconciler.auth``."""
+    options = [
+        click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Read a static API token from this file."),
+        click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD)."),
+        click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
+                     help="Service catalog interface for the image endpoint (default: "
+                          "$OS_INTERFACE or public)."),
+        click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
+                     help="CA bundle for TLS verification (default: $OS_CACERT)."),
+        click.option("--insecure", is_flag=True,
+                     help="Do not verify TLS certificates (prints a warning every run)."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
+                     show_default=True, help="Seconds to wait for a connection."),
+        click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
+                     show_default=True, help="Seconds to wait for an answer."),
+    ]
+    for option in reversed(options):  # click lists the last applied first
+        f = option(f)
+    return f
+
+
+def allow_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Formats allowed beyond the built-in lists, for a deployment whose schema is unknown."""
+    f = click.option("--allow-container-format", multiple=True, metavar="FORMAT",
+                     help="Also allow this container_format (repeatable); see "
+                          "--allow-disk-format.")(f)
+    return click.option("--allow-disk-format", multiple=True, metavar="FORMAT",
+                        help="Also allow this disk_format (repeatable), for a deployment whose "
+                             "schema cannot be read. Once the server's schema is known, it "
+                             "alone decides.")(f)
