@@ -1,7 +1,7 @@
 """The ``reconcile`` command line: parse options, call one library function, render, exit.
 
-With ``options`` (the shared click options) the only code that imports click, and the only
-module that prints, prompts or exits. Every ``ReconcileError`` is translated here into one
+With ``console`` (the terminal) and ``options`` (the shared click options) the only code
+that imports click, prints, prompts or exits. Every ``ReconcileError`` is translated here into one
 message on stderr and exit code 1; usage errors also exit 1, because exit code 2 means "plan
 succeeded and has changes" (``--detailed-exitcode``).
 """
@@ -12,17 +12,14 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile, redaction, settings
+from reconciler import __version__, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
@@ -33,8 +30,18 @@ from reconciler.apply import (
 from reconciler.auth import ApiSession, ConnectOptions, open_session
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
-from reconciler.models import Outcome, Plan
+from reconciler.console import (
+    Progress,
+    check_outputs,
+    color,
+    confirm,
+    fail,
+    notice,
+    sigterm_as_interrupt,
+    write_report,
+)
+from reconciler.errors import CatalogError, Problem, ReconcileError
+from reconciler.escape import terminal
 from reconciler.operations import (
     dry_run_report,
     forget_image,
@@ -58,7 +65,7 @@ from reconciler.options import (
     strict_option,
 )
 from reconciler.profiles import PROFILES, Profile
-from reconciler.report import plan_line, render
+from reconciler.report import render
 from reconciler.schemacache import Allowances
 
 
@@ -96,30 +103,15 @@ class ReconcileGroup(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort:
-            _fail("aborted")
+            fail("aborted")
         except click.ClickException as exc:
             exc.show()
             sys.exit(1)
         except ReconcileError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted; nothing recorded is lost and the next apply resumes")
+            fail("interrupted; nothing recorded is lost and the next apply resumes")
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _fail(message: str) -> NoReturn:
-    _notice(f"error: {message}", level=logging.ERROR)
-    sys.exit(1)
-
-
-def _notice(message: str, *, level: int = logging.INFO) -> None:
-    """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
-    message = redaction.redact(message)
-    if logs.json_lines():
-        logs.LOGGER.log(level, message.removeprefix("error: "),
-                        extra={"event": "notice" if level < logging.ERROR else "error"})
-    else:
-        click.echo(message, err=True)
 
 
 @click.group(cls=ReconcileGroup,
@@ -146,23 +138,6 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     path = config_path or Path(settings.CONFIG_FILE)
     if config_path or path.exists():
         ctx.default_map = _default_map(cli, settings.load(path))
-
-
-def _write_report(text: str, output: Path | None) -> None:
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    tmp = output.with_name(f".{output.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    except OSError as exc:
-        raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
-    _notice(f"report written to {output}")
-
-
-def _color(output: Path | None) -> bool:
-    return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
 @cli.command()
@@ -221,7 +196,7 @@ def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     for problem in result.warnings:
-        click.echo(f"warning: {problem}", err=True)
+        click.echo(f"warning: {terminal(problem)}", err=True)
     n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
                f"{files} file{'s' if files != 1 else ''} (profile {profile}"
@@ -273,7 +248,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
     """An Image API session from the auth options; closed afterwards."""
     return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
                         ConnectOptions(**auth), retries=retries, clock=rt.clock,
-                        warn=lambda m: _notice(f"warning: {m}", level=logging.WARNING))
+                        warn=lambda m: notice(f"warning: {m}", level=logging.WARNING))
 
 
 @cli.command("plan")
@@ -310,6 +285,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
       reconcile plan --format markdown --detailed-exitcode > comment.md
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
     """
+    check_outputs(output, out)
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
@@ -323,7 +299,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    _write_report(render(report, fmt, color=_color(output), templates=templates,
+    write_report(render(report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
@@ -331,57 +307,6 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 
 
 # --- apply ---------------------------------------------------------------------------------
-
-class _Progress:
-    """A one-line progress display on a terminal's stderr; silent elsewhere."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.total, self.done = enabled, 0, 0
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def start(self, total: int) -> None:
-        self.total = total
-
-    def __call__(self, outcome: Outcome) -> None:
-        with self._lock:
-            self.done += 1
-            self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
-            if self.enabled and self.total:
-                width = 30
-                filled = width * min(self.done, self.total) // self.total
-                parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
-                click.echo(f"\r[{'#' * filled}{'-' * (width - filled)}] "
-                           f"{self.done}/{self.total} {parts}\x1b[K", err=True, nl=False)
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            click.echo("", err=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A scheduler's SIGTERM stops apply like Ctrl-C: creates in flight finish and are recorded.
-    (SIGKILL is safe too; the next apply then resolves them from the journal.)"""
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _confirm(preview: Plan, endpoint: str) -> None:
-    click.echo(plan_line(preview.summary()), err=True)
-    work = len(preview.creates) + len(preview.adoptions) + preview.count("blocked")
-    if work and not click.confirm(f"Create {len(preview.creates)} and adopt "
-                                  f"{len(preview.adoptions)} image(s) at {endpoint}?", err=True):
-        raise click.exceptions.Abort()
 
 
 @cli.command()
@@ -398,7 +323,8 @@ def _confirm(preview: Plan, endpoint: str) -> None:
 @allow_options
 @report_options
 @click.option("--dry-run", is_flag=True,
-              help="Print the exact request bodies; touch neither the API nor the state file.")
+              help="Print the plan and the exact request bodies; send nothing and write no "
+                   "state. Reads the cloud like apply does, unless --no-refresh.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed without "
                                                   "a terminal, e.g. in cron).")
 @click.option("--parallelism", type=click.IntRange(1, 64), default=10, show_default=True,
@@ -436,6 +362,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
       reconcile apply plan.json --yes
     """
     logs.configure(log_format)
+    check_outputs(output)
     allow = Allowances(allow_disk_format, allow_container_format)
     saved = planfile.read(plan_file) if plan_file else None
     ctx = click.get_current_context()
@@ -444,15 +371,21 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
                      interactive=sys.stdin.isatty(), plan_file=plan_file)
     if dry_run:
-        report = dry_run_report(catalog, state, profile=profile, strict=strict,
-                                endpoint=endpoint, clock=rt.clock, allow=allow)
-        _write_report(render(report, fmt, color=_color(output), templates=templates,
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
+                if refresh else None
+            report = dry_run_report(catalog, state, profile=profile, strict=strict,
+                                    endpoint=session.endpoint if session else endpoint,
+                                    api=session.client if session else None,
+                                    project_id=session.project_id if session else None,
+                                    clock=rt.clock, allow=allow)
+        write_report(render(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output)
         return
     with _api(rt, endpoint, auth, retries) as session:
         if saved is not None:
             planfile.check_target(saved, session.endpoint)
-        progress = _Progress(sys.stderr.isatty())
+        progress = Progress(sys.stderr.isatty())
         request = ApplyRequest(
             catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
             api=session.client, strict=strict, refresh=refresh, saved=saved,
@@ -463,15 +396,19 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
-            _confirm(shown.plan, session.endpoint)
+            if not confirm(shown.plan, shown.report, session.endpoint, templates):
+                click.echo("Apply cancelled.", err=True)
+                return
             request.preview = shown  # what the locked apply checks and works from
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 result = apply_catalog(request)
         finally:
             progress.close()
-    _write_report(render(result.report, fmt, color=_color(output), templates=templates,
+    write_report(render(result.report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output)
+    if result.interrupted:
+        fail("interrupted: run `reconcile apply` again to finish")
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:
@@ -565,10 +502,11 @@ def state_list(state: str, as_json: bool) -> None:
     if not rows:
         click.echo("no images recorded")
         return
-    width = max(len(r.name) for _, r in rows)
-    for target, rec in rows:
-        click.echo(f"{rec.name:<{width}}  {rec.image_id}  {rec.status or '-':<8}  "
-                   f"{rec.created_at or '-'}  {target}")
+    shown = [(terminal(rec.name), terminal(rec.image_id), terminal(rec.status or "-"),
+              terminal(rec.created_at or "-"), terminal(target)) for target, rec in rows]
+    width = max(len(row[0]) for row in shown)
+    for name, image_id, status, created_at, target in shown:
+        click.echo(f"{name:<{width}}  {image_id}  {status:<8}  {created_at}  {target}")
     click.echo(f"{len(rows)} image{'s' if len(rows) != 1 else ''} recorded", err=True)
 
 
@@ -591,12 +529,14 @@ def state_show(name: str, state: str, as_json: bool) -> None:
     for doc in docs:
         resp = doc["response"]
         for key in ("name", "target", "image_id", "status", "created_at", "updated_at"):
-            click.echo(f"{key + ':':<13} {doc[key]}")
+            click.echo(f"{key + ':':<13} {terminal(doc[key])}")
         for key in ("self", "file", "schema", "owner"):
-            click.echo(f"{key + ':':<13} {resp.get(key)}")
-        click.echo(f"{'origin:':<13} {doc['origin']}")
-        click.echo(f"{'recorded_at:':<13} {doc['recorded_at']} (run {doc['run_id']})")
-        click.echo(f"{'spec_digest:':<13} {doc['spec_digest']}")
+            click.echo(f"{key + ':':<13} {terminal(resp.get(key))}")
+        click.echo(f"{'origin:':<13} {terminal(doc['origin'])}")
+        click.echo(f"{'recorded_at:':<13} {terminal(doc['recorded_at'])} "
+                   f"(run {terminal(doc['run_id'])})")
+        click.echo(f"{'spec_digest:':<13} {terminal(doc['spec_digest'])}")
+        # json.dumps escapes every control and non-ASCII character: safe as it is.
         click.echo("request:  " + json.dumps(doc["request"], sort_keys=True))
         click.echo("response: " + json.dumps(resp, sort_keys=True))
 
@@ -630,8 +570,8 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force,
                               lock_timeout_s=lock_timeout)
-    click.echo(f"imported {name}: {record.image_id} ({record.status}, created "
-               f"{record.created_at})")
+    click.echo(terminal(f"imported {name}: {record.image_id} ({record.status}, created "
+                        f"{record.created_at})"))
 
 
 @state.command("forget")
@@ -647,7 +587,7 @@ def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: floa
       reconcile state forget ubuntu-16.04-legacy
     """
     image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout)
-    click.echo(f"forgot {name} ({image_id}); the image itself was not touched")
+    click.echo(terminal(f"forgot {name} ({image_id})") + "; the image itself was not touched")
 
 
 @cli.command()
@@ -671,9 +611,9 @@ def history(state: str, limit: int, as_json: bool) -> None:
         click.echo("no runs recorded")
         return
     for run in runs:
-        click.echo(f"{run['started_at']}  {run['id']}  {run['outcome']:<11}  "
-                   f"created {run['created']}, adopted {run['adopted']}, failed {run['failed']}"
-                   f"  {run['target']}")
+        click.echo(terminal(f"{run['started_at']}  {run['id']}  {run['outcome']:<11}  "
+                            f"created {run['created']}, adopted {run['adopted']}, "
+                            f"failed {run['failed']}  {run['target']}"))
 
 
 # --- entry point ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from reconciler import redaction
+from reconciler.escape import terminal
 
 LOGGER = logging.getLogger("reconciler")
 
@@ -37,6 +38,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, sort_keys=True)
 
 
+class TextFormatter(logging.Formatter):
+    """``LEVEL: message`` for a terminal: names and server messages in a record cannot move
+    the cursor or forge a line (control characters become visible escapes)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal(super().format(record), newlines=True)
+
+
 def configure(log_format: str) -> None:
     """Send the ``reconciler`` logger to stderr: ``text`` shows warnings and errors as
     ``LEVEL: message``, ``json`` every event from INFO up as a JSON line."""
@@ -48,7 +57,7 @@ def configure(log_format: str) -> None:
         handler.setFormatter(JsonFormatter())
         LOGGER.setLevel(logging.INFO)
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(levelname)s: %(message)s"))
         LOGGER.setLevel(logging.WARNING)
 
 

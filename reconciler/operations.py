@@ -71,7 +71,8 @@ class PlanResult:
 def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
               api: PlanApi | None = None, project_id: str | None = None,
-              clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES) -> PlanResult:
+              clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
+              keep: bool = True) -> PlanResult:
     """Compare the catalog with the state file, which is only read (no records written).
 
     With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
@@ -83,7 +84,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
             target = resolve_target(store, endpoint)
             rules = run_profile(profile, store, target, api=api, state_path=state_path,
                                 allow=allow, clock=clock)
-            notes = kept_notes(rules, target, state_path)  # kept even if the catalog fails
+            # kept even if the catalog fails; a dry run (keep=False) writes nothing
+            notes = kept_notes(rules, target, state_path) if keep else rules.notes
             catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
             records = _records_for_plan(store, target, catalog, full=api is not None) \
                 if store else {}
@@ -234,10 +236,14 @@ def run_history(state_path: str | Path, limit: int = 20) -> list[dict[str, Any]]
 
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                    strict: bool = False, endpoint: str | None = None,
+                   api: PlanApi | None = None, project_id: str | None = None,
                    clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES) -> RunReport:
-    """What apply would send, computed offline; touches neither the API nor the state file."""
+    """What apply would send. With ``api`` the cloud is read first, as apply does (so
+    adoptions and recreations show as apply would do them); nothing is ever written or
+    sent: only GET requests (the server's rules are used, not kept)."""
     result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
-                       endpoint=endpoint, clock=clock, allow=allow)
+                       endpoint=endpoint, api=api, project_id=project_id, clock=clock,
+                       allow=allow, keep=False)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 

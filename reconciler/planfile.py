@@ -9,7 +9,6 @@ anything did. The file holds request bodies and image ids, never credentials.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from reconciler.errors import PlanFileError
 from reconciler.models import Frozen, Observed, Plan
+from reconciler.output import write_text
 
 KIND = "reconcile-plan"
 FORMAT_VERSION = 1
@@ -86,10 +86,8 @@ def build(result: Plan, *, catalog: str, state_revision: int, created_at: str,
 
 
 def write(saved: SavedPlan, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(saved.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, saved.model_dump_json(indent=2) + "\n")
     except OSError as exc:
         raise PlanFileError(f"cannot write the plan to {path}: {exc.strerror}") from None
 

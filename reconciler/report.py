@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from reconciler.errors import ConfigError
+from reconciler.escape import json_for_terminal, md_code, md_text, terminal
 from reconciler.models import ACTIONS, Change, ErrorInfo, Outcome, RunReport
 
 FORMATS = ("text", "markdown", "html", "json")
@@ -48,20 +51,64 @@ def builtin_templates() -> Path:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+class Verbatim(str):
+    """Text a filter has made safe already (``paint``'s colours, ``pretty_json``'s lines)."""
+
+    __slots__ = ()
+
+
+def _finalize(value: Any) -> Any:
+    """Every ``{{ … }}`` of every format: control characters become visible escapes, so
+    nothing from a catalog or a server can move the cursor, recolour or forge a line."""
+    if isinstance(value, (Verbatim, markupsafe.Markup)):
+        return value
+    return terminal(value)
+
+
+#: What one template operation may produce; more is an error, not a full disk.
+MAX_TEMPLATE_VALUE = 10_000_000
+
+
+class _ReportSandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's sandbox: no attribute starting with ``_``, no call of unsafe functions, no
+    change to the report's objects, ranges up to 100,000. A team's ``--templates`` (maybe
+    named by a pull request's reconcile.toml) can format the report, never run code.
+    ``*`` and ``**`` are bounded too: ``'x' * 10**12`` would otherwise take all memory."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any,
+                   right: Any) -> Any:
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for v in (left, right))
+        if operator == "**" and numbers and abs(right) > 64 and abs(left) > 1:
+            raise jinja2.exceptions.SecurityError(f"{left} ** {right} is too large")
+        if operator == "*" and not numbers:
+            sized, count = (left, right) if isinstance(right, int) else (right, left)
+            if isinstance(count, int) and isinstance(sized, (str, list, tuple)) and \
+                    len(sized) * count > MAX_TEMPLATE_VALUE:
+                raise jinja2.exceptions.SecurityError("the product of a sequence and "
+                                                   f"{count} is too large")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment(override: Path | None) -> jinja2.Environment:
     paths = [str(override)] if override else []
     paths.append(str(builtin_templates()))
-    env = jinja2.Environment(
+    env = _ReportSandbox(
         loader=jinja2.FileSystemLoader(paths),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"),
                                             default_for_string=False),
         undefined=jinja2.StrictUndefined,
+        finalize=_finalize,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
     env.filters["value"] = _show_value
-    env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
+    env.filters["pretty_json"] = _pretty_json
+    env.filters["code"] = lambda v, table=False: Verbatim(md_code(v, table=table))
+    env.filters["md"] = lambda v: Verbatim(md_text(v))
     return env
 
 
@@ -76,10 +123,30 @@ def render(report: RunReport, fmt: str, *, color: bool = False,
                                 show_unchanged=show_unchanged)
     except jinja2.TemplateError as exc:
         # A team's --templates override is user input: say which file and line is wrong.
-        where = getattr(exc, "filename", None) or _TEMPLATE[fmt]
-        line = getattr(exc, "lineno", None)
+        where, line = _template_frame(exc, fmt)
+        where = getattr(exc, "filename", None) or where
+        line = getattr(exc, "lineno", None) or line
         raise ConfigError(f"report template {where}{f':{line}' if line else ''}: "
                           f"{exc.message or type(exc).__name__}") from None
+    except (ArithmeticError, LookupError, TypeError, ValueError, MemoryError,
+            RecursionError) as exc:
+        # A template's own expression failed (`{{ 1 / 0 }}`, `{{ range(10**9) }}`).
+        where, line = _template_frame(exc, fmt)
+        raise ConfigError(f"report template {where}{f':{line}' if line else ''}: "
+                          f"{type(exc).__name__}: {terminal(exc)}") from None
+
+
+def _template_frame(exc: BaseException, fmt: str) -> tuple[str, int | None]:
+    """The template file and line an exception came from (Jinja2 rewrites tracebacks so
+    that template lines show up as frames of the template's file)."""
+    where, line = _TEMPLATE[fmt], None
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.endswith(".j2"):
+            where, line = name, tb.tb_lineno
+        tb = tb.tb_next
+    return where, line
 
 
 def _render_template(report: RunReport, fmt: str, *, color: bool,
@@ -109,9 +176,10 @@ def _view(report: RunReport, cap: int, *, color: bool,
     for outcome in report.outcomes:
         results[outcome.result].append(outcome)
 
-    def paint(text: str, name: str) -> str:
+    def paint(text: str, name: str) -> Verbatim:
         code = _COLORS.get(COLOR.get(name, name))
-        return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
+        safe = terminal(text)
+        return Verbatim(f"\x1b[{code}m{safe}\x1b[0m" if color and code else safe)
 
     return {
         "r": report,
@@ -249,6 +317,10 @@ def apply_line(s: dict[str, int]) -> str:
 
 def _show_value(value: Any) -> str:
     return "(unset)" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _pretty_json(value: Any) -> Verbatim:
+    return Verbatim(json_for_terminal(json.dumps(value, indent=2, ensure_ascii=False)))
 
 
 def change_json(change: Change) -> dict[str, Any]:

@@ -305,6 +305,10 @@ def test_acceptance_200_images_under_drops_errors_and_throttling(
 POST_BLOCK = re.compile(r"^POST /v2/images  # (\S+)\n(\{\n.*?\n\})$", re.M | re.S)
 
 
+def only_reads(sb: Sandbox) -> bool:
+    return sb.post_count == 0 and all(m == "GET" for m, _ in sb.request_count)
+
+
 def test_dry_run_without_a_state_file_creates_nothing_and_sends_nothing(
         tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
     sb = sandbox()
@@ -312,7 +316,31 @@ def test_dry_run_without_a_state_file_creates_nothing_and_sends_nothing(
     assert result.exit_code == 0, result.output
     assert not state.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog"]  # no lock file either
-    assert total_requests(sb) == 0
+    assert only_reads(sb) and total_requests(sb) > 0  # it read the cloud, like apply
+    offline = sandbox()
+    result = run_cli(apply_args(offline, state, tmp_path / "catalog", "--dry-run",
+                                "--no-refresh"), env=ENV)
+    assert result.exit_code == 0, result.output
+    assert total_requests(offline) == 0
+
+
+def test_dry_run_reads_the_cloud_so_it_adopts_what_apply_would_adopt(
+        tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
+    sb = sandbox()
+    state, names, first = applied(tmp_path, run_cli, sb, 3)
+    assert first.exit_code == 0, first.output
+    state.unlink()  # a fresh state file: the images are in the cloud, with our marker
+    write_images(tmp_path / "catalog", [*names, "new-a"])
+    dry = run_cli(apply_args(sb, state, tmp_path / "catalog", "--dry-run", "--format",
+                             "json"), env=ENV)
+    doc = json.loads(dry.stdout)
+    assert doc["refreshed"] is True
+    assert {c["name"]: c["action"] for c in doc["changes"]} == {
+        **dict.fromkeys(names, "adopt"), "new-a": "create"}
+    text = run_cli(apply_args(sb, state, tmp_path / "catalog", "--dry-run"), env=ENV).stdout
+    assert text.count("POST /v2/images") == 1  # bodies only for the create apply will send
+    assert sb.post_count == 3  # the first apply's creates; the dry runs sent none
+    assert not state.exists()
 
 
 def test_dry_run_leaves_an_existing_state_file_byte_identical_and_sends_nothing(
@@ -327,7 +355,8 @@ def test_dry_run_leaves_an_existing_state_file_byte_identical_and_sends_nothing(
                                     "--format", fmt), env=ENV)
         assert result.exit_code == 0, result.output
         assert sha256_file(state) == digest
-        assert total_requests(sb) == seen
+        assert sb.post_count == 3  # the first apply's creates; the dry runs sent none
+    assert total_requests(sb) > seen  # it read the cloud, like apply
     assert len(recorded(state)) == 3
 
 

@@ -221,6 +221,27 @@ def test_sigterm_stops_gracefully_recording_every_create_in_flight(
     assert_converged(sb, state, names)
 
 
+@pytest.mark.timeout(90)
+def test_interrupted_run_writes_its_report_and_counts_what_it_recorded(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    sb = sandbox(latency_ms=150)
+    catalog, state, _ = setup(tmp_path)
+    report = tmp_path / "report.json"
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--format", "json",
+                "-o", report)
+    wait_for(lambda: sb.post_count >= 10, 30, "ten creates", alive=run.alive)
+    assert run.kill(signal.SIGTERM) == 1, run.output()
+    assert run.stderr.rstrip().endswith("interrupted: run `reconcile apply` again to finish")
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    made = sorted(o["name"] for o in doc["outcomes"] if o["result"] == "created")
+    assert made and made == sorted(recorded(state))  # the report tells what was recorded
+    assert doc["summary"]["created"] == len(made)
+    assert doc["summary"]["skipped"] > 0
+    assert "run interrupted: run `reconcile apply` again to finish" in doc["warnings"]
+    history = runs(state)
+    assert [(r["outcome"], r["created"]) for r in history] == [("interrupted", len(made))]
+
+
 # A create the server is still processing when the client stops waiting for it can land after
 # the look-up that was meant to find it. Both tests below make POSTs slow and reads fast.
 # The kill test's rerun must read the cloud before the slow POSTs land, so they are slow enough

@@ -300,7 +300,7 @@ def test_output_into_missing_directory_is_an_error(scenario: Path, tmp_path: Pat
 
 @pytest.mark.parametrize(("template", "message"), [
     ("{% for %}\n", "report.txt.j2:1: Expected an expression"),
-    ("{{ r.no_such_field }}\n", "report template report.txt.j2: "),
+    ("{{ r.no_such_field }}\n", "report.txt.j2:1: 'reconciler.models.RunReport object' has no"),
 ], ids=["syntax-error", "undefined-field"])
 def test_broken_override_template_is_a_clean_error_naming_it(
         template: str, message: str, scenario: Path, tmp_path: Path,

@@ -79,6 +79,8 @@ class Creator:
     settle_s: float = DEFAULT_SETTLE_S
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
     rng: random.Random = field(default_factory=random.Random)
+    #: Every outcome so far, also those of a phase an interrupt cut short (for its report).
+    delivered: list[Outcome] = field(default_factory=list)
 
     # --- recovery of earlier runs ----------------------------------------------------------
 
@@ -264,6 +266,7 @@ class Creator:
     # --- outcomes --------------------------------------------------------------------------
 
     def _deliver(self, outcome: Outcome) -> Outcome:
+        self.delivered.append(outcome)
         self.on_outcome(outcome)
         return outcome
 

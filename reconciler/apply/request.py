@@ -58,6 +58,7 @@ class Preview:
     observed: Observed | None
     state_revision: int
     catalog_digest: str
+    report: RunReport | None = None  # the plan as `reconcile plan` shows it
 
 
 @dataclass
@@ -100,3 +101,4 @@ class ApplyResult:
     failed: int
     blocked: int
     aborted: str | None
+    interrupted: bool = False  # Ctrl-C or SIGTERM: the report says what was done until then

@@ -44,7 +44,7 @@ def preview(req: ApplyRequest) -> Preview:
                        api=req.api if req.refresh else None, project_id=req.project_id,
                        clock=req.clock, allow=req.allow)
     return Preview(result.plan, result.observed, result.state_revision,
-                   result.catalog.digest)
+                   result.catalog.digest, result.report)
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -114,8 +114,13 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
             outcomes.extend(creator.adopt(todo))
             outcomes.extend(creator.create_all([c for c in todo if c.action == "create"]))
     except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: what was recorded is counted and reported, and the caller says
+        # how to finish; the creates in flight have finished and are recorded.
+        seen = {id(o) for o in outcomes}
+        outcomes += [o for o in creator.delivered if id(o) not in seen]
         _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, "interrupted")
-        raise
+        return _result(req, catalog, target, run, result, summary, outcomes, t0,
+                       interrupted=True)
     except Exception as exc:
         _finish(store, run.run_id, summary, outcomes, RunOutcome.FAILED, str(exc))
         raise
@@ -126,6 +131,14 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     outcome = verdict(done=counts["created"] + counts["adopted"], failed=counts["failed"],
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
     _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
+    return _result(req, catalog, target, run, result, summary, outcomes, t0, notes=notes)
+
+
+def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
+            result: Plan | None, summary: dict[str, int], outcomes: list[Outcome], t0: float,
+            *, interrupted: bool = False, notes: tuple[str, ...] = ()) -> ApplyResult:
+    counts = _counts(outcomes)
+    reason = "interrupted" if interrupted else run.reason
     report = RunReport.model_construct(
         format_version=1, mode="apply", dry_run=False, generated_at=iso(req.clock.now()),
         tool_version=__version__, catalog=catalog.directory, target=target,
@@ -133,13 +146,15 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         summary={**(summary or dict.fromkeys(ACTIONS, 0)), **counts},
         changes=result.changes if result else (),
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
-        warnings=(*notes, *((f"run aborted: {run.reason}",) if run.reason else ())),
+        warnings=(*notes, *(("run interrupted: run `reconcile apply` again to finish",)
+                            if interrupted else (f"run aborted: {run.reason}",) if run.reason
+                            else ())),
         duration_s=req.clock.monotonic() - t0, run_id=run.run_id,
         auth_refreshes=req.refreshes(), refreshed=req.refresh or req.saved is not None,
         state=str(req.state_path), plan_id=req.saved.plan_id if req.saved else None,
     )
     return ApplyResult(report, counts["failed"] + counts["skipped"], summary.get("blocked", 0),
-                       run.reason)
+                       reason, interrupted=interrupted)
 
 
 def _check_preview(preview: Preview, store: StateStore, catalog: Catalog) -> Observed | None:

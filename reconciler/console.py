@@ -1,0 +1,129 @@
+"""The terminal side of the command line: user messages, the report's destination, the
+apply progress line, the confirmation prompt, SIGTERM.
+
+With ``cli`` the only code that prints, prompts or handles signals. A user message is one
+line on stderr, or a JSON line when logs are JSON (``--log-format json``), so a scheduler
+reading JSON gets nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from reconciler import logs, redaction
+from reconciler.errors import ConfigError
+from reconciler.escape import terminal
+from reconciler.models import Outcome, Plan, RunReport
+from reconciler.output import check_writable, write_text
+from reconciler.report import render
+
+
+def fail(message: str) -> NoReturn:
+    notice(f"error: {message}", level=logging.ERROR)
+    sys.exit(1)
+
+
+def notice(message: str, *, level: int = logging.INFO) -> None:
+    """A message for the user on stderr: a JSON line when logs are JSON, else plain text."""
+    message = redaction.redact(message)
+    if logs.json_lines():
+        logs.LOGGER.log(level, message.removeprefix("error: "),
+                        extra={"event": "notice" if level < logging.ERROR else "error"})
+    else:
+        click.echo(terminal(message, newlines=True), err=True)
+
+
+def write_report(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        write_text(output, text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
+    notice(f"report written to {output}")
+
+
+def check_outputs(report: Path | None, plan: Path | None = None) -> None:
+    """Refuse an output that cannot be written before anything is done, not after."""
+    for what, path in (("report", report), ("the plan", plan)):
+        if path is None:
+            continue
+        try:
+            check_writable(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {what} to {path}: {exc.strerror}") from None
+
+
+def color(output: Path | None) -> bool:
+    return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+class Progress:
+    """A one-line progress display on a terminal's stderr; silent elsewhere."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.total, self.done = enabled, 0, 0
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.done += 1
+            self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
+            if self.enabled and self.total:
+                width = 30
+                filled = width * min(self.done, self.total) // self.total
+                parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
+                click.echo(f"\r[{'#' * filled}{'-' * (width - filled)}] "
+                           f"{self.done}/{self.total} {parts}\x1b[K", err=True, nl=False)
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            click.echo("", err=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """A scheduler's SIGTERM stops apply like Ctrl-C: creates in flight finish and are recorded.
+    (SIGKILL is safe too; the next apply then resolves them from the journal.)"""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def confirm(plan: Plan, report: RunReport | None, endpoint: str,
+            templates: Path | None = None) -> bool:
+    """Show the plan as `reconcile plan` prints it, then ask; False when the user says no."""
+    if report is not None:
+        ctx = click.get_current_context(silent=True)
+        colored = sys.stderr.isatty() and "NO_COLOR" not in os.environ and not (
+            ctx and ctx.params.get("no_color"))
+        click.echo(render(report, "text", templates=templates, color=bool(colored)),
+                   err=True, nl=False)
+    work = len(plan.creates) + len(plan.adoptions) + plan.count("blocked")
+    if not work:
+        return True
+    return click.confirm(f"\nApply this plan to {endpoint}: create {len(plan.creates)}, adopt "
+                         f"{len(plan.adoptions)} image(s)?", err=True)

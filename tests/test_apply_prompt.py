@@ -1,0 +1,80 @@
+"""apply on a terminal, through a pseudo-terminal: the plan is shown as `plan` prints it
+before the question, `n` cancels cleanly (exit 0, nothing sent, nothing written), `y` applies
+exactly what was shown."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import time
+from pathlib import Path
+
+from apply_helpers import RECONCILE, SandboxFactory, image_names, write_images
+
+from reconciler.sandbox import Sandbox
+
+
+def on_terminal(args: list[str], answer: str, cwd: Path,
+                env: dict[str, str]) -> tuple[int, str]:
+    """Run reconcile with stdin, stdout and stderr on a pseudo-terminal; type ``answer`` once
+    the question shows; return the exit code and everything the terminal showed."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(RECONCILE), *args], stdin=follower, stdout=follower,
+                            stderr=follower, cwd=cwd, env={**os.environ, **env},
+                            close_fds=True)
+    os.close(follower)
+    seen, answered, deadline = b"", False, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not answered and b"[y/N]" in seen:
+            os.write(leader, answer.encode() + b"\n")
+            answered = True
+        if proc.poll() is not None and not ready:
+            break
+    os.close(leader)
+    code = proc.wait(timeout=30)
+    return code, seen.decode(errors="replace").replace("\r\n", "\n")
+
+
+def setup(tmp_path: Path, sandbox: SandboxFactory) -> tuple[list[str], dict[str, str], Sandbox]:
+    write_images(tmp_path / "catalog", image_names(3))
+    sb = sandbox(token="t0k")
+    args = ["apply", "--endpoint", sb.url, "--state", "state.db"]
+    return args, {"OS_AUTH_TOKEN": "t0k", "NO_COLOR": "1"}, sb
+
+
+def test_the_plan_is_shown_before_the_question_and_no_cancels(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    args, env, sb = setup(tmp_path, sandbox)
+    code, screen = on_terminal(args, "n", tmp_path, env)
+    assert code == 0, screen
+    question = screen.index("[y/N]")
+    plan_part = screen[:question]
+    for name in image_names(3):
+        assert f"+ create    {name}" in plan_part  # the per-image plan, before the question
+    assert "Plan: 3 to create" in plan_part
+    assert "Apply this plan to" in plan_part
+    assert "Apply cancelled." in screen[question:]
+    assert "error" not in screen
+    assert sb.images() == []
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_yes_applies_what_was_shown(tmp_path: Path, sandbox: SandboxFactory) -> None:
+    args, env, sb = setup(tmp_path, sandbox)
+    code, screen = on_terminal(args, "y", tmp_path, env)
+    assert code == 0, screen
+    after = screen[screen.index("[y/N]"):]
+    assert "+ create" not in after  # the results, not the plan again
+    assert "Apply: 3 created, 0 adopted, 0 failed, 0 skipped." in after
+    assert sorted(i["name"] for i in sb.images()) == image_names(3)
