@@ -42,7 +42,7 @@ def preview(req: ApplyRequest) -> Preview:
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
-                       clock=req.clock, allow=req.allow)
+                       clock=req.clock, allow=req.allow, keep=False)  # the apply keeps
     return Preview(result.plan, result.observed, result.state_revision,
                    result.catalog.digest, result.report)
 
