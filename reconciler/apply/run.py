@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from reconciler import __version__, planfile
 from reconciler.apply.creates import Creator
 from reconciler.apply.decisions import verdict
@@ -33,7 +35,7 @@ from reconciler.operations import bulk_build, kept_notes, make_plan, new_run_id,
 from reconciler.planner import plan
 from reconciler.refresh import observe
 from reconciler.schemacache import RunProfile
-from reconciler.state import LockRequest, StateStore, open_for_write
+from reconciler.state import LockRequest, SqliteStore, StateStore, is_url, open_for_write
 
 
 def preview(req: ApplyRequest) -> Preview:
@@ -64,19 +66,36 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
                         state_path=req.state_path, allow=req.allow, clock=req.clock)
     with bulk_build():
         catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
+    prechecked = _precheck_without_state(req, catalog, target)
     store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s),
                            clock=req.clock)
     try:
-        return _apply_locked(req, store, catalog, target, rules)
+        return _apply_locked(req, store, catalog, target, rules, prechecked)
     finally:
         store.close()
 
 
+def _precheck_without_state(req: ApplyRequest, catalog: Catalog,
+                            target: str) -> Observed | None:
+    """A saved plan and no state file yet: check the plan against the empty state the apply
+    would create, so a refused plan leaves no file behind. The check under the lock still
+    runs (with the cloud as seen here): a state file created meanwhile has moved on."""
+    if req.saved is None or req.preview is not None or is_url(req.state_path) or \
+            Path(req.state_path).exists():
+        return None
+    empty = SqliteStore.empty(req.state_path)
+    try:
+        return _check_saved(req, empty, catalog, target, None)[1]
+    finally:
+        empty.close()
+
+
 def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
-                  target: str, rules: RunProfile) -> ApplyResult:
+                  target: str, rules: RunProfile,
+                  prechecked: Observed | None = None) -> ApplyResult:
     t0 = req.clock.monotonic()
     chosen: set[tuple[str, str]] | None = None
-    observed: Observed | None = None
+    observed: Observed | None = prechecked
     if req.preview is not None:
         observed = _check_preview(req.preview, store, catalog)
     if req.saved is not None:
@@ -89,7 +108,8 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     if req.saved is not None:
         store.mark_plan_applied(req.saved.plan_id, run.run_id)
     creator = Creator(store, req.api, target, run, parallelism=req.parallelism,
-                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome)
+                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome,
+                      client_ids=catalog.profile == "glance")  # IMS takes no id (README)
     outcomes: list[Outcome] = []
     summary: dict[str, int] = {}
     result: Plan | None = None

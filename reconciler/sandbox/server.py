@@ -20,6 +20,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from reconciler.errors import ConfigError
 from reconciler.sandbox.app import Request, SandboxApp
 from reconciler.sandbox.config import SandboxConfig
 from reconciler.sandbox.replies import Reply
@@ -253,9 +254,14 @@ def serve(config: SandboxConfig, on_ready: Callable[[str], None]) -> None:
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    try:
+        sandbox = Sandbox(config).start()
+    except OSError as exc:  # a busy port, an address not on this machine, no permission
+        raise ConfigError(f"cannot listen on {config.host} port {config.port}: "
+                          f"{exc.strerror or exc}; choose another --port, or --port 0 for a "
+                          "free one") from None
     if in_main:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
-    sandbox = Sandbox(config).start()
     try:
         on_ready(sandbox.url)
         while not stop.wait(0.5):

@@ -672,3 +672,54 @@ def test_glance_killed_during_apply_then_rerun_completes_without_duplicates(
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
                           check=False)
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- two machines
+
+
+def test_two_applies_with_two_state_files_at_once_create_no_duplicates(
+        glance: GlanceServer, write_catalog: Callable[..., Path], tmp_path: Path) -> None:
+    """Two machines, each with its own state file: every create carries the same
+    deterministic id, so the second POST of an image is Glance's 409 and is adopted."""
+    catalog = write_catalog({"images.yaml": catalog_of(20, prefix="twin")})
+    names = {f"twin-{i:02d}" for i in range(20)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE_")}
+    env.update(OS_AUTH_TOKEN=TOKEN, NO_COLOR="1")
+    procs = []
+    for machine in ("one", "two"):
+        work = tmp_path / machine
+        work.mkdir()
+        args = [*_reconcile(), *cli_args("apply", catalog, work / "state.db", glance.url,
+                                         "--yes", "--parallelism", "4", "--format", "json")]
+        procs.append(subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=180) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    images = list_images(glance.url)
+    assert Counter(i["name"] for i in images) == Counter(names)  # one image per name
+    for machine in ("one", "two"):
+        records = recorded(tmp_path / machine / "state.db")
+        assert {n: r.image_id for n, r in records.items()} == {
+            i["name"]: i["id"] for i in images}, machine
+    outcomes = Counter(o["result"] for out, _ in results for o in json.loads(out)["outcomes"])
+    assert outcomes["created"] == 20 and outcomes["created"] + outcomes["adopted"] == 40
+
+
+def test_recreate_after_an_out_of_band_delete_takes_the_next_generation_id(
+        glance: GlanceServer, write_catalog: Callable[..., Path], tmp_path: Path,
+        cli: Callable[..., Result]) -> None:
+    catalog = write_catalog({"images.yaml": catalog_of(1, prefix="gen")})
+    state = tmp_path / "state.db"
+    cli(cli_args("apply", catalog, state, glance.url, "--yes"))
+    first = recorded(state)["gen-00"].image_id
+    httpx.delete(f"{glance.url}/v2/images/{first}", headers={"X-Auth-Token": TOKEN},
+                 timeout=30).raise_for_status()
+    cli(cli_args("apply", catalog, state, glance.url, "--yes"))  # Glance keeps `first` reserved
+    second = recorded(state)["gen-00"].image_id
+    assert second != first
+    assert [i["id"] for i in list_images(glance.url)] == [second]
+    fresh = tmp_path / "fresh.db"  # a machine that never saw the first generation
+    result = cli(cli_args("apply", catalog, fresh, glance.url, "--yes", "--format", "json"))
+    assert recorded(fresh)["gen-00"].image_id == second
+    assert [o["result"] for o in report(result)["outcomes"]] == ["adopted"]
