@@ -610,7 +610,9 @@ class ImageClient:
         /v1/cloudimages/os_version``), checked against their documented shape
         (``MalformedResponse`` if they break it)."""
         path = SCHEMA_PATH if kind == "image_schema" else OS_VERSIONS_PATH
-        response = self._send("GET", path)
+        # One try: the rules are best effort (the caller falls back to the kept ones), and a
+        # down server must not hold up the run with backoff.
+        response = self._send("GET", path, retry_read=False)
         try:
             body = response.json()
             validate_body(kind, body)
@@ -705,6 +707,7 @@ class ImageClient:
         *,
         params: tuple[tuple[str, str], ...] | None = None,
         json_body: Mapping[str, Any] | None = None,
+        retry_read: bool = True,
     ) -> httpx.Response:
         """The success answer to one request; every failure raised as its ``ApiError``.
 
@@ -712,7 +715,7 @@ class ImageClient:
         ``read_retry`` is set: they change nothing, so retrying them is always safe. Writes
         are never retried here; the apply protocol owns that.
         """
-        retry = self._read_retry if method == "GET" else None
+        retry = self._read_retry if method == "GET" and retry_read else None
         attempt = 0
         while True:
             attempt += 1
