@@ -874,8 +874,8 @@ def test_state_copy_moves_every_row_and_verifies_it(
     fill(source)
     result = run_cli(["state", "copy", source, destination])
     assert result.exit_code == 0, result.output
-    assert "3 images, 1 runs, 1 journal, 1 applied_plans (row counts and digests verified)" \
-        in result.stdout
+    assert ("3 images, 1 runs, 1 journal, 1 applied_plans, 0 server_info (row counts and "
+            "digests verified)") in result.stdout
     assert dump_of(destination) == dump_of(source)
     reader = open_readonly(destination)
     assert reader is not None
