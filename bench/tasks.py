@@ -354,17 +354,26 @@ def state_writes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def listing(args: argparse.Namespace) -> dict[str, Any]:
-    """Refresh's read: every page of GET /v2/images with ImageClient.list_images."""
+    """Refresh's read: ``refresh.observe`` (every page of GET /v2/images with
+    ImageClient.list_images, each live image kept), its requests, time and memory."""
     from reconciler.client import ImageClient, StaticToken
+    from reconciler.refresh import observe
 
     requests: list[httpx.Request] = []
     http = httpx.Client(event_hooks={"request": [requests.append]})
     with http, ImageClient(args.url, token_provider=StaticToken(TOKEN), http=http) as client:
+        client.get_image(str(uuid.UUID(int=1)))  # connect and warm up, outside the figure
+        requests.clear()
+        gc.collect()
+        _, before = _rss_mb()
         start = time.perf_counter()
-        count = sum(1 for _ in client.list_images(page_size=args.page_size))
+        seen = observe(client, "ims", [])
         seconds = time.perf_counter() - start
+        peak, after = _rss_mb()
+    count = len(seen.images)
     return {"images": count, "requests": len(requests), "seconds": seconds,
-            "per_second": count / seconds}
+            "per_second": count / seconds, "kept_mb": after - before, "peak_mb": peak,
+            "kb_per_image": (after - before) * 1024 / count}
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import yaml
 from reconciler import redaction
 from reconciler.answers import KeystoneAnswer, ValidationError, problems
 from reconciler.client import (
+    DEFAULT_REQUEST_TIMEOUT,
     ImageClient,
     RetryPolicy,
     StaticToken,
@@ -484,6 +485,7 @@ class ConnectOptions:
     insecure: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
 
 INSECURE_WARNING = ("TLS certificates are NOT verified (--insecure or verify: false); anyone "
@@ -523,7 +525,8 @@ def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectO
     """
     def factory(verify: bool | str) -> httpx.Client:
         return http_client(verify, connect_timeout=options.connect_timeout,
-                           read_timeout=options.read_timeout)
+                           read_timeout=options.read_timeout,
+                           request_timeout=options.request_timeout)
 
     creds = resolve(env, endpoint=endpoint, token_file=options.token_file,
                     os_cloud=options.os_cloud, interface=options.interface,
@@ -534,6 +537,7 @@ def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectO
     client = ImageClient(creds.endpoint, token_provider=creds.tokens, auth=creds.signer,
                          verify=creds.verify, connect_timeout=options.connect_timeout,
                          read_timeout=options.read_timeout,
+                         request_timeout=options.request_timeout,
                          read_retry=RetryPolicy(attempts=retries + 1), clock=clock)
     try:
         yield ApiSession(client, creds)

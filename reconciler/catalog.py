@@ -9,11 +9,15 @@ because a catalog must never silently turn a name into a number.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import copy
 import dataclasses
 import difflib
+import multiprocessing
 import os
 import re
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -522,8 +526,27 @@ def catalog_files(directory: Path) -> list[Path]:
     )
 
 
-def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = False) -> Catalog:
-    """Load and validate every catalog file; raise CatalogError listing every problem."""
+#: Catalogs at least this large (bytes of catalog files) are parsed by worker processes.
+PARALLEL_MIN_BYTES = 2 * 1024 * 1024
+#: The fields of an ``ImageSpec`` in the order a worker sends them (``file`` and ``line`` apart).
+_SPEC_KEYS = ("name", "os_version", "visibility", "protected", "container_format",
+              "disk_format", "min_ram", "min_disk", "tags", "properties")
+
+# One checked image as a worker sends it: its fields in _SPEC_KEYS order, its line, its path
+# (`images[N]`), its count of extra properties and its lint warnings (field, message, line).
+_Image = tuple[tuple[Any, ...], int, str, int, tuple[tuple[str, str, int], ...]]
+_Checked = tuple[list[Problem], list[_Image]]
+
+
+def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = False,
+                 workers: int | None = None) -> Catalog:
+    """Load and validate every catalog file; raise CatalogError listing every problem.
+
+    Files are independent until names are compared, so a large catalog is parsed and checked
+    by ``workers`` processes (default: one per available CPU, or none below
+    PARALLEL_MIN_BYTES); each sends back plain tuples, and this process checks names across
+    files and builds the specs. Problems come in file order either way.
+    """
     root = Path(directory)
     if not root.exists():
         raise CatalogError([Problem(str(root), None, "", "catalog directory does not exist; "
@@ -540,41 +563,36 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     seen: dict[str, tuple[str, int]] = {}
     specs: list[ImageSpec] = []
     warnings: dict[str, tuple[str, ...]] = {}
+    shared: dict[Any, Any] = {}  # one object per repeated value (os versions, tags, ...)
     base = Path(os.path.realpath(root))
-    for path in files:
-        display = display_path(path)
-        data, file_problems = parse_file(path, display, base)
-        if file_problems:
+    with _checked_files(files, profile, strict, base, workers) as results:
+        for path, (file_problems, images) in zip(files, results, strict=True):
+            display = display_path(path)
             problems.extend(file_problems)
-            continue
-        checker = _FileChecker(display, profile, strict)
-        images = checker.check(data)
-        problems.extend(checker.problems)
-        for fields, line, where, field_lines in images:
-            name = fields["name"]
-            if name in seen:
-                first_file, first_line = seen[name]
-                problems.append(Problem(display, line, f"{where}.name", f"duplicate image name "
-                                        f"{name!r}; first defined at {first_file}:{first_line}",
-                                        image=name))
-                continue
-            seen[name] = (display, line)
-            extras = len(fields.get("properties", ())) + ("os_version" in fields) + 1
-            if extras > profile.max_properties:
-                problems.append(Problem(display, line, f"{where}.properties", f"has {extras} "
-                                        "extra properties with os_version and reconcile's "
-                                        f"marker; the API allows at most "
-                                        f"{profile.max_properties}", image=name))
-                continue
-            spec_fields = {**profile.defaults, **fields}
-            messages = profile.lint(spec_fields)
-            if messages:
-                lint.extend(Problem(display, field_lines.get(f, line), f"{where}.{f}", m,
-                                    "warning", image=name) for f, m in messages)
-                warnings[name] = tuple(f"{f} {m}" for f, m in messages)
-            specs.append(ImageSpec.model_construct(
-                _fields_set=_SPEC_FIELDS, **{**_SPEC_DEFAULTS, **spec_fields}, file=display,
-                line=line))
+            for values, line, where, extras, messages in images:
+                name = values[0]
+                if name in seen:
+                    first_file, first_line = seen[name]
+                    problems.append(Problem(display, line, f"{where}.name", f"duplicate image "
+                                            f"name {name!r}; first defined at "
+                                            f"{first_file}:{first_line}", image=name))
+                    continue
+                seen[name] = (display, line)
+                if extras > profile.max_properties:
+                    problems.append(Problem(display, line, f"{where}.properties", f"has "
+                                            f"{extras} extra properties with os_version and "
+                                            "reconcile's marker; the API allows at most "
+                                            f"{profile.max_properties}", image=name))
+                    continue
+                if messages:
+                    lint.extend(Problem(display, at, f"{where}.{f}", m, "warning", image=name)
+                                for f, m, at in messages)
+                    warnings[name] = tuple(f"{f} {m}" for f, m, _ in messages)
+                if problems:
+                    continue  # the catalog is invalid: no need to build specs any more
+                fields = dict(zip(_SPEC_KEYS, _share(values, shared), strict=True))
+                specs.append(ImageSpec.model_construct(_fields_set=_SPEC_FIELDS, **fields,
+                                                       file=display, line=line))
     if strict:
         problems.extend(dataclasses.replace(p, message=f"{p.message} (--strict)",
                                             severity="error") for p in lint)
@@ -585,6 +603,100 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
         directory=str(root), profile=profile.name, images=tuple(specs),
         warnings=warnings, files=tuple(display_path(p) for p in files), lint=tuple(lint),
     )
+
+
+def _share(values: tuple[Any, ...], shared: dict[Any, Any]) -> Iterator[Any]:
+    """The values with repeated text and tag lists replaced by one shared object each: a
+    100,000-image catalog repeats a few dozen OS versions, tags and property names."""
+    for key, value in zip(_SPEC_KEYS, values, strict=True):
+        if key == "properties":
+            yield {shared.setdefault(k, k): shared.setdefault(v, v) if len(v) < 64 else v
+                   for k, v in value}
+        elif key != "name" and isinstance(value, (str, tuple)):
+            yield shared.setdefault(value, value)
+        else:
+            yield value
+
+
+def check_file(path: Path, profile: Profile, strict: bool, base: Path) -> _Checked:
+    """Parse and check one file of the catalog at ``base``: its problems and its images as
+    plain tuples."""
+    display = display_path(path)
+    data, problems = parse_file(path, display, base)
+    if problems:
+        return problems, []
+    checker = _FileChecker(display, profile, strict)
+    images: list[_Image] = []
+    for fields, line, where, field_lines in checker.check(data):
+        extras = len(fields.get("properties", ())) + ("os_version" in fields) + 1
+        spec = {**_SPEC_DEFAULTS, **profile.defaults, **fields}
+        values = (*(spec[k] for k in _SPEC_KEYS[:-1]), tuple(spec["properties"].items()))
+        lint = tuple((f, m, field_lines.get(f, line)) for f, m in profile.lint(spec)) \
+            if extras <= profile.max_properties else ()
+        images.append((values, line, where, extras, lint))
+    return checker.problems, images
+
+
+# What forked workers check with: set before the pool starts, inherited, never pickled.
+_job: tuple[Profile, bool, Path] | None = None
+
+
+def _check_in_worker(path: Path) -> _Checked:
+    assert _job is not None
+    return check_file(path, *_job)
+
+
+@contextlib.contextmanager
+def _checked_files(files: list[Path], profile: Profile, strict: bool, base: Path,
+                   workers: int | None) -> Iterator[Iterator[_Checked]]:
+    """``check_file`` of each file, in order: here, or in forked worker processes."""
+    global _job
+    if workers is None:
+        workers = _default_workers(files)
+    workers = min(workers, len(files))
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield (check_file(path, profile, strict, base) for path in files)
+        return
+    _job = (profile, strict, base)
+    # fork: workers start in milliseconds with the modules loaded and the profile inherited
+    # (the catalog is loaded before reconcile starts any thread of its own).
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start)
+    try:
+        yield _in_order(pool, files, profile, strict, base)
+    finally:
+        pool.shutdown(cancel_futures=True)
+        _job = None
+
+
+def _worker_start() -> None:
+    # Ctrl-C stops the command in the main process, which then cancels the rest; a worker
+    # finishes its file instead of printing a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _in_order(pool: concurrent.futures.Executor, files: list[Path], profile: Profile,
+              strict: bool, base: Path) -> Iterator[_Checked]:
+    results = pool.map(_check_in_worker, files)
+    for done, _ in enumerate(files):
+        try:
+            yield next(results)
+        except concurrent.futures.process.BrokenProcessPool:
+            # A worker died (killed, out of memory): the rest is checked here instead.
+            yield from (check_file(path, profile, strict, base) for path in files[done:])
+            return
+
+
+def _default_workers(files: list[Path]) -> int:
+    """One worker per CPU this process may use, for a catalog worth the start-up."""
+    try:
+        size = sum(path.stat().st_size for path in files)
+    except OSError:
+        return 1  # the problem is reported by the file's own check
+    if size < PARALLEL_MIN_BYTES:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
 
 
 def _field_lines(data: LineDict) -> dict[str, int]:

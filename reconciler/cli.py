@@ -9,6 +9,7 @@ succeeded and has changes" (``--detailed-exitcode``).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from reconciler.console import (
     sigterm_as_interrupt,
     write_report,
 )
-from reconciler.errors import CatalogError, Problem, ReconcileError
+from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.escape import terminal
 from reconciler.operations import (
     copy_state,
@@ -51,22 +52,27 @@ from reconciler.operations import (
     make_plan,
     run_history,
     save_plan,
+    show_plan,
     show_records,
     validate_catalog,
 )
 from reconciler.options import (
+    Seconds,
     allow_options,
     auth_options,
     catalog_option,
     endpoint_option,
+    json_format_option,
     lock_timeout_option,
+    only_option,
+    plan_file_name,
     profile_option,
     report_options,
     state_option,
     strict_option,
 )
 from reconciler.profiles import PROFILES, Profile
-from reconciler.report import render
+from reconciler.report import FORMATS, chunks
 from reconciler.schemacache import Allowances
 from reconciler.state import is_url, redact
 
@@ -93,6 +99,9 @@ def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]
 
 # --- the group -----------------------------------------------------------------------------
 
+INTERRUPTED = "interrupted; nothing recorded is lost and the next apply resumes"
+
+
 class ReconcileGroup(click.Group):
     """Translates every error into one message and exit code 1, once, at the edge.
 
@@ -104,16 +113,36 @@ class ReconcileGroup(click.Group):
              **extra: Any) -> NoReturn:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:
+            # click turns Ctrl-C (and our SIGTERM) into Abort; a "no" at a prompt is Abort too.
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                fail(INTERRUPTED)
             fail("aborted")
+        except click.exceptions.NoSuchOption as exc:
+            _better_suggestion(self, exc).show()
+            sys.exit(1)
         except click.ClickException as exc:
             exc.show()
             sys.exit(1)
         except ReconcileError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            fail("interrupted; nothing recorded is lost and the next apply resumes")
+            fail(INTERRUPTED)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _better_suggestion(group: click.Group,
+                       exc: click.exceptions.NoSuchOption) -> click.ClickException:
+    """click suggests any option that is a little alike (`--config` → `--token-file`); keep
+    only close ones, and say where an option of `reconcile` itself goes."""
+    name = exc.option_name
+    own = {o for p in group.params for o in getattr(p, "opts", ())}
+    if name in own and exc.ctx is not None and exc.ctx.command is not group:
+        command = exc.ctx.command.name
+        return click.UsageError(f"{name} is an option of reconcile itself, not of {command}: "
+                                f"put it first, e.g. `reconcile {name} ... {command}`", exc.ctx)
+    close = difflib.get_close_matches(name, list(exc.possibilities or ()), n=3, cutoff=0.75)
+    return click.exceptions.NoSuchOption(name, possibilities=close or None, ctx=exc.ctx)
 
 
 @click.group(cls=ReconcileGroup,
@@ -264,17 +293,20 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
               help="Also read the cloud (needs --endpoint and a token): find images deleted "
                    "or changed out of band, lost records to adopt, and same-name duplicates.")
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Save the plan to this file; `reconcile apply FILE` applies exactly it.")
+              callback=plan_file_name,
+              help="Save the plan (JSON) to this file; `reconcile apply FILE` applies exactly "
+                   "it. Not the report: that is -o/--output.")
 @allow_options
 @report_options
+@only_option
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
                    "everything is unchanged.")
 @click.pass_obj
 def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
-             output: Path | None, templates: Path | None, show_unchanged: bool,
-             detailed_exitcode: bool, allow_disk_format: tuple[str, ...],
+             output: Path | None, templates: Path | None, show_unchanged: bool, no_color: bool,
+             only: tuple[str, ...], detailed_exitcode: bool, allow_disk_format: tuple[str, ...],
              allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
@@ -294,15 +326,16 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
                            project_id=session.project_id if session else None, clock=rt.clock,
-                           allow=Allowances(allow_disk_format, allow_container_format))
+                           allow=Allowances(allow_disk_format, allow_container_format),
+                           only=only)
     report = result.report
     if out is not None:
-        saved = save_plan(result, out, clock=rt.clock)
+        saved = save_plan(result, out, clock=rt.clock, only=only)
         report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    write_report(render(report, fmt, color=color(output), templates=templates,
-                         show_unchanged=show_unchanged), output)
+    write_report(chunks(report, fmt, color=color(output), templates=templates,
+                         show_unchanged=show_unchanged), output, report)
     summary = result.plan.summary()
     if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
         raise click.exceptions.Exit(2)
@@ -324,6 +357,10 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                    "records, block same-name duplicates.")
 @allow_options
 @report_options
+@only_option
+@click.option("--refresh-only", is_flag=True,
+              help="Only record what the cloud shows: adopt images that carry reconcile's "
+                   "marker and take in changes made outside reconcile; create nothing.")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and the exact request bodies; send nothing and write no "
                    "state. Reads the cloud like apply does, unless --no-refresh.")
@@ -333,10 +370,11 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
               help="How many creates run at once.")
 @click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
               help="Retries per image for 429, 5xx and connection errors.")
-@click.option("--settle-time", type=click.FloatRange(min=0), default=DEFAULT_SETTLE_S,
+@click.option("--settle-time", type=Seconds(0.0), default=DEFAULT_SETTLE_S,
               show_default=True, envvar="RECONCILE_SETTLE_TIME", show_envvar=True,
               help="Seconds after sending an unanswered create during which it may still "
-                   "land: until then it is looked for, never sent again.")
+                   "land: until then it is looked for, never sent again. Never shorter than "
+                   "--request-timeout (a smaller value is raised to it).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Logs on stderr: text (warnings only) or JSON lines "
                                       "(every event, for cron).")
@@ -344,7 +382,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @click.pass_obj
 def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, profile: str,
           strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
-          templates: Path | None, show_unchanged: bool, dry_run: bool, yes: bool,
+          templates: Path | None, show_unchanged: bool, no_color: bool,
+          only: tuple[str, ...], refresh_only: bool, dry_run: bool, yes: bool,
           parallelism: int, retries: int, settle_time: float, log_format: str,
           lock_timeout: float, allow_disk_format: tuple[str, ...],
           allow_container_format: tuple[str, ...], **auth: Any) -> None:
@@ -370,6 +409,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     ctx = click.get_current_context()
     given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
              is click.core.ParameterSource.COMMANDLINE}
+    if refresh_only and not refresh:
+        raise ConfigError("--refresh-only records what the cloud shows; it cannot be "
+                          "combined with --no-refresh")
     check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
                      interactive=sys.stdin.isatty(), plan_file=plan_file)
     env = rt.env if rt.env is not None else os.environ
@@ -386,9 +428,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                                     endpoint=session.endpoint if session else endpoint,
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
-                                    clock=rt.clock, allow=allow)
-        write_report(render(report, fmt, color=color(output), templates=templates,
-                             show_unchanged=show_unchanged), output)
+                                    clock=rt.clock, allow=allow, only=only)
+        write_report(chunks(report, fmt, color=color(output), templates=templates,
+                             show_unchanged=show_unchanged), output, report)
         return
     with _api(rt, endpoint, auth, retries) as session:
         if saved is not None:
@@ -398,9 +440,10 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
             api=session.client, strict=strict, refresh=refresh, saved=saved,
             parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
-            settle_s=settle_time, clock=rt.clock, on_outcome=progress,
+            settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
+            on_outcome=progress,
             refreshes=lambda: session.refreshes, project_id=session.project_id, allow=allow,
-            lock_timeout_s=lock_timeout,
+            lock_timeout_s=lock_timeout, only=only, refresh_only=refresh_only,
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
@@ -413,14 +456,35 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                 result = apply_catalog(request)
         finally:
             progress.close()
-    write_report(render(result.report, fmt, color=color(output), templates=templates,
-                         show_unchanged=show_unchanged), output)
+    write_report(chunks(result.report, fmt, color=color(output), templates=templates,
+                         show_unchanged=show_unchanged), output, result.report)
     if result.interrupted:
         fail("interrupted: run `reconcile apply` again to finish")
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:
         raise click.exceptions.Exit(1)
+
+
+@cli.command("show")
+@click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="Report format.")
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the report to this file instead of stdout.")
+@click.option("--templates", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Directory of report templates overriding the built-in ones.")
+def show(plan_file: Path, fmt: str, output: Path | None, templates: Path | None) -> None:
+    """Show a saved plan (from `plan --out`) as a report, without reading anything else.
+
+    \b
+    Examples:
+      reconcile show plan.json
+      reconcile show plan.json --format markdown > comment.md
+      reconcile show plan.json --format json | jq '.changes[].request'
+    """
+    write_report(chunks(show_plan(plan_file), fmt, color=color(output),
+                        templates=templates), output)
 
 
 # --- sandbox ---------------------------------------------------------------------------------
@@ -448,6 +512,15 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
 @click.option("--drop-response-rate", type=click.FloatRange(0, 1), default=0.0,
               show_default=True,
               help="Fraction of creates committed, then the connection dropped unanswered.")
+@click.option("--faults", default="", metavar="SCRIPT",
+              help="Faults for the creates, in the order they arrive, before any rate "
+                   "applies: a comma-separated list of ok, NNN (answer that status, commit "
+                   "nothing), commit:NNN (commit, then answer NNN), drop (commit, answer "
+                   "nothing), lost (answer nothing, commit nothing), timeout (hold the "
+                   "request --hang-time seconds, then commit and answer nothing), garbage "
+                   "(commit, answer a body that is not JSON).")
+@click.option("--hang-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds a `timeout` fault holds its request.")
 @click.option("--seed", type=int, help="Seed for the fault injection (deterministic runs).")
 @click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
               help="JSON file keeping the images across restarts.")
@@ -455,7 +528,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
 def sandbox(host: str, port: int, profile: str, token: str | None, password: str | None,
             user: str | None, token_ttl: float, region: str, latency_ms: int,
             fail_rate: float, throttle_rate: float, drop_response_rate: float,
-            seed: int | None, data: Path | None, verbose: bool) -> None:
+            faults: str, hang_time: float, seed: int | None, data: Path | None,
+            verbose: bool) -> None:
     """Serve a local IMS-compatible Image API for demos and tests.
 
     Prints `listening on http://HOST:PORT` once ready; stops on Ctrl-C or SIGTERM.
@@ -464,6 +538,7 @@ def sandbox(host: str, port: int, profile: str, token: str | None, password: str
     Examples:
       reconcile sandbox --port 8080
       reconcile sandbox --drop-response-rate 0.3 --fail-rate 0.1 --throttle-rate 0.1 --seed 7
+      reconcile sandbox --faults 502,drop,timeout,ok       # the first four creates, in order
       reconcile sandbox --password s3cret --token-ttl 5 --region cn-north-4   # Keystone
     """
     from reconciler.sandbox import SandboxConfig, serve
@@ -472,7 +547,8 @@ def sandbox(host: str, port: int, profile: str, token: str | None, password: str
                            password=password, user=user, token_ttl_s=token_ttl, region=region,
                            latency_ms=latency_ms, fail_rate=fail_rate,
                            throttle_rate=throttle_rate, drop_response_rate=drop_response_rate,
-                           seed=seed, data_file=str(data) if data else None, verbose=verbose)
+                           faults=faults, hang_s=hang_time, seed=seed,
+                           data_file=str(data) if data else None, verbose=verbose)
     serve(config, lambda url: click.echo(f"listening on {url}"))
 
 
@@ -491,17 +567,17 @@ def state() -> None:
 
 @state.command("list")
 @state_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines for scripts.")
-def state_list(state: str, as_json: bool) -> None:
+@json_format_option("json: one JSON object per line, for scripts.")
+def state_list(state: str, fmt: str, as_json: bool) -> None:
     """List recorded images: name, id, status, created_at, endpoint.
 
     \b
     Examples:
       reconcile state list
-      reconcile state list --json | jq -r .image_id
+      reconcile state list --format json | jq -r .image_id
     """
     rows = list_records(state)
-    if as_json:
+    if as_json or fmt == "json":
         for target, rec in rows:
             click.echo(json.dumps({"target": target, "name": rec.name, "image_id": rec.image_id,
                                    "status": rec.status, "created_at": rec.created_at,
@@ -521,17 +597,17 @@ def state_list(state: str, as_json: bool) -> None:
 @state.command("show")
 @click.argument("name")
 @state_option
-@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
-def state_show(name: str, state: str, as_json: bool) -> None:
+@json_format_option("json: the record as one JSON document.")
+def state_show(name: str, state: str, fmt: str, as_json: bool) -> None:
     """Show everything recorded about one image: ids, timestamps, request and response.
 
     \b
     Examples:
       reconcile state show ubuntu-18.04-base
-      reconcile state show ubuntu-18.04-base --json | jq .response.created_at
+      reconcile state show ubuntu-18.04-base --format json | jq .response.created_at
     """
     docs = show_records(state, name)
-    if as_json:
+    if as_json or fmt == "json":
         click.echo(json.dumps(docs if len(docs) > 1 else docs[0], indent=2, sort_keys=True))
         return
     for doc in docs:
@@ -545,8 +621,9 @@ def state_show(name: str, state: str, as_json: bool) -> None:
                    f"(run {terminal(doc['run_id'])})")
         click.echo(f"{'spec_digest:':<13} {terminal(doc['spec_digest'])}")
         # json.dumps escapes every control and non-ASCII character: safe as it is.
-        click.echo("request:  " + json.dumps(doc["request"], sort_keys=True))
-        click.echo("response: " + json.dumps(resp, sort_keys=True))
+        for key, body in (("request", doc["request"]), ("response", resp)):
+            text = json.dumps(body, sort_keys=True, indent=2)
+            click.echo(f"{key}:\n" + "\n".join(f"  {line}" for line in text.splitlines()))
 
 
 @state.command("import")
@@ -624,8 +701,8 @@ def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: floa
 @state_option
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many runs to show, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines for scripts.")
-def history(state: str, limit: int, as_json: bool) -> None:
+@json_format_option("json: one JSON object per run and line, for scripts.")
+def history(state: str, limit: int, fmt: str, as_json: bool) -> None:
     """List apply runs, newest first: when, outcome and counts.
 
     \b
@@ -633,7 +710,7 @@ def history(state: str, limit: int, as_json: bool) -> None:
       reconcile history --limit 5
     """
     runs = run_history(state, limit)
-    if as_json:
+    if as_json or fmt == "json":
         for run in runs:
             click.echo(json.dumps(run, sort_keys=True))
         return

@@ -14,11 +14,13 @@ per-request state, and httpx's connection pool is thread-safe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,6 +33,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -447,12 +450,39 @@ def _transport_error(
     )
     detail = _truncate(_redact(_clean(str(exc)), secrets), 200)
     kind = type(exc).__name__
+    permanent, hint = _diagnose(exc)
+    message = f"{what} ({kind}: {detail})" if detail else f"{what} ({kind})"
     return TransportError(
-        f"{what} ({kind}: {detail})" if detail else f"{what} ({kind})",
+        f"{message}; {hint}" if hint else message,
         sent=sent,
         method=request.method,
         url=_safe_url(request.url),
+        permanent=permanent,
     )
+
+
+def _diagnose(exc: httpx.TransportError) -> tuple[bool, str]:
+    """Whether the failure is certain to repeat, and which setting to check."""
+    text = str(exc).lower()
+    if "wrong_version_number" in text or "wrong version number" in text or \
+            "record layer failure" in text or "packet length too long" in text:
+        return True, ("the server does not speak TLS there: is the endpoint http://, not "
+                      "https://? (check --endpoint)")
+    if "certificate" in text and ("verify failed" in text or "self-signed" in text
+                                  or "mismatch" in text or "expired" in text):
+        return True, ("the server's TLS certificate is not trusted: pass its CA bundle with "
+                      "--cacert (OS_CACERT), or check the host name in --endpoint")
+    if any(m in text for m in ("name or service not known", "nodename nor servname",
+                               "no address associated with hostname", "name does not resolve",
+                               "getaddrinfo failed")):
+        return True, "the host name does not resolve: check --endpoint (RECONCILE_ENDPOINT)"
+    if "connection refused" in text:
+        return False, ("nothing listens at that address: check --endpoint "
+                       "(RECONCILE_ENDPOINT) and that the service is up")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return False, ("no answer to the connection: check --endpoint, the network (proxy, "
+                       "firewall) and --connect-timeout")
+    return False, ""
 
 
 # --------------------------------------------------------------------------- the client
@@ -491,11 +521,164 @@ class RetryPolicy:
         return backoff * rng.uniform(0.5, 1.5)
 
 
+#: The longest a request may take in all, from connecting to the last byte of the answer.
+DEFAULT_REQUEST_TIMEOUT = 120.0
+
+
 def http_client(verify: bool | str = True, *, connect_timeout: float = 10.0,
-                read_timeout: float = 60.0) -> httpx.Client:
-    """A pooled client sized for the applier's worker threads; ``verify`` may be a CA path."""
-    return httpx.Client(timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-                        limits=_POOL_LIMITS, verify=_ssl_context(verify))
+                read_timeout: float = 60.0,
+                request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> httpx.Client:
+    """A pooled client sized for the apply's worker threads; ``verify`` may be a CA path.
+
+    ``connect_timeout`` and ``read_timeout`` bound each wait for the network;
+    ``request_timeout`` bounds a whole request, so a server trickling one byte a second
+    cannot hold it for ever. ``abort_requests(client)`` cuts every connection at once.
+    """
+    deadline = _RequestDeadline(request_timeout)
+    client = httpx.Client(timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+                          limits=_POOL_LIMITS, verify=_ssl_context(verify),
+                          event_hooks={"request": [deadline.start]})
+    for transport in (client._transport, *client._mounts.values()):
+        # httpx takes no network backend; its connection pools get one that bounds every
+        # socket wait by what is left of the request's deadline.
+        pool = getattr(transport, "_pool", None)
+        inner = getattr(pool, "_network_backend", None)
+        if pool is None or not isinstance(inner, httpcore.NetworkBackend):
+            raise RuntimeError("this httpx version hides its network backend; request "
+                               "deadlines cannot be enforced")
+        pool._network_backend = _DeadlineBackend(inner, deadline)
+    return client
+
+
+def abort_requests(client: httpx.Client) -> None:
+    """Fail every request of ``client`` now and from now on: each open connection is shut
+    down, and no new one is made. For a run being stopped that cannot wait for a slow server
+    (the requests cut off count as sent without an answer)."""
+    for transport in (client._transport, *client._mounts.values()):
+        backend = getattr(getattr(transport, "_pool", None), "_network_backend", None)
+        if isinstance(backend, _DeadlineBackend):
+            backend.abort()
+
+
+class _RequestDeadline(threading.local):
+    """When the request this thread is sending must be done (one request per thread at a
+    time: httpx reads the whole answer before ``send`` returns)."""
+
+    at: float | None = None
+
+    def __init__(self, total: float) -> None:
+        self.total = total
+
+    def start(self, request: httpx.Request) -> None:
+        self.at = SYSTEM_CLOCK.monotonic() + self.total  # network time is real time
+
+    def bound(self, timeout: float | None, expired: type[Exception]) -> float | None:
+        """``timeout``, or less if the deadline is nearer; raises ``expired`` past it."""
+        if self.at is None:
+            return timeout
+        left = self.at - SYSTEM_CLOCK.monotonic()
+        if left <= 0:
+            raise expired(self.message)
+        return left if timeout is None else min(timeout, left)
+
+    @property
+    def message(self) -> str:
+        return f"the request took longer than its deadline of {self.total:g} s"
+
+    def passed(self) -> bool:
+        return self.at is not None and SYSTEM_CLOCK.monotonic() >= self.at
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
+        self._inner, self._backend = inner, backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        deadline = self._backend.deadline
+        try:
+            return self._inner.read(max_bytes, deadline.bound(timeout, httpcore.ReadTimeout))
+        except httpcore.ReadTimeout:
+            if deadline.passed():  # say which limit it was
+                raise httpcore.ReadTimeout(deadline.message) from None
+            raise
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        deadline = self._backend.deadline
+        try:
+            self._inner.write(buffer, deadline.bound(timeout, httpcore.WriteTimeout))
+        except httpcore.WriteTimeout:
+            if deadline.passed():
+                raise httpcore.WriteTimeout(deadline.message) from None
+            raise
+
+    def close(self) -> None:
+        self._backend.forget(self)
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        bounded = self._backend.deadline.bound(timeout, httpcore.ConnectTimeout)
+        tls = self._inner.start_tls(ssl_context, server_hostname, bounded)
+        self._backend.forget(self)
+        return self._backend.track(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """The socket backend, with each wait bounded by the request's deadline, and a way to cut
+    every connection at once."""
+
+    def __init__(self, inner: httpcore.NetworkBackend, deadline: _RequestDeadline) -> None:
+        self._inner, self.deadline = inner, deadline
+        self._streams: set[_DeadlineStream] = set()
+        self._lock = threading.Lock()
+        self._aborted = False
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        if self._aborted:
+            raise httpcore.ConnectError("not sent: the run was stopped")
+        stream = self._inner.connect_tcp(
+            host, port, self.deadline.bound(timeout, httpcore.ConnectTimeout), local_address,
+            socket_options)
+        return self.track(stream)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None
+                            ) -> httpcore.NetworkStream:
+        if self._aborted:
+            raise httpcore.ConnectError("not sent: the run was stopped")
+        stream = self._inner.connect_unix_socket(
+            path, self.deadline.bound(timeout, httpcore.ConnectTimeout), socket_options)
+        return self.track(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+    def track(self, stream: httpcore.NetworkStream) -> _DeadlineStream:
+        wrapped = _DeadlineStream(stream, self)
+        with self._lock:
+            self._streams.add(wrapped)
+        if self._aborted:
+            self.abort()
+        return wrapped
+
+    def forget(self, stream: _DeadlineStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def abort(self) -> None:
+        self._aborted = True
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            sock = stream.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
@@ -514,7 +697,8 @@ class ImageClient:
     """The Image API calls reconcile makes: create, get, delete and list image metadata.
 
     ``http`` injects a ready ``httpx.Client`` (tests pass one on ``httpx.MockTransport``);
-    ``connect_timeout``, ``read_timeout`` and ``verify`` then do not apply, and ``close()``
+    ``connect_timeout``, ``read_timeout``, ``request_timeout`` and ``verify`` then do not apply
+    (nor does ``abort``), and ``close()``
     leaves it open. The client is safe to call from many threads at once.
     """
 
@@ -526,6 +710,7 @@ class ImageClient:
         http: httpx.Client | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         verify: bool | str = True,
         user_agent: str = DEFAULT_USER_AGENT,
         auth: httpx.Auth | None = None,
@@ -535,6 +720,7 @@ class ImageClient:
     ) -> None:
         self.endpoint = normalize_endpoint(endpoint)
         self._clock = clock
+        self._aborted = False
         self._max_pages = max_pages
         # Which request name each id answered to a create belongs to: a server that answers
         # two creates with one id is lying about one of them.
@@ -544,13 +730,20 @@ class ImageClient:
         self._auth = auth  # request signing (AK/SK), applied to every request
         self._read_retry = read_retry
         self._rng = random.Random()
+        self._answered = False  # no HTTP answer from this endpoint yet
         self._user_agent = user_agent
         self._owns_http = http is None
         self._http = http if http is not None else http_client(
-            verify, connect_timeout=connect_timeout, read_timeout=read_timeout)
+            verify, connect_timeout=connect_timeout, read_timeout=read_timeout,
+            request_timeout=request_timeout)
 
     def __repr__(self) -> str:
         return f"ImageClient({self.endpoint!r})"
+
+    def abort(self) -> None:
+        """Fail every request in flight now, and every later one (a run being stopped)."""
+        self._aborted = True
+        abort_requests(self._http)
 
     def close(self) -> None:
         """Close the connection pool, unless it was passed in."""
@@ -657,7 +850,16 @@ class ImageClient:
         listed: set[str] = set()  # a server whose paging loops repeats ids: stop at the first
         for number in range(1, self._max_pages + 1):
             query = (*params, ("marker", marker)) if marker else params
-            response = self._send("GET", "/v2/images", params=query)
+            try:
+                response = self._send("GET", "/v2/images", params=query)
+            except NotFoundError as exc:
+                # The collection itself is never missing from an Image API.
+                raise NotFoundError(
+                    f"{exc.message}; is {self.endpoint} the Image API endpoint? Check "
+                    "--endpoint: the API's root, e.g. https://ims.cn-north-4.myhuaweicloud.com "
+                    "or Glance's http://HOST:9292 (a trailing /v2 is accepted)",
+                    status=exc.status, code=exc.code, request_id=exc.request_id,
+                    method=exc.method, url=exc.url) from None
             body = self._json_object(response)
             page = self._validated(response, ImagePage, body)
             for entry in page.images:
@@ -722,7 +924,8 @@ class ImageClient:
             try:
                 return self._authenticated(method, path, params, json_body)
             except RETRYABLE_READ as exc:
-                if retry is None or attempt >= retry.attempts:
+                if (retry is None or attempt >= retry.attempts or self._aborted
+                        or self._unpromising(exc)):
                     raise
                 delay = retry.delay(attempt, exc.retry_after, self._rng)
                 why = str(exc) if isinstance(exc, TransportError) else f"HTTP {exc.status}"
@@ -730,6 +933,14 @@ class ImageClient:
                         delay, attempt, retry.attempts,
                         extra={"event": "read_retry", "attempt": attempt})
             self._clock.sleep(delay)
+
+    def _unpromising(self, exc: ApiError) -> bool:
+        """A failure not worth retrying: one that repeats by nature, or a connection that
+        failed before this endpoint ever answered (a wrong endpoint far more often than a
+        server restarting just now; the next run will try again)."""
+        if not isinstance(exc, TransportError):
+            return False
+        return exc.permanent or (not exc.sent and not self._answered)
 
     def _authenticated(
         self,
@@ -741,6 +952,7 @@ class ImageClient:
         """Send, and once more with a fresh token after a 401 if the provider has one."""
         tokens = [self._tokens.token()]
         response = self._attempt(method, path, params, json_body, tokens)
+        self._answered = True
         if response.is_success:
             return response
         error = error_from_response(response, secrets=tokens, clock=self._clock)

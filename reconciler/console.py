@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,7 +25,7 @@ from reconciler.errors import ConfigError
 from reconciler.escape import terminal
 from reconciler.models import Outcome, Plan, RunReport
 from reconciler.output import check_writable, write_text
-from reconciler.report import render
+from reconciler.report import render, summary_line
 
 
 def fail(message: str) -> NoReturn:
@@ -43,15 +43,21 @@ def notice(message: str, *, level: int = logging.INFO) -> None:
         click.echo(terminal(message, newlines=True), err=True)
 
 
-def write_report(text: str, output: Path | None) -> None:
+def write_report(pieces: Iterable[str], output: Path | None,
+                 report: RunReport | None = None) -> None:
+    """Write the report as it is produced (a big json report is never held whole); to
+    ``output`` with a one-line summary on stderr (for cron: the mail still says what
+    happened)."""
     if output is None:
-        click.echo(text, nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
         return
     try:
-        write_text(output, text)
+        write_text(output, pieces)
     except OSError as exc:
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
-    notice(f"report written to {output}")
+    notice(f"{summary_line(report)} Report written to {output}." if report is not None
+           else f"report written to {output}")
 
 
 def check_outputs(report: Path | None, plan: Path | None = None) -> None:
@@ -66,7 +72,10 @@ def check_outputs(report: Path | None, plan: Path | None = None) -> None:
 
 
 def color(output: Path | None) -> bool:
-    return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    ctx = click.get_current_context(silent=True)
+    no_color = bool(ctx and ctx.params.get("no_color"))
+    return (output is None and not no_color and sys.stdout.isatty()
+            and "NO_COLOR" not in os.environ)
 
 
 class Progress:

@@ -175,8 +175,10 @@ class TransportError(ApiError):
     """No complete answer. ``sent`` is True when the request may have reached the server."""
 
     def __init__(self, message: str, *, sent: bool, method: str | None = None,
-                 url: str | None = None) -> None:
+                 url: str | None = None, permanent: bool = False) -> None:
         self.sent = sent
+        #: The same request will fail the same way (TLS mismatch, unknown host): no retry.
+        self.permanent = permanent
         super().__init__(message, method=method, url=url)
 
 

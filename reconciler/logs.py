@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import redaction
@@ -19,15 +20,17 @@ from reconciler.escape import terminal
 LOGGER = logging.getLogger("reconciler")
 
 #: ``extra`` keys copied into a JSON line when a record has them.
-FIELDS = ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s", "run_id")
+FIELDS = ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s", "run_id",
+          "target", "outcome", "counts")
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, event, message and the known extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC)
         doc: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
             "level": record.levelname.lower(),
             "event": getattr(record, "event", record.name),
             "message": record.getMessage(),

@@ -96,6 +96,23 @@ class ImageSpec(Frozen):
         body.update(self.properties)
         return body
 
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ImageSpec:
+        """The spec a request body was made from (``body()`` turned around; the marker and
+        any non-text extra property are left out)."""
+        fields: dict[str, Any] = {"name": str(body.get("name", ""))}
+        properties: dict[str, str] = {}
+        for key, value in body.items():
+            if key == "__os_version":
+                fields["os_version"] = value
+            elif key == "tags":
+                fields["tags"] = tuple(value)
+            elif key in cls.model_fields and key not in ("name", "file", "line", "properties"):
+                fields[key] = value
+            elif key not in ("name", MARKER_PROPERTY) and isinstance(value, str):
+                properties[key] = value
+        return cls.model_validate({**fields, "properties": properties})
+
     @cached_property
     def digest(self) -> str:
         """Computed once: plans and catalog digests of 100,000 images ask for it often."""
@@ -234,7 +251,7 @@ class Change(Frozen):
     line: int | None = None
     image_id: str | None = None
     spec: ImageSpec | None = None
-    remote: dict[str, Any] | None = None  # the image to adopt
+    remote: dict[str, Any] | None = None  # the image to adopt, or as the cloud has it now
 
 
 class Plan(Frozen):

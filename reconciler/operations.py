@@ -7,6 +7,7 @@ stays a thin shell and tests can call the same code directly.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gc
 import hashlib
 import json
@@ -24,8 +25,11 @@ from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, Problem, StateError
 from reconciler.models import (
+    ACTIONS,
     GONE_STATUSES,
     Catalog,
+    Change,
+    ImageSpec,
     Observed,
     Plan,
     Record,
@@ -34,7 +38,7 @@ from reconciler.models import (
     iso,
 )
 from reconciler.planfile import SavedPlan
-from reconciler.planner import adoption_request, diff_bodies, plan
+from reconciler.planner import adoption_request, diff_bodies, plan, select
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import ListingApi, observe
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
@@ -77,11 +81,12 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
               api: PlanApi | None = None, project_id: str | None = None,
               clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
-              keep: bool = True) -> PlanResult:
-    """Compare the catalog with the state file, which is only read (no records written).
+              keep: bool = True, only: tuple[str, ...] = ()) -> PlanResult:
+    """Compare the catalog with the state file, whose records are only read.
 
     With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
-    in the state file as a cache); without it the plan is offline and uses the kept rules.
+    in the state file as a cache unless ``keep`` is false); without it the plan is offline
+    and uses the kept rules. ``only``: limit the plan to the names matching these globs.
     """
     with bulk_build():
         store = open_readonly(state_path, clock=clock)
@@ -92,15 +97,16 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
             # kept even if the catalog fails; a dry run (keep=False) writes nothing
             notes = kept_notes(rules, target, state_path) if keep else rules.notes
             catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
-            records = _records_for_plan(store, target, catalog, full=api is not None) \
-                if store else {}
+            records = _HandedOver(_records_for_plan(store, target, catalog, full=api is not None)
+                                  if store else {})
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
             revision = store.revision() if store else 0
         finally:
             if store:
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
-        result = plan(catalog, records, target=target, pending=pending, observed=observed)
+        result = select(plan(catalog, records, target=target, pending=pending,
+                             observed=observed), only)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
                              refreshed=api is not None, warnings=notes)
     return PlanResult(catalog, result, report, revision, observed)
@@ -136,6 +142,15 @@ def _records_for_plan(store: StateStore, target: str, catalog: Catalog, *,
     return records
 
 
+class _HandedOver(dict[str, Record]):
+    """Records handed to the planner, which looks each one up once: ``get`` lets go of the
+    record it returns, so a big plan frees each record as it makes its change, and its peak
+    memory is catalog plus records rather than catalog plus records plus plan."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.pop(key, default)
+
+
 @contextlib.contextmanager
 def bulk_build() -> Iterator[None]:
     """Pause the cyclic garbage collector while building catalog, records and plan.
@@ -153,10 +168,11 @@ def bulk_build() -> Iterator[None]:
             gc.enable()
 
 
-def save_plan(result: PlanResult, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> SavedPlan:
+def save_plan(result: PlanResult, path: Path, *, clock: Clock = SYSTEM_CLOCK,
+              only: tuple[str, ...] = ()) -> SavedPlan:
     saved = planfile.build(result.plan, catalog=result.catalog.directory,
                            state_revision=result.state_revision, created_at=iso(clock.now()),
-                           tool_version=__version__, observed=result.observed)
+                           tool_version=__version__, observed=result.observed, only=only)
     planfile.write(saved, path)
     return saved
 
@@ -226,9 +242,12 @@ def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
     """Everything recorded about one image name, one document per target that has it."""
     with reading(state_path) as store:
         found = store.records_named(name)
+        names = [] if found else sorted({r.name for _, r in store.all_records()})
     if not found:
-        raise ConfigError(f"no image named {name!r} is recorded in {redact(state_path)}; "
-                          "`reconcile state list` shows what is")
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"no image named {name!r} is recorded in {redact(state_path)}"
+                          f"{hint} (`reconcile state list` shows what is)")
     return [{"target": target, **rec.model_dump(exclude={"request_json", "response_json"}),
              "request": rec.request, "response": rec.response} for target, rec in found]
 
@@ -257,16 +276,36 @@ def _process_gone(host: str | None, pid: int | None) -> bool:
     return False
 
 
+def show_plan(path: Path) -> RunReport:
+    """A saved plan (``plan --out``) as a report, for review: what it creates (with the
+    exact bodies) and adopts, and what it was made from."""
+    saved = planfile.read(path)
+    changes = tuple(Change.model_construct(
+        name=c.name, action=c.action, reason=c.reason, detail="", diff=(), warnings=(),
+        file=None, line=None, image_id=c.image_id, remote=None,
+        spec=ImageSpec.from_body(c.request) if c.request is not None else None)
+        for c in saved.changes)
+    return RunReport.model_construct(
+        format_version=1, mode="plan", dry_run=False, generated_at=saved.created_at,
+        tool_version=saved.tool_version, catalog=saved.catalog, target=saved.target,
+        profile=saved.profile, catalog_digest=saved.catalog_digest,
+        summary={**dict.fromkeys(ACTIONS, 0), **saved.summary}, changes=changes, outcomes=(),
+        warnings=(), duration_s=None, run_id=None, auth_refreshes=0,
+        refreshed=saved.refreshed, state=f"revision {saved.state_revision}",
+        plan_id=saved.plan_id)
+
+
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                    strict: bool = False, endpoint: str | None = None,
                    api: PlanApi | None = None, project_id: str | None = None,
-                   clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES) -> RunReport:
+                   clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
+                   only: tuple[str, ...] = ()) -> RunReport:
     """What apply would send. With ``api`` the cloud is read first, as apply does (so
     adoptions and recreations show as apply would do them); nothing is ever written or
     sent: only GET requests (the server's rules are used, not kept)."""
     result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
                        endpoint=endpoint, api=api, project_id=project_id, clock=clock,
-                       allow=allow, keep=False)
+                       allow=allow, keep=False, only=only)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 

@@ -4,16 +4,38 @@ and defaults them alike (the ``auth_options`` apply to each command that talks t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from reconciler.client import DEFAULT_REQUEST_TIMEOUT
 from reconciler.errors import ConfigError
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS
 from reconciler.state import DEFAULT_PATH, parse_duration
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds, at least ``minimum``: ``nan`` and ``inf`` would pass any
+    range check and wedge a run later, so they are refused here."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float) -> None:
+        super().__init__(min=minimum)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds(0.1)
 
 
 def catalog_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,6 +88,37 @@ def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "Selects whose records to compare with.")(f)
 
 
+def only_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--only", metavar="NAME", multiple=True,
+                        help="Limit to the images with this name (a glob: 'ubuntu-*'); "
+                             "repeat for more.")(f)
+
+
+def json_format_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--format text|json` as on plan, apply and validate; `--json` stays as a short form."""
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--json", "as_json", is_flag=True, hidden=True,
+                         help="Same as --format json.")(f)
+        return click.option("--format", "fmt", type=click.Choice(["text", "json"]),
+                            default="text", show_default=True, help=what)(f)
+    return decorate
+
+
+#: Names that are reports, not plan files: `plan --format markdown --out comment.md` meant -o.
+REPORT_SUFFIXES = (".md", ".markdown", ".html", ".htm", ".txt", ".text")
+
+
+def plan_file_name(ctx: click.Context, param: click.Parameter,
+                   value: Path | None) -> Path | None:
+    """``--out``'s check: it saves the plan file, so a report's name is a mistake."""
+    if value is not None and value.suffix.lower() in REPORT_SUFFIXES:
+        raise click.BadParameter(
+            f"{value} looks like a report, but --out saves the plan file (JSON, for "
+            f"`reconcile apply FILE`); write the report with -o/--output {value}, and the plan "
+            "with --out plan.json", ctx=ctx, param=param)
+    return value
+
+
 def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--templates", type=click.Path(path_type=Path, file_okay=False,
                                                     exists=True),
@@ -73,6 +126,8 @@ def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "(report.txt.j2, report.md.j2, report.html.j2).")(f)
     f = click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
                      help="Write the report to this file instead of stdout.")(f)
+    f = click.option("--no-color", is_flag=True,
+                     help="No colours, even on a terminal (like NO_COLOR=1).")(f)
     f = click.option("--show-unchanged", is_flag=True,
                      help="List unchanged images in the text report too (they are always "
                           "counted; the other formats always list them).")(f)
@@ -86,17 +141,23 @@ def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="Read a static API token from this file."),
         click.option("--os-cloud", help="Use this cloud of clouds.yaml (default: $OS_CLOUD)."),
-        click.option("--interface", type=click.Choice(["public", "internal", "admin"]),
+        click.option("--interface", "--os-interface", "interface",
+                     type=click.Choice(["public", "internal", "admin"]),
                      help="Service catalog interface for the image endpoint (default: "
                           "$OS_INTERFACE or public)."),
-        click.option("--cacert", type=click.Path(dir_okay=True, exists=True),
+        click.option("--cacert", "--os-cacert", "cacert",
+                     type=click.Path(dir_okay=True, exists=True),
                      help="CA bundle for TLS verification (default: $OS_CACERT)."),
         click.option("--insecure", is_flag=True,
                      help="Do not verify TLS certificates (prints a warning every run)."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
+        click.option("--connect-timeout", type=SECONDS, default=10.0,
                      show_default=True, help="Seconds to wait for a connection."),
-        click.option("--read-timeout", type=click.FloatRange(min=0.1), default=60.0,
-                     show_default=True, help="Seconds to wait for an answer."),
+        click.option("--read-timeout", type=SECONDS, default=60.0,
+                     show_default=True, help="Seconds to wait for each part of an answer."),
+        click.option("--request-timeout", type=SECONDS, default=DEFAULT_REQUEST_TIMEOUT,
+                     show_default=True, envvar="RECONCILE_REQUEST_TIMEOUT", show_envvar=True,
+                     help="Seconds a whole request may take, however the server trickles "
+                          "its answer."),
     ]
     for option in reversed(options):  # click lists the last applied first
         f = option(f)

@@ -16,6 +16,7 @@ import re
 import secrets
 import stat
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 #: Names of an already open descriptor (Linux's /proc/self/fd, /dev/fd, /dev/stdout).
@@ -24,9 +25,11 @@ _STD_NAMES = {"/dev/stdout": 1, "/dev/stderr": 2}
 _MAX_LINKS = 40  # as the kernel's ELOOP
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path``; raises OSError (a directory: IsADirectoryError)."""
-    data = text.encode("utf-8")
+def write_text(path: Path, text: str | Iterable[str]) -> None:
+    """Write ``text`` (UTF-8) to ``path``; raises OSError (a directory: IsADirectoryError).
+    ``text`` may come in pieces, written as they come (a big report is never held whole)."""
+    data = [text.encode("utf-8")] if isinstance(text, str) else (
+        piece.encode("utf-8") for piece in text)
     target, fd = _follow(path)
     if fd is not None:
         _write_fd(fd, data)
@@ -41,7 +44,7 @@ def write_text(path: Path, text: str) -> None:
         _replace(target, data, None if st is None else stat.S_IMODE(st.st_mode))
     else:  # a device, FIFO or socket: write into it (a FIFO waits for its reader)
         with open(target, "wb") as f:
-            f.write(data)
+            f.writelines(data)
 
 
 def _follow(path: Path) -> tuple[Path, int | None]:
@@ -70,21 +73,22 @@ def _descriptor(path: Path) -> int | None:
     return int(match.group(1))
 
 
-def _write_fd(fd: int, data: bytes) -> None:
+def _write_fd(fd: int, data: Iterable[bytes]) -> None:
     for stream in (sys.stdout, sys.stderr):  # what click wrote so far comes first
         with contextlib.suppress(Exception):
             stream.flush()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    for piece in data:
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(fd, view):]
 
 
-def _replace(target: Path, data: bytes, mode: int | None) -> None:
+def _replace(target: Path, data: Iterable[bytes], mode: int | None) -> None:
     # A new file gets 0666 less the umask (as `>` would); a replaced one keeps its mode.
     fd, tmp = _temporary(target)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.writelines(data)
             f.flush()
             if mode is not None:
                 os.fchmod(f.fileno(), mode)

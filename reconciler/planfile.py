@@ -53,6 +53,7 @@ class SavedPlan(Frozen):
     summary: dict[str, int]
     changes: tuple[PlannedImage, ...]
     fingerprints: dict[str, tuple[Fingerprint, ...]] = {}
+    only: tuple[str, ...] = ()  # the --only patterns the plan was limited to
 
     @property
     def names(self) -> list[str]:
@@ -69,7 +70,8 @@ def fingerprints(observed: Observed, names: list[str]) -> dict[str, tuple[Finger
 
 
 def build(result: Plan, *, catalog: str, state_revision: int, created_at: str,
-          tool_version: str, observed: Observed | None) -> SavedPlan:
+          tool_version: str, observed: Observed | None,
+          only: tuple[str, ...] = ()) -> SavedPlan:
     changes = tuple(
         PlannedImage(name=c.name, action=c.action, reason=c.reason,
                      request=c.spec.body() if c.action == "create" and c.spec else None,
@@ -82,7 +84,8 @@ def build(result: Plan, *, catalog: str, state_revision: int, created_at: str,
         catalog_digest=result.catalog_digest, state_revision=state_revision,
         target=result.target, profile=result.profile, refreshed=observed is not None,
         summary=result.summary(), changes=changes,
-        fingerprints=fingerprints(observed, names) if observed is not None else {})
+        fingerprints=fingerprints(observed, names) if observed is not None else {},
+        only=only)
 
 
 def write(saved: SavedPlan, path: Path) -> None:

@@ -9,10 +9,12 @@ created again, lost records are adopted by their marker, and same-name images bl
 
 from __future__ import annotations
 
+import fnmatch
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconciler.errors import ConfigError
 from reconciler.models import (
     MARKER_PROPERTY,
     Catalog,
@@ -82,7 +84,7 @@ def _change(name: str, spec: ImageSpec | None, record: Record | None, nonce: str
         if remote_diff:
             return _make(name, "drift", "changed_remotely", "the image was changed outside "
                          "reconcile (recorded → now in the cloud)", image_id=record.image_id,
-                         diff=remote_diff, **where)
+                         diff=remote_diff, remote=remote, **where)
         return _compare(name, spec, record, where)
     assert spec is not None
     return _unrecorded(name, spec, live, nonce, where, "not_recorded", "")
@@ -201,3 +203,18 @@ def adoption_request(spec: ImageSpec, image: dict[str, Any]) -> dict[str, Any]:
     if MARKER_PROPERTY in image:
         request[MARKER_PROPERTY] = image[MARKER_PROPERTY]
     return request
+
+
+def select(result: Plan, patterns: Sequence[str]) -> Plan:
+    """The plan limited to the names matching any of ``patterns`` (shell globs, as
+    ``--only`` takes them); a pattern that matches no name is an error, never a silent no-op."""
+    if not patterns:
+        return result
+    unmatched = [p for p in patterns
+                 if not any(fnmatch.fnmatchcase(c.name, p) for c in result.changes)]
+    if unmatched:
+        raise ConfigError(f"--only {unmatched[0]}: no image of the catalog or the state file "
+                          "has a name it matches (a glob: * ? [...])")
+    kept = tuple(c for c in result.changes
+                 if any(fnmatch.fnmatchcase(c.name, p) for p in patterns))
+    return result.model_copy(update={"changes": kept})

@@ -4,12 +4,19 @@ All four formats show the same view model. Size rules, so reports stay useful fo
 images: ``text`` and ``html`` list at most ``LIST_LIMIT`` entries per section and say how many
 they left out; ``markdown`` (a pull-request comment) is guaranteed to fit ``MARKDOWN_LIMIT``
 characters by cutting sections step by step and saying what was cut; ``json`` is complete.
+
+``chunks`` yields a report piece by piece, so that a caller writing it out never holds all of
+it: the json of a 100,000-image plan (tens of MB) is encoded one change at a time, the text
+and html templates are generated as they go. Only markdown is built whole, as its size is
+capped.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -114,13 +121,21 @@ def _environment(override: Path | None) -> jinja2.Environment:
 
 def render(report: RunReport, fmt: str, *, color: bool = False,
            templates: Path | None = None, show_unchanged: bool = False) -> str:
-    """The report in one of FORMATS. ``text`` lists unchanged images only with
+    """The report in one of FORMATS, as one string. ``text`` lists unchanged images only with
     ``show_unchanged`` (it always counts them); the other formats always list them."""
+    return "".join(chunks(report, fmt, color=color, templates=templates,
+                          show_unchanged=show_unchanged))
+
+
+def chunks(report: RunReport, fmt: str, *, color: bool = False,
+           templates: Path | None = None, show_unchanged: bool = False) -> Iterator[str]:
+    """The report in one of FORMATS, piece by piece; ``"".join`` of them is ``render``'s."""
     if fmt == "json":
-        return json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n"
+        yield from _json_chunks(report)
+        return
     try:
-        return _render_template(report, fmt, color=color, templates=templates,
-                                show_unchanged=show_unchanged)
+        yield from _template_chunks(report, fmt, color=color, templates=templates,
+                                    show_unchanged=show_unchanged)
     except jinja2.TemplateError as exc:
         # A team's --templates override is user input: say which file and line is wrong.
         where, line = _template_frame(exc, fmt)
@@ -149,21 +164,23 @@ def _template_frame(exc: BaseException, fmt: str) -> tuple[str, int | None]:
     return where, line
 
 
-def _render_template(report: RunReport, fmt: str, *, color: bool,
-                     templates: Path | None, show_unchanged: bool) -> str:
+def _template_chunks(report: RunReport, fmt: str, *, color: bool,
+                     templates: Path | None, show_unchanged: bool) -> Iterator[str]:
     template = _environment(templates).get_template(_TEMPLATE[fmt])
     if fmt != "markdown":
-        return template.render(_view(report, LIST_LIMIT, color=color and fmt == "text",
-                                     show_unchanged=show_unchanged or fmt != "text"))
+        yield from template.generate(_view(report, LIST_LIMIT, color=color and fmt == "text",
+                                           show_unchanged=show_unchanged or fmt != "text"))
+        return
     total = len(report.changes) + len(report.outcomes)
     caps = [c for c in _MARKDOWN_CAPS if c * 150 < MARKDOWN_LIMIT or c >= total] or [0]
     text = ""
     for cap in caps:
         text = template.render(_view(report, cap, color=False, show_unchanged=True))
         if len(text) <= MARKDOWN_LIMIT:
-            return text
+            yield text
+            return
     cut = "\n\n_(report cut to fit 65,536 characters; see the JSON report)_\n"
-    return text[: MARKDOWN_LIMIT - len(cut)] + cut
+    yield text[: MARKDOWN_LIMIT - len(cut)] + cut
 
 
 def _view(report: RunReport, cap: int, *, color: bool,
@@ -304,6 +321,12 @@ def create_attributes(change: Change) -> str:
     return "; ".join(parts)
 
 
+def summary_line(report: RunReport) -> str:
+    """The report in one line: the plan's counts, and for an apply what it did."""
+    applied = report.mode == "apply" and not report.dry_run
+    return plan_line(report.summary) + (" " + apply_line(report.summary) if applied else "")
+
+
 def plan_line(s: dict[str, int]) -> str:
     adopt = f"{s['adopt']} to adopt, " if s.get("adopt") else ""
     return (f"Plan: {s['create']} to create, {adopt}{s['unchanged']} unchanged, "
@@ -355,7 +378,12 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
 
 
 def to_json(report: RunReport) -> dict[str, Any]:
-    """The documented, versioned JSON report (format_version 1)."""
+    """The documented, versioned JSON report (format_version 1), as one value."""
+    return _json_document(report, [change_json(c) for c in report.changes],
+                          [outcome_json(o) for o in report.outcomes])
+
+
+def _json_document(report: RunReport, changes: object, outcomes: object) -> dict[str, Any]:
     out: dict[str, Any] = {
         "format_version": report.format_version,
         "mode": report.mode,
@@ -373,9 +401,49 @@ def to_json(report: RunReport) -> dict[str, Any]:
         "state": report.state,
         "plan_id": report.plan_id,
         "summary": report.summary,
-        "changes": [change_json(c) for c in report.changes],
+        "changes": changes,
         "warnings": list(report.warnings),
     }
     if report.mode == "apply":
-        out["outcomes"] = [outcome_json(o) for o in report.outcomes]
+        out["outcomes"] = outcomes
     return out
+
+
+#: Characters gathered before a piece of the json report is handed on.
+_JSON_PIECE = 1 << 16
+
+
+def _json_chunks(report: RunReport) -> Iterator[str]:
+    """``json.dumps(to_json(report), indent=2, ensure_ascii=False)`` and a newline, byte for
+    byte, without building it: the document is encoded with a placeholder for each long
+    list, whose items are then encoded one at a time at the list's depth."""
+    marks = {key: f"reconcile-stream-{uuid.uuid4().hex}" for key in ("changes", "outcomes")}
+    head = json.dumps(_json_document(report, marks["changes"], marks["outcomes"]), indent=2,
+                      ensure_ascii=False) + "\n"
+    items = {"changes": (change_json(c) for c in report.changes),
+             "outcomes": (outcome_json(o) for o in report.outcomes)}
+    for key, mark in marks.items():
+        before, found, head = head.partition(f'"{mark}"')
+        if not found:
+            head = before
+            continue
+        yield before
+        yield from _json_list(items[key])
+    yield head
+
+
+def _json_list(items: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """A list at depth 1 of an ``indent=2`` document (its items at depth 2), in pieces."""
+    piece: list[str] = []
+    size, opened = 0, False
+    for item in items:
+        text = json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        piece.append(f",\n    {text}" if opened else f"[\n    {text}")
+        opened = True
+        size += len(text)
+        if size >= _JSON_PIECE:
+            yield "".join(piece)
+            piece.clear()
+            size = 0
+    piece.append("\n  ]" if opened else "[]")
+    yield "".join(piece)

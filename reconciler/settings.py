@@ -22,6 +22,7 @@ KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "strict": ("strict", bool), "parallelism": ("parallelism", int),
     "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
     "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),
+    "request_timeout": ("request_timeout", (int, float)),
     "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
     "interface": ("interface", str), "cacert": ("cacert", str),
     "lock_timeout": ("lock_timeout", (str, int, float)),

@@ -3,14 +3,18 @@ the server hold, read independently of reconcile's own code (plain ``sqlite3`` a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -266,6 +270,57 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         assert isinstance(doc, dict), line
         out.append(doc)
     return out
+
+
+# --- a hostile server --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def trickling_server(gap_s: float = 0.2, *, head: bool = True) -> Iterator[str]:
+    """A server that answers every request one byte per ``gap_s``, for ever: the status line
+    itself (``head``), or a valid head and then a body that never ends. Yields its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                if not head:
+                    conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 100000\r\n\r\n")
+                payload = b"HTTP/1.1 201 Created\r\n" if head else b"{" + b" " * 99_999
+                for byte in itertools.cycle(payload):
+                    if stop.wait(gap_s):
+                        return
+                    conn.sendall(bytes([byte]))
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
 
 
 class Apply:

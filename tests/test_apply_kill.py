@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from apply_helpers import (
     RECONCILE,
+    Apply,
     SandboxFactory,
     assert_converged,
     by_name,
@@ -30,6 +32,7 @@ from apply_helpers import (
     recorded,
     runs,
     subprocess_env,
+    trickling_server,
     wait_for,
     write_images,
 )
@@ -38,45 +41,6 @@ from reconciler.models import MARKER_PROPERTY
 from reconciler.sandbox import Sandbox
 
 IMAGES = 40
-
-
-class Apply:
-    """One ``reconcile apply --yes`` subprocess; output goes to files (no pipe can fill up)."""
-
-    count = 0
-
-    def __init__(self, tmp_path: Path, sb: Sandbox, state: Path, catalog: Path, *extra: Any):
-        Apply.count += 1
-        self.out = tmp_path / f"apply-{Apply.count}.out"
-        self.err = tmp_path / f"apply-{Apply.count}.err"
-        args = [str(RECONCILE), "apply", "--yes", "--endpoint", sb.url, "--state", str(state),
-                "--catalog", str(catalog), *(str(a) for a in extra)]
-        with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=subprocess_env(),
-                                         cwd=tmp_path)
-        self.started = time.monotonic()
-        self.state = state
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
-
-    def wait(self, timeout: float = 60) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    @property
-    def stdout(self) -> str:
-        return self.out.read_text(encoding="utf-8")
-
-    @property
-    def stderr(self) -> str:
-        return self.err.read_text(encoding="utf-8")
-
-    def output(self) -> str:
-        return f"exit {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
 def setup(tmp_path: Path, count: int = IMAGES) -> tuple[Path, Path, list[str]]:
@@ -334,3 +298,37 @@ def test_second_concurrent_apply_fails_fast_naming_the_lock_holder(
     assert first.wait() == 0, first.output()
     assert_converged(sb, state, names)
     assert [r["outcome"] for r in runs(state)] == ["success"]
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_stops_promptly_even_while_a_server_trickles(tmp_path: Path) -> None:
+    # Each create's answer trickles in one byte at a time and would take minutes: SIGTERM
+    # waits a short grace for them, then cuts them off; they stay pending (they may have been
+    # received) and the run ends with the documented message.
+    catalog, state, _ = setup(tmp_path, 3)
+    with trickling_server(0.2) as url:
+        args = [str(RECONCILE), "apply", "--yes", "--endpoint", url, "--state", str(state),
+                "--catalog", str(catalog), "--no-refresh", "--parallelism", "3"]
+        err = tmp_path / "trickle.err"
+        with err.open("wb") as stderr:
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr,
+                                    env=subprocess_env(), cwd=tmp_path)
+        def in_flight() -> bool:
+            try:
+                return len(pending_names(state)) == 3
+            except sqlite3.Error:  # not created or not migrated yet
+                return False
+
+        wait_for(in_flight, 30, "three creates in flight", alive=lambda: proc.poll() is None)
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - sent
+    text = err.read_text(encoding="utf-8")
+    assert code == 1, text
+    assert "error: interrupted: run `reconcile apply` again to finish" in text
+    assert "Traceback" not in text and "error: aborted" not in text
+    assert took < 15, f"SIGTERM took {took:.1f} s"  # grace 3 s, far below the 120 s deadline
+    assert pending_names(state) == image_names(3)
+    assert [r["outcome"] for r in runs(state)] == ["interrupted"]

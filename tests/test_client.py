@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from apply_helpers import trickling_server
 
 from reconciler.client import (
     ImageClient,
@@ -825,6 +826,40 @@ def test_closed_port_is_sent_false() -> None:
         client.create_image({"name": "web"})
     assert info.value.sent is False
     assert "ConnectError" in str(info.value)
+
+
+@pytest.mark.parametrize("head", [True, False], ids=["trickled-head", "trickled-body"])
+@pytest.mark.timeout(30)
+def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(head: bool) -> None:
+    with trickling_server(0.05, head=head) as url:
+        client = ImageClient(url, token_provider=StaticToken(TOKEN), read_timeout=5,
+                             request_timeout=0.5)
+        started = time.monotonic()
+        with client, pytest.raises(TransportError) as info:
+            client.create_image({"name": "web"})
+        took = time.monotonic() - started
+    assert info.value.sent is True  # it may have been received: the applier looks it up
+    assert "deadline of 0.5 s" in str(info.value)
+    assert took < 5  # each byte came within the read timeout; only the deadline ended it
+
+
+@pytest.mark.timeout(30)
+def test_abort_fails_a_request_in_flight_and_every_later_one() -> None:
+    with trickling_server(0.05) as url:
+        client = ImageClient(url, token_provider=StaticToken(TOKEN), read_timeout=20,
+                             request_timeout=20)
+        timer = threading.Timer(0.3, client.abort)
+        timer.start()
+        started = time.monotonic()
+        with client:
+            with pytest.raises(TransportError) as info:
+                client.create_image({"name": "web"})
+            assert time.monotonic() - started < 10
+            assert info.value.sent is True
+            with pytest.raises(TransportError) as later:
+                client.create_image({"name": "web"})
+        timer.join()
+    assert later.value.sent is False and "the run was stopped" in str(later.value)
 
 
 @pytest.mark.parametrize("url", ["https://alice:pw-SECRET-1@ims.example.com",

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from click.testing import Result
 
 from reconciler.errors import ConfigError
 from reconciler.osversions import DEFAULT_OS_VERSION, KNOWN_OS_VERSIONS, derive_os_fields
@@ -643,6 +644,59 @@ def test_faults_differ_between_seeds() -> None:
     assert _fault_statuses(1) != _fault_statuses(2)
 
 
+CREATE = {"name": "web", "disk_format": "zvhd2", "min_disk": 40,
+          "__os_version": "Ubuntu 18.04 server 64bit"}
+
+
+def test_a_fault_script_is_consumed_by_creates_in_order() -> None:
+    config = SandboxConfig(faults="502, commit:504, drop, lost, garbage, 429, ok")
+    with Sandbox(config) as sb, client(sb) as c:
+        assert c.get("/v2/images").status_code == 200  # reads do not consume it
+        answers = []
+        for _ in range(8):
+            try:
+                response = c.post("/v2/images", json=CREATE)
+            except httpx.TransportError:
+                answers.append("no answer")
+            else:
+                answers.append(f"{response.status_code} {response.headers['content-type']}")
+        committed = len(sb.images())
+    assert answers == ["502 text/html", "504 text/html", "no answer", "no answer",
+                       "201 text/html", "429 application/json", "201 application/json",
+                       "201 application/json"]
+    assert committed == 5  # commit:504, drop, garbage, ok and the unscripted last one
+
+
+def test_per_name_scripts_cover_the_creates_and_look_ups_of_one_name() -> None:
+    with Sandbox(SandboxConfig()) as sb, client(sb) as c:
+        sb.script("web", post=["503"], get="500,ok")
+        sb.script("", get=["429"])
+        assert c.post("/v2/images", json={**CREATE, "name": "other"}).status_code == 201
+        assert c.post("/v2/images", json=CREATE).status_code == 503
+        assert c.get("/v2/images", params={"name": "other"}).status_code == 200
+        assert c.get("/v2/images", params={"name": "web"}).status_code == 500
+        assert c.get("/v2/images").status_code == 429
+        assert sb.scripted_left == 1
+        assert c.get("/v2/images", params={"name": "web"}).status_code == 200
+        assert sb.scripted_left == 0
+
+
+def test_a_timeout_step_holds_the_request_then_commits() -> None:
+    with Sandbox(SandboxConfig(faults="timeout", hang_s=0.3)) as sb, client(sb) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/v2/images", json=CREATE, timeout=0.05)
+        wait_until = time.monotonic() + 5
+        while not sb.images() and time.monotonic() < wait_until:
+            time.sleep(0.02)
+        assert [i["name"] for i in sb.images()] == ["web"]
+
+
+@pytest.mark.parametrize("script", ["502,sometimes", "600", "commit:", "999", "drop;ok"])
+def test_a_bad_fault_script_is_a_config_error(script: str) -> None:
+    with pytest.raises(ConfigError, match="unknown fault"):
+        SandboxConfig(faults=script)
+
+
 def test_injected_5xx_commits_nothing() -> None:
     with Sandbox(SandboxConfig(fail_rate=1.0)) as sb, client(sb) as c:
         statuses = {c.post("/v2/images", json={"name": "x"}).status_code for _ in range(10)}
@@ -782,3 +836,10 @@ def test_abbreviated_os_versions_are_expanded_exactly() -> None:
             "Other Linux(64 bit)"} <= KNOWN_OS_VERSIONS  # fmt: skip
     assert "Ubuntu 16.04.3 server 64bit" not in KNOWN_OS_VERSIONS  # capitalisation matters
     assert json.dumps(sorted(KNOWN_OS_VERSIONS)).count("64 bit") == 1  # only Other Linux
+
+
+def test_sandbox_command_refuses_a_bad_fault_script(run_cli: Callable[..., Result]) -> None:
+    result = run_cli(["sandbox", "--port", "0", "--faults", "502,sometimes"])
+    assert result.exit_code == 1
+    assert "unknown fault 'sometimes'" in result.output
+    assert "Traceback" not in result.output

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,6 +58,10 @@ log = logging.getLogger("reconciler.apply")
 #: cannot be found is not presumed lost: it is neither sent again nor released.
 DEFAULT_SETTLE_S = 120.0
 
+#: After Ctrl-C or SIGTERM, how long creates in flight may take to finish and be recorded
+#: before their connections are cut (their entries then stay pending for the next apply).
+STOP_GRACE_S = 3.0
+
 _UNKNOWN = ("outcome unknown (kept as pending; the next apply looks the image up before "
             "creating it again): ")
 
@@ -71,6 +75,10 @@ class ImageApi(Protocol):
 
     def get_image(self, image_id: str) -> dict[str, Any] | None: ...
 
+    def abort(self) -> None:
+        """Fail every request in flight now, and every later one."""
+        ...
+
 
 @dataclass
 class Creator:
@@ -83,7 +91,10 @@ class Creator:
     run: RunState
     parallelism: int = 10
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    settle_s: float = DEFAULT_SETTLE_S
+    settle_s: float = DEFAULT_SETTLE_S  # how long this run looks for its own lost creates
+    #: How old an earlier run's pending entry must be to be released; None: ``settle_s``.
+    #: Those requests are no longer in flight from here, so this is the time as given.
+    recovery_settle_s: float | None = None
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
     rng: random.Random = field(default_factory=random.Random)
     #: Send our own deterministic image id with each create (Glance takes one; IMS does not).
@@ -112,11 +123,12 @@ class Creator:
                     break
                 continue
             age = (clock.now() - parse_iso(entry.started_at)).total_seconds()
-            match resolve_pending(found=found is not None, age_s=age, settle_s=self.settle_s):
+            settle = self.settle_s if self.recovery_settle_s is None else self.recovery_settle_s
+            match resolve_pending(found=found is not None, age_s=age, settle_s=settle):
                 case PendingFate.WAIT:
                     log.warning("%s: the create sent %ds ago by run %s may still land; it is "
                                 "left pending (blocked) until %ds after it was sent",
-                                entry.name, age, entry.run_id, self.settle_s,
+                                entry.name, age, entry.run_id, settle,
                                 extra={"event": "recover_waiting", "image": entry.name})
                 case PendingFate.RELEASE:
                     self.store.journal_release(entry.nonce, f"not found by run {self.run.run_id}")
@@ -144,8 +156,31 @@ class Creator:
                                        change.remote, recorded_at=iso(self.run.clock.now()),
                                        run_id=self.run.run_id, origin="adopted")
             self.store.save_record(self.target, record)
+            log.info("adopted %s (%s)", change.name, record.image_id,
+                     extra={"event": "adopted", "image": change.name,
+                            "image_id": record.image_id, "run_id": self.run.run_id})
             outcomes.append(self._deliver(Outcome.recorded(record, "adopted")))
         return outcomes
+
+    def take_in(self, changes: Iterable[Change], records: Mapping[str, Record]) -> list[str]:
+        """``--refresh-only``: record the cloud's current version of each image changed out
+        of band (the drift is then gone); returns what was taken in, as report lines."""
+        lines = []
+        for change in changes:
+            old = records.get(change.name)
+            if change.reason != "changed_remotely" or change.remote is None or old is None:
+                continue
+            record = Record.from_image(change.name, old.request, change.remote,
+                                       recorded_at=iso(self.run.clock.now()),
+                                       run_id=self.run.run_id, origin=old.origin)
+            self.store.save_record(self.target, record)
+            fields = ", ".join(d.field for d in change.diff)
+            log.info("recorded the cloud's version of %s (%s)", change.name, fields,
+                     extra={"event": "refreshed", "image": change.name,
+                            "image_id": record.image_id, "run_id": self.run.run_id})
+            lines.append(f"recorded the cloud's current {change.name} (changed outside "
+                         f"reconcile: {fields})")
+        return lines
 
     # --- creates ---------------------------------------------------------------------------
 
@@ -175,6 +210,9 @@ class Creator:
                     outcomes.extend(self._deliver(fut.result()) for fut in done)
             except KeyboardInterrupt:
                 self.run.stop("interrupted")
+                _, late = wait(running, timeout=STOP_GRACE_S)  # real time: a person waits
+                if late:
+                    self.api.abort()
                 outcomes.extend(self._deliver(fut.result()) for fut in running)
                 raise
             except StateError as exc:
@@ -318,6 +356,10 @@ class Creator:
         record = Record.from_image(name, request, image, recorded_at=iso(self.run.clock.now()),
                                    run_id=self.run.run_id, origin=origin)
         self.store.save_record(self.target, record, nonce=nonce)
+        log.info("%s %s (%s)", result, name, record.image_id,
+                 extra={"event": result, "image": name, "image_id": record.image_id,
+                        "status": record.status, "attempt": attempts,
+                        "run_id": self.run.run_id})
         return Outcome.recorded(record, result, attempts=attempts, request=body,
                                 duration_s=self.run.clock.monotonic() - started)
 

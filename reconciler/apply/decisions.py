@@ -85,6 +85,8 @@ def on_create_error(exc: ApiError) -> OnError:
     | 2xx ``MalformedResponse``      | until settled | keep pending | it says created: it may be|
     | any other ``ApiError``         | no            | keep pending | unknown: assume it may be |
     """
+    if isinstance(exc, TransportError) and exc.permanent:
+        return OnError(LookUp.NO, IfAbsent.RELEASE)  # TLS or DNS: never left this machine
     for kind, sent, decision in CREATE_ERRORS:
         if isinstance(exc, kind) and (sent is None or getattr(exc, "sent", None) is sent):
             return decision

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
-from reconciler.client import RetryPolicy
+from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError
 from reconciler.models import Observed, Outcome, Plan, RunReport
@@ -23,7 +24,7 @@ class ApplyApi(ImageApi, ListingApi, RulesApi, Protocol):
 
 
 #: Options a saved plan fixes (given on the command line they would contradict it).
-SAVED_PLAN_FIXES = ("catalog", "profile", "refresh")
+SAVED_PLAN_FIXES = ("catalog", "profile", "refresh", "only", "refresh_only")
 
 
 def check_invocation(saved: SavedPlan | None, *, given: Collection[str], dry_run: bool,
@@ -82,9 +83,18 @@ class ApplyRequest:
     on_plan: Callable[[Plan], None] = lambda p: None
     refreshes: Callable[[], int] = lambda: 0  # token refreshes so far, for the report
     settle_s: float = DEFAULT_SETTLE_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT  # the client's deadline per request
     project_id: str | None = None  # our project, when the credentials tell
+    only: tuple[str, ...] = ()  # --only: the name globs the plan is limited to
+    refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
     allow: Allowances = NO_ALLOWANCES  # formats allowed beyond the built-in lists
+
+    def __post_init__(self) -> None:
+        for name in ("settle_s", "request_timeout_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number of seconds, not {value!r}")
 
     @property
     def catalog_source(self) -> str | Path:
@@ -93,6 +103,24 @@ class ApplyRequest:
     @property
     def catalog_profile(self) -> str:
         return self.saved.profile if self.saved else self.profile
+
+
+def settle_time(settle_s: float, request_timeout_s: float) -> tuple[float, str | None]:
+    """The settle time for this run's own lost creates, and why it is not the one asked for.
+
+    A create is looked for until the settle time has passed since it was sent; a request may
+    be in flight for up to its deadline. A shorter settle time could call a create lost while
+    it is still being sent and answered, and send it again (docs/architecture.md §6.4), so it
+    is raised to the deadline. (Pending entries of earlier runs keep the time as given: their
+    requests are no longer in flight from here.)
+    """
+    if settle_s >= request_timeout_s:
+        return settle_s, None
+    return request_timeout_s, (
+        f"the settle time ({settle_s:g} s) is shorter than the request timeout "
+        f"({request_timeout_s:g} s), the longest a create can be in flight; it is raised to "
+        f"{request_timeout_s:g} s for this run's creates (lower --request-timeout to settle "
+        "sooner)")
 
 
 @dataclass(frozen=True)

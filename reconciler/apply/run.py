@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from reconciler import __version__, planfile
 from reconciler.apply.creates import Creator
 from reconciler.apply.decisions import verdict
-from reconciler.apply.request import ApplyRequest, ApplyResult, Preview
+from reconciler.apply.request import ApplyRequest, ApplyResult, Preview, settle_time
 from reconciler.apply.runstate import RunState
 from reconciler.catalog import load_catalog
 from reconciler.client import normalize_endpoint
@@ -32,10 +33,12 @@ from reconciler.models import (
     iso,
 )
 from reconciler.operations import bulk_build, kept_notes, make_plan, new_run_id, run_profile
-from reconciler.planner import plan
+from reconciler.planner import plan, select
 from reconciler.refresh import observe
 from reconciler.schemacache import RunProfile
 from reconciler.state import LockRequest, SqliteStore, StateStore, is_url, open_for_write
+
+log = logging.getLogger("reconciler.apply")
 
 
 def preview(req: ApplyRequest) -> Preview:
@@ -44,9 +47,16 @@ def preview(req: ApplyRequest) -> Preview:
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
-                       clock=req.clock, allow=req.allow, keep=False)  # the apply keeps
-    return Preview(result.plan, result.observed, result.state_revision,
-                   result.catalog.digest, result.report)
+                       clock=req.clock, allow=req.allow, keep=False,  # the apply keeps
+                       only=req.saved.only if req.saved else req.only)
+    shown, report = result.plan, result.report
+    if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
+        shown = shown.model_copy(update={"changes": tuple(
+            c for c in shown.changes if c.action == "adopt" or c.reason == "changed_remotely")})
+        report = report.model_copy(update={"changes": shown.changes,
+                                           "summary": shown.summary()})
+    return Preview(shown, result.observed, result.state_revision, result.catalog.digest,
+                   report)
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -105,12 +115,19 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     store.start_run(run.run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest, tool_version=__version__,
                     started_at=iso(req.clock.now()))
+    log.info("run %s started at %s", run.run_id, target,
+             extra={"event": "run_start", "run_id": run.run_id, "target": target})
     if req.saved is not None:
         store.mark_plan_applied(req.saved.plan_id, run.run_id)
+    settle_s, why = settle_time(req.settle_s, req.request_timeout_s)
+    if why:
+        log.warning(why, extra={"event": "settle_time_raised"})
     creator = Creator(store, req.api, target, run, parallelism=req.parallelism,
-                      retry=req.retry, settle_s=req.settle_s, on_outcome=req.on_outcome,
+                      retry=req.retry, settle_s=settle_s, recovery_settle_s=req.settle_s,
+                      on_outcome=req.on_outcome,
                       client_ids=catalog.profile == "glance")  # IMS takes no id (README)
     outcomes: list[Outcome] = []
+    taken_in: list[str] = []
     summary: dict[str, int] = {}
     result: Plan | None = None
     try:
@@ -126,13 +143,17 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                     run.stop(f"authentication failed: {exc.message}")
             pending = {p.name: p.nonce for p in store.pending(target)}
             with bulk_build():
-                result = plan(catalog, records, target=target, pending=pending,
-                              observed=observed)
+                result = select(plan(catalog, records, target=target, pending=pending,
+                                     observed=observed),
+                                req.saved.only if req.saved else req.only)
             summary = result.summary()
             req.on_plan(result)
             todo = [c for c in result.changes if chosen is None or (c.name, c.action) in chosen]
             outcomes.extend(creator.adopt(todo))
-            outcomes.extend(creator.create_all([c for c in todo if c.action == "create"]))
+            if req.refresh_only:
+                taken_in = creator.take_in(todo, records)
+            else:
+                outcomes.extend(creator.create_all([c for c in todo if c.action == "create"]))
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: what was recorded is counted and reported, and the caller says
         # how to finish; the creates in flight have finished and are recorded.
@@ -140,7 +161,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         outcomes += [o for o in creator.delivered if id(o) not in seen]
         _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, "interrupted")
         return _result(req, catalog, target, run, result, summary, outcomes, t0,
-                       interrupted=True)
+                       rules.notes, interrupted=True)
     except Exception as exc:
         _finish(store, run.run_id, summary, outcomes, RunOutcome.FAILED, str(exc))
         raise
@@ -151,12 +172,13 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     outcome = verdict(done=counts["created"] + counts["adopted"], failed=counts["failed"],
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
     _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
-    return _result(req, catalog, target, run, result, summary, outcomes, t0, notes=notes)
+    return _result(req, catalog, target, run, result, summary, outcomes, t0,
+                   (*notes, *taken_in))
 
 
 def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
             result: Plan | None, summary: dict[str, int], outcomes: list[Outcome], t0: float,
-            *, interrupted: bool = False, notes: tuple[str, ...] = ()) -> ApplyResult:
+            notes: tuple[str, ...] = (), *, interrupted: bool = False) -> ApplyResult:
     counts = _counts(outcomes)
     reason = "interrupted" if interrupted else run.reason
     report = RunReport.model_construct(
@@ -223,7 +245,8 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog, target:
                                      state_revision=store.revision(), observed=observed)
     if not reasons:
         pending = {p.name: p.nonce for p in store.pending(target)}
-        fresh = plan(catalog, records, target=target, pending=pending, observed=observed)
+        fresh = select(plan(catalog, records, target=target, pending=pending,
+                            observed=observed), saved.only)
         now = {(c.name, c.action) for c in fresh.changes if c.action in ("create", "adopt")}
         then = {(c.name, c.action) for c in saved.changes}
         reasons.extend(f"{name}: the plan says {action}, now it would not"
@@ -249,3 +272,6 @@ def _finish(store: StateStore, run_id: str, summary: dict[str, int], outcomes: l
     store.finish_run(run_id, summary=summary, created=counts["created"],
                      adopted=counts["adopted"], failed=counts["failed"] + counts["skipped"],
                      outcome=outcome, error=error)
+    log.info("run %s ended: %s", run_id, outcome.value,
+             extra={"event": "run_end", "run_id": run_id, "outcome": outcome.value,
+                    "counts": counts})

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,13 +23,14 @@ from urllib.parse import urlencode
 
 from reconciler.osversions import KNOWN_OS_VERSIONS, derive_os_fields
 from reconciler.sandbox.config import SandboxConfig
-from reconciler.sandbox.faults import FaultInjector
+from reconciler.sandbox.faults import Fault, FaultInjector
 from reconciler.sandbox.images import build_foreign_image, build_image, isotime
 from reconciler.sandbox.replies import (
     GlanceError,
     Reply,
     SandboxError,
     apig_throttled,
+    fault_reply,
     json_reply,
     keystone_unauthorized,
     webob_default,
@@ -78,6 +79,24 @@ def route_kind(path: str) -> str:
     return "other"
 
 
+def _create_name(body: bytes | None) -> str | None:
+    """The image name of a create's body, for per-name fault scripts (None if unreadable)."""
+    try:
+        doc = json.loads(body or b"")
+    except ValueError:
+        return None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _query_name(query: list[tuple[str, str]], kind: str) -> str | None:
+    """The ``name=`` filter of a listing (how reconcile looks a create up); ``""`` for a
+    listing without one; None for anything else."""
+    if kind != "images":
+        return None
+    return next((v for k, v in query if k == "name"), "")
+
+
 def _text(value: object) -> str | None:
     """An image field as a query string would spell it."""
     if value is None:
@@ -111,7 +130,7 @@ class SandboxApp:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.store = ImageStore(config.data_file)
-        self._faults = FaultInjector(config.seed)
+        self._faults = FaultInjector(config.seed, config.faults)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
         self._issued: dict[str, datetime] = {}  # Keystone-mode token -> expiry
@@ -135,6 +154,15 @@ class SandboxApp:
         else:
             reply.headers.append(("X-Request-Id", uuid.uuid4().hex))
         return reply
+
+    def script(self, name: str, *, post: str | Iterable[str] = (),
+               get: str | Iterable[str] = ()) -> None:
+        """Scripted faults for the creates and the look-ups (``GET /v2/images?name=``) of
+        one image name, consumed in order before the global script and the rates."""
+        self._faults.script(name, post=post, get=get)
+
+    def scripted_left(self) -> int:
+        return self._faults.scripted_left()
 
     def counts(self) -> Counter[tuple[str, str]]:
         """Requests seen so far per ``(method, route kind)``."""
@@ -171,25 +199,47 @@ class SandboxApp:
             raise GlanceError(404, "The resource could not be found.")
         if cfg.latency_ms:
             time.sleep(cfg.latency_ms / 1000)
+        create = (kind, req.method) == ("images", "POST")
         fault = self._faults.draw(
             fail_rate=cfg.fail_rate,
             throttle_rate=cfg.throttle_rate,
             drop_rate=cfg.drop_response_rate,
+            method=req.method,
+            name=_create_name(req.body) if create else _query_name(req.query, kind),
+            create=create,
         )
         accept = req.headers.get("accept", "")
+        if fault.hang:
+            time.sleep(cfg.hang_s)  # the client gives up meanwhile; the create lands after
+        if not fault.commit and fault.drop:
+            return Reply(0, drop=True)
+        if fault.answers_early:
+            return self._fault_reply(fault, accept)
+        if not self._authorized(req.headers.get("x-auth-token")):
+            return keystone_unauthorized(req.base_url)
+        image_id = req.path.rstrip("/").rsplit("/", 1)[-1]
+        reply = self._route(req, kind, image_id, drop=fault.drop)
+        if fault.drop and not reply.drop:
+            return Reply(reply.status, drop=True)
+        if fault.garbage and reply.status < 300:
+            return Reply(reply.status, b"<html>OK</html>", "text/html")
+        if fault.status is not None:  # committed, but the answer got lost behind a gateway
+            return self._fault_reply(fault, accept)
+        return reply
+
+    def _fault_reply(self, fault: Fault, accept: str) -> Reply:
+        cfg = self.config
         if fault.status == 429:
             reply = apig_throttled() if cfg.profile == "ims" else webob_default(429, accept)
             retry_after = f"{cfg.retry_after_s:.3f}".rstrip("0").rstrip(".")
             reply.headers.append(("Retry-After", retry_after or "0"))
             return reply
-        if fault.status is not None:
-            return webob_default(fault.status, accept)
-        if not self._authorized(req.headers.get("x-auth-token")):
-            return keystone_unauthorized(req.base_url)
-        image_id = req.path.rstrip("/").rsplit("/", 1)[-1]
+        return fault_reply(fault.status or 500, accept)
+
+    def _route(self, req: Request, kind: str, image_id: str, *, drop: bool) -> Reply:
         match (kind, req.method):
             case ("images", "POST"):
-                return self._create(req, drop=fault.drop)
+                return self._create(req, drop=drop)
             case ("images", "GET"):
                 return self._list(req)
             case ("image", "GET"):

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from reconciler.clock import SYSTEM_CLOCK
 from reconciler.errors import ConfigError
+from reconciler.sandbox.faults import parse_script
 from reconciler.sandbox.validation import OsVersionPolicy, Profile
 
 # The project id of Huawei's documented create example (docs/api-contract.md §5.3).
@@ -28,7 +29,10 @@ class SandboxConfig:
     a seeded run is repeatable for a given request order: ``fail_rate`` answers 500/503
     without committing anything, ``throttle_rate`` answers 429 with
     ``Retry-After: retry_after_s``, ``drop_response_rate`` commits a create and then closes
-    the connection without a response. ``os_version_policy="fallback"`` stores an unknown
+    the connection without a response. ``faults`` is a script consumed by creates in the
+    order they arrive, before any rate applies (``"502,drop,timeout,ok"``; the steps are
+    ``faults.STEPS``); ``hang_s`` is how long a ``timeout`` step holds its request before it
+    commits and closes. ``os_version_policy="fallback"`` stores an unknown
     ``__os_version`` as ``Other Linux(64 bit)`` instead of answering IMG.0056.
     """
 
@@ -43,6 +47,8 @@ class SandboxConfig:
     throttle_rate: float = 0.0
     retry_after_s: float = 1.0
     drop_response_rate: float = 0.0
+    faults: str = ""
+    hang_s: float = 2.0
     seed: int | None = None
     data_file: str | None = None
     os_version_policy: str = "reject"  # or "fallback"
@@ -82,5 +88,6 @@ class SandboxConfig:
                 raise ConfigError(f"{name} must be between 0 and 1, not {rate}")
         if self.fail_rate + self.throttle_rate > 1.0:
             raise ConfigError("fail_rate + throttle_rate must not exceed 1")
-        if self.latency_ms < 0 or self.retry_after_s < 0:
-            raise ConfigError("latency_ms and retry_after_s must not be negative")
+        if self.latency_ms < 0 or self.retry_after_s < 0 or self.hang_s < 0:
+            raise ConfigError("latency_ms, retry_after_s and hang_s must not be negative")
+        parse_script(self.faults)  # a bad step fails here, not at the request it is for

@@ -171,6 +171,17 @@ def webob_default(status: int, accept: str) -> Reply:
     return webob_reply(status, _WEBOB_EXPLANATIONS[status], "", accept)
 
 
+def fault_reply(status: int, accept: str) -> Reply:
+    """An injected error answer: WebOb's for the statuses Glance itself answers, otherwise
+    the HTML page of the reverse proxy in front of it (nginx's 502 and 504)."""
+    if status in _WEBOB_EXPLANATIONS:
+        return webob_default(status, accept)
+    line = f"{status} {HTTPStatus(status).phrase}"
+    page = (f"<html><head><title>{line}</title></head><body><center><h1>{line}</h1></center>"
+            "<hr><center>nginx</center></body></html>")
+    return Reply(status, page.encode(), "text/html")
+
+
 def keystone_unauthorized(www_authenticate_uri: str) -> Reply:
     """keystonemiddleware's 401 for a missing or invalid ``X-Auth-Token``
     (docs/api-contract.md §9.2)."""

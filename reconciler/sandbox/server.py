@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -228,6 +228,18 @@ class Sandbox:
     def delete_image(self, image_id: str) -> bool:
         """Delete out of band (ignores ``protected``); False if there was no such image."""
         return self._app.store.delete(image_id)
+
+    def script(self, name: str, *, post: str | Iterable[str] = (),
+               get: str | Iterable[str] = ()) -> None:
+        """Scripted faults for one image name: ``post`` for its creates, ``get`` for its
+        look-ups (listings filtered by ``name=``), each consumed in order, e.g.
+        ``sb.script("web", post=["commit:502"], get="503,ok")``. Steps: ``faults.STEPS``."""
+        self._app.script(name, post=post, get=get)
+
+    @property
+    def scripted_left(self) -> int:
+        """Scripted fault steps not consumed yet (0: every scripted fault happened)."""
+        return self._app.scripted_left()
 
     @property
     def request_count(self) -> Counter[tuple[str, str]]:

@@ -1,0 +1,201 @@
+"""The apply package called as a library: the request's rules, the confirmed preview (the cloud
+read once, the lock refusing a world that moved), and how a run stops. Real loopback HTTP
+against the sandbox, a real SQLite state file, a ManualClock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apply_helpers import (
+    SandboxFactory,
+    assert_converged,
+    image_names,
+    pending_names,
+    runs,
+    write_images,
+)
+
+from reconciler import planfile
+from reconciler.apply import ApplyRequest, apply_catalog, check_invocation, preview
+from reconciler.client import ImageClient, RetryPolicy, StaticToken
+from reconciler.clock import ManualClock
+from reconciler.errors import ConfigError, PlanFileError
+from reconciler.models import Outcome
+from reconciler.operations import forget_image, make_plan, save_plan
+from reconciler.planfile import SavedPlan
+from reconciler.sandbox import Sandbox
+
+TOKEN = "tok-run"
+
+
+# --- the request's rules (check_invocation) ----------------------------------------------------
+
+SAVED = SavedPlan.model_construct(catalog="catalog", profile="ims")
+
+
+@pytest.mark.parametrize(
+    ("saved", "given", "dry_run", "yes", "interactive", "refused"),
+    [
+        (None, set(), False, True, False, None),
+        (None, set(), False, False, True, None),            # a terminal: it will ask
+        (None, set(), False, False, False, "pass --yes"),   # cron without --yes
+        (None, set(), True, False, False, None),            # a dry run changes nothing
+        (None, {"catalog", "refresh"}, False, True, False, None),
+        (SAVED, set(), False, True, False, None),
+        (SAVED, {"endpoint", "parallelism"}, False, True, False, None),
+        (SAVED, {"catalog"}, False, True, False, "--catalog: a saved plan fixes"),
+        (SAVED, {"refresh", "profile"}, False, True, False, "--profile, --refresh: a saved"),
+        (SAVED, set(), True, True, False, "a saved plan is already reviewable"),
+        (SAVED, set(), False, False, False, "pass --yes"),
+    ],
+)
+def test_the_rules_of_an_applys_options(saved: SavedPlan | None, given: set[str],
+                                        dry_run: bool, yes: bool, interactive: bool,
+                                        refused: str | None) -> None:
+    if refused is None:
+        check_invocation(saved, given=given, dry_run=dry_run, yes=yes, interactive=interactive)
+        return
+    with pytest.raises(ConfigError, match=refused):
+        check_invocation(saved, given=given, dry_run=dry_run, yes=yes, interactive=interactive,
+                         plan_file="plan.json")
+
+
+# --- library-level apply -----------------------------------------------------------------------
+
+class Lib:
+    def __init__(self, tmp_path: Path, sb: Sandbox, count: int = 3) -> None:
+        self.sb = sb
+        self.names = image_names(count)
+        self.catalog = write_images(tmp_path / "catalog", self.names)
+        self.state = tmp_path / "state.db"
+        self.tmp = tmp_path
+        self.clock = ManualClock(datetime(2024, 5, 17, 12, 0, tzinfo=UTC))
+        self.client = ImageClient(sb.url, token_provider=StaticToken(TOKEN),
+                                  read_retry=RetryPolicy(attempts=3), clock=self.clock)
+
+    def request(self, **fields: Any) -> ApplyRequest:
+        values: dict[str, Any] = {
+            "catalog_dir": self.catalog, "state_path": self.state, "profile": "ims",
+            "endpoint": self.sb.url, "api": self.client, "clock": self.clock,
+            "parallelism": 1, **fields}
+        return ApplyRequest(**values)
+
+    def listings(self) -> int:
+        return self.sb.request_count[("GET", "images")]
+
+
+@pytest.fixture
+def lib(tmp_path: Path, sandbox: SandboxFactory) -> Iterator[Lib]:
+    world = Lib(tmp_path, sandbox())
+    yield world
+    world.client.close()
+
+
+def test_the_confirmed_preview_is_applied_without_reading_the_cloud_again(lib: Lib) -> None:
+    req = lib.request()
+    shown = preview(req)
+    assert [c.name for c in shown.plan.creates] == lib.names
+    assert lib.listings() == 1
+    req.preview = shown
+    result = apply_catalog(req)
+    assert result.failed == 0 and result.aborted is None
+    assert lib.listings() == 1  # the apply worked from the preview's listing
+    assert_converged(lib.sb, lib.state, lib.names)
+
+
+def test_a_preview_made_stale_by_another_run_is_refused_and_nothing_is_done(lib: Lib) -> None:
+    apply_catalog(lib.request())
+    req = lib.request()
+    shown = preview(req)
+    forget_image(lib.state, lib.names[0], endpoint=lib.sb.url)  # meanwhile, elsewhere
+    req.preview = shown
+    before = runs(lib.state)
+    with pytest.raises(PlanFileError, match="state file changed since the plan was shown"):
+        apply_catalog(req)
+    assert runs(lib.state) == before
+    assert lib.sb.post_count == len(lib.names)
+
+
+def test_a_preview_of_another_catalog_is_refused(lib: Lib) -> None:
+    req = lib.request()
+    shown = preview(req)
+    write_images(lib.catalog, [*lib.names, "extra"])
+    req.preview = shown
+    with pytest.raises(PlanFileError, match=r"catalog .* changed since the plan was shown"):
+        apply_catalog(req)
+    assert lib.sb.post_count == 0
+
+
+def test_a_saved_plan_with_many_stale_names_lists_twenty_and_counts_the_rest(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    lib = Lib(tmp_path, sandbox(), count=25)
+    result = make_plan(lib.catalog, lib.state, profile="ims", endpoint=lib.sb.url,
+                       api=lib.client, clock=lib.clock)
+    saved = save_plan(result, tmp_path / "plan.json", clock=lib.clock)
+    for name in lib.names:  # created out of band since the plan was made
+        lib.sb.add_image({"name": name, "disk_format": "zvhd2"})
+    with pytest.raises(PlanFileError) as caught:
+        apply_catalog(lib.request(saved=planfile.read(tmp_path / "plan.json")))
+    assert saved.plan_id
+    lines = str(caught.value).splitlines()
+    assert len([line for line in lines if line.startswith("  - ")]) == 20
+    assert lines[-1] == "  … and 5 more"
+    lib.client.close()
+
+
+def test_a_401_on_the_refresh_listing_stops_the_run_before_any_create(lib: Lib) -> None:
+    lib.sb.script("", get=["401"])
+    result = apply_catalog(lib.request())
+    assert result.aborted is not None and result.aborted.startswith("authentication failed")
+    assert lib.sb.post_count == 0
+    assert {o.result for o in result.report.outcomes} == {"skipped"}
+    assert runs(lib.state)[-1]["outcome"] == "aborted"
+
+
+def test_a_401_while_resolving_a_pending_create_stops_the_run(lib: Lib) -> None:
+    lib.sb.script(lib.names[0], post=["502"], get=["503"] * 3)
+    first = apply_catalog(lib.request(refresh=False))
+    assert first.failed == 1 and pending_names(lib.state) == [lib.names[0]]
+    lib.sb.script(lib.names[0], get=["401"])
+    second = apply_catalog(lib.request(refresh=False))
+    assert second.aborted is not None and "authentication failed" in second.aborted
+    assert pending_names(lib.state) == [lib.names[0]]
+    assert lib.sb.post_count == len(lib.names) + 1 - 1  # nothing sent by the second run
+
+
+def test_a_run_stopped_during_a_backoff_sends_nothing_again(lib: Lib) -> None:
+    # Ctrl-C while a throttled create waits: the wait ends, the create is not sent again and
+    # its entry is released (the image certainly does not exist).
+    class Stopper(ManualClock):
+        def sleep(self, seconds: float, wake: Any = None) -> None:
+            if wake is not None:
+                wake.set()  # what RunState.stop does, from another thread
+            super().sleep(seconds, wake)
+
+    lib.clock = Stopper(datetime(2024, 5, 17, tzinfo=UTC))
+    lib.sb.script(lib.names[0], post=["429"])
+    result = apply_catalog(lib.request(refresh=False))
+    assert lib.sb.post_count == 1
+    assert pending_names(lib.state) == []
+    assert result.report.outcomes[0].result == "failed"
+
+
+def test_ctrl_c_lets_running_creates_finish_and_records_them(lib: Lib) -> None:
+    seen: list[Outcome] = []
+
+    def interrupt(outcome: Outcome) -> None:
+        seen.append(outcome)
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+
+    result = apply_catalog(lib.request(refresh=False, parallelism=2, on_outcome=interrupt))
+    assert result.interrupted
+    assert runs(lib.state)[-1]["outcome"] == "interrupted"
+    assert pending_names(lib.state) == []
+    created = {i["name"] for i in lib.sb.images()}
+    assert len(created) >= 1 and created <= set(lib.names)
+    assert {o.name for o in seen if o.result == "created"} <= created

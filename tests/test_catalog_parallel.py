@@ -1,0 +1,116 @@
+"""A large catalog is parsed by worker processes: same catalog, same problems, same order.
+
+Worker processes are real (forked) here; ``PARALLEL_MIN_BYTES`` is lowered so that a small
+test catalog counts as large.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import catalog as catalog_module
+from reconciler.catalog import check_file, load_catalog
+from reconciler.errors import CatalogError
+from reconciler.profiles import IMS
+
+OK_OS = "Ubuntu 18.04 server 64bit"
+
+
+def images(prefix: str, n: int) -> str:
+    lines = ["defaults:", "  tags: [managed]", "  properties:", "    team: web", "images:"]
+    for i in range(n):
+        lines += [f"  - name: {prefix}-{i:03d}", f"    os_version: {OK_OS}", "    min_disk: 40",
+                  f"    tags: [t{i % 3}]", "    properties:", f"      build: \"{i}\""]
+    return "\n".join(lines) + "\n"
+
+
+VALID = {f"f{k}.yaml": images(f"img{k}", 30) for k in range(6)}
+INVALID = {
+    **VALID,
+    "f1.yaml": images("img1", 5) + "  - name: bad\n    min_disk: lots\n",
+    "f3.yaml": "images: [\n",  # a syntax error
+    "f4.yaml": images("img0", 3),  # names that f0.yaml defines already
+    "f5.yaml": images("img5", 2) + "  - name: odd\n    min_dsk: 4\n",
+}
+
+
+@pytest.fixture
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every catalog counts as large; returns the worker counts of the pools started."""
+    started: list[int] = []
+    real = concurrent.futures.ProcessPoolExecutor
+
+    def spy(workers: int, **kwargs: Any) -> concurrent.futures.ProcessPoolExecutor:
+        started.append(workers)
+        return real(workers, **kwargs)
+
+    monkeypatch.setattr(catalog_module, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", spy)
+    return started
+
+
+def test_workers_build_the_same_catalog(write_catalog: Callable[..., Path],
+                                        pools: list[int]) -> None:
+    root = write_catalog(VALID)
+    alone = load_catalog(root, IMS, workers=1)
+    assert pools == []
+    shared = load_catalog(root, IMS, workers=2)
+    assert pools == [2]
+    assert shared == alone
+    assert [s.digest for s in shared.images] == [s.digest for s in alone.images]
+    assert len(shared.images) == 180
+    assert shared.warnings == alone.warnings
+
+
+def test_workers_report_every_problem_in_file_order(write_catalog: Callable[..., Path],
+                                                    pools: list[int]) -> None:
+    root = write_catalog(INVALID)
+    with pytest.raises(CatalogError) as alone:
+        load_catalog(root, IMS, workers=1)
+    with pytest.raises(CatalogError) as shared:
+        load_catalog(root, IMS, workers=3)
+    assert pools == [3]
+    assert shared.value.problems == alone.value.problems
+    files = [Path(p.file).name for p in shared.value.problems]
+    assert files == sorted(files)
+    assert {"f1.yaml", "f3.yaml", "f4.yaml", "f5.yaml"} <= set(files)
+    assert any("first defined at" in p.message for p in shared.value.problems)
+
+
+def test_large_catalogs_use_one_worker_per_cpu_by_default(
+        write_catalog: Callable[..., Path], pools: list[int]) -> None:
+    load_catalog(write_catalog(VALID), IMS)
+    expected = min(len(os.sched_getaffinity(0)), len(VALID))
+    assert pools == ([expected] if expected >= 2 else [])
+
+
+def test_small_catalogs_stay_in_one_process(write_catalog: Callable[..., Path],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a small catalog started worker processes")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", refuse)
+    assert len(load_catalog(write_catalog(VALID), IMS).images) == 180
+
+
+def test_a_worker_that_dies_is_replaced_by_this_process(
+        write_catalog: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+        pools: list[int]) -> None:
+    root = write_catalog(VALID)
+    parent = os.getpid()
+
+    def dies_in_a_worker(path: Path, *args: Any) -> Any:
+        if os.getpid() != parent and path.name == "f2.yaml":
+            os._exit(9)  # as if killed: no exception, no answer
+        return check_file(path, *args)
+
+    monkeypatch.setattr(catalog_module, "check_file", dies_in_a_worker)
+    shared = load_catalog(root, IMS, workers=2)
+    assert pools == [2]
+    assert len(shared.images) == 180
