@@ -14,12 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-from apply_helpers import SandboxFactory
+from apply_helpers import SandboxFactory, trickling_server
 from click.testing import Result
 
+from reconciler import client as client_module
 from reconciler.catalog import load_catalog
-from reconciler.client import ImageClient, StaticToken
-from reconciler.errors import CatalogError, MalformedResponse
+from reconciler.client import ImageClient, StaticToken, http_client
+from reconciler.errors import CatalogError, MalformedResponse, TransportError
 from reconciler.osversions import KNOWN_OS_VERSIONS
 from reconciler.serverinfo import InvalidServerInfo, ServerInfo, os_versions, profile_for
 from reconciler.state import SCHEMA_VERSION, open_for_write, open_readonly, schema_version
@@ -156,6 +157,21 @@ def test_client_refuses_a_malformed_answer_as_malformed_response() -> None:
             pytest.raises(MalformedResponse) as info:
         client.server_info("image_schema")
     assert "GET /v2/schemas/image" in str(info.value)
+
+
+def test_rules_are_read_within_their_own_short_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server trickling its answer holds the rule read for RULES_DEADLINE, not for the
+    # client's request deadline (120 s by default), and the request after it keeps that one.
+    monkeypatch.setattr(client_module, "RULES_DEADLINE", 0.5)
+    with trickling_server(0.05) as url, http_client(request_timeout=3) as http, \
+            ImageClient(url, token_provider=StaticToken("t0ken"), http=http) as client:
+        with pytest.raises(TransportError) as info:
+            client.server_info("os_versions")
+        assert "deadline of 0.5 s" in str(info.value)
+        with pytest.raises(TransportError) as other:
+            client.get_image(UUID)
+        assert "deadline of 3 s" in str(other.value)
 
 
 # --- the sandbox serves both -----------------------------------------------------------------
