@@ -134,6 +134,7 @@ class SandboxApp:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
         self._issued: dict[str, datetime] = {}  # Keystone-mode token -> expiry
+        self._hold: threading.Event | None = None  # creates arriving now wait for it
 
     # -- entry point -------------------------------------------------------------------
 
@@ -163,6 +164,11 @@ class SandboxApp:
 
     def scripted_left(self) -> int:
         return self._faults.scripted_left()
+
+    def hold_creates(self, hold: threading.Event | None) -> None:
+        """Creates arriving from now on wait for ``hold`` to be set, before committing
+        (None: they go through again; those already waiting keep waiting for theirs)."""
+        self._hold = hold
 
     def counts(self) -> Counter[tuple[str, str]]:
         """Requests seen so far per ``(method, route kind)``."""
@@ -200,6 +206,8 @@ class SandboxApp:
         if cfg.latency_ms:
             time.sleep(cfg.latency_ms / 1000)
         create = (kind, req.method) == ("images", "POST")
+        if create and (hold := self._hold) is not None:
+            hold.wait()
         fault = self._faults.draw(
             fail_rate=cfg.fail_rate,
             throttle_rate=cfg.throttle_rate,
