@@ -53,7 +53,7 @@ from .errors import (
     TransportError,
 )
 from .models import MARKER_PROPERTY
-from .serverinfo import OS_VERSIONS_PATH, SCHEMA_PATH, Kind, validate_body
+from .serverinfo import OS_VERSIONS_PATH, SCHEMA_PATH, InvalidServerInfo, Kind, validate_body
 
 log = logging.getLogger("reconciler.client")
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -410,6 +410,16 @@ def send_capped(http: httpx.Client, request: httpx.Request, *,
                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
     return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
                           request=request, extensions=response.extensions)
+
+
+def _json_of(response: httpx.Response) -> Any:
+    """The answer's JSON; ``ValueError`` saying why if there is none to be had."""
+    try:
+        return response.json()
+    except ValueError:
+        raise ValueError("is not JSON") from None
+    except RecursionError:  # e.g. [[[[... : json's C parser gives up this way
+        raise ValueError("is JSON nested too deeply to read") from None
 
 
 def _too_big(response: httpx.Response, request: httpx.Request) -> MalformedResponse:
@@ -813,14 +823,14 @@ class ImageClient:
         # recovery of an earlier run's creates, which comes after this) for long.
         response = self._send("GET", path, retry_read=False, deadline_s=RULES_DEADLINE)
         try:
-            body = response.json()
+            body = _json_of(response)
+        except ValueError as exc:
+            raise self._bad_body(response, str(exc)) from None
+        try:
             validate_body(kind, body)
-        except ValueError as exc:  # not JSON, or InvalidServerInfo
-            problems = getattr(exc, "problems", ["is not JSON"])
-            method, url = _request_line(response)
-            raise MalformedResponse(f"unexpected answer to GET {path}", problems=problems,
-                                    status=response.status_code, method=method,
-                                    url=url) from None
+        except InvalidServerInfo as exc:
+            raise self._bad_body(response, f"is not the documented {kind.replace('_', ' ')} "
+                                 f"({exc.summary()})", exc.problems) from None
         return body
 
     def delete_image(self, image_id: str) -> None:
@@ -1028,9 +1038,9 @@ class ImageClient:
     @staticmethod
     def _json_object(response: httpx.Response, consequence: str = "") -> dict[str, Any]:
         try:
-            body = response.json()
-        except ValueError:
-            problem = "is not JSON"
+            body = _json_of(response)
+        except ValueError as exc:
+            problem = str(exc)
         else:
             if isinstance(body, dict):
                 return body

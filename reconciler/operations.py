@@ -81,19 +81,21 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
               api: PlanApi | None = None, project_id: str | None = None,
               clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
-              keep: bool = True, only: tuple[str, ...] = ()) -> PlanResult:
+              rules: RunProfile | None = None, keep: bool = True,
+              only: tuple[str, ...] = ()) -> PlanResult:
     """Compare the catalog with the state file, whose records are only read.
 
     With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
     in the state file as a cache unless ``keep`` is false); without it the plan is offline
-    and uses the kept rules. ``only``: limit the plan to the names matching these globs.
+    and uses the kept rules; ``rules`` given are used as they are. ``only``: limit the plan
+    to the names matching these globs.
     """
     with bulk_build():
         store = open_readonly(state_path, clock=clock)
         try:
             target = resolve_target(store, endpoint)
-            rules = run_profile(profile, store, target, api=api, state_path=state_path,
-                                allow=allow, clock=clock)
+            rules = rules or run_profile(profile, store, target, api=api,
+                                         state_path=state_path, allow=allow, clock=clock)
             # kept even if the catalog fails; a dry run (keep=False) writes nothing
             notes = kept_notes(rules, target, state_path) if keep else rules.notes
             catalog = load_catalog(catalog_dir, rules.profile, strict=strict)

@@ -107,8 +107,8 @@ class Profile:
         return None
 
     def _one_of(self, value: Any, allowed: frozenset[str]) -> str:
-        message = (f"{value!r} is not allowed by {self.source}; use one of: "
-                   + ", ".join(sorted(allowed)))
+        message = f"{value!r} is not allowed by {self.source}; " + (
+            f"use one of: {_listed(allowed)}" if allowed else "it allows no value here")
         if value in self.configured:
             message += (" (your allow_* setting adds it, but the server's schema does not list "
                         "it, so the server would refuse it)")
@@ -223,3 +223,11 @@ GLANCE = Profile(
 )
 
 PROFILES: dict[str, Profile] = {"ims": IMS, "glance": GLANCE}
+
+_LISTED = 30  # values named in a refusal; a server's schema may list thousands
+
+
+def _listed(allowed: frozenset[str]) -> str:
+    shown = [v if len(v) <= 64 else f"{v[:61]}..." for v in sorted(allowed)[:_LISTED]]
+    more = len(allowed) - len(shown)
+    return ", ".join(shown) + (f" (and {more} more)" if more > 0 else "")

@@ -64,8 +64,9 @@ class RunProfile:
     notes: tuple[str, ...] = ()  # what went wrong reading or keeping it
 
 
-def cached(store: StateStore | None, profile: str, target: str) -> ServerInfo | None:
-    """The answer kept for ``target``, if it is still usable."""
+def cached(store: StateStore | None, profile: str,
+           target: str) -> tuple[ServerInfo | None, str | None]:
+    """The answer kept for ``target`` if it is still usable, else why not (if one is kept)."""
     kind = KIND_OF[profile]
     if store is not None and not target:
         # no endpoint given and no records: the one target whose rules were kept, if one
@@ -73,19 +74,22 @@ def cached(store: StateStore | None, profile: str, target: str) -> ServerInfo | 
         target = targets[0] if len(targets) == 1 else ""
     row = store.server_info(target, kind) if store is not None and target else None
     if row is None:
-        return None
+        return None, None
     info = ServerInfo(kind, row["url"], row["read_at"], row["body"], cached=True)
     try:
         profile_for(profile, info)
-    except InvalidServerInfo:
-        return None  # e.g. written by a reconcile that checked less; ignore it
-    return info
+    except InvalidServerInfo as exc:  # e.g. kept by a reconcile that checked less
+        return None, (f"the {_WHAT[kind]} kept for {target} (read {info.read_at[:10]}) is "
+                      f"not usable ({exc.summary()}); using reconcile's built-in "
+                      "rules until it is read again")
+    return info, None
 
 
 def offline(profile: str, store: StateStore | None, target: str,
             allow: Allowances = NO_ALLOWANCES) -> RunProfile:
     """The profile of a run that does not talk to the server."""
-    return _build(profile, cached(store, profile, target), allow, ())
+    info, note = cached(store, profile, target)
+    return _build(profile, info, allow, (note,) if note else ())
 
 
 def online(profile: str, api: RulesApi, target: str, state_path: str | Path, *,
@@ -98,11 +102,10 @@ def online(profile: str, api: RulesApi, target: str, state_path: str | Path, *,
     try:
         body = api.server_info(kind)
     except ApiError as exc:  # a 401 too: the run's own requests then stop it, and say so
-        notes.append(f"could not read the server's {_WHAT[kind]} ({target}{path}): "
-                     f"{exc}")
-        info = _kept(profile, state_path, target)
+        notes.append(f"could not read the server's {_WHAT[kind]}: {exc}")
+        info, unusable = _kept(profile, state_path, target)
         notes[-1] += (f"; using the one read {info.read_at[:10]}" if info else
-                      "; using reconcile's built-in rules")
+                      f"; using reconcile's built-in rules{unusable}")
         return _build(profile, info, allow, tuple(notes))
     info = ServerInfo(kind, target + path, iso(clock.now()), body)
     return _build(profile, info, allow, ())
@@ -114,16 +117,19 @@ def _build(profile: str, info: ServerInfo | None, allow: Allowances,
                                   allow_container_formats=allow.container_formats), info, notes)
 
 
-def _kept(profile: str, state_path: str | Path, target: str) -> ServerInfo | None:
+def _kept(profile: str, state_path: str | Path,
+          target: str) -> tuple[ServerInfo | None, str]:
+    """The usable answer kept for ``target``, or why there is none (to end a note with)."""
     try:
         reader = open_readonly(state_path)
     except StateError:
-        return None
+        return None, ""
     try:
-        return cached(reader, profile, target)
+        info, unusable = cached(reader, profile, target)
     finally:
         if reader is not None:
             reader.close()
+    return info, " (the one kept is not usable either)" if unusable else ""
 
 
 def keep(run: RunProfile, target: str, *, store: StateStore | None = None,

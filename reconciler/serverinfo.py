@@ -17,7 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+import jsonschema
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, TypeAdapter, ValidationError
 
 from reconciler.profiles import FIELDS, PROFILES, SERVER_KEYS, Profile
 
@@ -50,6 +51,13 @@ class InvalidServerInfo(ValueError):
         super().__init__("; ".join(problems))
         self.problems = list(problems)
 
+    def summary(self, shown: int = 3) -> str:
+        """The first problems, each cut short (a lying server may send thousands of long
+        ones), and how many more there are."""
+        cut = [p if len(p) <= 200 else p[:199] + "…" for p in self.problems[:shown]]
+        more = len(self.problems) - shown
+        return "; ".join(cut) + (f"; +{more} more" if more > 0 else "")
+
 
 # --- the answers' shapes -------------------------------------------------------------------
 
@@ -74,7 +82,7 @@ _OS_LIST = TypeAdapter(list[_Platform])
 
 class _Enum(_Loose):
     enum: list[str | None] | None = None
-    maxLength: int | None = None  # JSON schema's spelling
+    maxLength: NonNegativeInt | None = None  # JSON schema's spelling
 
 
 class _ImageSchema(_Loose):
@@ -112,10 +120,16 @@ def schema_rules(body: Any) -> SchemaRules:
     """Read the rules of a ``/v2/schemas/image`` answer."""
     try:
         schema = _ImageSchema.model_validate(body)
-        props = {key: _Enum.model_validate(schema.properties.get(key, {}))
-                 for key in ("visibility", "container_format", "disk_format", "name")}
     except ValidationError as exc:
         raise InvalidServerInfo(_problems(exc)) from None
+    props, found = {}, []
+    for key in ("visibility", "container_format", "disk_format", "name"):
+        try:
+            props[key] = _Enum.model_validate(schema.properties.get(key, {}))
+        except ValidationError as exc:
+            found += [f"properties.{key}.{p}" for p in _problems(exc)]
+    if found:
+        raise InvalidServerInfo(found)
 
     def enum(key: str) -> frozenset[str] | None:
         values = props[key].enum
@@ -126,8 +140,42 @@ def schema_rules(body: Any) -> SchemaRules:
     own = {*FIELDS, *SERVER_KEYS, "tags", "locations", "direct_url", "self", "file", "schema"}
     rules = {key: rule for key, rule in schema.properties.items()
              if key not in own and isinstance(rule, dict)}
+    problems = [p for key, rule in rules.items() if (p := _rule_problem(key, rule))]
+    if problems:
+        raise InvalidServerInfo(problems)
     return SchemaRules(enum("visibility"), enum("container_format"), enum("disk_format"),
                        props["name"].maxLength, rules)
+
+
+def _rule_problem(key: str, rule: dict[str, Any]) -> str | None:
+    """Why a property's rule cannot be checked as the server would check it, if it cannot:
+    not a JSON schema, or pointing elsewhere (``$ref``), which reconcile does not follow."""
+    if not _REFS.isdisjoint(_keys(rule)):
+        return f"properties.{key}: refers elsewhere ($ref), which reconcile does not follow"
+    try:
+        jsonschema.validators.validator_for(rule).check_schema(rule)
+    except jsonschema.exceptions.SchemaError as exc:
+        return f"properties.{key}: is not a valid JSON schema: {exc.message}"
+    except RecursionError:
+        return f"properties.{key}: is nested too deeply to check"
+    return None
+
+
+_REFS = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
+
+
+def _keys(doc: Any) -> set[str]:
+    """Every mapping key anywhere in a JSON document (without recursion: it may be deep)."""
+    found: set[str] = set()
+    todo = [doc]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            found.update(node)
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
 
 
 def validate_body(kind: Kind, body: Any) -> None:
@@ -158,7 +206,8 @@ def profile_for(name: str, info: ServerInfo | None = None, *,
             visibilities=_or_any(rules.visibilities, base.visibilities),
             container_formats=_or_any(rules.container_formats, base.container_formats),
             disk_formats=_or_any(rules.disk_formats, base.disk_formats),
-            name_max=min(base.name_max, rules.name_max or base.name_max),
+            name_max=base.name_max if rules.name_max is None else min(base.name_max,
+                                                                      rules.name_max),
             property_rules=rules.property_rules,
             configured=disks | containers,
             source=f"the server's schema ({info.origin()})",

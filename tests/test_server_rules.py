@@ -16,10 +16,11 @@ import httpx
 import pytest
 from apply_helpers import SandboxFactory, trickling_server
 from click.testing import Result
+from hostile import Answer, HostileServer, endless
 
 from reconciler import client as client_module
 from reconciler.catalog import load_catalog
-from reconciler.client import ImageClient, StaticToken, http_client
+from reconciler.client import MAX_BODY_BYTES, ImageClient, StaticToken, http_client
 from reconciler.errors import CatalogError, MalformedResponse, TransportError
 from reconciler.osversions import KNOWN_OS_VERSIONS
 from reconciler.serverinfo import InvalidServerInfo, ServerInfo, os_versions, profile_for
@@ -156,7 +157,9 @@ def test_client_refuses_a_malformed_answer_as_malformed_response() -> None:
             "http://glance:9292", token_provider=StaticToken("t0ken"), http=http) as client, \
             pytest.raises(MalformedResponse) as info:
         client.server_info("image_schema")
-    assert "GET /v2/schemas/image" in str(info.value)
+    assert str(info.value) == (
+        "GET http://glance:9292/v2/schemas/image HTTP 200: unexpected response: the body is "
+        "not the documented image schema (properties: Input should be a valid dictionary)")
 
 
 def test_rules_are_read_within_their_own_short_deadline(
@@ -298,10 +301,87 @@ def test_unreadable_rules_are_a_note_and_the_built_ins_apply(
     catalog = one_image(write_catalog, os_version="Ubuntu 22.04 server 64bit", min_disk=40)
     result = validate(run_cli, catalog, tmp_path / "state.db", "--endpoint", sb.url)
     assert result.exit_code == 0, result.output
-    assert (f"warning: could not read the server's OS list ({sb.url}/v1/cloudimages/"
-            "os_version): ") in result.stderr
+    assert (f"warning: could not read the server's OS list: GET {sb.url}/v1/cloudimages/"
+            "os_version HTTP 404: ") in result.stderr
     assert "404" in result.stderr
     assert "using reconcile's built-in rules" in result.stderr
+
+
+# --- hostile answers: one note, and the kept or built-in rules ------------------------------
+
+def nested(depth: int) -> bytes:
+    return b'{"properties": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+HOSTILE_SCHEMAS: dict[str, tuple[Answer, str]] = {
+    "huge": (Answer(200, endless(b" " * 65536, MAX_BODY_BYTES + 65536),
+                    {"Content-Type": "application/json"}), "is over 8 MiB; reading stopped"),
+    "not json": (Answer(200, b"<html>schema</html>"), "the body is not JSON"),
+    "nested too deeply": (Answer(200, nested(100_000)), "is JSON nested too deeply to read"),
+    "not an object": (Answer.json(200, ["disk_format"]), "body: Input should be"),
+    "enum of numbers": (Answer.json(200, glance_schema([1, 2])), "properties.disk_format.enum"),
+    "negative maxLength": (Answer.json(200, glance_schema(
+        name={"type": "string", "maxLength": -1})), "should be greater than or equal to 0"),
+    "rule not a schema": (Answer.json(200, glance_schema(kernel_id={"type": "uuid"})),
+                          "properties.kernel_id: is not a valid JSON schema"),
+    "rule with a bad pattern": (Answer.json(200, glance_schema(
+        kernel_id={"type": "string", "pattern": "(["})), "is not a 'regex'"),
+    "rule pointing elsewhere": (Answer.json(200, glance_schema(
+        kernel_id={"$ref": "http://evil.example/x.json"})), "refers elsewhere ($ref)"),
+    "thousands of bad rules": (Answer.json(200, glance_schema(**{
+        f"p{n}": {"type": "nope"} for n in range(5000)})), "+4997 more"),
+}
+
+
+@pytest.mark.parametrize(("answer", "why"), HOSTILE_SCHEMAS.values(), ids=HOSTILE_SCHEMAS.keys())
+def test_a_hostile_schema_is_one_note_and_the_built_in_rules_apply(
+        answer: Answer, why: str, tmp_path: Path, write_catalog: Callable[..., Path],
+        run_cli: Run) -> None:
+    catalog = one_image(write_catalog, disk_format="qcow2")
+    state = tmp_path / "state.db"
+    with HostileServer(lambda seen: answer) as server:
+        result = validate(run_cli, catalog, state, "--profile", "glance",
+                          "--endpoint", server.url)
+        assert len(server.requests("GET", "/v2/schemas/image")) == 1
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    [note] = result.stderr.splitlines()
+    assert note.startswith(f"warning: could not read the server's image schema: GET "
+                           f"{server.url}/v2/schemas/image HTTP 200: unexpected response: ")
+    assert why in note
+    assert note.endswith("; using reconcile's built-in rules")
+    assert len(note) < 1200
+    assert not state.exists()  # nothing to keep
+
+
+def test_a_schema_listing_thousands_of_formats_is_followed_and_named_briefly(
+        write_catalog: Callable[..., Path]) -> None:
+    formats = [f"fmt{n:05d}" for n in range(5000)]
+    profile = profile_for("glance", schema_info(glance_schema([None, *formats])))
+    [message] = problems(one_image(write_catalog, disk_format="qcow2"), profile)
+    assert "use one of: fmt00000, fmt00001," in message and "(and 4970 more)" in message
+    assert len(message) < 600
+    [none] = problems(one_image(write_catalog, disk_format="qcow2"),
+                      profile_for("glance", schema_info(glance_schema([None]))))
+    assert none.endswith("; it allows no value here")
+
+
+def test_an_unusable_kept_schema_is_said_and_the_built_in_rules_apply(
+        tmp_path: Path, write_catalog: Callable[..., Path], run_cli: Run) -> None:
+    state = tmp_path / "state.db"
+    store = open_for_write(state)
+    store.save_server_info("http://glance:9292", "image_schema",
+                           url="http://glance:9292/v2/schemas/image",
+                           body=glance_schema(kernel_id={"type": "uuid"}),
+                           read_at="2026-11-30T08:00:00Z")
+    store.close()
+    result = validate(run_cli, one_image(write_catalog, disk_format="vmdk"), state,
+                      "--profile", "glance")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "warning: the image schema kept for http://glance:9292 (read 2026-11-30) is not usable "
+        "(properties.kernel_id: is not a valid JSON schema: 'uuid' is not valid under any of "
+        "the given schemas); using reconcile's built-in rules until it is read again"]
 
 
 def old_state_file(path: Path) -> Path:

@@ -15,7 +15,7 @@ from reconciler.errors import ConfigError
 from reconciler.models import Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
-from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi
+from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
 
 
 class ApplyApi(ImageApi, ListingApi, RulesApi, Protocol):
@@ -59,6 +59,7 @@ class Preview:
     observed: Observed | None
     state_revision: int
     catalog_digest: str
+    rules: RunProfile  # the server's rules it was checked with: read once, for both
     report: RunReport | None = None  # the plan as `reconcile plan` shows it
 
 

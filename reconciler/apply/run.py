@@ -44,10 +44,11 @@ log = logging.getLogger("reconciler.apply")
 def preview(req: ApplyRequest) -> Preview:
     """The plan to confirm before ``apply_catalog(req)`` with ``preview=`` set: made without
     the lock, from the cloud as it is now (read once; the apply reuses what it saw)."""
+    rules = _rules(req)  # read online even without a refresh, as the apply would
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
-                       clock=req.clock, allow=req.allow, keep=False,  # the apply keeps
+                       clock=req.clock, rules=rules, keep=False,  # the apply keeps
                        only=req.saved.only if req.saved else req.only)
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
@@ -56,7 +57,7 @@ def preview(req: ApplyRequest) -> Preview:
         report = report.model_copy(update={"changes": shown.changes,
                                            "summary": shown.summary()})
     return Preview(shown, result.observed, result.state_revision, result.catalog.digest,
-                   report)
+                   rules, report)
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -70,10 +71,9 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
     if saved is not None and normalize_endpoint(req.endpoint) != saved.target:
         raise PlanFileError(f"the plan was made for {saved.target}, not {req.endpoint}")
     target = normalize_endpoint(req.endpoint)
-    # The server's rules first (read now, kept once the run is under way): the catalog is
-    # checked against what this server accepts.
-    rules = run_profile(req.catalog_profile, None, target, api=req.api,
-                        state_path=req.state_path, allow=req.allow, clock=req.clock)
+    # The server's rules first (read now, or by the preview; kept once the work is done):
+    # the catalog is checked against what this server accepts.
+    rules = req.preview.rules if req.preview else _rules(req)
     with bulk_build():
         catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
     prechecked = _precheck_without_state(req, catalog, target)
@@ -83,6 +83,12 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
         return _apply_locked(req, store, catalog, target, rules, prechecked)
     finally:
         store.close()
+
+
+def _rules(req: ApplyRequest) -> RunProfile:
+    return run_profile(req.catalog_profile, None, normalize_endpoint(req.endpoint),
+                       api=req.api, state_path=req.state_path, allow=req.allow,
+                       clock=req.clock)
 
 
 def _precheck_without_state(req: ApplyRequest, catalog: Catalog,
