@@ -32,7 +32,7 @@ CUSTOM_OS = "Kylin V10 SP2 64bit"  # not in the built-in list
 UUID = "11111111-2222-4333-8444-555555555555"
 
 
-def glance_schema(disk: list[str | None] | None = None, **extra: Any) -> dict[str, Any]:
+def glance_schema(disk: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
     props: dict[str, Any] = {
         "name": {"type": ["null", "string"], "maxLength": 255},
         "visibility": {"type": "string", "enum": ["community", "public", "private", "shared"]},
@@ -328,8 +328,8 @@ HOSTILE_SCHEMAS: dict[str, tuple[Answer, str]] = {
         kernel_id={"type": "string", "pattern": "(["})), "is not a 'regex'"),
     "rule pointing elsewhere": (Answer.json(200, glance_schema(
         kernel_id={"$ref": "http://evil.example/x.json"})), "refers elsewhere ($ref)"),
-    "thousands of bad rules": (Answer.json(200, glance_schema(**{
-        f"p{n}": {"type": "nope"} for n in range(5000)})), "+4997 more"),
+    "thousands of bad rules": (Answer.json(200, glance_schema(
+        None, **{f"p{n}": {"type": "nope"} for n in range(5000)})), "+4997 more"),
 }
 
 
