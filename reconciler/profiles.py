@@ -83,7 +83,8 @@ class Profile:
             if not value:
                 return "must not be empty"
             if len(value) > self.name_max:
-                return f"is {len(value)} characters long; at most {self.name_max} allowed"
+                return (f"is {len(value)} characters long; {self.source} allows at most "
+                        f"{self.name_max}")
         elif key == "visibility" and value in self.admin_visibilities:
             return (f"{value!r} needs the admin role under {self.name}'s default policy (403 "
                     "publicize_image); create the image private or shared and have an admin "
