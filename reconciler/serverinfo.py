@@ -20,6 +20,7 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, TypeAdapter, ValidationError
 
+from reconciler.answers import problems
 from reconciler.profiles import FIELDS, PROFILES, SERVER_KEYS, Profile
 
 Kind = Literal["image_schema", "os_versions"]
@@ -89,16 +90,12 @@ class _ImageSchema(_Loose):
     properties: dict[str, dict[str, Any]]
 
 
-def _problems(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
-
-
 def os_versions(body: Any) -> frozenset[str]:
     """The ``__os_version`` strings of an os_version answer."""
     try:
         platforms = _OS_LIST.validate_python(body)
     except ValidationError as exc:
-        raise InvalidServerInfo(_problems(exc)) from None
+        raise InvalidServerInfo(problems(exc)) from None
     found = frozenset(v.os_version for p in platforms for v in p.version_list)
     if not found:
         raise InvalidServerInfo(["the list of OS versions is empty"])
@@ -121,13 +118,13 @@ def schema_rules(body: Any) -> SchemaRules:
     try:
         schema = _ImageSchema.model_validate(body)
     except ValidationError as exc:
-        raise InvalidServerInfo(_problems(exc)) from None
+        raise InvalidServerInfo(problems(exc)) from None
     props, found = {}, []
     for key in ("visibility", "container_format", "disk_format", "name"):
         try:
             props[key] = _Enum.model_validate(schema.properties.get(key, {}))
         except ValidationError as exc:
-            found += [f"properties.{key}.{p}" for p in _problems(exc)]
+            found += [f"properties.{key}.{p}" for p in problems(exc)]
     if found:
         raise InvalidServerInfo(found)
 
@@ -140,9 +137,9 @@ def schema_rules(body: Any) -> SchemaRules:
     own = {*FIELDS, *SERVER_KEYS, "tags", "locations", "direct_url", "self", "file", "schema"}
     rules = {key: rule for key, rule in schema.properties.items()
              if key not in own and isinstance(rule, dict)}
-    problems = [p for key, rule in rules.items() if (p := _rule_problem(key, rule))]
-    if problems:
-        raise InvalidServerInfo(problems)
+    found = [p for key, rule in rules.items() if (p := _rule_problem(key, rule))]
+    if found:
+        raise InvalidServerInfo(found)
     return SchemaRules(enum("visibility"), enum("container_format"), enum("disk_format"),
                        props["name"].maxLength, rules)
 
