@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,18 +25,22 @@ from reconciler import __version__, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
+    TargetsApply,
     apply_catalog,
+    apply_targets,
     check_invocation,
     preview,
 )
-from reconciler.auth import ApiSession, ConnectOptions, open_session
+from reconciler.auth import ApiSession, ConnectOptions, Scope, open_session
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.console import (
     Progress,
+    TargetsProgress,
     check_outputs,
     color,
     confirm,
+    confirm_targets,
     fail,
     notice,
     sigterm_as_interrupt,
@@ -47,13 +52,18 @@ from reconciler.operations import (
     copy_state,
     dry_run_report,
     forget_image,
+    Connect,
+    TargetPart,
     import_image,
     list_records,
-    make_plan,
+    load,
+    plan_loaded,
+    plan_targets,
     run_history,
     save_plan,
     show_plan,
     show_records,
+    single_target_only,
     validate_catalog,
 )
 from reconciler.options import (
@@ -69,7 +79,9 @@ from reconciler.options import (
     report_options,
     state_option,
     strict_option,
+    target_options,
 )
+from reconciler.planner import select_targets
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, chunks
 from reconciler.state import is_url, redact
@@ -240,12 +252,35 @@ def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
-         retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
+def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any], retries: int = 5, *,
+         limiter: threading.Semaphore | None = None,
+         ) -> contextlib.AbstractContextManager[ApiSession]:
     """An Image API session from the auth options; closed afterwards."""
     return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
                         ConnectOptions(**auth), retries=retries, clock=rt.clock,
-                        warn=lambda m: notice(f"warning: {m}", level=logging.WARNING))
+                        warn=lambda m: notice(f"warning: {m}", level=logging.WARNING),
+                        limiter=limiter)
+
+
+def _connector(rt: Runtime, auth: dict[str, Any], retries: int = 5,
+               limiter: threading.Semaphore | None = None) -> Connect:
+    """How a catalog target is connected to: its clouds.yaml entry (over the run's
+    --token-file or --os-cloud), else the run's credentials; its region and project."""
+    def connect(target: Any) -> contextlib.AbstractContextManager[ApiSession]:
+        options = dict(auth, scope=Scope(target.region, target.project))
+        if target.cloud:
+            options.update(os_cloud=target.cloud, token_file=None)
+        return _api(rt, target.endpoint, options, retries, limiter=limiter)
+    return connect
+
+
+def _target_failures(parts: list[TargetPart]) -> None:
+    """Each failed target on stderr, then exit 1 (the report says the same)."""
+    for part in parts:
+        if part.error:
+            click.echo(terminal(f"error: target {part.target.name}: {part.error}"), err=True)
+    if parts:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command("plan")
@@ -264,6 +299,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
                    "it. Not the report: that is -o/--output.")
 @report_options
 @only_option
+@target_options
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
                    "everything is unchanged.")
@@ -271,26 +307,41 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
 def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, show_unchanged: bool, no_color: bool,
-             only: tuple[str, ...], detailed_exitcode: bool, **auth: Any) -> None:
+             only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
+             detailed_exitcode: bool, **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
     Works offline and without credentials unless --refresh is given; never creates or
-    changes the state file.
+    changes the state file. A catalog with `targets:` is planned for each target side by
+    side (a target without `endpoint:` is connected to, to find its endpoint).
 
     \b
     Examples:
       reconcile plan
       reconcile plan --format markdown --detailed-exitcode > comment.md
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
+      reconcile plan --target cn-north-4 --format markdown   # one target's PR comment
     """
     check_outputs(output, out)
+    loaded = load(catalog, profile=profile, strict=strict)
+    chosen = select_targets(loaded, target)
+    if chosen:
+        single_target_only(endpoint=endpoint, plan_file=out)
+        plans = plan_targets(loaded, state, chosen, connect=_connector(rt, auth),
+                             refresh=refresh, strict=strict,
+                             target_parallelism=target_parallelism, clock=rt.clock, only=only)
+        write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
+                            show_unchanged=show_unchanged), output, plans.report)
+        _target_failures(plans.failed)
+        if detailed_exitcode and plans.changes:
+            raise click.exceptions.Exit(2)
+        return
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
-        result = make_plan(catalog, state, profile=profile, strict=strict,
-                           endpoint=session.endpoint if session else endpoint,
-                           api=session.client if session else None,
-                           project_id=session.project_id if session else None, clock=rt.clock,
-                           only=only)
+        result = plan_loaded(loaded, state, endpoint=session.endpoint if session else endpoint,
+                             api=session.client if session else None,
+                             project_id=session.project_id if session else None,
+                             clock=rt.clock, only=only)
     report = result.report
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock, only=only)
@@ -320,6 +371,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                    "records, block same-name duplicates.")
 @report_options
 @only_option
+@target_options
 @click.option("--refresh-only", is_flag=True,
               help="Only record what the cloud shows: adopt images that carry reconcile's "
                    "marker and take in changes made outside reconcile; create nothing.")
@@ -345,7 +397,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, profile: str,
           strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
           templates: Path | None, show_unchanged: bool, no_color: bool,
-          only: tuple[str, ...], refresh_only: bool, dry_run: bool, yes: bool,
+          only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
+          refresh_only: bool, dry_run: bool, yes: bool,
           parallelism: int, retries: int, settle_time: float, log_format: str,
           lock_timeout: float, **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
@@ -362,6 +415,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
       OS_AUTH_TOKEN=... reconcile apply --endpoint https://ims.example.com --yes
       reconcile apply --yes --log-format json --format html --output report.html
       reconcile apply plan.json --yes
+      reconcile apply --target 'cn-*' --yes        # some of the catalog's targets
     """
     logs.configure(log_format)
     check_outputs(output)
@@ -380,11 +434,28 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                "runner, and another runner's apply cannot see it. Share a PostgreSQL state "
                "(--state postgresql://...; README \"Working as a team\")",
                level=logging.WARNING)
+    loaded = None
+    if saved is None:
+        loaded = load(catalog, profile=profile, strict=strict)
+        chosen = select_targets(loaded, target)
+        if chosen:
+            single_target_only(endpoint=endpoint, plan_file=None)
+            _apply_targets(rt, loaded, chosen, state=state, profile=profile, strict=strict,
+                           refresh=refresh, refresh_only=refresh_only, dry_run=dry_run,
+                           yes=yes, parallelism=parallelism, retries=retries,
+                           settle_time=settle_time, lock_timeout=lock_timeout, only=only,
+                           target_parallelism=target_parallelism, fmt=fmt, output=output,
+                           templates=templates, show_unchanged=show_unchanged, auth=auth)
+            return
+    elif target:
+        raise ConfigError("--target picks targets of a catalog; a saved plan holds one "
+                          "endpoint already")
     if dry_run:
         with contextlib.ExitStack() as stack:
             session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
                 if refresh else None
-            report = dry_run_report(catalog, state, profile=profile, strict=strict,
+            assert loaded is not None  # a saved plan has no dry run (check_invocation)
+            report = dry_run_report(loaded, state,
                                     endpoint=session.endpoint if session else endpoint,
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
@@ -404,7 +475,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             on_outcome=progress,
             refreshes=lambda: session.refreshes, project_id=session.project_id,
             lock_timeout_s=lock_timeout, only=only, refresh_only=refresh_only,
-            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)),
+            catalog=loaded)
         if not yes:
             shown = preview(request)
             if not confirm(shown.plan, shown.report, session.endpoint, templates):
@@ -424,6 +496,55 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:
         raise click.exceptions.Exit(1)
+
+
+def _apply_targets(rt: Runtime, loaded: Any, chosen: Any, *, state: str, profile: str,
+                   strict: bool, refresh: bool, refresh_only: bool, dry_run: bool, yes: bool,
+                   parallelism: int, retries: int, settle_time: float, lock_timeout: float,
+                   only: tuple[str, ...], target_parallelism: int, fmt: str,
+                   output: Path | None, templates: Path | None, show_unchanged: bool,
+                   auth: dict[str, Any]) -> None:
+    """apply for a catalog with targets: each target side by side, one report."""
+    # One bound on requests in flight for every target together (docs/architecture.md §13).
+    limiter = threading.BoundedSemaphore(parallelism)
+    connect = _connector(rt, auth, retries, limiter)
+    if dry_run:
+        plans = plan_targets(loaded, state, chosen, connect=connect, refresh=refresh,
+                             strict=strict, target_parallelism=target_parallelism,
+                             clock=rt.clock, only=only, dry_run=True)
+        write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
+                            show_unchanged=show_unchanged), output, plans.report)
+        _target_failures(plans.failed)
+        return
+    progress = TargetsProgress(sys.stderr.isatty())
+
+    def request(target: Any, session: ApiSession) -> ApplyRequest:
+        return ApplyRequest(
+            catalog_dir=loaded.directory, state_path=state, profile=target.profile or profile,
+            endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
+            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
+            on_outcome=progress.outcome(target.name), refreshes=lambda: session.refreshes,
+            project_id=session.project_id, lock_timeout_s=lock_timeout, only=only,
+            refresh_only=refresh_only, on_plan=progress.planned(target.name))
+
+    job = TargetsApply(loaded, chosen, state, connect, request, strict=strict,
+                       target_parallelism=target_parallelism, lock_timeout_s=lock_timeout,
+                       clock=rt.clock, only=only,
+                       confirm=None if yes else lambda r: confirm_targets(r, templates))
+    try:
+        with sigterm_as_interrupt():
+            result = apply_targets(job)
+    finally:
+        progress.close()
+    if result.cancelled:
+        click.echo("Apply cancelled.", err=True)
+        return
+    write_report(chunks(result.report, fmt, color=color(output), templates=templates,
+                        show_unchanged=show_unchanged), output, result.report)
+    if result.interrupted:
+        fail("interrupted: run `reconcile apply` again to finish")
+    _target_failures(result.failed)
 
 
 @cli.command("show")

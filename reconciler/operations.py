@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fnmatch
 import gc
 import hashlib
 import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reconciler import __version__, planfile
+from reconciler.auth import ApiSession
 from reconciler.catalog import lint_problems, load_catalog
 from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, Problem, StateError
+from reconciler.errors import ConfigError, Problem, ReconcileError, StateError
 from reconciler.models import (
     ACTIONS,
     GONE_STATUSES,
@@ -31,11 +34,15 @@ from reconciler.models import (
     Change,
     ImageSpec,
     Observed,
+    Outcome,
     Plan,
     Record,
     RunOutcome,
     RunReport,
+    Target,
+    TargetReport,
     iso,
+    target_key,
 )
 from reconciler.planfile import SavedPlan
 from reconciler.planner import adoption_request, diff_bodies, plan, select
@@ -83,9 +90,21 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
     """
     with bulk_build():
         catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
+    return plan_loaded(catalog, state_path, endpoint=endpoint, api=api, project_id=project_id,
+                       clock=clock, only=only)
+
+
+def plan_loaded(catalog: Catalog, state_path: str | Path, *, endpoint: str | None = None,
+                target: str | None = None, api: ListingApi | None = None,
+                project_id: str | None = None, clock: Clock = SYSTEM_CLOCK,
+                only: tuple[str, ...] = (), must_match: bool = True) -> PlanResult:
+    """``make_plan`` for a catalog already loaded; ``target``: the state key to compare with
+    (default: from ``endpoint``, or the state's only target)."""
+    with bulk_build():
         store = open_readonly(state_path, clock=clock)
         try:
-            target = resolve_target(store, endpoint)
+            if target is None:
+                target = resolve_target(store, endpoint)
             records = _HandedOver(_records_for_plan(store, target, catalog, full=api is not None)
                                   if store else {})
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
@@ -95,7 +114,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
         result = select(plan(catalog, records, target=target, pending=pending,
-                             observed=observed), only)
+                             observed=observed), only, must_match=must_match)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
                              refreshed=api is not None)
     return PlanResult(catalog, result, report, revision, observed)
@@ -251,16 +270,14 @@ def show_plan(path: Path) -> RunReport:
         plan_id=saved.plan_id)
 
 
-def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
-                   strict: bool = False, endpoint: str | None = None,
+def dry_run_report(catalog: Catalog, state_path: str | Path, *, endpoint: str | None = None,
                    api: ListingApi | None = None, project_id: str | None = None,
                    clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = ()) -> RunReport:
     """What apply would send. With ``api`` the cloud is read first, as apply does (so
     adoptions and recreations show as apply would do them); nothing is ever written or
     sent: only GET requests."""
-    result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
-                       endpoint=endpoint, api=api, project_id=project_id, clock=clock,
-                       only=only)
+    result = plan_loaded(catalog, state_path, endpoint=endpoint, api=api,
+                         project_id=project_id, clock=clock, only=only)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 
@@ -374,3 +391,181 @@ def copy_state(source: str | Path, destination: str | Path, *, force: bool = Fal
 def _digest(rows: list[tuple[Any, ...]]) -> tuple[int, str]:
     text = json.dumps(rows, default=str, ensure_ascii=False)
     return len(rows), hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- several targets (docs/architecture.md §13) ----------------------------------------------
+
+def load(catalog_dir: str | Path, *, profile: str, strict: bool = False) -> Catalog:
+    """The catalog, loaded and checked once for every command that plans."""
+    with bulk_build():
+        return load_catalog(catalog_dir, get_profile(profile), strict=strict)
+
+
+def single_target_only(*, endpoint: str | None, plan_file: object | None) -> None:
+    """What only a catalog without ``targets:`` takes: one endpoint, one saved plan."""
+    if endpoint:
+        raise ConfigError("--endpoint (or RECONCILE_ENDPOINT) names the one endpoint of a "
+                          "catalog without targets; this catalog declares `targets:`, each "
+                          "with its own endpoint. Drop it, and pick targets with --target")
+    if plan_file is not None:
+        raise ConfigError("saved plans (plan --out, apply PLAN_FILE) hold one endpoint; they "
+                          "are not available for a catalog that declares `targets:` yet. "
+                          "Review with `reconcile plan --refresh`, then `reconcile apply`")
+
+#: Opens an authenticated session for one target (its clouds.yaml entry or the run's
+#: credentials, its region and project); supplied by the command line.
+Connect = Callable[[Target], contextlib.AbstractContextManager[ApiSession]]
+
+
+@dataclass(frozen=True)
+class TargetPart:
+    """One target's share of a run: where it went, its report, or why it failed."""
+
+    target: Target
+    endpoint: str = ""
+    report: RunReport | None = None
+    error: str | None = None
+    failed: bool = False  # its apply had failed, skipped or blocked images
+
+
+def catalogs_by_target(catalog: Catalog, targets: Sequence[Target], catalog_dir: str | Path,
+                       *, strict: bool) -> dict[str, Catalog]:
+    """Each target's catalog: its images, checked by its profile (the run's unless the
+    target names one; the catalog is loaded once more per other profile)."""
+    by_profile = {catalog.profile: catalog}
+    out: dict[str, Catalog] = {}
+    for target in targets:
+        name = target.profile or catalog.profile
+        if name not in by_profile:
+            with bulk_build():
+                by_profile[name] = load_catalog(catalog_dir, get_profile(name), strict=strict)
+        out[target.name] = by_profile[name].for_target(target.name)
+    return out
+
+
+def check_distinct(parts: Sequence[TargetPart], keys: Mapping[str, str]) -> list[TargetPart]:
+    """Two targets that reach the same endpoint and project would each create the images:
+    every one after the first fails."""
+    first: dict[str, str] = {}
+    out = []
+    for part in parts:
+        key = keys.get(part.target.name)
+        if key is not None and key in first:
+            part = TargetPart(part.target, part.endpoint, error=(
+                f"reaches the same endpoint and project as target {first[key]!r} "
+                f"({key}); declare each place once"))
+        elif key is not None:
+            first[key] = part.target.name
+        out.append(part)
+    return out
+
+
+
+def parallel(targets: Sequence[Target], work: Callable[[Target], TargetPart],
+             parallelism: int) -> list[TargetPart]:
+    """``work`` for each target, ``parallelism`` at once, in the targets' order; an error of
+    one target (ReconcileError) is its part's error, never the others'."""
+    def guarded(target: Target) -> TargetPart:
+        try:
+            return work(target)
+        except ReconcileError as exc:
+            return TargetPart(target, error=str(exc))
+
+    if len(targets) < 2 or parallelism < 2:
+        return [guarded(t) for t in targets]
+    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="target") as pool:
+        return list(pool.map(guarded, targets))
+
+
+def check_only(parts: Sequence[TargetPart], only: tuple[str, ...]) -> None:
+    """``--only`` over several targets: each glob must match an image in one of them."""
+    names = {c.name for p in parts if p.report for c in p.report.changes}
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(f"--only {pattern}: no image of the catalog or the state file "
+                              "has a name it matches in any target (a glob: * ? [...])")
+
+
+def targets_report(catalog: Catalog, parts: Sequence[TargetPart], *, mode: str,
+                   clock: Clock = SYSTEM_CLOCK, state: str = "", refreshed: bool = False,
+                   dry_run: bool = False, duration_s: float | None = None) -> RunReport:
+    """One report of several targets (``format_version`` 2): every change and outcome with
+    its target, each target's summary and error, and the total as ``summary``."""
+    changes: list[Change] = []
+    outcomes: list[Outcome] = []
+    total: dict[str, int] = dict.fromkeys(ACTIONS, 0)
+    if mode == "apply" and not dry_run:
+        total.update(dict.fromkeys(("created", "adopted", "failed", "skipped"), 0))
+    summaries = []
+    warnings: list[str] = []
+    refreshes = 0
+    for part in parts:
+        name = part.target.name
+        report = part.report
+        summary = dict(report.summary) if report else dict.fromkeys(total, 0)
+        for key, value in summary.items():
+            total[key] = total.get(key, 0) + value
+        if report is not None:
+            changes.extend(c.model_copy(update={"target": name}) for c in report.changes)
+            outcomes.extend(o.model_copy(update={"target": name}) for o in report.outcomes)
+            warnings.extend(f"{name}: {w}" for w in report.warnings)
+            refreshes += report.auth_refreshes
+        summaries.append(TargetReport.model_construct(
+            name=name, endpoint=part.endpoint or (report.target if report else ""),
+            summary=summary, error=part.error, run_id=report.run_id if report else None,
+            duration_s=report.duration_s if report else None))
+    return RunReport.model_construct(
+        format_version=2, mode=mode, dry_run=dry_run, generated_at=iso(clock.now()),
+        tool_version=__version__, catalog=catalog.directory,
+        target=", ".join(p.target.name for p in parts), profile=catalog.profile,
+        catalog_digest=catalog.digest, summary=total, changes=tuple(changes),
+        outcomes=tuple(outcomes), warnings=tuple(warnings), duration_s=duration_s,
+        run_id=None, auth_refreshes=refreshes, refreshed=refreshed, state=state, plan_id=None,
+        targets=tuple(summaries))
+
+
+@dataclass(frozen=True)
+class TargetsPlan:
+    catalog: Catalog
+    parts: list[TargetPart]
+    report: RunReport
+
+    @property
+    def failed(self) -> list[TargetPart]:
+        return [p for p in self.parts if p.error]
+
+    @property
+    def changes(self) -> bool:
+        return any(c.action != "unchanged" for c in self.report.changes)
+
+
+def plan_targets(catalog: Catalog, state_path: str | Path, targets: Sequence[Target], *,
+                 connect: Connect, refresh: bool, strict: bool = False,
+                 target_parallelism: int = 4, clock: Clock = SYSTEM_CLOCK,
+                 only: tuple[str, ...] = (), dry_run: bool = False) -> TargetsPlan:
+    """Plan every target side by side, each against its own state rows. A target is
+    connected to only when it must be: to read its cloud (``refresh``), or to find its
+    endpoint in the service catalog (no ``endpoint:``). A target that cannot be planned
+    (bad credentials, unreachable) fails alone: its part carries the error."""
+    catalogs = catalogs_by_target(catalog, targets, catalog.directory, strict=strict)
+    keys: dict[str, str] = {}
+
+    def one(target: Target) -> TargetPart:
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(connect(target)) \
+                if refresh or not target.endpoint else None
+            endpoint = session.endpoint if session else normalize_endpoint(
+                target.endpoint or "")
+            keys[target.name] = target_key(endpoint, target.project)
+            result = plan_loaded(
+                catalogs[target.name], state_path, target=keys[target.name],
+                api=session.client if session and refresh else None,
+                project_id=session.project_id if session and refresh else None, clock=clock,
+                only=only, must_match=False)
+            return TargetPart(target, endpoint, result.report)
+
+    parts = check_distinct(parallel(targets, one, target_parallelism), keys)
+    check_only(parts, only)
+    report = targets_report(catalog, parts, mode="apply" if dry_run else "plan", clock=clock,
+                            state=str(state_path), refreshed=refresh, dry_run=dry_run)
+    return TargetsPlan(catalog, parts, report)

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
+from reconciler.apply.runstate import RunState
 from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError
-from reconciler.models import Observed, Outcome, Plan, RunReport
+from reconciler.models import Catalog, Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
+from reconciler.state import StateStore
 
 
 class ApplyApi(ImageApi, ListingApi, Protocol):
@@ -86,6 +88,13 @@ class ApplyRequest:
     only: tuple[str, ...] = ()  # --only: the name globs the plan is limited to
     refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
+    # One target of several (apply.targets): its catalog, already loaded and limited to
+    # it; the key of its state rows and lock; the store the targets share (SQLite: one
+    # file lock for all); and who is told of the run, to stop it on Ctrl-C.
+    catalog: Catalog | None = None
+    target_key: str | None = None
+    store: StateStore | None = None
+    on_run: Callable[[RunState], None] = lambda run: None
 
     def __post_init__(self) -> None:
         for name in ("settle_s", "request_timeout_s"):

@@ -32,21 +32,29 @@ from reconciler.models import (
     RunReport,
     iso,
 )
-from reconciler.operations import bulk_build, get_profile, make_plan, new_run_id
+from reconciler.operations import bulk_build, get_profile, make_plan, new_run_id, plan_loaded
 from reconciler.planner import plan, select
 from reconciler.refresh import observe
 from reconciler.state import LockRequest, SqliteStore, StateStore, is_url, open_for_write
 
 log = logging.getLogger("reconciler.apply")
+#: The reason of a run stopped by Ctrl-C or SIGTERM.
+INTERRUPTED = "interrupted"
 
 
 def preview(req: ApplyRequest) -> Preview:
     """The plan to confirm before ``apply_catalog(req)`` with ``preview=`` set: made without
     the lock, from the cloud as it is now (read once; the apply reuses what it saw)."""
-    result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
-                       strict=req.strict, endpoint=req.endpoint,
-                       api=req.api if req.refresh else None, project_id=req.project_id,
-                       clock=req.clock, only=req.saved.only if req.saved else req.only)
+    if req.catalog is not None:  # loaded already (for one target of several: limited to it)
+        result = plan_loaded(req.catalog, req.state_path, endpoint=req.endpoint,
+                             target=req.target_key, api=req.api if req.refresh else None,
+                             project_id=req.project_id, clock=req.clock, only=req.only,
+                             must_match=req.target_key is None)
+    else:
+        result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
+                           strict=req.strict, endpoint=req.endpoint,
+                           api=req.api if req.refresh else None, project_id=req.project_id,
+                           clock=req.clock, only=req.saved.only if req.saved else req.only)
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
@@ -67,10 +75,14 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
     saved = req.saved
     if saved is not None and normalize_endpoint(req.endpoint) != saved.target:
         raise PlanFileError(f"the plan was made for {saved.target}, not {req.endpoint}")
-    with bulk_build():
-        catalog = load_catalog(req.catalog_source, get_profile(req.catalog_profile),
-                               strict=req.strict)
-    target = normalize_endpoint(req.endpoint)
+    catalog = req.catalog
+    if catalog is None:
+        with bulk_build():
+            catalog = load_catalog(req.catalog_source, get_profile(req.catalog_profile),
+                                   strict=req.strict)
+    target = req.target_key or normalize_endpoint(req.endpoint)
+    if req.store is not None:  # shared by several targets, and closed by their run
+        return _apply_locked(req, req.store, catalog, target)
     prechecked = _precheck_without_state(req, catalog, target)
     store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s),
                            clock=req.clock)
@@ -106,6 +118,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         # The cloud is read once: what the check saw is what the plan below works from.
         chosen, observed = _check_saved(req, store, catalog, target, observed)
     run = RunState(new_run_id(req.clock), req.clock)
+    req.on_run(run)
     store.start_run(run.run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest, tool_version=__version__,
                     started_at=iso(req.clock.now()))
@@ -159,6 +172,10 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     except Exception as exc:
         _finish(store, run.run_id, summary, outcomes, RunOutcome.FAILED, str(exc))
         raise
+    if run.reason == INTERRUPTED:  # stopped from outside: the run of several targets
+        _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, INTERRUPTED)
+        return _result(req, catalog, target, run, result, summary, outcomes, t0,
+                       interrupted=True)
     counts = _counts(outcomes)
     outcome = verdict(done=counts["created"] + counts["adopted"], failed=counts["failed"],
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
