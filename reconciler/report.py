@@ -360,6 +360,8 @@ def change_json(change: Change) -> dict[str, Any]:
     }
     if change.action == "create" and change.spec is not None:
         out["request"] = change.spec.body()
+    if change.target is not None:  # format_version 2
+        out = {"target": change.target, **out}
     return out
 
 
@@ -374,6 +376,7 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         "attempts": outcome.attempts,
         "duration_s": round(outcome.duration_s, 3),
         "error": outcome.error.model_dump() if outcome.error else None,
+        **({"target": outcome.target} if outcome.target is not None else {}),
     }
 
 
@@ -406,6 +409,8 @@ def _json_document(report: RunReport, changes: object, outcomes: object) -> dict
     }
     if report.mode == "apply":
         out["outcomes"] = outcomes
+    if report.format_version >= 2:  # several targets (README "JSON report")
+        out["targets"] = [t.model_dump() for t in report.targets]
     return out
 
 
