@@ -49,11 +49,11 @@ from reconciler.console import (
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.escape import terminal
 from reconciler.operations import (
+    Connect,
+    TargetPart,
     copy_state,
     dry_run_report,
     forget_image,
-    Connect,
-    TargetPart,
     import_image,
     list_records,
     load,

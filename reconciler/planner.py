@@ -18,13 +18,13 @@ from reconciler.errors import ConfigError
 from reconciler.models import (
     MARKER_PROPERTY,
     Catalog,
-    Target,
     Change,
     FieldDiff,
     ImageSpec,
     Observed,
     Plan,
     Record,
+    Target,
 )
 
 PENDING_DETAIL = ("an earlier apply stopped while creating this image; the next apply looks it "

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from apply_helpers import SandboxFactory
 from click.testing import CliRunner, Result
 
 from reconciler.apply import ApplyRequest, TargetsApply, apply_targets
@@ -27,10 +28,8 @@ from reconciler.models import Target, target_key
 from reconciler.operations import TargetPart, check_distinct
 from reconciler.planner import select_targets
 from reconciler.profiles import PROFILES
-from reconciler.sandbox import Sandbox, SandboxConfig
+from reconciler.sandbox import Sandbox
 from reconciler.state import LockRequest, open_for_write, open_readonly
-
-from apply_helpers import SandboxFactory
 
 USER, DOMAIN, PASSWORD = "ci-bot", "acme-account", "pw-TARGETS-PLANTED-9d2e"
 REGIONS = ("cn-north-4", "cn-east-3", "ap-southeast-1")
@@ -393,3 +392,64 @@ def _no_os_vars(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for var in ("OS_CLOUD", "OS_AUTH_URL", "OS_AUTH_TOKEN", "RECONCILE_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
     yield
+
+
+# --- reports by target ----------------------------------------------------------------------
+
+def test_the_text_report_groups_by_target_with_a_line_each_and_a_total(
+        invoke: Invoke, regions: dict[str, Sandbox]) -> None:
+    regions["east"].stop()
+    result = invoke(*APPLY, "--format", "text")
+    assert result.exit_code == 1
+    text = result.stdout
+    for name in ("north", "sea"):
+        assert f"→ {name} · {regions[name].url}" in text
+    assert "→ east" in text and "warning: target failed: cannot reach Keystone" in text
+    tail = text[text.index("Targets:"):]
+    assert "north  Plan: 2 to create" in tail and "Apply: 2 created" in tail
+    assert "east   failed: cannot reach Keystone" in tail
+    assert "Total (3 targets, 1 failed): Plan: 4 to create" in tail
+    assert "Apply: 4 created, 0 adopted, 0 failed, 0 skipped." in tail
+
+
+def many_targets_catalog(directory: Path, targets: int, images: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    declared = "".join(f"  t{i:02d}: {{endpoint: 'https://ims.t{i:02d}.example.com'}}\n"
+                       for i in range(targets))
+    listed = "".join(f"  - name: image-{n:05d}-with-a-rather-long-name-to-fill-the-comment\n"
+                     for n in range(images))
+    (directory / "a.yaml").write_text(f"targets:\n{declared}images:\n{listed}",
+                                      encoding="utf-8")
+
+
+@pytest.mark.parametrize("targets", [1, 3, 30])
+def test_markdown_fits_65536_characters_for_any_number_of_targets(
+        run_cli: Callable[..., Result], tmp_path: Path, targets: int) -> None:
+    many_targets_catalog(tmp_path / "catalog", targets, 1500)
+    result = run_cli(["plan", "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert len(text) <= 65_536
+    assert f"{targets} target" in text.splitlines()[0]
+    assert text.count("### reconcile plan") == targets  # a section for every target
+    assert "shortened to fit" in text or "cut to fit" in text
+    assert f"**Total: Plan: {1500 * targets} to create" in text
+
+
+def test_markdown_renders_one_target_for_a_per_target_comment(
+        run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    many_targets_catalog(tmp_path / "catalog", 3, 5)
+    text = run_cli(["plan", "--format", "markdown", "--target", "t01"]).stdout
+    assert text.count("### reconcile plan") == 1
+    assert "t01 · https://ims.t01.example.com" in text and "t02" not in text
+
+
+def test_html_is_one_page_with_an_overview_and_a_part_per_target(
+        run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    many_targets_catalog(tmp_path / "catalog", 3, 2)
+    html = run_cli(["plan", "--format", "html"]).stdout
+    assert html.count("<html") == 1 and html.count("</html>") == 1
+    assert html.count("<style>") == 1
+    assert html.count('<section id="target-') == 3
+    assert '<a href="#target-2"><code>t01</code></a>' in html
+    assert "Total: Plan: 6 to create" in html
