@@ -505,8 +505,8 @@ def _apply_targets(rt: Runtime, loaded: Any, chosen: Any, *, state: str, profile
                    output: Path | None, templates: Path | None, show_unchanged: bool,
                    auth: dict[str, Any]) -> None:
     """apply for a catalog with targets: each target side by side, one report."""
-    # One bound on requests in flight for every target together (docs/architecture.md §13).
-    limiter = threading.BoundedSemaphore(parallelism)
+    # One bound on requests in flight over every target together (docs/architecture.md §13).
+    limiter = threading.BoundedSemaphore(parallelism * target_parallelism)
     connect = _connector(rt, auth, retries, limiter)
     if dry_run:
         plans = plan_targets(loaded, state, chosen, connect=connect, refresh=refresh,

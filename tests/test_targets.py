@@ -9,6 +9,8 @@ target, each pointing at its sandbox's Keystone.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -453,3 +455,163 @@ def test_html_is_one_page_with_an_overview_and_a_part_per_target(
     assert html.count('<section id="target-') == 3
     assert '<a href="#target-2"><code>t01</code></a>' in html
     assert "Total: Plan: 6 to create" in html
+
+
+# --- the library run: confirmation, Ctrl-C, one bound on requests in flight -----------------
+
+def token_run(tmp_path: Path, sandboxes: list[Sandbox], catalog_text: str | None = None,
+              **job: Any) -> tuple[TargetsApply, Path]:
+    """A TargetsApply over token-auth sandboxes t0, t1, ... (endpoints in the catalog)."""
+    directory = tmp_path / "catalog"
+    directory.mkdir(exist_ok=True)
+    declared = "".join(f"  t{i}: {{endpoint: '{sb.url}'}}\n" for i, sb in enumerate(sandboxes))
+    text = catalog_text or "images:\n  - name: one\n  - name: two\n  - name: three\n"
+    (directory / "images.yaml").write_text(f"targets:\n{declared}{text}", encoding="utf-8")
+    catalog = load_catalog(directory, PROFILES["ims"])
+    state = tmp_path / "state.db"
+    on_outcome = job.pop("on_outcome", lambda target, outcome: None)
+
+    def connect(target: Target) -> Any:
+        return open_session({"OS_AUTH_TOKEN": "t"}, target.endpoint, ConnectOptions(),
+                            retries=0)
+
+    def request(target: Target, session: ApiSession) -> ApplyRequest:
+        return ApplyRequest(catalog_dir=directory, state_path=state, profile="ims",
+                            endpoint=session.endpoint, api=session.client, parallelism=1,
+                            retry=RetryPolicy(attempts=1), settle_s=0.0,
+                            request_timeout_s=30.0,
+                            on_outcome=lambda o: on_outcome(target, o))
+
+    return TargetsApply(catalog, catalog.targets, state, connect, request, **job), state
+
+
+def test_the_plan_of_every_target_is_confirmed_before_anything_is_sent(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    boxes = [sandbox(), sandbox()]
+    shown: list[Any] = []
+
+    def refuse(report: Any) -> bool:
+        shown.append(report)
+        return False
+
+    job, state = token_run(tmp_path, boxes, confirm=refuse)
+    result = apply_targets(job)
+    assert result.cancelled and all(sb.images() == [] for sb in boxes)
+    assert shown[0].dry_run and shown[0].summary["create"] == 6
+    assert [t.name for t in shown[0].targets] == ["t0", "t1"]
+    assert not state.exists()  # refused before the store was opened
+    job, _ = token_run(tmp_path, boxes, confirm=lambda r: True)
+    result = apply_targets(job)
+    assert not result.cancelled and not result.failed
+    assert all(names(sb) == ["one", "three", "two"] for sb in boxes)
+
+
+def test_two_targets_that_are_one_place_fail_after_the_first(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    box = sandbox()
+    job, _ = token_run(tmp_path, [box, box])
+    result = apply_targets(job)
+    assert [p.target.name for p in result.failed] == ["t1"]
+    assert "same endpoint and project as target 't0'" in (result.failed[0].error or "")
+    assert names(box) == ["one", "three", "two"]  # created once
+
+
+def test_ctrl_c_stops_every_target_and_starts_no_other(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    boxes = [sandbox(), sandbox()]
+    job, state = token_run(tmp_path, boxes, target_parallelism=1,
+                           on_outcome=ctrl_c_once())
+    result = apply_targets(job)
+    assert result.interrupted
+    parts = {p.target.name: p for p in result.parts}
+    assert parts["t1"].error == "not started: the run was interrupted"
+    assert parts["t0"].report is not None
+    # The create in flight when the signal came finishes and is recorded; the rest waits.
+    results = [o.result for o in parts["t0"].report.outcomes]
+    assert "skipped" in results and "created" in results
+    assert names(boxes[0]) == sorted(o.name for o in parts["t0"].report.outcomes
+                                     if o.result == "created")
+    assert boxes[1].images() == []
+    assert "run interrupted" in result.report.warnings[-1]
+    store = open_readonly(state)
+    assert store is not None
+    try:
+        assert [r["outcome"] for r in store.runs()] == ["interrupted"]
+    finally:
+        store.close()
+
+
+def test_ctrl_c_cuts_a_create_that_does_not_finish_in_the_grace_time(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    """The second create hangs; Ctrl-C after the first: it is cut, and stays pending."""
+    box = sandbox(hang_s=6.0, faults="ok,timeout")
+    job, state = token_run(tmp_path, [box],
+                           on_outcome=ctrl_c_once())
+    job.make_request = _with_parallelism(job.make_request, 2)
+    result = apply_targets(job)
+    assert result.interrupted
+    store = open_readonly(state)
+    assert store is not None
+    try:
+        assert len(store.pending(box.url)) == 1  # the next apply resolves it (§6.2)
+    finally:
+        store.close()
+
+
+def _with_parallelism(make: Any, parallelism: int) -> Any:
+    def request(target: Target, session: ApiSession) -> ApplyRequest:
+        built: ApplyRequest = make(target, session)
+        built.parallelism = parallelism
+        return built
+    return request
+
+
+def ctrl_c_once() -> Callable[..., None]:
+    """Ctrl-C as the terminal sends it (SIGINT to the process, taken by the main thread),
+    at the first outcome."""
+    sent: list[bool] = []
+
+    def send(*args: object) -> None:
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+    return send
+
+
+class CountingSemaphore:
+    """A semaphore that remembers the most holders it had at once."""
+
+    def __init__(self, value: int) -> None:
+        import threading
+        self._inner = threading.BoundedSemaphore(value)
+        self._lock = threading.Lock()
+        self.held = self.most = 0
+
+    def __enter__(self) -> None:
+        self._inner.acquire()
+        with self._lock:
+            self.held += 1
+            self.most = max(self.most, self.held)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.held -= 1
+        self._inner.release()
+
+
+def test_one_bound_holds_over_the_requests_of_every_target(sandbox: SandboxFactory) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reconciler.client import ImageClient, StaticToken
+
+    boxes = [sandbox(latency_ms=30), sandbox(latency_ms=30)]
+    bound = CountingSemaphore(3)
+    clients = [ImageClient(sb.url, token_provider=StaticToken("t"),
+                           limiter=bound) for sb in boxes]  # type: ignore[arg-type]
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(lambda i: clients[i % 2].get_image(f"missing-{i}"), range(24)))
+    finally:
+        for client in clients:
+            client.close()
+    assert bound.most == 3
