@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,6 +49,7 @@ from reconciler.console import (
 )
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.escape import terminal
+from reconciler.models import Catalog, Target, target_key
 from reconciler.operations import (
     Connect,
     TargetPart,
@@ -57,6 +59,7 @@ from reconciler.operations import (
     import_image,
     list_records,
     load,
+    offline_keys,
     plan_loaded,
     plan_targets,
     run_history,
@@ -79,6 +82,7 @@ from reconciler.options import (
     report_options,
     state_option,
     strict_option,
+    target_option,
     target_options,
 )
 from reconciler.planner import select_targets
@@ -185,11 +189,15 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 @catalog_option
 @profile_option
 @strict_option
+@click.option("--target", "target", metavar="NAME", multiple=True,
+              help="Also check that these targets (globs) are declared, and count the images "
+                   "of each.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
               show_default=True,
               help="text: FILE:LINE: FIELD: message lines; json: one document for scripts; "
                    "github: ::error/::warning annotations for GitHub Actions.")
-def validate(catalog: Path, profile: str, strict: bool, fmt: str) -> None:
+def validate(catalog: Path, profile: str, strict: bool, target: tuple[str, ...],
+             fmt: str) -> None:
     """Check the catalog without reading state or contacting the API.
 
     Reports every problem at once as FILE:LINE: FIELD: message, and exits 1 if there is any.
@@ -208,9 +216,12 @@ def validate(catalog: Path, profile: str, strict: bool, fmt: str) -> None:
             raise
         _show_problems(fmt, catalog, profile, errors=exc.problems, warnings=[])
         raise click.exceptions.Exit(1) from None
+    placed = {t.name: len(result.catalog.for_target(t.name).images)
+              for t in select_targets(result.catalog, target)}
     if fmt != "text":
         _show_problems(fmt, catalog, profile, errors=[], warnings=result.warnings,
-                       images=len(result.catalog.images), files=len(result.catalog.files))
+                       images=len(result.catalog.images), files=len(result.catalog.files),
+                       targets=placed)
         return
     for problem in result.warnings:
         click.echo(f"warning: {terminal(problem)}", err=True)
@@ -218,10 +229,15 @@ def validate(catalog: Path, profile: str, strict: bool, fmt: str) -> None:
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
                f"{files} file{'s' if files != 1 else ''} (profile {profile}), "
                f"{w} warning{'s' if w != 1 else ''}")
+    if placed:
+        click.echo(terminal("targets: " + ", ".join(f"{name} ({count} image"
+                                                    f"{'s' if count != 1 else ''})"
+                                                    for name, count in placed.items())))
 
 
 def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
-                   warnings: list[Problem], images: int = 0, files: int = 0) -> None:
+                   warnings: list[Problem], images: int = 0, files: int = 0,
+                   targets: dict[str, int] | None = None) -> None:
     """validate's problems as JSON (one document) or as GitHub Actions annotations."""
     if fmt == "json":
         def doc(p: Problem) -> dict[str, Any]:
@@ -230,7 +246,8 @@ def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Proble
         click.echo(json.dumps({"valid": not errors, "catalog": str(catalog), "profile": profile,
                                "images": images, "files": files,
                                "errors": [doc(p) for p in errors],
-                               "warnings": [doc(p) for p in warnings]}, indent=2))
+                               "warnings": [doc(p) for p in warnings],
+                               **({"targets": targets} if targets else {})}, indent=2))
         return
     for kind, problems in (("error", errors), ("warning", warnings)):
         for p in problems:
@@ -266,12 +283,22 @@ def _connector(rt: Runtime, auth: dict[str, Any], retries: int = 5,
                limiter: threading.Semaphore | None = None) -> Connect:
     """How a catalog target is connected to: its clouds.yaml entry (over the run's
     --token-file or --os-cloud), else the run's credentials; its region and project."""
-    def connect(target: Any) -> contextlib.AbstractContextManager[ApiSession]:
+    def connect(target: Target) -> contextlib.AbstractContextManager[ApiSession]:
         options = dict(auth, scope=Scope(target.region, target.project))
         if target.cloud:
             options.update(os_cloud=target.cloud, token_file=None)
         return _api(rt, target.endpoint, options, retries, limiter=limiter)
     return connect
+
+
+def _catalog_or_none(catalog: Path, profile: str, strict: bool) -> Catalog | None:
+    """The catalog, to see whether it declares targets; None if it is invalid: the command
+    then goes on as for one target, which reports it after checking the credentials, as it
+    always has."""
+    try:
+        return load(catalog, profile=profile, strict=strict)
+    except CatalogError:
+        return None
 
 
 def _target_failures(parts: list[TargetPart]) -> None:
@@ -323,9 +350,9 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
       reconcile plan --target cn-north-4 --format markdown   # one target's PR comment
     """
     check_outputs(output, out)
-    loaded = load(catalog, profile=profile, strict=strict)
-    chosen = select_targets(loaded, target)
-    if chosen:
+    loaded = _catalog_or_none(catalog, profile, strict)
+    chosen = select_targets(loaded, target) if loaded else ()
+    if loaded and chosen:
         single_target_only(endpoint=endpoint, plan_file=out)
         plans = plan_targets(loaded, state, chosen, connect=_connector(rt, auth),
                              refresh=refresh, strict=strict,
@@ -338,7 +365,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         return
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
-        result = plan_loaded(loaded, state, endpoint=session.endpoint if session else endpoint,
+        result = plan_loaded(loaded or load(catalog, profile=profile, strict=strict), state,
+                             endpoint=session.endpoint if session else endpoint,
                              api=session.client if session else None,
                              project_id=session.project_id if session else None,
                              clock=rt.clock, only=only)
@@ -436,9 +464,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                level=logging.WARNING)
     loaded = None
     if saved is None:
-        loaded = load(catalog, profile=profile, strict=strict)
-        chosen = select_targets(loaded, target)
-        if chosen:
+        loaded = _catalog_or_none(catalog, profile, strict)
+        chosen = select_targets(loaded, target) if loaded else ()
+        if loaded and chosen:
             single_target_only(endpoint=endpoint, plan_file=None)
             _apply_targets(rt, loaded, chosen, state=state, profile=profile, strict=strict,
                            refresh=refresh, refresh_only=refresh_only, dry_run=dry_run,
@@ -454,8 +482,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         with contextlib.ExitStack() as stack:
             session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
                 if refresh else None
-            assert loaded is not None  # a saved plan has no dry run (check_invocation)
-            report = dry_run_report(loaded, state,
+            report = dry_run_report(loaded or load(catalog, profile=profile, strict=strict),
+                                    state,
                                     endpoint=session.endpoint if session else endpoint,
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
@@ -498,8 +526,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         raise click.exceptions.Exit(1)
 
 
-def _apply_targets(rt: Runtime, loaded: Any, chosen: Any, *, state: str, profile: str,
-                   strict: bool, refresh: bool, refresh_only: bool, dry_run: bool, yes: bool,
+def _apply_targets(rt: Runtime, loaded: Catalog, chosen: Sequence[Target], *, state: str,
+                   profile: str, strict: bool, refresh: bool, refresh_only: bool, dry_run: bool, yes: bool,
                    parallelism: int, retries: int, settle_time: float, lock_timeout: float,
                    only: tuple[str, ...], target_parallelism: int, fmt: str,
                    output: Path | None, templates: Path | None, show_unchanged: bool,
@@ -518,7 +546,7 @@ def _apply_targets(rt: Runtime, loaded: Any, chosen: Any, *, state: str, profile
         return
     progress = TargetsProgress(sys.stderr.isatty())
 
-    def request(target: Any, session: ApiSession) -> ApplyRequest:
+    def request(target: Target, session: ApiSession) -> ApplyRequest:
         return ApplyRequest(
             catalog_dir=loaded.directory, state_path=state, profile=target.profile or profile,
             endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
@@ -646,21 +674,35 @@ def state() -> None:
     """
 
 
+def _keys(catalog: Path, profile: str, target: tuple[str, ...],
+          one: bool = False) -> dict[str, str] | None:
+    """The state keys of the targets picked by --target (None without it)."""
+    if not target:
+        return None
+    return offline_keys(load(catalog, profile=profile), target, one=one)
+
+
 @state.command("list")
 @state_option
+@target_option
+@catalog_option
+@profile_option
 @json_format_option("json: one JSON object per line, for scripts.")
-def state_list(state: str, fmt: str, as_json: bool) -> None:
+def state_list(state: str, target: tuple[str, ...], catalog: Path, profile: str, fmt: str,
+               as_json: bool) -> None:
     """List recorded images: name, id, status, created_at, endpoint.
 
     \b
     Examples:
       reconcile state list
       reconcile state list --format json | jq -r .image_id
+      reconcile state list --target cn-north-4     # one target of the catalog
     """
-    rows = list_records(state)
+    keys = _keys(catalog, profile, target)
+    rows = list_records(state, None if keys is None else set(keys.values()))
     if as_json or fmt == "json":
-        for target, rec in rows:
-            click.echo(json.dumps({"target": target, "name": rec.name, "image_id": rec.image_id,
+        for key, rec in rows:
+            click.echo(json.dumps({"target": key, "name": rec.name, "image_id": rec.image_id,
                                    "status": rec.status, "created_at": rec.created_at,
                                    "origin": rec.origin}))
         return
@@ -668,10 +710,10 @@ def state_list(state: str, fmt: str, as_json: bool) -> None:
         click.echo("no images recorded")
         return
     shown = [(terminal(rec.name), terminal(rec.image_id), terminal(rec.status or "-"),
-              terminal(rec.created_at or "-"), terminal(target)) for target, rec in rows]
+              terminal(rec.created_at or "-"), terminal(key)) for key, rec in rows]
     width = max(len(row[0]) for row in shown)
-    for name, image_id, status, created_at, target in shown:
-        click.echo(f"{name:<{width}}  {image_id}  {status:<8}  {created_at}  {target}")
+    for name, image_id, status, created_at, key in shown:
+        click.echo(f"{name:<{width}}  {image_id}  {status:<8}  {created_at}  {key}")
     click.echo(f"{len(rows)} image{'s' if len(rows) != 1 else ''} recorded", err=True)
 
 
@@ -719,10 +761,11 @@ def state_show(name: str, state: str, fmt: str, as_json: bool) -> None:
               help="Import even if the image differs from the catalog entry (it then shows "
                    "as drift), or replace an existing record.")
 @lock_timeout_option
+@target_option
 @click.pass_obj
 def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state: str,
                  profile: str, endpoint: str | None, force: bool, lock_timeout: float,
-                 **auth: Any) -> None:
+                 target: tuple[str, ...], **auth: Any) -> None:
     """Start managing an existing image: record IMAGE_ID under the catalog name NAME.
 
     The image is fetched and compared with the catalog entry first; differing fields are
@@ -731,7 +774,25 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     \b
     Example:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
+      reconcile state import ubuntu-18.04-base 4ca46bf1-... --target cn-north-4
     """
+    if target:
+        loaded = load(catalog, profile=profile)
+        chosen = select_targets(loaded, target)
+        if len(chosen) != 1:
+            raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
+                              + ", ".join(t.name for t in chosen) + ")")
+        single_target_only(endpoint=endpoint, plan_file=None)
+        one = chosen[0]
+        with _connector(rt, auth)(one) as session:
+            record = import_image(
+                catalog, state, name, image_id, profile=profile, endpoint=session.endpoint,
+                api=session.client, force=force, lock_timeout_s=lock_timeout,
+                target=(loaded.for_target(one.name), target_key(session.endpoint,
+                                                                one.project)))
+        click.echo(terminal(f"imported {name} into {one.name}: {record.image_id} "
+                            f"({record.status}, created {record.created_at})"))
+        return
     with _api(rt, endpoint, auth) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force,
@@ -766,15 +827,22 @@ def state_copy(source: str, destination: str, force: bool, lock_timeout: float) 
 @click.argument("name")
 @state_option
 @endpoint_option
+@target_option
+@catalog_option
+@profile_option
 @lock_timeout_option
-def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: float) -> None:
+def state_forget(name: str, state: str, endpoint: str | None, target: tuple[str, ...],
+                 catalog: Path, profile: str, lock_timeout: float) -> None:
     """Stop managing NAME: drop its record. The image stays in the cloud, untouched.
 
     \b
-    Example:
+    Examples:
       reconcile state forget ubuntu-16.04-legacy
+      reconcile state forget ubuntu-16.04-legacy --target cn-north-4
     """
-    image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout)
+    keys = _keys(catalog, profile, target, one=True)
+    image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout,
+                            target=next(iter(keys.values())) if keys else None)
     click.echo(terminal(f"forgot {name} ({image_id})") + "; the image itself was not touched")
 
 
@@ -782,15 +850,21 @@ def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: floa
 @state_option
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many runs to show, newest first.")
+@target_option
+@catalog_option
+@profile_option
 @json_format_option("json: one JSON object per run and line, for scripts.")
-def history(state: str, limit: int, fmt: str, as_json: bool) -> None:
-    """List apply runs, newest first: when, outcome and counts.
+def history(state: str, limit: int, target: tuple[str, ...], catalog: Path, profile: str,
+            fmt: str, as_json: bool) -> None:
+    """List apply runs, newest first: when, outcome and counts (one run per target).
 
     \b
-    Example:
+    Examples:
       reconcile history --limit 5
+      reconcile history --target 'cn-*'
     """
-    runs = run_history(state, limit)
+    keys = _keys(catalog, profile, target)
+    runs = run_history(state, limit, None if keys is None else set(keys.values()))
     if as_json or fmt == "json":
         for run in runs:
             click.echo(json.dumps(run, sort_keys=True))

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ from reconciler.models import (
     target_key,
 )
 from reconciler.planfile import SavedPlan
-from reconciler.planner import adoption_request, diff_bodies, plan, select
+from reconciler.planner import adoption_request, diff_bodies, plan, select, select_targets
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import ListingApi, observe
 from reconciler.state import LockRequest, StateStore, open_for_write, open_readonly, redact
@@ -207,10 +207,12 @@ def reading(state_path: str | Path) -> Iterator[StateStore]:
         store.close()
 
 
-def list_records(state_path: str | Path) -> list[tuple[str, Record]]:
-    """Every record as (target, record), by target and name."""
+def list_records(state_path: str | Path,
+                 targets: Collection[str] | None = None) -> list[tuple[str, Record]]:
+    """Every record as (target, record), by target and name; ``targets``: only those keys."""
     with reading(state_path) as store:
-        return store.all_records()
+        rows = store.all_records()
+    return rows if targets is None else [(t, r) for t, r in rows if t in targets]
 
 
 def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
@@ -227,16 +229,23 @@ def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
              "request": rec.request, "response": rec.response} for target, rec in found]
 
 
-def run_history(state_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
-    """Past apply runs, newest first. A run still marked running whose process is gone
-    (same host, no such pid) gets ``process_gone``: it was killed, and the next writer to
-    take the lock records it as interrupted."""
+def run_history(state_path: str | Path, limit: int = 20,
+                targets: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Past apply runs, newest first (``targets``: only those keys' runs). A run still
+    marked running whose process is gone (same host, no such pid) gets ``process_gone``:
+    it was killed, and the next writer to take the lock records it as interrupted."""
     with reading(state_path) as store:
-        runs = store.runs(limit)
+        if targets is None:
+            runs = store.runs(limit)
+        else:
+            runs = [r for r in store.runs(_ALL_RUNS) if r["target"] in targets][:limit]
     for run in runs:
         if run["outcome"] == RunOutcome.RUNNING:
             run["process_gone"] = _process_gone(run.get("host"), run.get("pid"))
     return runs
+
+
+_ALL_RUNS = 2**31 - 1
 
 
 def _process_gone(host: str | None, pid: int | None) -> bool:
@@ -285,9 +294,12 @@ def dry_run_report(catalog: Catalog, state_path: str | Path, *, endpoint: str | 
 
 def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, image_id: str, *,
                  profile: str, endpoint: str, api: ImageClient, force: bool = False,
-                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> Record:
-    """Start managing an existing image under a catalog name, after comparing it."""
-    catalog = load_catalog(catalog_dir, get_profile(profile))
+                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK,
+                 target: tuple[Catalog, str] | None = None) -> Record:
+    """Start managing an existing image under a catalog name, after comparing it.
+
+    ``target``: one target of a catalog with targets, as its catalog and state key."""
+    catalog = target[0] if target else load_catalog(catalog_dir, get_profile(profile))
     spec = next((s for s in catalog.images if s.name == name), None)
     if spec is None:
         raise ConfigError(f"{name!r} is not in the catalog {catalog_dir}; add it first")
@@ -302,30 +314,33 @@ def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, ima
         raise ConfigError(f"image {image_id} differs from the catalog entry {name!r}; fix the "
                           f"catalog or pass --force to import it anyway (it will show as "
                           f"drift):\n{lines}")
-    target = normalize_endpoint(endpoint)
-    store = open_for_write(state_path, LockRequest(target, "state import", lock_timeout_s),
+    key = target[1] if target else normalize_endpoint(endpoint)
+    store = open_for_write(state_path, LockRequest(key, "state import", lock_timeout_s),
                            clock=clock)
     try:
-        existing = store.record(target, name)
+        existing = store.record(key, name)
         if existing and existing.image_id != image_id and not force:
             raise ConfigError(f"{name!r} is already recorded as {existing.image_id}; "
                               "`reconcile state forget` it first, or pass --force")
         record = Record.from_image(name, request, image, recorded_at=iso(clock.now()),
                                    run_id=None, origin="imported")
-        store.save_record(target, record)
+        store.save_record(key, record)
         return record
     finally:
         store.close()
 
 
 def forget_image(state_path: str | Path, name: str, *, endpoint: str | None,
-                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> str:
-    """Stop managing an image (its record goes; the image stays). Returns its id."""
+                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK,
+                 target: str | None = None) -> str:
+    """Stop managing an image (its record goes; the image stays). Returns its id.
+    ``target``: the state key of one of a catalog's targets."""
     store = open_readonly(state_path)
     if store is None:
         raise StateError(f"state {redact(state_path)} does not exist: nothing to forget")
     try:
-        target = resolve_target(store, endpoint)
+        if target is None:
+            target = resolve_target(store, endpoint)
     finally:
         store.close()
     store = open_for_write(state_path, LockRequest(target, "state forget", lock_timeout_s),
@@ -399,6 +414,24 @@ def load(catalog_dir: str | Path, *, profile: str, strict: bool = False) -> Cata
     """The catalog, loaded and checked once for every command that plans."""
     with bulk_build():
         return load_catalog(catalog_dir, get_profile(profile), strict=strict)
+
+
+def offline_keys(catalog: Catalog, patterns: Sequence[str], *,
+                 one: bool = False) -> dict[str, str]:
+    """The state keys of the targets ``--target`` picks, known without connecting: each
+    needs its ``endpoint:``. ``one``: exactly one target must be picked."""
+    chosen = select_targets(catalog, patterns)
+    if one and len(chosen) != 1:
+        raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
+                          + ", ".join(t.name for t in chosen) + ")")
+    keys = {}
+    for target in chosen:
+        if not target.endpoint:
+            raise ConfigError(f"target {target.name} has no `endpoint:`, so its state rows "
+                              "are known only by the endpoint its service catalog gives; "
+                              "declare `endpoint:` for it to use --target here")
+        keys[target.name] = target_key(normalize_endpoint(target.endpoint), target.project)
+    return keys
 
 
 def single_target_only(*, endpoint: str | None, plan_file: object | None) -> None:

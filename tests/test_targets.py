@@ -553,7 +553,8 @@ def test_ctrl_c_cuts_a_create_that_does_not_finish_in_the_grace_time(
     store = open_readonly(state)
     assert store is not None
     try:
-        assert len(store.pending(box.url)) == 1  # the next apply resolves it (§6.2)
+        # The next apply resolves it (docs/architecture.md §6.2).
+        assert len(store.pending(box.url)) == 1
     finally:
         store.close()
 
@@ -615,3 +616,59 @@ def test_one_bound_holds_over_the_requests_of_every_target(sandbox: SandboxFacto
         for client in clients:
             client.close()
     assert bound.most == 3
+
+
+# --- --target on the other commands ---------------------------------------------------------
+
+def with_endpoints(work: Path, regions: dict[str, Sandbox]) -> None:
+    text = CATALOG
+    for name, sb in regions.items():
+        text = text.replace(f"{{cloud: {name}", f"{{cloud: {name}, endpoint: '{sb.url}'")
+    (work / "catalog" / "images.yaml").write_text(text, encoding="utf-8")
+
+
+def test_target_narrows_state_list_history_and_forget(
+        invoke: Invoke, work: Path, regions: dict[str, Sandbox]) -> None:
+    document(invoke(*APPLY))
+    needs = invoke("state", "list", "--state", "state.db", "--target", "north")
+    assert needs.exit_code == 1 and "target north has no `endpoint:`" in needs.output
+    with_endpoints(work, regions)
+    listed = invoke("state", "list", "--state", "state.db", "--target", "north",
+                    "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(r["name"] for r in rows) == ["base-all", "only-north"]
+    assert {r["target"] for r in rows} == {regions["north"].url}
+    runs = invoke("history", "--state", "state.db", "--target", "e*", "--format", "json")
+    assert [json.loads(line)["target"] for line in runs.stdout.splitlines()] == [
+        regions["east"].url]
+    two = invoke("state", "forget", "base-all", "--state", "state.db", "--target", "*")
+    assert two.exit_code == 1 and "--target must pick one target here; it picks 3" in two.output
+    forgot = invoke("state", "forget", "base-all", "--state", "state.db", "--target", "sea")
+    assert forgot.exit_code == 0, forgot.output
+    left = invoke("state", "list", "--state", "state.db", "--format", "json")
+    assert sum(json.loads(line)["name"] == "base-all" for line in left.stdout.splitlines()) == 2
+
+
+def test_state_import_into_one_target(invoke: Invoke, regions: dict[str, Sandbox]) -> None:
+    image = regions["east"].add_image({"name": "east-and-sea", "disk_format": "vhd",
+                                       "container_format": "bare", "visibility": "private",
+                                       "min_ram": 0})
+    result = invoke("state", "import", "east-and-sea", image["id"], "--state", "state.db",
+                    "--target", "east")
+    assert result.exit_code == 0, result.output
+    assert f"imported east-and-sea into east: {image['id']}" in result.stdout
+    doc = document(invoke(*APPLY, "--target", "east"))
+    assert {(c["name"], c["action"]) for c in doc["changes"]} == {
+        ("base-all", "create"), ("east-and-sea", "unchanged")}
+    wrong = invoke("state", "import", "only-north", image["id"], "--state", "state.db",
+                   "--target", "east")
+    assert wrong.exit_code == 1 and "'only-north' is not in the catalog" in wrong.output
+
+
+def test_validate_counts_the_images_of_each_target(invoke: Invoke) -> None:
+    result = invoke("validate")
+    assert result.exit_code == 0, result.output
+    assert "targets: east (2 images), north (2 images), sea (2 images)" in result.stdout
+    doc = json.loads(invoke("validate", "--format", "json", "--target", "n*").stdout)
+    assert doc["targets"] == {"north": 2}
