@@ -527,7 +527,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
 
 
 def _apply_targets(rt: Runtime, loaded: Catalog, chosen: Sequence[Target], *, state: str,
-                   profile: str, strict: bool, refresh: bool, refresh_only: bool, dry_run: bool, yes: bool,
+                   profile: str, strict: bool, refresh: bool, refresh_only: bool,
+                   dry_run: bool, yes: bool,
                    parallelism: int, retries: int, settle_time: float, lock_timeout: float,
                    only: tuple[str, ...], target_parallelism: int, fmt: str,
                    output: Path | None, templates: Path | None, show_unchanged: bool,
