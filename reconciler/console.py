@@ -142,11 +142,8 @@ class TargetsProgress:
 
 def confirm_targets(report: RunReport, templates: Path | None = None) -> bool:
     """The plan of every target, as `reconcile plan` prints it, then one question."""
-    ctx = click.get_current_context(silent=True)
-    colored = sys.stderr.isatty() and "NO_COLOR" not in os.environ and not (
-        ctx and ctx.params.get("no_color"))
-    click.echo(render(report, "text", templates=templates, color=bool(colored)), err=True,
-               nl=False)
+    click.echo(render(report, "text", templates=templates, color=_stderr_colored()),
+               err=True, nl=False)
     s = report.summary
     if not (s.get("create", 0) + s.get("adopt", 0) + s.get("blocked", 0)):
         return True
@@ -172,14 +169,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _stderr_colored() -> bool:
+    """Colours for what is shown on stderr before a question (the plan to confirm)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(sys.stderr.isatty() and "NO_COLOR" not in os.environ and not (
+        ctx and ctx.params.get("no_color")))
+
+
 def confirm(plan: Plan, report: RunReport | None, endpoint: str,
             templates: Path | None = None) -> bool:
     """Show the plan as `reconcile plan` prints it, then ask; False when the user says no."""
     if report is not None:
-        ctx = click.get_current_context(silent=True)
-        colored = sys.stderr.isatty() and "NO_COLOR" not in os.environ and not (
-            ctx and ctx.params.get("no_color"))
-        click.echo(render(report, "text", templates=templates, color=bool(colored)),
+        click.echo(render(report, "text", templates=templates, color=_stderr_colored()),
                    err=True, nl=False)
     work = len(plan.creates) + len(plan.adoptions) + plan.count("blocked")
     if not work:

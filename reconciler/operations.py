@@ -519,6 +519,25 @@ def check_only(parts: Sequence[TargetPart], only: tuple[str, ...]) -> None:
                               "has a name it matches in any target (a glob: * ? [...])")
 
 
+def check_only_names(catalog: Catalog, state_path: str | Path,
+                     only: tuple[str, ...]) -> None:
+    """``--only`` before an apply of several targets: each glob must match an image of the
+    catalog or one the state records, so a typo fails before anything is sent."""
+    if not only:
+        return
+    names = {s.name for s in catalog.images}
+    store = open_readonly(state_path)
+    if store is not None:
+        try:
+            names.update(r.name for _, r in store.all_records())
+        finally:
+            store.close()
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(f"--only {pattern}: no image of the catalog or the state file "
+                              "has a name it matches (a glob: * ? [...])")
+
+
 def targets_report(catalog: Catalog, parts: Sequence[TargetPart], *, mode: str,
                    clock: Clock = SYSTEM_CLOCK, state: str = "", refreshed: bool = False,
                    dry_run: bool = False, duration_s: float | None = None) -> RunReport:

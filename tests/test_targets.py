@@ -672,3 +672,14 @@ def test_validate_counts_the_images_of_each_target(invoke: Invoke) -> None:
     assert "targets: east (2 images), north (2 images), sea (2 images)" in result.stdout
     doc = json.loads(invoke("validate", "--format", "json", "--target", "n*").stdout)
     assert doc["targets"] == {"north": 2}
+
+
+def test_only_is_checked_over_every_target_before_anything_is_sent(
+        invoke: Invoke, regions: dict[str, Sandbox]) -> None:
+    doc = document(invoke(*APPLY, "--only", "only-*"))
+    assert {(c["target"], c["name"]) for c in doc["changes"]} == {("north", "only-north")}
+    assert not doc["targets"][0]["error"] and regions["east"].images() == []
+    typo = invoke(*APPLY, "--only", "onyl-*")
+    assert typo.exit_code == 1 and "--only onyl-*: no image" in typo.output
+    plan = invoke("plan", "--state", "state.db", "--only", "nothing-*")
+    assert plan.exit_code == 1 and "in any target" in plan.output

@@ -150,9 +150,11 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                     run.stop(f"authentication failed: {exc.message}")
             pending = {p.name: p.nonce for p in store.pending(target)}
             with bulk_build():
+                # One target of several: --only is checked over all of them (targets.py).
                 result = select(plan(catalog, records, target=target, pending=pending,
                                      observed=observed),
-                                req.saved.only if req.saved else req.only)
+                                req.saved.only if req.saved else req.only,
+                                must_match=req.target_key is None)
             summary = result.summary()
             req.on_plan(result)
             todo = [c for c in result.changes if chosen is None or (c.name, c.action) in chosen]

@@ -31,6 +31,7 @@ from reconciler.operations import (
     catalogs_by_target,
     check_distinct,
     check_only,
+    check_only_names,
     targets_report,
 )
 from reconciler.state import LockRequest, StateStore, is_url, open_for_write
@@ -90,6 +91,7 @@ class _Runs:
 def apply_targets(job: TargetsApply) -> TargetsResult:
     """Connect to every target, make sure no two are the same place, then apply each."""
     t0 = job.clock.monotonic()
+    check_only_names(job.catalog, job.state_path, job.only)  # before anything is sent
     catalogs = catalogs_by_target(job.catalog, job.targets, job.catalog.directory,
                                   strict=job.strict)
     runs = _Runs()
@@ -129,8 +131,6 @@ def apply_targets(job: TargetsApply) -> TargetsResult:
 
         parts, interrupted = _side_by_side(
             job, parts, lambda p: _apply(requests[p.target.name], p), runs, abort=abort)
-    if job.confirm is None and not interrupted:
-        check_only(parts, job.only)
     report = targets_report(job.catalog, parts, mode="apply", clock=job.clock,
                             state=str(job.state_path), refreshed=True,
                             duration_s=job.clock.monotonic() - t0)
