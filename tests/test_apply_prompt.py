@@ -78,3 +78,25 @@ def test_yes_applies_what_was_shown(tmp_path: Path, sandbox: SandboxFactory) -> 
     assert "+ create" not in after  # the results, not the plan again
     assert "Apply: 3 created, 0 adopted, 0 failed, 0 skipped." in after
     assert sorted(i["name"] for i in sb.images()) == image_names(3)
+
+
+def test_the_plan_of_every_target_is_shown_and_confirmed_once(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    boxes = [sandbox(token="t0k"), sandbox(token="t0k")]
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "a.yaml").write_text(
+        "targets:\n" + "".join(f"  r{i}: {{endpoint: '{sb.url}'}}\n" for i, sb in
+                               enumerate(boxes))
+        + "images:\n  - name: everywhere\n  - name: only-r1\n    targets: [r1]\n",
+        encoding="utf-8")
+    args, env = ["apply", "--state", "state.db"], {"OS_AUTH_TOKEN": "t0k", "NO_COLOR": "1"}
+    code, screen = on_terminal(args, "n", tmp_path, env)
+    assert code == 0, screen
+    question = screen.index("[y/N]")
+    assert "Total (2 targets): Plan: 3 to create" in screen[:question]
+    assert "Apply this plan to r0, r1: create 3, adopt 0 image(s)?" in screen
+    assert all(sb.images() == [] for sb in boxes)
+    assert not (tmp_path / "state.db").exists()
+    code, screen = on_terminal(args, "y", tmp_path, env)
+    assert code == 0, screen
+    assert [len(sb.images()) for sb in boxes] == [1, 2]
