@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -518,7 +519,7 @@ def test_two_targets_that_are_one_place_fail_after_the_first(
 
 def test_ctrl_c_stops_every_target_and_starts_no_other(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
-    boxes = [sandbox(), sandbox()]
+    boxes = [sandbox(latency_ms=300), sandbox()]  # slow: the stop comes before the last
     job, state = token_run(tmp_path, boxes, target_parallelism=1,
                            on_outcome=ctrl_c_once())
     result = apply_targets(job)
@@ -544,10 +545,18 @@ def test_ctrl_c_stops_every_target_and_starts_no_other(
 def test_ctrl_c_cuts_a_create_that_does_not_finish_in_the_grace_time(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
     """The second create hangs; Ctrl-C after the first: it is cut, and stays pending."""
+    import threading
+
     box = sandbox(hang_s=6.0, faults="ok,timeout")
-    job, state = token_run(tmp_path, [box],
-                           on_outcome=ctrl_c_once())
+    job, state = token_run(tmp_path, [box])
     job.make_request = _with_parallelism(job.make_request, 2)
+
+    def when_both_are_sent() -> None:  # Ctrl-C once the hanging create is at the server
+        while box.request_count[("POST", "images")] < 2:
+            time.sleep(0.02)
+        ctrl_c_once()()
+
+    threading.Thread(target=when_both_are_sent, daemon=True).start()
     result = apply_targets(job)
     assert result.interrupted
     store = open_readonly(state)
