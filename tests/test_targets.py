@@ -692,3 +692,28 @@ def test_only_is_checked_over_every_target_before_anything_is_sent(
     assert typo.exit_code == 1 and "--only onyl-*: no image" in typo.output
     plan = invoke("plan", "--state", "state.db", "--only", "nothing-*")
     assert plan.exit_code == 1 and "in any target" in plan.output
+
+
+def test_the_runs_credentials_are_scoped_to_each_targets_region_and_project(
+        invoke: Invoke, work: Path, regions: dict[str, Sandbox]) -> None:
+    """No `cloud:`: the run's OS_* password credentials, re-scoped per target. The project
+    is part of the state key; a region the service catalog lacks fails that target alone."""
+    north = regions["north"]
+    (work / "catalog" / "images.yaml").write_text(
+        "targets:\n  team-a: {region: cn-north-4, project: team-a}\n"
+        "  team-b: {region: cn-north-4, project: 0123456789abcdef0123456789abcdef}\n"
+        "  elsewhere: {region: eu-west-101}\n"
+        "images:\n  - name: shared\n    targets: [team-a, elsewhere]\n", encoding="utf-8")
+    env = {"OS_AUTH_URL": f"{north.url}/v3", "OS_USERNAME": USER, "OS_PASSWORD": PASSWORD,
+           "OS_USER_DOMAIN_NAME": DOMAIN, "OS_PROJECT_NAME": "cn-north-4"}
+    doc = document(invoke(*APPLY, env=env), code=1)
+    by_target = {t["name"]: t for t in doc["targets"]}
+    assert "no public image endpoint for region eu-west-101" in by_target["elsewhere"]["error"]
+    assert by_target["team-a"]["summary"]["created"] == 1
+    assert by_target["team-b"]["error"] is None
+    store = open_readonly("state.db")
+    assert store is not None
+    try:
+        assert store.targets() == [f"{north.url}#project=team-a"]
+    finally:
+        store.close()
