@@ -709,6 +709,53 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     )
 
 
+#: A file that may declare targets: a top-level `targets:` (YAML) or a "targets" key (JSON).
+_DECLARES = re.compile(rb'(?m)^targets[ \t]*:|"targets"[ \t\r\n]*:')
+
+
+def declared_targets(directory: str | Path) -> tuple[Target, ...]:
+    """The targets a catalog declares, read before the images are checked (their rules may
+    depend on the target's server). Only files that mention ``targets`` are parsed, so a
+    catalog without targets costs a scan of its bytes. Problems of the declarations are
+    raised (located); anything else wrong is left to ``load_catalog``."""
+    root = Path(directory)
+    if not root.is_dir():
+        return ()
+    base = Path(os.path.realpath(root))
+    declared: dict[str, Target] = {}
+    problems: list[Problem] = []
+    for path in catalog_files(root):
+        display = display_path(path)
+        raw, _ = read_catalog_file(path, base, display)
+        if raw is None or not _DECLARES.search(raw):
+            continue
+        data, parse_problems = parse_file(path, display, base)
+        if parse_problems or not isinstance(data, LineDict) or "targets" not in data:
+            continue
+        checker = _FileChecker(display, PROFILES["glance"], strict=False)
+        checker._targets(data["targets"], data.key_lines["targets"])
+        problems.extend(checker.problems)
+        _declare(declared, checker.targets, display, problems)
+    if problems:
+        raise CatalogError(problems)
+    return tuple(sorted(declared.values(), key=lambda t: t.name))
+
+
+def image_names(directory: str | Path) -> set[str]:
+    """The image names the catalog's files hold, read without checking them (``--only``
+    over several targets is checked against them before any target is planned)."""
+    root = Path(directory)
+    base = Path(os.path.realpath(root))
+    names: set[str] = set()
+    for path in catalog_files(root) if root.is_dir() else []:
+        data, problems = parse_file(path, display_path(path), base)
+        images = data.get("images") if isinstance(data, LineDict) else None
+        if not problems and isinstance(images, LineList):
+            names.update(i["name"] for i in images
+                         if isinstance(i, LineDict) and isinstance(i.get("name"), str))
+    return names
+
+
 def _declare(declared: dict[str, Target], entries: list[_TargetEntry], display: str,
              problems: list[Problem]) -> None:
     """Add a file's targets; a name may be declared once in the whole catalog."""

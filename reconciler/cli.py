@@ -33,6 +33,7 @@ from reconciler.apply import (
     preview,
 )
 from reconciler.auth import ApiSession, ConnectOptions, Scope, open_session
+from reconciler.catalog import declared_targets
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.console import (
@@ -49,7 +50,7 @@ from reconciler.console import (
 )
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.escape import terminal
-from reconciler.models import Catalog, Target, target_key
+from reconciler.models import Target, target_key
 from reconciler.operations import (
     Connect,
     TargetPart,
@@ -58,9 +59,8 @@ from reconciler.operations import (
     forget_image,
     import_image,
     list_records,
-    load,
+    make_plan,
     offline_keys,
-    plan_loaded,
     plan_targets,
     run_history,
     save_plan,
@@ -71,6 +71,7 @@ from reconciler.operations import (
 )
 from reconciler.options import (
     Seconds,
+    allow_options,
     auth_options,
     catalog_option,
     endpoint_option,
@@ -86,8 +87,9 @@ from reconciler.options import (
     target_options,
 )
 from reconciler.planner import select_targets
-from reconciler.profiles import PROFILES
+from reconciler.profiles import PROFILES, Profile
 from reconciler.report import FORMATS, chunks
+from reconciler.schemacache import Allowances
 from reconciler.state import is_url, redact
 
 
@@ -187,8 +189,12 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 @cli.command()
 @catalog_option
+@state_option
 @profile_option
 @strict_option
+@endpoint_option
+@auth_options
+@allow_options
 @click.option("--target", "target", metavar="NAME", multiple=True,
               help="Also check that these targets (globs) are declared, and count the images "
                    "of each.")
@@ -196,43 +202,71 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
               show_default=True,
               help="text: FILE:LINE: FIELD: message lines; json: one document for scripts; "
                    "github: ::error/::warning annotations for GitHub Actions.")
-def validate(catalog: Path, profile: str, strict: bool, target: tuple[str, ...],
-             fmt: str) -> None:
-    """Check the catalog without reading state or contacting the API.
+@click.pass_obj
+def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
+             endpoint: str | None, allow_disk_format: tuple[str, ...],
+             allow_container_format: tuple[str, ...], target: tuple[str, ...], fmt: str,
+             **auth: Any) -> None:
+    """Check the catalog; with --endpoint, against what that server says it accepts.
 
     Reports every problem at once as FILE:LINE: FIELD: message, and exits 1 if there is any.
+    Under --profile glance the allowed visibilities, formats and typed properties are the
+    server's own image schema (GET /v2/schemas/image); under ims the region's OS list. With
+    --endpoint on the command line the server is asked (with the usual credentials) and its
+    answer is kept in the state file; otherwise the last answer kept there is used, else
+    reconcile's built-in rules. Every refusal says which of these it follows.
 
     \b
     Examples:
       reconcile validate --catalog catalog/
       reconcile validate --profile glance --strict
+      OS_AUTH_TOKEN=... reconcile validate --profile glance --endpoint https://glance:9292
       reconcile validate --format github     # annotations on the PR's changed lines
       reconcile validate --format json | jq '.warnings | length'
     """
+    ctx = click.get_current_context()
+    online = ctx.get_parameter_source("endpoint") is click.core.ParameterSource.COMMANDLINE
     try:
-        result = validate_catalog(catalog, profile=profile, strict=strict)
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(_api(rt, endpoint, auth)) if online else None
+            result = validate_catalog(
+                catalog, profile=profile, strict=strict, state_path=state,
+                endpoint=session.endpoint if session else endpoint,
+                api=session.client if session else None, clock=rt.clock,
+                allow=Allowances(allow_disk_format, allow_container_format))
     except CatalogError as exc:
         if fmt == "text":
             raise
         _show_problems(fmt, catalog, profile, errors=exc.problems, warnings=[])
         raise click.exceptions.Exit(1) from None
+    notes = [Problem(str(catalog), None, "", note, "warning") for note in result.notes]
     placed = {t.name: len(result.catalog.for_target(t.name).images)
-              for t in select_targets(result.catalog, target)}
+              for t in select_targets(result.catalog.targets, target)}
     if fmt != "text":
-        _show_problems(fmt, catalog, profile, errors=[], warnings=result.warnings,
+        _show_problems(fmt, catalog, profile, errors=[], warnings=[*notes, *result.warnings],
                        images=len(result.catalog.images), files=len(result.catalog.files),
                        targets=placed)
         return
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
     for problem in result.warnings:
         click.echo(f"warning: {terminal(problem)}", err=True)
     n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{files} file{'s' if files != 1 else ''} (profile {profile}), "
+               f"{files} file{'s' if files != 1 else ''} (profile {profile}"
+               f"{_rules_line(result.rules.profile, result.rules.info is not None)}), "
                f"{w} warning{'s' if w != 1 else ''}")
     if placed:
         click.echo(terminal("targets: " + ", ".join(f"{name} ({count} image"
                                                     f"{'s' if count != 1 else ''})"
                                                     for name, count in placed.items())))
+
+
+def _rules_line(profile: Profile, from_server: bool) -> str:
+    """Which rules a valid catalog was checked with, when they are not just the built-ins."""
+    if profile.name == "ims":
+        return f"; OS versions from {profile.os_source}" if from_server else ""
+    return f"; {profile.source}" if from_server or "allow_*" in profile.source else ""
 
 
 def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
@@ -291,16 +325,6 @@ def _connector(rt: Runtime, auth: dict[str, Any], retries: int = 5,
     return connect
 
 
-def _catalog_or_none(catalog: Path, profile: str, strict: bool) -> Catalog | None:
-    """The catalog, to see whether it declares targets; None if it is invalid: the command
-    then goes on as for one target, which reports it after checking the credentials, as it
-    always has."""
-    try:
-        return load(catalog, profile=profile, strict=strict)
-    except CatalogError:
-        return None
-
-
 def _target_failures(parts: list[TargetPart]) -> None:
     """Each failed target on stderr, then exit 1 (the report says the same)."""
     for part in parts:
@@ -308,6 +332,8 @@ def _target_failures(parts: list[TargetPart]) -> None:
             click.echo(terminal(f"error: target {part.target.name}: {part.error}"), err=True)
     if parts:
         raise click.exceptions.Exit(1)
+
+
 
 
 @cli.command("plan")
@@ -324,6 +350,7 @@ def _target_failures(parts: list[TargetPart]) -> None:
               callback=plan_file_name,
               help="Save the plan (JSON) to this file; `reconcile apply FILE` applies exactly "
                    "it. Not the report: that is -o/--output.")
+@allow_options
 @report_options
 @only_option
 @target_options
@@ -335,12 +362,13 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
              endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, show_unchanged: bool, no_color: bool,
              only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
-             detailed_exitcode: bool, **auth: Any) -> None:
+             detailed_exitcode: bool, allow_disk_format: tuple[str, ...],
+             allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
     Works offline and without credentials unless --refresh is given; never creates or
-    changes the state file. A catalog with `targets:` is planned for each target side by
-    side (a target without `endpoint:` is connected to, to find its endpoint).
+    changes the state file's records. A catalog with `targets:` is planned for each target
+    side by side (a target without `endpoint:` is connected to, to find its endpoint).
 
     \b
     Examples:
@@ -350,12 +378,12 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
       reconcile plan --target cn-north-4 --format markdown   # one target's PR comment
     """
     check_outputs(output, out)
-    loaded = _catalog_or_none(catalog, profile, strict)
-    chosen = select_targets(loaded, target) if loaded else ()
-    if loaded and chosen:
+    chosen = select_targets(declared_targets(catalog), target)
+    if chosen:
         single_target_only(endpoint=endpoint, plan_file=out)
-        plans = plan_targets(loaded, state, chosen, connect=_connector(rt, auth),
-                             refresh=refresh, strict=strict,
+        plans = plan_targets(catalog, state, chosen, connect=_connector(rt, auth),
+                             refresh=refresh, profile=profile, strict=strict,
+                             allow=Allowances(allow_disk_format, allow_container_format),
                              target_parallelism=target_parallelism, clock=rt.clock, only=only)
         write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
                             show_unchanged=show_unchanged), output, plans.report)
@@ -365,11 +393,12 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         return
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
-        result = plan_loaded(loaded or load(catalog, profile=profile, strict=strict), state,
-                             endpoint=session.endpoint if session else endpoint,
-                             api=session.client if session else None,
-                             project_id=session.project_id if session else None,
-                             clock=rt.clock, only=only)
+        result = make_plan(catalog, state, profile=profile, strict=strict,
+                           endpoint=session.endpoint if session else endpoint,
+                           api=session.client if session else None,
+                           project_id=session.project_id if session else None, clock=rt.clock,
+                           allow=Allowances(allow_disk_format, allow_container_format),
+                           only=only)
     report = result.report
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock, only=only)
@@ -397,6 +426,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @click.option("--refresh/--no-refresh", default=True, show_default=True,
               help="Read the cloud first: recreate images deleted out of band, adopt lost "
                    "records, block same-name duplicates.")
+@allow_options
 @report_options
 @only_option
 @target_options
@@ -428,7 +458,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
           only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
           refresh_only: bool, dry_run: bool, yes: bool,
           parallelism: int, retries: int, settle_time: float, log_format: str,
-          lock_timeout: float, **auth: Any) -> None:
+          lock_timeout: float, allow_disk_format: tuple[str, ...],
+          allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
@@ -447,6 +478,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     """
     logs.configure(log_format)
     check_outputs(output)
+    allow = Allowances(allow_disk_format, allow_container_format)
     saved = planfile.read(plan_file) if plan_file else None
     ctx = click.get_current_context()
     given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
@@ -462,32 +494,29 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                "runner, and another runner's apply cannot see it. Share a PostgreSQL state "
                "(--state postgresql://...; README \"Working as a team\")",
                level=logging.WARNING)
-    loaded = None
-    if saved is None:
-        loaded = _catalog_or_none(catalog, profile, strict)
-        chosen = select_targets(loaded, target) if loaded else ()
-        if loaded and chosen:
-            single_target_only(endpoint=endpoint, plan_file=None)
-            _apply_targets(rt, loaded, chosen, state=state, profile=profile, strict=strict,
-                           refresh=refresh, refresh_only=refresh_only, dry_run=dry_run,
-                           yes=yes, parallelism=parallelism, retries=retries,
-                           settle_time=settle_time, lock_timeout=lock_timeout, only=only,
-                           target_parallelism=target_parallelism, fmt=fmt, output=output,
-                           templates=templates, show_unchanged=show_unchanged, auth=auth)
-            return
-    elif target:
+    chosen = select_targets(declared_targets(catalog), target) if saved is None else ()
+    if target and saved is not None:
         raise ConfigError("--target picks targets of a catalog; a saved plan holds one "
                           "endpoint already")
+    if chosen:
+        single_target_only(endpoint=endpoint, plan_file=None)
+        _apply_targets(rt, catalog, chosen, state=state, profile=profile, strict=strict,
+                       refresh=refresh, refresh_only=refresh_only, dry_run=dry_run, yes=yes,
+                       parallelism=parallelism, retries=retries, settle_time=settle_time,
+                       lock_timeout=lock_timeout, only=only,
+                       target_parallelism=target_parallelism, allow=allow, fmt=fmt,
+                       output=output, templates=templates, show_unchanged=show_unchanged,
+                       auth=auth)
+        return
     if dry_run:
         with contextlib.ExitStack() as stack:
             session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
                 if refresh else None
-            report = dry_run_report(loaded or load(catalog, profile=profile, strict=strict),
-                                    state,
+            report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                     endpoint=session.endpoint if session else endpoint,
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
-                                    clock=rt.clock, only=only)
+                                    clock=rt.clock, allow=allow, only=only)
         write_report(chunks(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output, report)
         return
@@ -501,10 +530,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
             settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
             on_outcome=progress,
-            refreshes=lambda: session.refreshes, project_id=session.project_id,
+            refreshes=lambda: session.refreshes, project_id=session.project_id, allow=allow,
             lock_timeout_s=lock_timeout, only=only, refresh_only=refresh_only,
-            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)),
-            catalog=loaded)
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
         if not yes:
             shown = preview(request)
             if not confirm(shown.plan, shown.report, session.endpoint, templates):
@@ -526,11 +554,11 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         raise click.exceptions.Exit(1)
 
 
-def _apply_targets(rt: Runtime, loaded: Catalog, chosen: Sequence[Target], *, state: str,
+def _apply_targets(rt: Runtime, catalog: Path, chosen: Sequence[Target], *, state: str,
                    profile: str, strict: bool, refresh: bool, refresh_only: bool,
-                   dry_run: bool, yes: bool,
-                   parallelism: int, retries: int, settle_time: float, lock_timeout: float,
-                   only: tuple[str, ...], target_parallelism: int, fmt: str,
+                   dry_run: bool, yes: bool, parallelism: int, retries: int,
+                   settle_time: float, lock_timeout: float, only: tuple[str, ...],
+                   target_parallelism: int, allow: Allowances, fmt: str,
                    output: Path | None, templates: Path | None, show_unchanged: bool,
                    auth: dict[str, Any]) -> None:
     """apply for a catalog with targets: each target side by side, one report."""
@@ -538,9 +566,10 @@ def _apply_targets(rt: Runtime, loaded: Catalog, chosen: Sequence[Target], *, st
     limiter = threading.BoundedSemaphore(parallelism * target_parallelism)
     connect = _connector(rt, auth, retries, limiter)
     if dry_run:
-        plans = plan_targets(loaded, state, chosen, connect=connect, refresh=refresh,
-                             strict=strict, target_parallelism=target_parallelism,
-                             clock=rt.clock, only=only, dry_run=True)
+        plans = plan_targets(catalog, state, chosen, connect=connect, refresh=refresh,
+                             profile=profile, strict=strict, allow=allow,
+                             target_parallelism=target_parallelism, clock=rt.clock,
+                             only=only, dry_run=True)
         write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
                             show_unchanged=show_unchanged), output, plans.report)
         _target_failures(plans.failed)
@@ -549,15 +578,15 @@ def _apply_targets(rt: Runtime, loaded: Catalog, chosen: Sequence[Target], *, st
 
     def request(target: Target, session: ApiSession) -> ApplyRequest:
         return ApplyRequest(
-            catalog_dir=loaded.directory, state_path=state, profile=target.profile or profile,
+            catalog_dir=catalog, state_path=state, profile=target.profile or profile,
             endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
             parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
             settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
             on_outcome=progress.outcome(target.name), refreshes=lambda: session.refreshes,
-            project_id=session.project_id, lock_timeout_s=lock_timeout, only=only,
-            refresh_only=refresh_only, on_plan=progress.planned(target.name))
+            project_id=session.project_id, allow=allow, lock_timeout_s=lock_timeout,
+            only=only, refresh_only=refresh_only, on_plan=progress.planned(target.name))
 
-    job = TargetsApply(loaded, chosen, state, connect, request, strict=strict,
+    job = TargetsApply(catalog, chosen, state, connect, request, strict=strict,
                        target_parallelism=target_parallelism, lock_timeout_s=lock_timeout,
                        clock=rt.clock, only=only,
                        confirm=None if yes else lambda r: confirm_targets(r, templates))
@@ -675,12 +704,12 @@ def state() -> None:
     """
 
 
-def _keys(catalog: Path, profile: str, target: tuple[str, ...],
+def _keys(catalog: Path, target: tuple[str, ...],
           one: bool = False) -> dict[str, str] | None:
     """The state keys of the targets picked by --target (None without it)."""
     if not target:
         return None
-    return offline_keys(load(catalog, profile=profile), target, one=one)
+    return offline_keys(declared_targets(catalog), target, one=one)
 
 
 @state.command("list")
@@ -699,7 +728,7 @@ def state_list(state: str, target: tuple[str, ...], catalog: Path, profile: str,
       reconcile state list --format json | jq -r .image_id
       reconcile state list --target cn-north-4     # one target of the catalog
     """
-    keys = _keys(catalog, profile, target)
+    keys = _keys(catalog, target)
     rows = list_records(state, None if keys is None else set(keys.values()))
     if as_json or fmt == "json":
         for key, rec in rows:
@@ -773,13 +802,12 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
     listed and the import is refused unless --force.
 
     \b
-    Example:
+    Examples:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
       reconcile state import ubuntu-18.04-base 4ca46bf1-... --target cn-north-4
     """
     if target:
-        loaded = load(catalog, profile=profile)
-        chosen = select_targets(loaded, target)
+        chosen = select_targets(declared_targets(catalog), target)
         if len(chosen) != 1:
             raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
                               + ", ".join(t.name for t in chosen) + ")")
@@ -787,10 +815,10 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
         one = chosen[0]
         with _connector(rt, auth)(one) as session:
             record = import_image(
-                catalog, state, name, image_id, profile=profile, endpoint=session.endpoint,
-                api=session.client, force=force, lock_timeout_s=lock_timeout,
-                target=(loaded.for_target(one.name), target_key(session.endpoint,
-                                                                one.project)))
+                catalog, state, name, image_id, profile=one.profile or profile,
+                endpoint=session.endpoint, api=session.client, force=force,
+                lock_timeout_s=lock_timeout,
+                target=(one.name, target_key(session.endpoint, one.project)))
         click.echo(terminal(f"imported {name} into {one.name}: {record.image_id} "
                             f"({record.status}, created {record.created_at})"))
         return
@@ -841,7 +869,7 @@ def state_forget(name: str, state: str, endpoint: str | None, target: tuple[str,
       reconcile state forget ubuntu-16.04-legacy
       reconcile state forget ubuntu-16.04-legacy --target cn-north-4
     """
-    keys = _keys(catalog, profile, target, one=True)
+    keys = _keys(catalog, target, one=True)
     image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout,
                             target=next(iter(keys.values())) if keys else None)
     click.echo(terminal(f"forgot {name} ({image_id})") + "; the image itself was not touched")
@@ -864,7 +892,7 @@ def history(state: str, limit: int, target: tuple[str, ...], catalog: Path, prof
       reconcile history --limit 5
       reconcile history --target 'cn-*'
     """
-    keys = _keys(catalog, profile, target)
+    keys = _keys(catalog, target)
     runs = run_history(state, limit, None if keys is None else set(keys.values()))
     if as_json or fmt == "json":
         for run in runs:

@@ -19,11 +19,11 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from reconciler import __version__, planfile
+from reconciler import __version__, planfile, schemacache
 from reconciler.auth import ApiSession
-from reconciler.catalog import lint_problems, load_catalog
+from reconciler.catalog import image_names, lint_problems, load_catalog
 from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, Problem, ReconcileError, StateError
@@ -48,7 +48,12 @@ from reconciler.planfile import SavedPlan
 from reconciler.planner import adoption_request, diff_bodies, plan, select, select_targets
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import ListingApi, observe
+from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
 from reconciler.state import LockRequest, StateStore, open_for_write, open_readonly, redact
+
+
+class PlanApi(ListingApi, RulesApi, Protocol):
+    """What a refreshed plan reads: the listing, and the server's rules."""
 
 
 def get_profile(name: str) -> Profile:
@@ -81,30 +86,31 @@ class PlanResult:
 
 def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
-              api: ListingApi | None = None, project_id: str | None = None,
-              clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = ()) -> PlanResult:
-    """Compare the catalog with the state file, which is only read (never created).
+              api: PlanApi | None = None, project_id: str | None = None,
+              clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
+              rules: RunProfile | None = None, keep: bool = True,
+              only: tuple[str, ...] = (), key: str | None = None, place: str | None = None,
+              must_match: bool = True) -> PlanResult:
+    """Compare the catalog with the state file, whose records are only read.
 
-    With ``api`` the cloud is read too (``--refresh``); without it the plan is offline.
-    ``only``: limit the plan to the names matching these globs.
+    With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
+    in the state file as a cache unless ``keep`` is false); without it the plan is offline
+    and uses the kept rules; ``rules`` given are used as they are. ``only``: limit the plan
+    to the names matching these globs. One target of several: ``key`` is its state key,
+    ``place`` its name (the images placed there), and ``only`` is checked over all of them
+    (``must_match=False``).
     """
-    with bulk_build():
-        catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
-    return plan_loaded(catalog, state_path, endpoint=endpoint, api=api, project_id=project_id,
-                       clock=clock, only=only)
-
-
-def plan_loaded(catalog: Catalog, state_path: str | Path, *, endpoint: str | None = None,
-                target: str | None = None, api: ListingApi | None = None,
-                project_id: str | None = None, clock: Clock = SYSTEM_CLOCK,
-                only: tuple[str, ...] = (), must_match: bool = True) -> PlanResult:
-    """``make_plan`` for a catalog already loaded; ``target``: the state key to compare with
-    (default: from ``endpoint``, or the state's only target)."""
     with bulk_build():
         store = open_readonly(state_path, clock=clock)
         try:
-            if target is None:
-                target = resolve_target(store, endpoint)
+            target = key or resolve_target(store, endpoint)
+            rules = rules or run_profile(profile, store, target, api=api,
+                                         state_path=state_path, allow=allow, clock=clock)
+            # kept even if the catalog fails; a dry run (keep=False) writes nothing
+            notes = kept_notes(rules, target, state_path) if keep else rules.notes
+            catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
+            if place is not None:
+                catalog = catalog.for_target(place)
             records = _HandedOver(_records_for_plan(store, target, catalog, full=api is not None)
                                   if store else {})
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
@@ -116,8 +122,26 @@ def plan_loaded(catalog: Catalog, state_path: str | Path, *, endpoint: str | Non
         result = select(plan(catalog, records, target=target, pending=pending,
                              observed=observed), only, must_match=must_match)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
-                             refreshed=api is not None)
+                             refreshed=api is not None, warnings=notes)
     return PlanResult(catalog, result, report, revision, observed)
+
+
+def run_profile(profile: str, store: StateStore | None, target: str, *,
+                api: RulesApi | None, state_path: str | Path, allow: Allowances,
+                clock: Clock) -> RunProfile:
+    """The profile to validate with: the server's rules if ``api`` can tell them, else the
+    ones kept for ``target``, else the built-in ones."""
+    get_profile(profile)  # an unknown name is a ConfigError
+    if api is None:
+        return schemacache.offline(profile, store, target, allow)
+    return schemacache.online(profile, api, target, state_path, allow=allow, clock=clock)
+
+
+def kept_notes(rules: RunProfile, target: str, state_path: str | Path,
+               store: StateStore | None = None) -> tuple[str, ...]:
+    """Keep fresh rules in the state; the notes of reading and keeping them."""
+    note = schemacache.keep(rules, target, store=store, state_path=state_path)
+    return (*rules.notes, *([note] if note else []))
 
 
 def _records_for_plan(store: StateStore, target: str, catalog: Catalog, *,
@@ -168,12 +192,13 @@ def save_plan(result: PlanResult, path: Path, *, clock: Clock = SYSTEM_CLOCK,
 
 
 def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK,
-                state: str = "", refreshed: bool = False) -> RunReport:
+                state: str = "", refreshed: bool = False,
+                warnings: tuple[str, ...] = ()) -> RunReport:
     return RunReport.model_construct(
         format_version=1, mode="plan", dry_run=False, generated_at=iso(clock.now()),
         tool_version=__version__, catalog=catalog.directory, target=result.target,
         profile=result.profile, catalog_digest=result.catalog_digest, summary=result.summary(),
-        changes=result.changes, outcomes=(), warnings=(), duration_s=None, run_id=None,
+        changes=result.changes, outcomes=(), warnings=warnings, duration_s=None, run_id=None,
         auth_refreshes=0, refreshed=refreshed, state=state, plan_id=None,
     )
 
@@ -184,14 +209,28 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK,
 class Validation:
     catalog: Catalog
     warnings: list[Problem]  # lint warnings, each at its field's line
+    rules: RunProfile
+    notes: tuple[str, ...] = ()  # reading or keeping the server's rules
 
 
-def validate_catalog(catalog_dir: str | Path, *, profile: str,
-                     strict: bool = False) -> Validation:
-    """Load and check the catalog without reading state or contacting the API."""
+def validate_catalog(catalog_dir: str | Path, *, profile: str, strict: bool = False,
+                     state_path: str | Path | None = None, endpoint: str | None = None,
+                     api: RulesApi | None = None, clock: Clock = SYSTEM_CLOCK,
+                     allow: Allowances = NO_ALLOWANCES) -> Validation:
+    """Load and check the catalog against the server's rules (``api``), the ones the state
+    file kept for the endpoint, or the built-in ones; the state's records are not read."""
+    store = open_readonly(state_path, clock=clock) if state_path else None
+    try:
+        target = resolve_target(store, endpoint)
+        rules = run_profile(profile, store, target, api=api, state_path=state_path or "",
+                            allow=allow, clock=clock)
+    finally:
+        if store:
+            store.close()
+    notes = kept_notes(rules, target, state_path) if state_path else rules.notes
     with bulk_build():
-        catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
-    return Validation(catalog, lint_problems(catalog))
+        catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
+    return Validation(catalog, lint_problems(catalog), rules, notes)
 
 
 @contextlib.contextmanager
@@ -279,14 +318,17 @@ def show_plan(path: Path) -> RunReport:
         plan_id=saved.plan_id)
 
 
-def dry_run_report(catalog: Catalog, state_path: str | Path, *, endpoint: str | None = None,
-                   api: ListingApi | None = None, project_id: str | None = None,
-                   clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = ()) -> RunReport:
+def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
+                   strict: bool = False, endpoint: str | None = None,
+                   api: PlanApi | None = None, project_id: str | None = None,
+                   clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
+                   only: tuple[str, ...] = ()) -> RunReport:
     """What apply would send. With ``api`` the cloud is read first, as apply does (so
     adoptions and recreations show as apply would do them); nothing is ever written or
-    sent: only GET requests."""
-    result = plan_loaded(catalog, state_path, endpoint=endpoint, api=api,
-                         project_id=project_id, clock=clock, only=only)
+    sent: only GET requests (the server's rules are used, not kept)."""
+    result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
+                       endpoint=endpoint, api=api, project_id=project_id, clock=clock,
+                       allow=allow, keep=False, only=only)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 
@@ -295,11 +337,16 @@ def dry_run_report(catalog: Catalog, state_path: str | Path, *, endpoint: str | 
 def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, image_id: str, *,
                  profile: str, endpoint: str, api: ImageClient, force: bool = False,
                  lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK,
-                 target: tuple[Catalog, str] | None = None) -> Record:
+                 target: tuple[str, str] | None = None) -> Record:
     """Start managing an existing image under a catalog name, after comparing it.
 
-    ``target``: one target of a catalog with targets, as its catalog and state key."""
-    catalog = target[0] if target else load_catalog(catalog_dir, get_profile(profile))
+    ``target``: one target of a catalog with targets, as its name and state key."""
+    key = target[1] if target else normalize_endpoint(endpoint)
+    rules = run_profile(profile, None, key, api=api, state_path=state_path,
+                        allow=NO_ALLOWANCES, clock=clock)
+    catalog = load_catalog(catalog_dir, rules.profile)
+    if target is not None:
+        catalog = catalog.for_target(target[0])
     spec = next((s for s in catalog.images if s.name == name), None)
     if spec is None:
         raise ConfigError(f"{name!r} is not in the catalog {catalog_dir}; add it first")
@@ -314,7 +361,6 @@ def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, ima
         raise ConfigError(f"image {image_id} differs from the catalog entry {name!r}; fix the "
                           f"catalog or pass --force to import it anyway (it will show as "
                           f"drift):\n{lines}")
-    key = target[1] if target else normalize_endpoint(endpoint)
     store = open_for_write(state_path, LockRequest(key, "state import", lock_timeout_s),
                            clock=clock)
     try:
@@ -410,17 +456,11 @@ def _digest(rows: list[tuple[Any, ...]]) -> tuple[int, str]:
 
 # --- several targets (docs/architecture.md §13) ----------------------------------------------
 
-def load(catalog_dir: str | Path, *, profile: str, strict: bool = False) -> Catalog:
-    """The catalog, loaded and checked once for every command that plans."""
-    with bulk_build():
-        return load_catalog(catalog_dir, get_profile(profile), strict=strict)
-
-
-def offline_keys(catalog: Catalog, patterns: Sequence[str], *,
+def offline_keys(targets: Sequence[Target], patterns: Sequence[str], *,
                  one: bool = False) -> dict[str, str]:
     """The state keys of the targets ``--target`` picks, known without connecting: each
     needs its ``endpoint:``. ``one``: exactly one target must be picked."""
-    chosen = select_targets(catalog, patterns)
+    chosen = select_targets(targets, patterns)
     if one and len(chosen) != 1:
         raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
                           + ", ".join(t.name for t in chosen) + ")")
@@ -459,21 +499,6 @@ class TargetPart:
     report: RunReport | None = None
     error: str | None = None
     failed: bool = False  # its apply had failed, skipped or blocked images
-
-
-def catalogs_by_target(catalog: Catalog, targets: Sequence[Target], catalog_dir: str | Path,
-                       *, strict: bool) -> dict[str, Catalog]:
-    """Each target's catalog: its images, checked by its profile (the run's unless the
-    target names one; the catalog is loaded once more per other profile)."""
-    by_profile = {catalog.profile: catalog}
-    out: dict[str, Catalog] = {}
-    for target in targets:
-        name = target.profile or catalog.profile
-        if name not in by_profile:
-            with bulk_build():
-                by_profile[name] = load_catalog(catalog_dir, get_profile(name), strict=strict)
-        out[target.name] = by_profile[name].for_target(target.name)
-    return out
 
 
 def check_distinct(parts: Sequence[TargetPart], keys: Mapping[str, str]) -> list[TargetPart]:
@@ -519,13 +544,13 @@ def check_only(parts: Sequence[TargetPart], only: tuple[str, ...]) -> None:
                               "has a name it matches in any target (a glob: * ? [...])")
 
 
-def check_only_names(catalog: Catalog, state_path: str | Path,
+def check_only_names(catalog_dir: str | Path, state_path: str | Path,
                      only: tuple[str, ...]) -> None:
     """``--only`` before an apply of several targets: each glob must match an image of the
     catalog or one the state records, so a typo fails before anything is sent."""
     if not only:
         return
-    names = {s.name for s in catalog.images}
+    names = image_names(catalog_dir)
     store = open_readonly(state_path)
     if store is not None:
         try:
@@ -538,7 +563,7 @@ def check_only_names(catalog: Catalog, state_path: str | Path,
                               "has a name it matches (a glob: * ? [...])")
 
 
-def targets_report(catalog: Catalog, parts: Sequence[TargetPart], *, mode: str,
+def targets_report(catalog: CatalogInfo, parts: Sequence[TargetPart], *, mode: str,
                    clock: Clock = SYSTEM_CLOCK, state: str = "", refreshed: bool = False,
                    dry_run: bool = False, duration_s: float | None = None) -> RunReport:
     """One report of several targets (``format_version`` 2): every change and outcome with
@@ -578,7 +603,6 @@ def targets_report(catalog: Catalog, parts: Sequence[TargetPart], *, mode: str,
 
 @dataclass(frozen=True)
 class TargetsPlan:
-    catalog: Catalog
     parts: list[TargetPart]
     report: RunReport
 
@@ -591,16 +615,19 @@ class TargetsPlan:
         return any(c.action != "unchanged" for c in self.report.changes)
 
 
-def plan_targets(catalog: Catalog, state_path: str | Path, targets: Sequence[Target], *,
-                 connect: Connect, refresh: bool, strict: bool = False,
-                 target_parallelism: int = 4, clock: Clock = SYSTEM_CLOCK,
-                 only: tuple[str, ...] = (), dry_run: bool = False) -> TargetsPlan:
-    """Plan every target side by side, each against its own state rows. A target is
-    connected to only when it must be: to read its cloud (``refresh``), or to find its
-    endpoint in the service catalog (no ``endpoint:``). A target that cannot be planned
-    (bad credentials, unreachable) fails alone: its part carries the error."""
-    catalogs = catalogs_by_target(catalog, targets, catalog.directory, strict=strict)
+def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Sequence[Target],
+                 *, connect: Connect, refresh: bool, profile: str, strict: bool = False,
+                 allow: Allowances = NO_ALLOWANCES, target_parallelism: int = 4,
+                 clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = (),
+                 dry_run: bool = False) -> TargetsPlan:
+    """Plan every target side by side, each against its own state rows, each with its
+    server's rules (read, or kept for it) and its profile. A target is connected to only
+    when it must be: to read its cloud (``refresh``), or to find its endpoint in the service
+    catalog (no ``endpoint:``). A target that cannot be planned (bad credentials,
+    unreachable) fails alone: its part carries the error. The rules read are kept once all
+    are planned, one target after the other (one writer at a time)."""
     keys: dict[str, str] = {}
+    read: dict[str, RunProfile] = {}
 
     def one(target: Target) -> TargetPart:
         with contextlib.ExitStack() as stack:
@@ -608,16 +635,61 @@ def plan_targets(catalog: Catalog, state_path: str | Path, targets: Sequence[Tar
                 if refresh or not target.endpoint else None
             endpoint = session.endpoint if session else normalize_endpoint(
                 target.endpoint or "")
-            keys[target.name] = target_key(endpoint, target.project)
-            result = plan_loaded(
-                catalogs[target.name], state_path, target=keys[target.name],
-                api=session.client if session and refresh else None,
-                project_id=session.project_id if session and refresh else None, clock=clock,
-                only=only, must_match=False)
+            key = keys[target.name] = target_key(endpoint, target.project)
+            api = session.client if session and refresh else None
+            name = target.profile or profile
+            store = open_readonly(state_path, clock=clock)
+            try:
+                rules = read[target.name] = run_profile(name, store, key, api=api,
+                                                        state_path=state_path, allow=allow,
+                                                        clock=clock)
+            finally:
+                if store:
+                    store.close()
+            result = make_plan(catalog_dir, state_path, profile=name, strict=strict,
+                               api=api, project_id=session.project_id if api and session
+                               else None, clock=clock, rules=rules, keep=False, only=only,
+                               key=key, place=target.name, must_match=False)
             return TargetPart(target, endpoint, result.report)
 
     parts = check_distinct(parallel(targets, one, target_parallelism), keys)
     check_only(parts, only)
-    report = targets_report(catalog, parts, mode="apply" if dry_run else "plan", clock=clock,
+    if not dry_run:  # a dry run writes nothing
+        parts = [_kept(part, read, keys, state_path) for part in parts]
+    report = targets_report(catalog_info(parts, catalog_dir), parts,
+                            mode="apply" if dry_run else "plan", clock=clock,
                             state=str(state_path), refreshed=refresh, dry_run=dry_run)
-    return TargetsPlan(catalog, parts, report)
+    return TargetsPlan(parts, report)
+
+
+def _kept(part: TargetPart, read: Mapping[str, RunProfile], keys: Mapping[str, str],
+          state_path: str | Path) -> TargetPart:
+    """A target's rules kept in the state (as one plan keeps them), its note added."""
+    rules = read.get(part.target.name)
+    if part.report is None or rules is None:
+        return part
+    note = schemacache.keep(rules, keys[part.target.name], state_path=state_path)
+    if note is None:
+        return part
+    report = part.report.model_copy(update={"warnings": (*part.report.warnings, note)})
+    return TargetPart(part.target, part.endpoint, report, part.error, part.failed)
+
+
+def catalog_info(parts: Sequence[TargetPart], catalog_dir: str | Path) -> CatalogInfo:
+    """What the report of several targets says about the catalog: its directory, the
+    profile of the first target planned, and one digest of every target's catalog (each
+    target's own catalog and profile are in its run row)."""
+    h = hashlib.sha256()
+    profile = ""
+    for part in parts:
+        if part.report is not None:
+            h.update(f"{part.target.name}\0{part.report.catalog_digest}\n".encode())
+            profile = profile or part.report.profile
+    return CatalogInfo(str(catalog_dir), profile, h.hexdigest())
+
+
+@dataclass(frozen=True)
+class CatalogInfo:
+    directory: str
+    profile: str
+    digest: str

@@ -222,13 +222,13 @@ def select(result: Plan, patterns: Sequence[str], *, must_match: bool = True) ->
     return result.model_copy(update={"changes": kept})
 
 
-def select_targets(catalog: Catalog, patterns: Sequence[str]) -> tuple[Target, ...]:
+def select_targets(targets: Sequence[Target], patterns: Sequence[str]) -> tuple[Target, ...]:
     """The catalog's targets whose names match any of ``patterns`` (``--target``, shell
     globs; none: every target). A pattern that matches no target is an error, and so is
     ``--target`` for a catalog that declares none."""
     if not patterns:
-        return catalog.targets
-    names = [t.name for t in catalog.targets]
+        return tuple(targets)
+    names = [t.name for t in targets]
     if not names:
         raise ConfigError(f"--target {patterns[0]}: the catalog declares no targets (add "
                           "`targets:` to a catalog file; without it the run's endpoint is "
@@ -238,5 +238,4 @@ def select_targets(catalog: Catalog, patterns: Sequence[str]) -> tuple[Target, .
             raise ConfigError(f"--target {pattern}: no target of the catalog has a name it "
                               f"matches (a glob: * ? [...]); the targets are "
                               f"{', '.join(names)}")
-    return tuple(t for t in catalog.targets
-                 if any(fnmatch.fnmatchcase(t.name, p) for p in patterns))
+    return tuple(t for t in targets if any(fnmatch.fnmatchcase(t.name, p) for p in patterns))

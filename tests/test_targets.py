@@ -178,13 +178,14 @@ def test_select_targets_takes_globs_and_refuses_what_matches_nothing(tmp_path: P
     catalog = load(tmp_path, {"a.yaml": "targets:\n  cn-north-4: {region: a}\n"
                                         "  cn-east-3: {region: b}\n  eu-west-101: {region: c}\n"
                                         "images: []\n"})
-    assert [t.name for t in select_targets(catalog, ["cn-*"])] == ["cn-east-3", "cn-north-4"]
-    assert [t.name for t in select_targets(catalog, [])] == [t.name for t in catalog.targets]
+    declared = catalog.targets
+    assert [t.name for t in select_targets(declared, ["cn-*"])] == ["cn-east-3", "cn-north-4"]
+    assert [t.name for t in select_targets(declared, [])] == [t.name for t in declared]
     with pytest.raises(ConfigError, match="--target ap-\\*: no target of the catalog"):
-        select_targets(catalog, ["cn-*", "ap-*"])
+        select_targets(catalog.targets, ["cn-*", "ap-*"])
     plain = load_catalog(_plain(tmp_path), PROFILES["ims"])
     with pytest.raises(ConfigError, match="the catalog declares no targets"):
-        select_targets(plain, ["x"])
+        select_targets(plain.targets, ["x"])
 
 
 def _plain(tmp_path: Path) -> Path:
@@ -325,7 +326,8 @@ def test_a_region_stopped_mid_way_fails_alone(tmp_path: Path,
                             parallelism=1, retry=RetryPolicy(attempts=1),
                             on_outcome=stop_after_first, project_id=session.project_id)
 
-    result = apply_targets(TargetsApply(catalog, catalog.targets, state, connect, request))
+    result = apply_targets(TargetsApply(catalog_dir, catalog.targets, state, connect,
+                                        request))
     parts = {p.target.name: p for p in result.parts}
     assert [p.target.name for p in result.failed] == ["sea"]
     assert parts["sea"].report is not None
@@ -483,7 +485,7 @@ def token_run(tmp_path: Path, sandboxes: list[Sandbox], catalog_text: str | None
                             request_timeout_s=30.0,
                             on_outcome=lambda o: on_outcome(target, o))
 
-    return TargetsApply(catalog, catalog.targets, state, connect, request, **job), state
+    return TargetsApply(directory, catalog.targets, state, connect, request, **job), state
 
 
 def test_the_plan_of_every_target_is_confirmed_before_anything_is_sent(

@@ -24,11 +24,11 @@ from reconciler.apply.runstate import RunState
 from reconciler.auth import ApiSession
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ReconcileError
-from reconciler.models import Catalog, RunReport, Target, target_key
+from reconciler.models import RunReport, Target, target_key
 from reconciler.operations import (
     Connect,
     TargetPart,
-    catalogs_by_target,
+    catalog_info,
     check_distinct,
     check_only,
     check_only_names,
@@ -44,7 +44,7 @@ MakeRequest = Callable[[Target, ApiSession], ApplyRequest]
 class TargetsApply:
     """An apply of several targets: what to apply where, and how."""
 
-    catalog: Catalog
+    catalog_dir: str | Path
     targets: Sequence[Target]
     state_path: str | Path
     connect: Connect
@@ -91,9 +91,7 @@ class _Runs:
 def apply_targets(job: TargetsApply) -> TargetsResult:
     """Connect to every target, make sure no two are the same place, then apply each."""
     t0 = job.clock.monotonic()
-    check_only_names(job.catalog, job.state_path, job.only)  # before anything is sent
-    catalogs = catalogs_by_target(job.catalog, job.targets, job.catalog.directory,
-                                  strict=job.strict)
+    check_only_names(job.catalog_dir, job.state_path, job.only)  # before anything is sent
     runs = _Runs()
     requests: dict[str, ApplyRequest] = {}
     with contextlib.ExitStack() as stack:
@@ -103,7 +101,7 @@ def apply_targets(job: TargetsApply) -> TargetsResult:
             target = part.target
             session = _enter(stack, lock, job.connect(target))
             request = job.make_request(target, session)
-            request.catalog = catalogs[target.name]
+            request.target_name = target.name
             request.target_key = target_key(session.endpoint, target.project)
             request.on_run = runs.add
             requests[target.name] = request
@@ -115,7 +113,8 @@ def apply_targets(job: TargetsApply) -> TargetsResult:
             parts, _ = _side_by_side(job, parts, lambda p: _preview(requests[p.target.name],
                                                                     p), runs)
             check_only(parts, job.only)
-            shown = targets_report(job.catalog, parts, mode="apply", clock=job.clock,
+            shown = targets_report(catalog_info(parts, job.catalog_dir), parts, mode="apply",
+                                   clock=job.clock,
                                    state=str(job.state_path), refreshed=True, dry_run=True)
             if not job.confirm(shown):
                 return TargetsResult(shown, parts, cancelled=True)
@@ -131,7 +130,8 @@ def apply_targets(job: TargetsApply) -> TargetsResult:
 
         parts, interrupted = _side_by_side(
             job, parts, lambda p: _apply(requests[p.target.name], p), runs, abort=abort)
-    report = targets_report(job.catalog, parts, mode="apply", clock=job.clock,
+    report = targets_report(catalog_info(parts, job.catalog_dir), parts, mode="apply",
+                            clock=job.clock,
                             state=str(job.state_path), refreshed=True,
                             duration_s=job.clock.monotonic() - t0)
     if interrupted:
