@@ -719,3 +719,29 @@ def test_the_runs_credentials_are_scoped_to_each_targets_region_and_project(
         assert store.targets() == [f"{north.url}#project=team-a"]
     finally:
         store.close()
+
+
+def test_a_confirmed_plan_goes_stale_per_target(tmp_path: Path,
+                                                sandbox: SandboxFactory) -> None:
+    """Another writer changes t0's rows while the question is asked: t0 refuses, t1 (whose
+    rows did not change, though the store's revision moved) applies what was shown."""
+    from reconciler.models import Record
+
+    boxes = [sandbox(), sandbox()]
+
+    def someone_else_writes(report: Any) -> bool:
+        writer = open_for_write(tmp_path / "state.db", LockRequest(boxes[0].url, "import"))
+        try:
+            writer.save_record(boxes[0].url, Record.of(
+                name="one", image_id="elsewhere", spec_digest="x", request={}, response={},
+                recorded_at="2026-12-01T00:00:00Z"))
+        finally:
+            writer.close()
+        return True
+
+    job, _ = token_run(tmp_path, boxes, confirm=someone_else_writes)
+    result = apply_targets(job)
+    parts = {p.target.name: p for p in result.parts}
+    assert "the plan you confirmed is stale" in (parts["t0"].error or "")
+    assert boxes[0].images() == []
+    assert parts["t1"].error is None and names(boxes[1]) == ["one", "three", "two"]
