@@ -254,7 +254,7 @@ def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
     n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
                f"{files} file{'s' if files != 1 else ''} (profile {profile}"
-               f"{_rules_line(result.rules.profile, result.rules.info is not None)}), "
+               f"{_rules_line(result.rules.profile)}), "
                f"{w} warning{'s' if w != 1 else ''}")
     if placed:
         click.echo(terminal("targets: " + ", ".join(f"{name} ({count} image"
@@ -262,11 +262,12 @@ def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                                                     for name, count in placed.items())))
 
 
-def _rules_line(profile: Profile, from_server: bool) -> str:
-    """Which rules a valid catalog was checked with, when they are not just the built-ins."""
-    if profile.name == "ims":
-        return f"; OS versions from {profile.os_source}" if from_server else ""
-    return f"; {profile.source}" if from_server or "allow_*" in profile.source else ""
+def _rules_line(profile: Profile) -> str:
+    """Which rules a valid catalog was checked with, where they are not the built-in ones."""
+    base = PROFILES[profile.name]
+    return "".join((f"; {profile.source}" if profile.source != base.source else "",
+                    f"; OS versions from {profile.os_source}"
+                    if profile.os_source != base.os_source else ""))
 
 
 def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
