@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
+from reconciler.apply.runstate import RunState
 from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError
@@ -16,6 +17,7 @@ from reconciler.models import Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
+from reconciler.state import StateStore
 
 
 class ApplyApi(ImageApi, ListingApi, RulesApi, Protocol):
@@ -90,6 +92,13 @@ class ApplyRequest:
     refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
     allow: Allowances = NO_ALLOWANCES  # formats allowed beyond the built-in lists
+    # One target of several (apply.targets): its name (the catalog is limited to the images
+    # placed there), the key of its state rows, lock and kept rules; the store the targets
+    # share (SQLite: one file lock for all); who is told of the run, to stop it on Ctrl-C.
+    target_name: str | None = None
+    target_key: str | None = None
+    store: StateStore | None = None
+    on_run: Callable[[RunState], None] = lambda run: None
 
     def __post_init__(self) -> None:
         for name in ("settle_s", "request_timeout_s"):
