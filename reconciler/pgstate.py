@@ -61,10 +61,12 @@ _V2 = (
     "CREATE INDEX IF NOT EXISTS idx_journal_target_state ON journal (target, state)",
 )
 _V3 = ("CREATE TABLE applied_plans (plan_id text PRIMARY KEY, applied_at text, run_id text)",)
+_V4 = ("CREATE TABLE server_info (target text, kind text, url text NOT NULL, "
+       "body_json text NOT NULL, read_at text NOT NULL, PRIMARY KEY (target, kind))",)
 
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1, like
 #: ``reconciler.state.MIGRATIONS`` does for SQLite.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)  # equal to the SQLite one (tests/test_state.py checks)
 
 _CORE_TABLES = {"meta", "images", "runs", "journal", "locks", "schema_info"}
@@ -133,7 +135,7 @@ class PostgresStore(SqlStore):
     def open_readonly(cls, url: str, *, clock: Clock = SYSTEM_CLOCK) -> PostgresStore | None:
         """Read-only session; None when the database holds no reconcile state yet."""
         conn = _connect(url)
-        try:
+        with _closed_on_error(conn, url, "read"):
             conn.execute("SET default_transaction_read_only = on")
             version = _check_version(conn, redact(url))
             if version == 0:
@@ -145,13 +147,6 @@ class PostgresStore(SqlStore):
                     f"reconcile reads version {SCHEMA_VERSION}. The next `reconcile apply` "
                     "with this version upgrades it (reading never changes it)")
             conn.execute(f"SET search_path TO {SCHEMA}")
-        except psycopg.Error as exc:
-            conn.close()
-            raise StateError(f"cannot read the PostgreSQL state {redact(url)}: "
-                             f"{_clean(exc, url)}") from None
-        except BaseException:
-            conn.close()
-            raise
         return cls(conn, redact(url), writable=False, url=url, clock=clock)
 
     @classmethod
@@ -160,7 +155,7 @@ class PostgresStore(SqlStore):
         """Take the lock, then create or migrate the schema, then name ourselves holder."""
         location = redact(url)
         conn = _connect(url)
-        try:
+        with _closed_on_error(conn, url, "open", " for writing"):
             _check_version(conn, location)  # refuse a newer or foreign schema before all else
             keys = _take_locks(conn, location, lock, clock)
             _migrate(conn, location)
@@ -177,13 +172,6 @@ class PostgresStore(SqlStore):
                         "operation = excluded.operation, backend_pid = excluded.backend_pid",
                         (key, lock.target, info["host"], info["pid"], info["user"],
                          info["since"], info["operation"]))
-        except psycopg.Error as exc:
-            conn.close()
-            raise StateError(f"cannot open the PostgreSQL state {location} for writing: "
-                             f"{_clean(exc, url)}") from None
-        except BaseException:
-            conn.close()
-            raise
         return cls(conn, location, writable=True, url=url, clock=clock)
 
     def close(self) -> None:
@@ -192,6 +180,21 @@ class PostgresStore(SqlStore):
             with contextlib.suppress(psycopg.Error):
                 self.conn.execute("DELETE FROM locks WHERE backend_pid = pg_backend_pid()")
         self.conn.close()
+
+
+@contextlib.contextmanager
+def _closed_on_error(conn: psycopg.Connection[Any], url: str, doing: str,
+                     how: str = "") -> Iterator[None]:
+    """Close *conn* on any error while opening; a database error becomes one StateError."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        conn.close()
+        raise StateError(f"cannot {doing} the PostgreSQL state {redact(url)}{how}: "
+                         f"{_clean(exc, url)}") from None
+    except BaseException:
+        conn.close()
+        raise
 
 
 _LOGIN_REFUSED = ("password authentication failed", "pg_hba.conf", "authentication failed",

@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +58,10 @@ class StateStore(Protocol):
     def forget(self, target: str, name: str) -> bool: ...
     def dump(self) -> dict[str, list[tuple[Any, ...]]]: ...
     def load(self, tables: dict[str, list[tuple[Any, ...]]]) -> None: ...
+    def server_info(self, target: str, kind: str) -> dict[str, Any] | None: ...
+    def server_info_targets(self, kind: str) -> list[str]: ...
+    def save_server_info(self, target: str, kind: str, *, url: str, body: Any,
+                         read_at: str) -> None: ...
 
 
 # --- where a store is ------------------------------------------------------------------------
@@ -137,7 +141,7 @@ class _Pending:
 #: Every table of the schema, in the order a copy loads them, with its key columns.
 TABLES: dict[str, tuple[str, ...]] = {
     "meta": ("key",), "images": ("target", "name"), "runs": ("id",), "journal": ("nonce",),
-    "applied_plans": ("plan_id",),
+    "applied_plans": ("plan_id",), "server_info": ("target", "kind"),
 }
 
 _RECORD_COLUMNS = ("name, image_id, spec_digest, request_json, response_json, status, "
@@ -289,6 +293,22 @@ class SqlStore:
         cursor = self._query(f"SELECT * FROM {table} WHERE 1 = 0")
         return sorted(d[0] for d in cursor.description)
 
+    def server_info(self, target: str, kind: str) -> dict[str, Any] | None:
+        """The last answer of ``target``'s server of that kind: url, body (JSON), read_at."""
+        row = self._query("SELECT url, body_json, read_at FROM server_info "
+                          "WHERE target = ? AND kind = ?", (target, kind)).fetchone()
+        if row is None:
+            return None
+        try:
+            body = json.loads(row[1])
+        except ValueError:
+            return None  # a damaged cache entry is as good as none; the next read replaces it
+        return {"url": row[0], "body": body, "read_at": row[2]}
+
+    def server_info_targets(self, kind: str) -> list[str]:
+        rows = self._query("SELECT target FROM server_info WHERE kind = ?", (kind,))
+        return sorted(r[0] for r in rows)
+
     # --- writing -------------------------------------------------------------------------
 
     def _commit(self, *statements: Statement, durable: bool = True) -> list[int]:
@@ -411,6 +431,18 @@ class SqlStore:
         # promise made before a POST, must be on disk before the call returns.
         self._commit(*statements, durable=nonce is None)
 
+    def save_server_info(self, target: str, kind: str, *, url: str, body: Any,
+                         read_at: str) -> None:
+        """Replace the kept answer. It is a cache, not a record: the revision (which saved
+        plans pin) stays, so reading the server never makes a saved plan stale."""
+        with self._unrevised():
+            self._execute(
+                "INSERT INTO server_info (target, kind, url, body_json, read_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, kind) DO UPDATE SET "
+                "url = excluded.url, body_json = excluded.body_json, "
+                "read_at = excluded.read_at",
+                (target, kind, url, json.dumps(body, sort_keys=True), read_at))
+
     def forget(self, target: str, name: str) -> bool:
         [deleted] = self._commit(("DELETE FROM images WHERE target = ? AND name = ?",
                                   (target, name)))
@@ -418,19 +450,26 @@ class SqlStore:
 
     def load(self, tables: dict[str, list[tuple[Any, ...]]]) -> None:
         """Replace every row with ``tables`` (from ``dump``) in one transaction."""
+        with self._unrevised():
+            for table in reversed(TABLES):
+                self._execute(f"DELETE FROM {table}")
+            for table in TABLES:
+                columns = self.columns(table)
+                sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                       f"VALUES ({', '.join('?' * len(columns))})")
+                for row in tables.get(table, []):
+                    self._execute(sql, row)
+
+    @contextlib.contextmanager
+    def _unrevised(self) -> Iterator[None]:
+        """One transaction of writes that leave the revision as it is (``_commit`` moves
+        it), with the store's errors translated."""
         if not self.writable:
             raise StateError("internal error: state store opened read-only")
         try:
             self._before_write()
             with self._write_lock, self._transaction():
-                for table in reversed(TABLES):
-                    self._execute(f"DELETE FROM {table}")
-                for table in TABLES:
-                    columns = self.columns(table)
-                    sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
-                           f"VALUES ({', '.join('?' * len(columns))})")
-                    for row in tables.get(table, []):
-                        self._execute(sql, row)
+                yield
         except self._db_errors as exc:
             raise self._error(exc, "write") from None
 

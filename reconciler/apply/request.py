@@ -9,16 +9,20 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
+from reconciler.apply.runstate import RunState
 from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError
 from reconciler.models import Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
+from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
+from reconciler.state import StateStore
 
 
-class ApplyApi(ImageApi, ListingApi, Protocol):
-    """What an apply uses of ``ImageClient``: creates, look-ups and the refresh listing."""
+class ApplyApi(ImageApi, ListingApi, RulesApi, Protocol):
+    """What an apply uses of ``ImageClient``: creates, look-ups, the refresh listing and the
+    server's rules."""
 
 
 #: Options a saved plan fixes (given on the command line they would contradict it).
@@ -57,6 +61,7 @@ class Preview:
     observed: Observed | None
     state_revision: int
     catalog_digest: str
+    rules: RunProfile  # the server's rules it was checked with: read once, for both
     report: RunReport | None = None  # the plan as `reconcile plan` shows it
 
 
@@ -87,6 +92,14 @@ class ApplyRequest:
     only: tuple[str, ...] = ()  # --only: the name globs the plan is limited to
     refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
+    allow: Allowances = NO_ALLOWANCES  # formats allowed beyond the built-in lists
+    # One target of several (apply.targets): its name (the catalog is limited to the images
+    # placed there), the key of its state rows, lock and kept rules; the store the targets
+    # share (SQLite: one file lock for all); who is told of the run, to stop it on Ctrl-C.
+    target_name: str | None = None
+    target_key: str | None = None
+    store: StateStore | None = None
+    on_run: Callable[[RunState], None] = lambda run: None
 
     def __post_init__(self) -> None:
         for name in ("settle_s", "request_timeout_s"):

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -32,29 +33,63 @@ from reconciler.models import (
     RunReport,
     iso,
 )
-from reconciler.operations import bulk_build, get_profile, make_plan, new_run_id
+from reconciler.operations import bulk_build, kept_notes, make_plan, new_run_id, run_profile
 from reconciler.planner import plan, select
 from reconciler.refresh import observe
-from reconciler.state import LockRequest, SqliteStore, StateStore, is_url, open_for_write
+from reconciler.schemacache import RunProfile
+from reconciler.state import (
+    LockRequest,
+    SqliteStore,
+    StateStore,
+    is_url,
+    open_for_write,
+    open_readonly,
+)
 
 log = logging.getLogger("reconciler.apply")
+#: The reason of a run stopped by Ctrl-C or SIGTERM.
+INTERRUPTED = "interrupted"
 
 
 def preview(req: ApplyRequest) -> Preview:
     """The plan to confirm before ``apply_catalog(req)`` with ``preview=`` set: made without
     the lock, from the cloud as it is now (read once; the apply reuses what it saw)."""
+    rules = _rules(req)  # read online even without a refresh, as the apply would
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
-                       clock=req.clock, only=req.saved.only if req.saved else req.only)
+                       clock=req.clock, rules=rules, keep=False,  # the apply keeps
+                       only=req.saved.only if req.saved else req.only,
+                       key=req.target_key, place=req.target_name,
+                       must_match=req.target_key is None)
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
             c for c in shown.changes if c.action == "adopt" or c.reason == "changed_remotely")})
         report = report.model_copy(update={"changes": shown.changes,
                                            "summary": shown.summary()})
-    return Preview(shown, result.observed, result.state_revision, result.catalog.digest,
-                   report)
+    revision = result.state_revision
+    if req.target_key is not None:  # one target of several: its own rows
+        reader = open_readonly(req.state_path, clock=req.clock)
+        try:
+            revision = target_revision(reader, req.target_key)
+        finally:
+            if reader is not None:
+                reader.close()
+    return Preview(shown, result.observed, revision, result.catalog.digest, rules, report)
+
+
+def target_revision(store: StateStore | None, target: str) -> int:
+    """For one target of several, what the preview check compares instead of the store's
+    revision (which the other targets' runs move as they write): a digest of the target's
+    own rows, its records and pending creates (docs/architecture.md §13)."""
+    h = hashlib.sha256()
+    if store is not None:
+        for name, record in sorted(store.records(target, full=False).items()):
+            h.update(f"{name}\0{record.image_id}\0{record.spec_digest}\n".encode())
+        for entry in store.pending(target):
+            h.update(f"{entry.nonce}\n".encode())
+    return int.from_bytes(h.digest()[:4], "big")
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -67,17 +102,30 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
     saved = req.saved
     if saved is not None and normalize_endpoint(req.endpoint) != saved.target:
         raise PlanFileError(f"the plan was made for {saved.target}, not {req.endpoint}")
+    target = req.target_key or normalize_endpoint(req.endpoint)
+    # The server's rules first (read now, or by the preview; kept once the work is done):
+    # the catalog is checked against what this server accepts.
+    rules = req.preview.rules if req.preview else _rules(req)
     with bulk_build():
-        catalog = load_catalog(req.catalog_source, get_profile(req.catalog_profile),
-                               strict=req.strict)
-    target = normalize_endpoint(req.endpoint)
+        catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
+        if req.target_name is not None:  # one target of several: the images placed there
+            catalog = catalog.for_target(req.target_name)
+    if req.store is not None:  # shared by several targets, and closed by their run
+        return _apply_locked(req, req.store, catalog, target, rules)
     prechecked = _precheck_without_state(req, catalog, target)
     store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s),
                            clock=req.clock)
     try:
-        return _apply_locked(req, store, catalog, target, prechecked)
+        return _apply_locked(req, store, catalog, target, rules, prechecked)
     finally:
         store.close()
+
+
+def _rules(req: ApplyRequest) -> RunProfile:
+    return run_profile(req.catalog_profile, None,
+                       req.target_key or normalize_endpoint(req.endpoint),
+                       api=req.api, state_path=req.state_path, allow=req.allow,
+                       clock=req.clock)
 
 
 def _precheck_without_state(req: ApplyRequest, catalog: Catalog,
@@ -96,16 +144,18 @@ def _precheck_without_state(req: ApplyRequest, catalog: Catalog,
 
 
 def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
-                  target: str, prechecked: Observed | None = None) -> ApplyResult:
+                  target: str, rules: RunProfile,
+                  prechecked: Observed | None = None) -> ApplyResult:
     t0 = req.clock.monotonic()
     chosen: set[tuple[str, str]] | None = None
     observed: Observed | None = prechecked
     if req.preview is not None:
-        observed = _check_preview(req.preview, store, catalog)
+        observed = _check_preview(req.preview, store, catalog, req.target_key)
     if req.saved is not None:
         # The cloud is read once: what the check saw is what the plan below works from.
         chosen, observed = _check_saved(req, store, catalog, target, observed)
     run = RunState(new_run_id(req.clock), req.clock)
+    req.on_run(run)
     store.start_run(run.run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest, tool_version=__version__,
                     started_at=iso(req.clock.now()))
@@ -139,7 +189,9 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
             with bulk_build():
                 result = select(plan(catalog, records, target=target, pending=pending,
                                      observed=observed),
-                                req.saved.only if req.saved else req.only)
+                                req.saved.only if req.saved else req.only,
+                                # one target of several: checked over all (targets.py)
+                                must_match=req.target_key is None)
             summary = result.summary()
             req.on_plan(result)
             todo = [c for c in result.changes if chosen is None or (c.name, c.action) in chosen]
@@ -155,20 +207,28 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         outcomes += [o for o in creator.delivered if id(o) not in seen]
         _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, "interrupted")
         return _result(req, catalog, target, run, result, summary, outcomes, t0,
-                       interrupted=True)
+                       rules.notes, interrupted=True)
     except Exception as exc:
         _finish(store, run.run_id, summary, outcomes, RunOutcome.FAILED, str(exc))
         raise
+    if run.reason == INTERRUPTED:  # stopped from outside: the run of several targets
+        _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, INTERRUPTED)
+        return _result(req, catalog, target, run, result, summary, outcomes, t0,
+                       rules.notes, interrupted=True)
     counts = _counts(outcomes)
+    # Kept once the work is done: pending creates are resolved first, and a refused saved
+    # plan or preview (which raise above) writes nothing.
+    notes = kept_notes(rules, target, req.state_path, store)
     outcome = verdict(done=counts["created"] + counts["adopted"], failed=counts["failed"],
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
     _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
-    return _result(req, catalog, target, run, result, summary, outcomes, t0, taken_in)
+    return _result(req, catalog, target, run, result, summary, outcomes, t0,
+                   (*notes, *taken_in))
 
 
 def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
             result: Plan | None, summary: dict[str, int], outcomes: list[Outcome], t0: float,
-            taken_in: list[str] | None = None, *, interrupted: bool = False) -> ApplyResult:
+            notes: tuple[str, ...] = (), *, interrupted: bool = False) -> ApplyResult:
     counts = _counts(outcomes)
     reason = "interrupted" if interrupted else run.reason
     report = RunReport.model_construct(
@@ -178,9 +238,9 @@ def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
         summary={**(summary or dict.fromkeys(ACTIONS, 0)), **counts},
         changes=result.changes if result else (),
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
-        warnings=tuple(taken_in or ()) + (
-            ("run interrupted: run `reconcile apply` again to finish",) if interrupted
-            else (f"run aborted: {run.reason}",) if run.reason else ()),
+        warnings=(*notes, *(("run interrupted: run `reconcile apply` again to finish",)
+                            if interrupted else (f"run aborted: {run.reason}",) if run.reason
+                            else ())),
         duration_s=req.clock.monotonic() - t0, run_id=run.run_id,
         auth_refreshes=req.refreshes(), refreshed=req.refresh or req.saved is not None,
         state=str(req.state_path), plan_id=req.saved.plan_id if req.saved else None,
@@ -189,13 +249,16 @@ def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
                        reason, interrupted=interrupted)
 
 
-def _check_preview(preview: Preview, store: StateStore, catalog: Catalog) -> Observed | None:
+def _check_preview(preview: Preview, store: StateStore, catalog: Catalog,
+                   target_key: str | None = None) -> Observed | None:
     """Refuse if the state file or the catalog changed since the preview was made (another
-    apply, import or forget ran in between); returns the cloud as the preview saw it."""
+    apply, import or forget ran in between); returns the cloud as the preview saw it.
+    ``target_key``: one target of several, whose own rows are compared."""
+    now = store.revision() if target_key is None else target_revision(store, target_key)
     reasons = planfile.moved_since(
         catalog=catalog.directory, catalog_then=preview.catalog_digest,
         catalog_now=catalog.digest, revision_then=preview.state_revision,
-        revision_now=store.revision(), event="the plan was shown")
+        revision_now=now, event="the plan was shown")
     if reasons:
         raise PlanFileError("the plan you confirmed is stale; nothing was done. Run apply "
                             "again to see the new plan.\n" + _listed(reasons))

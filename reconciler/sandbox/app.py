@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from reconciler.osversions import KNOWN_OS_VERSIONS, derive_os_fields
 from reconciler.sandbox.capacity import Capacity
 from reconciler.sandbox.config import SandboxConfig
 from reconciler.sandbox.faults import Fault, FaultInjector
@@ -36,7 +37,7 @@ from reconciler.sandbox.replies import (
     webob_default,
 )
 from reconciler.sandbox.store import ImageStore, Record, SortKeys
-from reconciler.sandbox.validation import validate_create
+from reconciler.sandbox.validation import image_schema, validate_create
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ def route_kind(path: str) -> str:
         return "root"
     if parts == ["v3", "auth", "tokens"]:
         return "tokens"
+    if parts == ["v2", "schemas", "image"]:
+        return "schema"
+    if parts == ["v1", "cloudimages", "os_version"]:
+        return "os_versions"
     if parts[:2] == ["v2", "images"] and len(parts) <= 3:
         return "images" if len(parts) == 2 else "image"
     return "other"
@@ -131,6 +136,7 @@ class SandboxApp:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
         self._issued: dict[str, datetime] = {}  # Keystone-mode token -> expiry
+        self._hold: threading.Event | None = None  # creates arriving now wait for it
 
     # -- entry point -------------------------------------------------------------------
 
@@ -166,6 +172,11 @@ class SandboxApp:
         refused (503) for want of a place."""
         return self._capacity.peak, self._capacity.refused
 
+    def hold_creates(self, hold: threading.Event | None) -> None:
+        """Creates arriving from now on wait for ``hold`` to be set, before committing
+        (None: they go through again; those already waiting keep waiting for theirs)."""
+        self._hold = hold
+
     def counts(self) -> Counter[tuple[str, str]]:
         """Requests seen so far per ``(method, route kind)``."""
         with self._counts_lock:
@@ -190,6 +201,12 @@ class SandboxApp:
             return self._versions(req)
         if kind == "tokens" and req.method == "POST":
             return self._issue_token(req)
+        if kind in ("schema", "os_versions") and req.method == "GET":
+            # No latency or faults here: they are modelled on creates and listings, and a
+            # seeded run must draw the same faults whether or not these were asked first.
+            if not self._authorized(req.headers.get("x-auth-token")):
+                return keystone_unauthorized(req.base_url)
+            return self._server_info(kind)
         if kind not in ("images", "image"):
             raise GlanceError(404, "The resource could not be found.")
         with self._capacity.admit() as load:
@@ -202,6 +219,8 @@ class SandboxApp:
         if cfg.latency_ms:
             time.sleep(cfg.latency_ms * load / 1000)
         create = (kind, req.method) == ("images", "POST")
+        if create and (hold := self._hold) is not None:
+            hold.wait()
         fault = self._faults.draw(
             fail_rate=cfg.fail_rate,
             throttle_rate=cfg.throttle_rate,
@@ -259,6 +278,7 @@ class SandboxApp:
             profile=cfg.api_profile,
             project_id=cfg.project_id,
             os_version_policy=cfg.unknown_os_version,
+            os_versions=cfg.os_versions or KNOWN_OS_VERSIONS,
         )
         image_id = create.image_id or str(uuid.uuid4())
         image = build_image(
@@ -407,6 +427,22 @@ class SandboxApp:
         return Reply(200, body.encode(), "application/json")
 
     # -- / and /v3 ---------------------------------------------------------------------
+
+    def _server_info(self, kind: str) -> Reply:
+        cfg = self.config
+        if kind == "schema":
+            return json_reply(200, image_schema(cfg.api_profile))
+        if cfg.api_profile != "ims":  # Glance has no such API
+            raise GlanceError(404, "The resource could not be found.")
+        platforms: dict[str, list[dict[str, Any]]] = {}
+        for version in sorted(cfg.os_versions or KNOWN_OS_VERSIONS):
+            derived = derive_os_fields(version)
+            platforms.setdefault(derived["__platform"], []).append({
+                "platform": derived["__platform"], "os_version_key": version,
+                "os_version": version, "os_bit": int(derived["__os_bit"]),
+                "os_type": derived["__os_type"]})
+        return json_reply(200, [{"platform": p, "version_list": v}
+                                for p, v in sorted(platforms.items())])
 
     def _versions(self, req: Request) -> Reply:
         link = [{"rel": "self", "href": f"{req.base_url}/v2/"}]
