@@ -457,6 +457,32 @@ def render_concurrency(res: Concurrency, load: tuple[float, float], rounds: int)
     return "\n".join(lines)
 
 
+def render_formats(scaling: dict[int, Scaling], load: tuple[float, float], rounds: int) -> str:
+    """The time and memory targets of every report format, from ``--formats``."""
+    big = scaling[max(scaling)]
+    lines = [f"## Report formats side by side, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+             f"(commit {git_commit()})", "",
+             f"`bench/run.py --formats` ({rounds} interleaved round{'s' if rounds > 1 else ''} "
+             f"at the largest size, best kept); {os.cpu_count()} CPUs, load average "
+             f"{load[0]:.1f} before, {load[1]:.1f} after (other test suites on the machine "
+             "inflate wall times: the ratios are of one run, side by side).", ""]
+    rows = []
+    for kind, goal in [("validate", TEXT_VS_FLOOR), ("plan", TEXT_VS_FLOOR),
+                       *[(f, PLAN_VS_FLOOR) for f in REPORT_FORMATS if f in big.formats]]:
+        what = kind if kind == "validate" else \
+            f"plan --format {'text' if kind == 'plan' else kind}"
+        ratio = big.wall(kind) / big.wall("floor")
+        rows.append([what, f"{big.wall(kind):.2f} s", f"{ratio:.2f}x", f"≤ {goal:g}x",
+                     verdict(ratio <= goal), f"{big.cpu(kind) / big.cpu('floor'):.2f}x",
+                     f"{big.rss(kind):.0f} MB",
+                     "" if kind == "validate" else verdict(big.rss(kind) <= PLAN_RSS_MB)])
+    lines += [f"{big.images:,} images / {big.files} files; parse floor "
+              f"{big.wall('floor'):.2f} s wall, {big.rss('floor'):.0f} MB:", "",
+              *table(["command", "wall", "wall / floor", "goal", "verdict", "CPU / floor",
+                      "peak RSS", f"≤ {PLAN_RSS_MB:.0f} MB"], rows), ""]
+    return "\n".join(lines)
+
+
 def render_state_stores(pairs: list[tuple[ApplyRun, ApplyRun]]) -> str:
     lines = [f"## State stores side by side, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
              f"(commit {git_commit()})", "",
@@ -509,6 +535,9 @@ def main() -> None:
     parser.add_argument("--big-rounds", type=int, default=1,
                         help="interleaved rounds at the largest size (default: %(default)s)")
     parser.add_argument("--no-append", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--formats", action="store_true",
+                        help="only the plan scaling of --sizes (every report format at the "
+                             "largest) with its targets, --big-rounds at the largest size")
     parser.add_argument("--concurrency", action="store_true",
                         help="only adaptive vs fixed concurrency against the capacity and the "
                              "latency-bound sandbox (--rounds of each)")
@@ -516,11 +545,24 @@ def main() -> None:
                         help="only apply p=16 with an SQLite and a PostgreSQL state, "
                              "side by side (--rounds of each)")
     args = parser.parse_args()
+    if args.formats:
+        OUT.mkdir(exist_ok=True)
+        load_before = os.getloadavg()[0]
+        sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
+        measured = {images: measure_scaling(images, files, args.big_rounds,
+                                            formats=images == sizes[-1][0])
+                    for images, files in sizes}
+        text = render_formats(measured, (load_before, os.getloadavg()[0]), args.big_rounds)
+        print(text)
+        if not args.no_append:
+            with RESULTS.open("a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return
     if args.concurrency:
         OUT.mkdir(exist_ok=True)
         load_before = os.getloadavg()[0]
-        measured = measure_concurrency(args.rounds)
-        text = render_concurrency(measured, (load_before, os.getloadavg()[0]), args.rounds)
+        found = measure_concurrency(args.rounds)
+        text = render_concurrency(found, (load_before, os.getloadavg()[0]), args.rounds)
         print(text)
         if not args.no_append:
             with RESULTS.open("a", encoding="utf-8") as handle:
