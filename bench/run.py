@@ -486,6 +486,72 @@ def render_formats(scaling: dict[int, Scaling], load: tuple[float, float], round
     return "\n".join(lines)
 
 
+GLANCE_CREATES = 60
+
+
+def measure_glance(rounds: int) -> list[tuple[float, float, float]]:
+    """Against a real Glance with one worker (tests/glance/glance_server.py, built by ``make
+    test-glance``): a sequential loop of single POSTs (a new connection each, like curl),
+    ``reconcile apply --profile glance`` at its defaults and with ``--concurrency fixed``,
+    interleaved; creates/s of each, per round."""
+    sys.path.insert(0, str(ROOT / "tests" / "glance"))
+    from glance_server import GlanceServer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-glance-", dir=OUT))
+    server = GlanceServer(work / "glance", workers=1)
+    server.start()
+
+    def image(name: str, i: int) -> dict[str, Any]:
+        return {"name": name, "visibility": "private", "container_format": "bare",
+                "disk_format": "qcow2" if i % 2 else "raw", "min_ram": 512 * (i % 4),
+                "min_disk": 10 * (i % 3), "protected": False, "tags": ["bench", f"b-{i % 5}"],
+                "properties": {"os_distro": "ubuntu", "build": str(i)}}
+
+    def loop(prefix: str) -> float:
+        return float(task("glance-loop", "--url", server.url, "--prefix", prefix,
+                          "--images", GLANCE_CREATES).json()["per_second"])
+
+    def apply(prefix: str, *extra: str) -> float:
+        import yaml
+
+        catalog = work / prefix
+        catalog.mkdir()
+        (catalog / "images.yaml").write_text(yaml.safe_dump({"images": [
+            image(f"{prefix}-{i:03d}", i) for i in range(GLANCE_CREATES)]}), encoding="utf-8")
+        report = work / f"{prefix}.json"
+        run([RECONCILE, "apply", "--yes", "--catalog", catalog, "--state", work / f"{prefix}.db",
+             "--profile", "glance", "--endpoint", server.url, "--format", "json", "--output",
+             report, *extra], env={"OS_AUTH_TOKEN": TOKEN}).check()
+        doc = json.loads(report.read_text(encoding="utf-8"))
+        return float(doc["summary"]["created"] / doc["duration_s"])
+
+    try:
+        out = []
+        for i in range(rounds):
+            out.append((loop(f"s{i}"), apply(f"a{i}"), apply(f"f{i}", "--concurrency", "fixed")))
+            print(f"  round {i + 1}: loop {out[-1][0]:.1f}/s, apply {out[-1][1]:.1f}/s, "
+                  f"fixed {out[-1][2]:.1f}/s", flush=True)
+        return out
+    finally:
+        server.stop()
+
+
+def render_glance(rounds: list[tuple[float, float, float]], load: tuple[float, float]) -> str:
+    lines = [f"## Apply against a real Glance, one worker, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
+             f" UTC (commit {git_commit()})", "",
+             f"`bench/run.py --glance`: {GLANCE_CREATES} creates each, against one Glance "
+             "33.0.0 (gunicorn, one worker, SQLite) started once; load average "
+             f"{load[0]:.1f} before, {load[1]:.1f} after.", "",
+             *table(["round", "sequential POST loop", "apply (defaults: adaptive, ceiling 10)",
+                     "apply --concurrency fixed (10)", "apply / loop"],
+                    [[i + 1, f"{s:.1f}/s", f"{a:.1f}/s", f"{f:.1f}/s", f"{a / s:.2f}x"]
+                     for i, (s, a, f) in enumerate(rounds)])]
+    worst = min(a / s for s, a, _ in rounds)
+    lines += ["", f"Target: apply at default settings ≥ 0.9x the sequential loop: worst round "
+              f"{worst:.2f}x, {verdict(worst >= 0.9)}.", ""]
+    return "\n".join(lines)
+
+
 def render_state_stores(pairs: list[tuple[ApplyRun, ApplyRun]]) -> str:
     lines = [f"## State stores side by side, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
              f"(commit {git_commit()})", "",
@@ -541,6 +607,9 @@ def main() -> None:
     parser.add_argument("--formats", action="store_true",
                         help="only the plan scaling of --sizes (every report format at the "
                              "largest) with its targets, --big-rounds at the largest size")
+    parser.add_argument("--glance", action="store_true",
+                        help="only apply against a real Glance with one worker beside a "
+                             "sequential POST loop (needs `make test-glance`'s venv)")
     parser.add_argument("--concurrency", action="store_true",
                         help="only adaptive vs fixed concurrency against the capacity and the "
                              "latency-bound sandbox (--rounds of each)")
@@ -556,6 +625,16 @@ def main() -> None:
                                             formats=images == sizes[-1][0])
                     for images, files in sizes}
         text = render_formats(measured, (load_before, os.getloadavg()[0]), args.big_rounds)
+        print(text)
+        if not args.no_append:
+            with RESULTS.open("a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return
+    if args.glance:
+        OUT.mkdir(exist_ok=True)
+        load_before = os.getloadavg()[0]
+        glance_rounds = measure_glance(args.rounds)
+        text = render_glance(glance_rounds, (load_before, os.getloadavg()[0]))
         print(text)
         if not args.no_append:
             with RESULTS.open("a", encoding="utf-8") as handle:

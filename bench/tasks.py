@@ -308,6 +308,21 @@ def naive(args: argparse.Namespace) -> dict[str, Any]:
     return {"requests": len(bodies), "seconds": seconds, "per_second": len(bodies) / seconds}
 
 
+def glance_loop(args: argparse.Namespace) -> dict[str, Any]:
+    """A sequential loop of single Glance-valid POSTs, one new connection each (curl's way)."""
+    bodies = [{"name": f"{args.prefix}-{i:03d}", "visibility": "private",
+               "container_format": "bare", "disk_format": "qcow2" if i % 2 else "raw",
+               "min_ram": 512 * (i % 4), "min_disk": 10 * (i % 3), "protected": False,
+               "tags": ["bench", f"b-{i % 5}"], "os_distro": "ubuntu", "build": str(i)}
+              for i in range(args.images)]
+    start = time.perf_counter()
+    for body in bodies:
+        httpx.post(f"{args.url}/v2/images", json=body, headers={"X-Auth-Token": TOKEN},
+                   timeout=60).raise_for_status()
+    seconds = time.perf_counter() - start
+    return {"requests": len(bodies), "seconds": seconds, "per_second": len(bodies) / seconds}
+
+
 def raw(args: argparse.Namespace) -> dict[str, Any]:
     """The same POSTs as apply, with its pooled ImageClient and parallelism, recording nothing."""
     from reconciler.client import ImageClient, StaticToken
@@ -409,6 +424,10 @@ def main() -> None:
     p.add_argument("--state", type=Path, required=True)
     p.add_argument("--wal", action="store_true",
                    help="what-if: PRAGMA journal_mode = WAL on the store's connection")
+    p = task("glance-loop", glance_loop, generated=False)
+    p.add_argument("--url", required=True)
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--images", type=int, default=60)
     p = task("list", listing, generated=False)
     p.add_argument("--url", required=True)
     p.add_argument("--page-size", type=int, default=1000)
