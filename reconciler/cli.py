@@ -43,6 +43,7 @@ from reconciler.console import (
 )
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.escape import terminal
+from reconciler.models import DriftPolicy
 from reconciler.operations import (
     copy_state,
     dry_run_report,
@@ -60,6 +61,7 @@ from reconciler.options import (
     Seconds,
     auth_options,
     catalog_option,
+    drift_option,
     endpoint_option,
     json_format_option,
     lock_timeout_option,
@@ -253,6 +255,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
 @state_option
 @profile_option
 @strict_option
+@drift_option
 @endpoint_option
 @auth_options
 @click.option("--refresh", is_flag=True,
@@ -265,11 +268,12 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
 @report_options
 @only_option
 @click.option("--detailed-exitcode", is_flag=True,
-              help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
-                   "everything is unchanged.")
+              help="Exit 2 when apply would change something (create, adopt or update), "
+                   "0 when it would do nothing (drift reported only, orphans and blocked "
+                   "images do not count).")
 @click.pass_obj
 def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
-             endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
+             drift: DriftPolicy, endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, show_unchanged: bool, no_color: bool,
              only: tuple[str, ...], detailed_exitcode: bool, **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
@@ -290,7 +294,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
                            project_id=session.project_id if session else None, clock=rt.clock,
-                           only=only)
+                           only=only, drift=drift)
     report = result.report
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock, only=only)
@@ -299,8 +303,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                    f"`reconcile apply {out}`", err=True)
     write_report(chunks(report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output, report)
-    summary = result.plan.summary()
-    if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
+    if detailed_exitcode and result.plan.has_work():
         raise click.exceptions.Exit(2)
 
 
@@ -313,6 +316,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @state_option
 @profile_option
 @strict_option
+@drift_option
 @endpoint_option
 @auth_options
 @click.option("--refresh/--no-refresh", default=True, show_default=True,
@@ -343,7 +347,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @lock_timeout_option
 @click.pass_obj
 def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, profile: str,
-          strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
+          strict: bool, drift: DriftPolicy, endpoint: str | None, refresh: bool, fmt: str,
+          output: Path | None,
           templates: Path | None, show_unchanged: bool, no_color: bool,
           only: tuple[str, ...], refresh_only: bool, dry_run: bool, yes: bool,
           parallelism: int, retries: int, settle_time: float, log_format: str,
@@ -388,7 +393,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                                     endpoint=session.endpoint if session else endpoint,
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
-                                    clock=rt.clock, only=only)
+                                    clock=rt.clock, only=only, drift=drift)
         write_report(chunks(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output, report)
         return
@@ -404,7 +409,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             on_outcome=progress,
             refreshes=lambda: session.refreshes, project_id=session.project_id,
             lock_timeout_s=lock_timeout, only=only, refresh_only=refresh_only,
-            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
+            drift=drift,
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)
+                                             + len(p.updates)))
         if not yes:
             shown = preview(request)
             if not confirm(shown.plan, shown.report, session.endpoint, templates):

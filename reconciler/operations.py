@@ -29,6 +29,7 @@ from reconciler.models import (
     GONE_STATUSES,
     Catalog,
     Change,
+    DriftPolicy,
     ImageSpec,
     Observed,
     Plan,
@@ -75,11 +76,13 @@ class PlanResult:
 def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
               api: ListingApi | None = None, project_id: str | None = None,
-              clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = ()) -> PlanResult:
+              clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = (),
+              drift: DriftPolicy = "update") -> PlanResult:
     """Compare the catalog with the state file, which is only read (never created).
 
     With ``api`` the cloud is read too (``--refresh``); without it the plan is offline.
-    ``only``: limit the plan to the names matching these globs.
+    ``only``: limit the plan to the names matching these globs. ``drift``: the policy of
+    images whose catalog entry sets none.
     """
     with bulk_build():
         catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
@@ -95,7 +98,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
         result = select(plan(catalog, records, target=target, pending=pending,
-                             observed=observed), only)
+                             observed=observed, drift=drift), only)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
                              refreshed=api is not None)
     return PlanResult(catalog, result, report, revision, observed)
@@ -254,13 +257,14 @@ def show_plan(path: Path) -> RunReport:
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                    strict: bool = False, endpoint: str | None = None,
                    api: ListingApi | None = None, project_id: str | None = None,
-                   clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = ()) -> RunReport:
+                   clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = (),
+                   drift: DriftPolicy = "update") -> RunReport:
     """What apply would send. With ``api`` the cloud is read first, as apply does (so
     adoptions and recreations show as apply would do them); nothing is ever written or
     sent: only GET requests."""
     result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
                        endpoint=endpoint, api=api, project_id=project_id, clock=clock,
-                       only=only)
+                       only=only, drift=drift)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 

@@ -38,7 +38,8 @@ def catalog(*specs: ImageSpec, warnings: dict[str, tuple[str, ...]] | None = Non
 
 
 def only_change(cat: Catalog, records: dict[str, Record], pending: tuple[str, ...] = ()) -> Any:
-    result = plan(cat, records, target=TARGET, drift="report", pending={n: f"nonce-{n}" for n in pending})
+    result = plan(cat, records, target=TARGET, drift="report",
+                  pending={n: f"nonce-{n}" for n in pending})
     assert len(result.changes) == 1
     return result.changes[0]
 
@@ -172,7 +173,8 @@ def test_same_inputs_give_equal_plans() -> None:
     cat = catalog(spec("b"), spec("a"), warnings={"a": ("os_version x",)})
     records = {"b": recorded(spec("b"), min_disk=1), "z": record("z", {"name": "z"})}
     first = plan(cat, records, target=TARGET, drift="report", pending={"a": "n1"})
-    second = plan(cat, dict(reversed(records.items())), target=TARGET, drift="report", pending={"a": "n1"})
+    second = plan(cat, dict(reversed(records.items())), target=TARGET, drift="report",
+                  pending={"a": "n1"})
     assert first == second
 
 
@@ -202,5 +204,5 @@ def test_plan_summary_and_identity() -> None:
 def test_empty_catalog_and_state_plan_nothing() -> None:
     result = plan(catalog(), {}, target="", drift="report")
     assert result.changes == ()
-    assert result.summary() == dict.fromkeys(("create", "adopt", "update", "unchanged", "drift", "orphan",
-                                              "blocked"), 0)
+    assert result.summary() == dict.fromkeys(("create", "adopt", "update", "unchanged", "drift",
+                                              "orphan", "blocked"), 0)

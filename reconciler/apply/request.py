@@ -12,7 +12,7 @@ from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
 from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError
-from reconciler.models import Observed, Outcome, Plan, RunReport
+from reconciler.models import DriftPolicy, Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
 
@@ -86,6 +86,7 @@ class ApplyRequest:
     only: tuple[str, ...] = ()  # --only: the name globs the plan is limited to
     refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
+    drift: DriftPolicy = "update"  # --drift: images whose catalog entry sets no policy
 
     def __post_init__(self) -> None:
         for name in ("settle_s", "request_timeout_s"):

@@ -46,7 +46,8 @@ def preview(req: ApplyRequest) -> Preview:
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
-                       clock=req.clock, only=req.saved.only if req.saved else req.only)
+                       clock=req.clock, only=req.saved.only if req.saved else req.only,
+                       drift=req.drift)
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
@@ -138,7 +139,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
             pending = {p.name: p.nonce for p in store.pending(target)}
             with bulk_build():
                 result = select(plan(catalog, records, target=target, pending=pending,
-                                     observed=observed),
+                                     observed=observed, drift=req.drift),
                                 req.saved.only if req.saved else req.only)
             summary = result.summary()
             req.on_plan(result)
@@ -236,7 +237,7 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog, target:
     if not reasons:
         pending = {p.name: p.nonce for p in store.pending(target)}
         fresh = select(plan(catalog, records, target=target, pending=pending,
-                            observed=observed), saved.only)
+                            observed=observed, drift=req.drift), saved.only)
         now = {(c.name, c.action) for c in fresh.changes if c.action in ("create", "adopt")}
         then = {(c.name, c.action) for c in saved.changes}
         reasons.extend(f"{name}: the plan says {action}, now it would not"
