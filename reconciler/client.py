@@ -53,6 +53,7 @@ from .errors import (
     TransportError,
 )
 from .models import MARKER_PROPERTY
+from .patch import MEDIA_TYPE as PATCH_MEDIA_TYPE
 
 log = logging.getLogger("reconciler.client")
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -796,6 +797,27 @@ class ImageClient:
             raise self._bad_body(response, f"describes another image than {image_id}")
         return image
 
+    def update_image(self, image_id: str, patch: Sequence[Mapping[str, Any]], *,
+                     api: str = "images") -> dict[str, Any]:
+        """``PATCH /v2/images/{id}`` (or IMS's ``/v2/cloudimages/{id}`` with ``api``) with a
+        v2.1 JSON-patch document; returns the image as saved (docs/api-contract.md §16).
+
+        An answer that is not this image is a ``MalformedResponse``: the update may have
+        been made all the same.
+        """
+        if api not in ("images", "cloudimages"):
+            raise ValueError(f"unknown image API {api!r}")
+        if not image_id:
+            raise ValueError("image_id must not be empty")
+        response = self._send("PATCH", f"/v2/{api}/{quote(image_id, safe='')}",
+                              json_body=list(patch), content_type=PATCH_MEDIA_TYPE)
+        consequence = "the image may have been updated"
+        image = self._json_object(response, consequence)
+        if self._validated(response, ImageAnswer, image, consequence).id != image_id:
+            raise self._bad_body(response, f"describes another image than {image_id}; "
+                                 f"{consequence}")
+        return image
+
     def delete_image(self, image_id: str) -> None:
         """``DELETE /v2/images/{id}``; a missing image is a ``NotFoundError``."""
         self._send("DELETE", self._image_path(image_id))
@@ -887,7 +909,8 @@ class ImageClient:
         path: str,
         *,
         params: tuple[tuple[str, str], ...] | None = None,
-        json_body: Mapping[str, Any] | None = None,
+        json_body: object = None,
+        content_type: str = "application/json",
     ) -> httpx.Response:
         """The success answer to one request; every failure raised as its ``ApiError``.
 
@@ -900,7 +923,7 @@ class ImageClient:
         while True:
             attempt += 1
             try:
-                return self._authenticated(method, path, params, json_body)
+                return self._authenticated(method, path, params, json_body, content_type)
             except RETRYABLE_READ as exc:
                 if (retry is None or attempt >= retry.attempts or self._aborted
                         or self._unpromising(exc)):
@@ -925,11 +948,12 @@ class ImageClient:
         method: str,
         path: str,
         params: tuple[tuple[str, str], ...] | None,
-        json_body: Mapping[str, Any] | None,
+        json_body: object,
+        content_type: str,
     ) -> httpx.Response:
         """Send, and once more with a fresh token after a 401 if the provider has one."""
         tokens = [self._tokens.token()]
-        response = self._attempt(method, path, params, json_body, tokens)
+        response = self._attempt(method, path, params, json_body, tokens, content_type)
         self._answered = True
         if response.is_success:
             return response
@@ -937,7 +961,7 @@ class ImageClient:
         if not isinstance(error, AuthError) or not self._tokens.invalidate(tokens[-1]):
             raise error
         tokens.append(self._tokens.token())
-        response = self._attempt(method, path, params, json_body, tokens)
+        response = self._attempt(method, path, params, json_body, tokens, content_type)
         if response.is_success:
             return response
         raise error_from_response(response, secrets=tokens, clock=self._clock)
@@ -947,8 +971,9 @@ class ImageClient:
         method: str,
         path: str,
         params: tuple[tuple[str, str], ...] | None,
-        json_body: Mapping[str, Any] | None,
+        json_body: object,
         tokens: list[str],
+        content_type: str = "application/json",
     ) -> httpx.Response:
         headers = {
             # webob answers JSON instead of HTML (docs/api-contract.md §9.1)
@@ -960,7 +985,7 @@ class ImageClient:
         content: bytes | None = None
         try:
             if json_body is not None:
-                headers["Content-Type"] = "application/json"
+                headers["Content-Type"] = content_type
                 content = json.dumps(json_body, ensure_ascii=False).encode()
             request = self._http.build_request(
                 method, self.endpoint + path, params=params, headers=headers, content=content

@@ -241,6 +241,19 @@ class PendingCreate(Frozen):
     started_at: str
 
 
+class PendingUpdate(Frozen):
+    """A journal entry whose PATCH may or may not have reached the server. ``intent``: the
+    document sent (``patch``, ``api``) and the request to record once it is done
+    (``request``)."""
+
+    nonce: str
+    name: str
+    run_id: str
+    started_at: str
+    image_id: str
+    intent: dict[str, Any]
+
+
 class FieldDiff(Frozen):
     field: str
     before: Any = None

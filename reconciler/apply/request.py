@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
+from reconciler.apply.updates import UpdateApi
 from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError
@@ -17,8 +18,9 @@ from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
 
 
-class ApplyApi(ImageApi, ListingApi, Protocol):
-    """What an apply uses of ``ImageClient``: creates, look-ups and the refresh listing."""
+class ApplyApi(ImageApi, UpdateApi, ListingApi, Protocol):
+    """What an apply uses of ``ImageClient``: creates, updates, look-ups and the refresh
+    listing."""
 
 
 #: Options a saved plan fixes (given on the command line they would contradict it).
