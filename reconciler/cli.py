@@ -692,8 +692,8 @@ def history(state: str, limit: int, fmt: str, as_json: bool) -> None:
                     "apply records it as interrupted)")
         click.echo(terminal(f"{run['started_at']}  {run['id']}  {outcome:<11}  "
                             f"created {run['created']}, adopted {run['adopted']}, "
-                            f"updated {run.get('updated') or 0}, failed {run['failed']}  "
-                            f"{run['target']}"))
+                            + (f"updated {run['updated']}, " if run.get("updated") else "")
+                            + f"failed {run['failed']}  {run['target']}"))
         if note and outcome != "success":
             click.echo("    " + terminal(note))
 

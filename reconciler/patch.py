@@ -45,7 +45,8 @@ IMS_ATTRIBUTES = BASE_KEYS | {"__os_version"}
 #: Glance: changeable only while the image has no data (glance/domain/__init__.py).
 QUEUED_ONLY = frozenset({"disk_format", "container_format"})
 _GLANCE_QUEUED = frozenset({"queued", "importing"})
-#: IMS: what each PATCH page documents as changeable besides extension properties (§16.2).
+#: IMS: what each PATCH page documents as changeable besides extension properties
+#: (docs/api-contract.md §16.2).
 _IMS_NATIVE = frozenset({"name"})
 _IMS_CLOUDIMAGES = frozenset({"name", "min_ram"})
 

@@ -5,7 +5,8 @@
    either refuses before anything is written if the world moved.
 3. Record the run; resolve the pending creates of earlier runs (``Creator.recover``).
 4. Plan from the state as it is now (and the cloud, read once), so a create shown for
-   confirmation can never happen twice; adopt, create, then update in place (§6.10).
+   confirmation can never happen twice; adopt, create, then update in place
+   (docs/architecture.md §6.10).
 5. Close the run with its verdict (``decisions.verdict``) and build the report.
 """
 
