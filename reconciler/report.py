@@ -203,7 +203,8 @@ def _view(report: RunReport, cap: int, *, color: bool,
 
     return {
         "r": report,
-        "s": report.summary,
+        # every count present (a report built elsewhere may predate ``update``)
+        "s": {**dict.fromkeys((*ACTIONS, *results), 0), **report.summary},
         "groups": {a: g[:cap] for a, g in groups.items()},
         "omitted": {a: max(0, len(g) - cap) for a, g in groups.items()},
         "results": {k: v[:cap] for k, v in results.items()},

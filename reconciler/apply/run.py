@@ -27,6 +27,7 @@ from reconciler.errors import AuthError, PlanFileError
 from reconciler.models import (
     ACTIONS,
     Catalog,
+    DriftPolicy,
     Observed,
     Outcome,
     Plan,
@@ -49,7 +50,7 @@ def preview(req: ApplyRequest) -> Preview:
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
                        clock=req.clock, only=req.saved.only if req.saved else req.only,
-                       drift=req.drift)
+                       drift=_policy(req))
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
@@ -145,7 +146,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
             pending = {p.name: p.nonce for p in store.pending(target)}
             with bulk_build():
                 result = select(plan(catalog, records, target=target, pending=pending,
-                                     observed=observed, drift=req.drift),
+                                     observed=observed, drift=_policy(req)),
                                 req.saved.only if req.saved else req.only)
             summary = result.summary()
             req.on_plan(result)
@@ -174,6 +175,12 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
     _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
     return _result(req, catalog, target, run, result, summary, outcomes, t0, taken_in)
+
+
+def _policy(req: ApplyRequest) -> DriftPolicy:
+    """``--refresh-only`` records what the cloud shows and changes nothing: drift is reported,
+    so an image changed out of band is taken in rather than changed back."""
+    return "report" if req.refresh_only else req.drift
 
 
 def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
