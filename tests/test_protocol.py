@@ -369,3 +369,66 @@ def test_a_trickling_server_cannot_hold_an_apply(tmp_path: Path, run_cli: Run) -
     # The POST may have been received: kept pending, never presumed lost.
     assert failed["error"]["message"].startswith("outcome unknown")
     assert pending_names(state) == ["alpha"]
+
+
+# --- our own image ids on Glance (decisions.on_id_conflict) -----------------------------------
+
+def _glance_world(tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> World:
+    world = World(tmp_path, run_cli, sandbox(profile="glance"))
+    images = [{"name": n, "disk_format": "qcow2", "container_format": "bare"} for n in NAMES]
+    (world.catalog / "images.yaml").write_text(json.dumps({"images": images}), encoding="utf-8")
+    return world
+
+
+def _our_id(world: World, name: str, generation: int = 0) -> str:
+    from reconciler.apply.decisions import client_image_id
+    from reconciler.client import normalize_endpoint
+    return client_image_id(normalize_endpoint(world.sb.url), name, generation)
+
+
+def test_a_409_on_our_id_held_by_our_image_adopts_it_without_a_second_create(
+        tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
+    """Another machine created alpha between our plan and our POST: its id is ours too."""
+    world = _glance_world(tmp_path, run_cli, sandbox)
+    theirs = world.sb.add_image({"id": _our_id(world, "alpha"), "name": "alpha",
+                                 "disk_format": "qcow2", "container_format": "bare"})
+
+    result = world.apply("--profile", "glance")
+
+    assert result.exit_code == 0, result.output
+    assert outcome(result, "alpha")["result"] == "adopted"
+    assert recorded(world.state)["alpha"]["image_id"] == theirs["id"]
+    assert [i["id"] for i in world.sb.images() if i["name"] == "alpha"] == [theirs["id"]]
+    assert len(world.events(result, "adopted_by_id")) == 1
+
+
+def test_a_409_on_the_id_of_a_deleted_image_moves_to_the_next_generation(
+        tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
+    """Glance keeps a deleted image's id reserved: the create takes the next one."""
+    world = _glance_world(tmp_path, run_cli, sandbox)
+    gone = world.sb.add_image({"id": _our_id(world, "alpha"), "name": "alpha",
+                               "disk_format": "qcow2", "container_format": "bare"})
+    assert world.sb.delete_image(gone["id"])
+
+    result = world.apply("--profile", "glance")
+
+    assert result.exit_code == 0, result.output
+    assert outcome(result, "alpha")["result"] == "created"
+    assert recorded(world.state)["alpha"]["image_id"] == _our_id(world, "alpha", 1)
+    assert world.posts() == 3  # alpha twice (the 409, then generation 1), beta once
+
+
+def test_a_409_on_our_id_held_by_an_image_of_another_name_fails_that_image_alone(
+        tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
+    world = _glance_world(tmp_path, run_cli, sandbox)
+    world.sb.add_image({"id": _our_id(world, "alpha"), "name": "not-alpha",
+                        "disk_format": "qcow2", "container_format": "bare"})
+
+    result = world.apply("--profile", "glance")
+
+    assert result.exit_code == 1, result.output
+    failed = outcome(result, "alpha")
+    assert failed["result"] == "failed"
+    assert "held by the image 'not-alpha'" in failed["error"]["message"], failed
+    assert set(recorded(world.state)) == {"beta"}
+    assert pending_names(world.state) == []

@@ -11,9 +11,13 @@ import json
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from apply_helpers import (
     RECONCILE,
@@ -26,6 +30,7 @@ from apply_helpers import (
     wait_for,
     write_images,
 )
+from click.testing import Result
 
 IMAGES = 30
 
@@ -143,3 +148,37 @@ def test_apply_in_ci_with_a_local_state_file_warns_and_with_postgresql_does_not(
                               env={**subprocess_env(), "CI": "true"})
         assert done.returncode == 0, done.stderr
         assert ("warning: apply in CI with a local state file" in done.stderr) is warned
+
+
+@pytest.mark.timeout(120)
+def test_a_lost_state_connection_stops_the_run_and_the_rerun_creates_nothing_twice(
+        tmp_path: Path, sandbox: SandboxFactory, pg_url: str,
+        run_cli: Callable[..., Result]) -> None:
+    """The state server drops the apply's session mid-run: its lock is gone with it, so the
+    run must send nothing more; what was in flight is in the journal for the next run."""
+    sb = sandbox(latency_ms=100)
+    names = image_names(IMAGES)
+    catalog = write_images(tmp_path / "catalog", names)
+    args = ["apply", "--yes", "--endpoint", sb.url, "--state", pg_url, "--catalog", catalog,
+            "--parallelism", "2"]
+    results: list[Result] = []
+    run = threading.Thread(target=lambda: results.append(
+        run_cli(args, env={"OS_AUTH_TOKEN": "tok-team"})))
+    run.start()
+    wait_for(lambda: sb.post_count >= 3, 30, "the apply to send", alive=run.is_alive)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        cut: Any = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+    assert cut[0] >= 1
+    run.join(60)
+    lost = results[0]
+
+    assert lost.exit_code != 0, lost.output
+    assert "lost the connection to the PostgreSQL state" in lost.stderr
+    assert "Traceback" not in lost.output
+    assert sb.post_count < IMAGES  # it stopped sending
+    again = run_cli(args, env={"OS_AUTH_TOKEN": "tok-team"})
+    assert again.exit_code == 0, again.output
+    assert sb.post_count == IMAGES  # what was in flight was found, not sent again
+    assert_converged(sb, pg_url, names)

@@ -266,8 +266,11 @@ class Creator:
                         attempt -= 1  # a reserved id is no failed attempt
                         continue
                     case _:
+                        holder = (existing or {}).get("name")
                         return self._release(spec.name, nonce, error, attempt, started,
-                                             f"HTTP 409: id {body['id']} is taken")
+                                             f"HTTP 409: id {body['id']} is taken",
+                                             f"its id {body['id']} is held by the image "
+                                             f"{holder!r}; rename or delete that image: ")
             decision = on_create_error(error)
             if decision.stops_run:
                 self.run.stop(f"authentication failed: {error.message}")
@@ -364,10 +367,10 @@ class Creator:
                                 duration_s=self.run.clock.monotonic() - started)
 
     def _release(self, name: str, nonce: str, exc: ApiError, attempts: int, started: float,
-                 note: str) -> Outcome:
+                 note: str, prefix: str = "") -> Outcome:
         """Certainly not created: close the journal entry."""
         self.store.journal_release(nonce, note)
-        return self._failed(name, exc, attempts, started)
+        return self._failed(name, exc, attempts, started, prefix)
 
     def _keep_pending(self, name: str, exc: ApiError, attempts: int, started: float) -> Outcome:
         """May have been created: leave the journal entry for the next apply."""
