@@ -5,6 +5,7 @@ decisions row by row, and end to end through the CLI over loopback HTTP against 
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,15 @@ from typing import Any
 
 import pytest
 import yaml
-from apply_helpers import CliWorld, SandboxFactory, query, recorded, replace_image
+from apply_helpers import (
+    Apply,
+    CliWorld,
+    SandboxFactory,
+    query,
+    recorded,
+    replace_image,
+    wait_for,
+)
 from click.testing import Result
 
 from reconciler import patch
@@ -671,3 +680,124 @@ def test_an_update_that_never_landed_is_released_and_recomputed(glance: World) -
         [("released",)]
     assert glance.image("img-00")["min_ram"] == 2048
     assert glance.plan()[0] == 0
+
+
+# --- the updater's remaining branches, each on purpose ----------------------------------------
+
+class Flaky:
+    """The real client, with chosen failures in front of it (unit level: the sandbox cannot
+    fail a GET of one image on purpose)."""
+
+    def __init__(self, client: ImageClient, *, update: list[ApiError | None] | None = None,
+                 get: list[ApiError | str | None] | None = None) -> None:
+        self.client, self.update_errors, self.get_script = client, update or [], get or []
+
+    def update_image(self, image_id: str, ops: Any, *, api: str = "images") -> dict[str, Any]:
+        error = self.update_errors.pop(0) if self.update_errors else None
+        if error is not None:
+            raise error
+        return self.client.update_image(image_id, ops, api=api)
+
+    def get_image(self, image_id: str) -> dict[str, Any] | None:
+        step = self.get_script.pop(0) if self.get_script else None
+        if isinstance(step, ApiError):
+            raise step
+        if step == "gone":
+            return None
+        return self.client.get_image(image_id)
+
+    def abort(self) -> None:
+        self.client.abort()
+
+
+def _states(world: World) -> list[tuple[Any, ...]]:
+    return query(world.state, "SELECT state FROM journal WHERE kind = 'update'")
+
+
+def test_an_update_with_nothing_to_send_is_recorded_without_a_patch(direct: Direct) -> None:
+    (outcome,) = direct.update(direct.change("img-00", []))
+    assert outcome.result == "updated" and outcome.patch == ()
+    assert direct.world.patches() == 0
+
+
+def test_an_unknown_answer_keeps_the_update_pending(direct: Direct) -> None:
+    direct.updater.api = Flaky(direct.client, update=[ApiError("odd", status=302)])
+    (outcome,) = direct.update(direct.change(
+        "img-00", [{"op": "add", "path": "/min_ram", "value": 8}], min_ram=8))
+    assert outcome.error is not None and outcome.error.message.startswith("outcome unknown")
+    assert _states(direct.world) == [("pending",)]
+
+
+def test_a_failed_read_back_keeps_the_update_pending(direct: Direct) -> None:
+    direct.updater.api = Flaky(direct.client, update=[ServerError("busy", status=503)],
+                               get=[ServerError("busy", status=503)])
+    (outcome,) = direct.update(direct.change(
+        "img-00", [{"op": "add", "path": "/min_ram", "value": 8}], min_ram=8))
+    assert outcome.result == "failed"
+    assert _states(direct.world) == [("pending",)]
+
+
+def test_an_image_gone_on_read_back_releases_the_update(direct: Direct) -> None:
+    direct.updater.api = Flaky(direct.client, update=[ServerError("busy", status=503)],
+                               get=["gone"])
+    (outcome,) = direct.update(direct.change(
+        "img-00", [{"op": "add", "path": "/min_ram", "value": 8}], min_ram=8))
+    assert outcome.result == "failed"
+    assert _states(direct.world) == [("released",)]
+
+
+def test_a_pending_update_that_cannot_be_read_stays_pending(glance: World) -> None:
+    _pending_update(glance, "img-00", [{"op": "add", "path": "/min_ram", "value": 2048}],
+                    {"name": "img-00"})
+    d = Direct(glance)
+    try:
+        d.updater.api = Flaky(d.client, get=[ServerError("busy", status=503)])
+        (outcome,) = d.updater.recover()
+    finally:
+        d.close()
+    assert outcome.result == "failed" and outcome.error is not None
+    assert "could not be resolved" in outcome.error.message
+    assert _states(glance) == [("pending",)]
+
+
+def test_ctrl_c_during_updates_finishes_what_runs_and_skips_the_rest(direct: Direct) -> None:
+    pressed: list[str] = []
+
+    def interrupt(outcome: Outcome) -> None:  # Ctrl-C once, as the first outcome comes
+        if not pressed:
+            pressed.append(outcome.name)
+            raise KeyboardInterrupt
+
+    direct.updater.on_outcome = interrupt
+    changes = [direct.change(n, [{"op": "add", "path": "/min_ram", "value": 8}], min_ram=8)
+               for n in ("img-00", "img-01", "img-02")]
+    with pytest.raises(KeyboardInterrupt):
+        direct.update(*changes)
+    delivered = {o.name: o.result for o in direct.updater.delivered}
+    assert delivered == {"img-00": "updated", "img-01": "skipped", "img-02": "skipped"}
+    assert direct.world.patches() == 1
+    assert direct.run.stopped
+
+
+def test_a_real_kill_mid_update_is_resolved_by_the_next_run_reading_the_image(
+        tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
+    """SIGKILL while the PATCH is in flight (the sandbox holds it, then commits it): the next
+    apply reads the image, records the update, and sends nothing again."""
+    world = World(sandbox(profile="glance", hang_s=1.5), tmp_path, run_cli, "glance")
+    world.write(images(2))
+    assert world.apply().exit_code == 0
+    world.write([*edited(1), *images(2)[1:]])
+    world.sb.script("img-00", patch="timeout")
+    run = Apply(tmp_path, world.sb, world.state, world.catalog, "--profile", "glance")
+    wait_for(lambda: world.patches() == 1, 30, "the PATCH", alive=run.alive)
+    assert run.kill() == -signal.SIGKILL
+    wait_for(lambda: world.image("img-00")["min_ram"] == 2048, 10, "the late commit")
+    assert _states(world) == [("pending",)]
+
+    result = world.apply()
+
+    assert result.exit_code == 0, result.output
+    assert world.patches() == 1  # read, recorded, never sent again
+    assert _states(world) == [("done",)]
+    assert recorded(world.state)["img-00"]["response"]["min_ram"] == 2048
+    assert world.plan()[0] == 0

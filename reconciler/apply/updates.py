@@ -145,6 +145,7 @@ class Updater:
         recorded, then the interrupt propagates."""
         outcomes: list[Outcome] = []
         todo = [c for c in changes if c.spec is not None and c.name in records]
+        first = len(self.delivered)
         with ThreadPoolExecutor(max_workers=max(1, self.parallelism),
                                 thread_name_prefix="reconcile-update") as pool:
             running: set[Future[Outcome]] = set()
@@ -171,7 +172,8 @@ class Updater:
                 self.run.stop(str(exc))
                 raise
             finally:
-                left = {o.name for o in outcomes}
+                # what was delivered, also an outcome whose delivery an interrupt cut short
+                left = {o.name for o in self.delivered[first:]}
                 outcomes.extend(self._deliver(self._skipped(c.name)) for c in todo
                                 if c.name not in left)
         return outcomes
