@@ -59,6 +59,7 @@ from reconciler.operations import (
 )
 from reconciler.options import (
     Seconds,
+    allow_options,
     auth_options,
     catalog_option,
     drift_option,
@@ -72,8 +73,9 @@ from reconciler.options import (
     state_option,
     strict_option,
 )
-from reconciler.profiles import PROFILES
+from reconciler.profiles import PROFILES, Profile
 from reconciler.report import FORMATS, chunks
+from reconciler.schemacache import Allowances
 from reconciler.state import is_url, redact
 
 
@@ -173,41 +175,73 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 @cli.command()
 @catalog_option
+@state_option
 @profile_option
 @strict_option
+@endpoint_option
+@auth_options
+@allow_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
               show_default=True,
               help="text: FILE:LINE: FIELD: message lines; json: one document for scripts; "
                    "github: ::error/::warning annotations for GitHub Actions.")
-def validate(catalog: Path, profile: str, strict: bool, fmt: str) -> None:
-    """Check the catalog without reading state or contacting the API.
+@click.pass_obj
+def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
+             endpoint: str | None, allow_disk_format: tuple[str, ...],
+             allow_container_format: tuple[str, ...], fmt: str, **auth: Any) -> None:
+    """Check the catalog; with --endpoint, against what that server says it accepts.
 
     Reports every problem at once as FILE:LINE: FIELD: message, and exits 1 if there is any.
+    Under --profile glance the allowed visibilities, formats and typed properties are the
+    server's own image schema (GET /v2/schemas/image); under ims the region's OS list. With
+    --endpoint on the command line the server is asked (with the usual credentials) and its
+    answer is kept in the state file; otherwise the last answer kept there is used, else
+    reconcile's built-in rules. Every refusal says which of these it follows.
 
     \b
     Examples:
       reconcile validate --catalog catalog/
       reconcile validate --profile glance --strict
+      OS_AUTH_TOKEN=... reconcile validate --profile glance --endpoint https://glance:9292
       reconcile validate --format github     # annotations on the PR's changed lines
       reconcile validate --format json | jq '.warnings | length'
     """
+    ctx = click.get_current_context()
+    online = ctx.get_parameter_source("endpoint") is click.core.ParameterSource.COMMANDLINE
     try:
-        result = validate_catalog(catalog, profile=profile, strict=strict)
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(_api(rt, endpoint, auth)) if online else None
+            result = validate_catalog(
+                catalog, profile=profile, strict=strict, state_path=state,
+                endpoint=session.endpoint if session else endpoint,
+                api=session.client if session else None, clock=rt.clock,
+                allow=Allowances(allow_disk_format, allow_container_format))
     except CatalogError as exc:
         if fmt == "text":
             raise
         _show_problems(fmt, catalog, profile, errors=exc.problems, warnings=[])
         raise click.exceptions.Exit(1) from None
+    notes = [Problem(str(catalog), None, "", note, "warning") for note in result.notes]
     if fmt != "text":
-        _show_problems(fmt, catalog, profile, errors=[], warnings=result.warnings,
+        _show_problems(fmt, catalog, profile, errors=[], warnings=[*notes, *result.warnings],
                        images=len(result.catalog.images), files=len(result.catalog.files))
         return
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
     for problem in result.warnings:
         click.echo(f"warning: {terminal(problem)}", err=True)
     n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{files} file{'s' if files != 1 else ''} (profile {profile}), "
+               f"{files} file{'s' if files != 1 else ''} (profile {profile}"
+               f"{_rules_line(result.rules.profile, result.rules.info is not None)}), "
                f"{w} warning{'s' if w != 1 else ''}")
+
+
+def _rules_line(profile: Profile, from_server: bool) -> str:
+    """Which rules a valid catalog was checked with, when they are not just the built-ins."""
+    if profile.name == "ims":
+        return f"; OS versions from {profile.os_source}" if from_server else ""
+    return f"; {profile.source}" if from_server or "allow_*" in profile.source else ""
 
 
 def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
@@ -265,6 +299,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
               callback=plan_file_name,
               help="Save the plan (JSON) to this file; `reconcile apply FILE` applies exactly "
                    "it. Not the report: that is -o/--output.")
+@allow_options
 @report_options
 @only_option
 @click.option("--detailed-exitcode", is_flag=True,
@@ -275,7 +310,8 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
 def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              drift: DriftPolicy, endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, show_unchanged: bool, no_color: bool,
-             only: tuple[str, ...], detailed_exitcode: bool, **auth: Any) -> None:
+             only: tuple[str, ...], detailed_exitcode: bool, allow_disk_format: tuple[str, ...],
+             allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
     Works offline and without credentials unless --refresh is given; never creates or
@@ -294,6 +330,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
                            project_id=session.project_id if session else None, clock=rt.clock,
+                           allow=Allowances(allow_disk_format, allow_container_format),
                            only=only, drift=drift)
     report = result.report
     if out is not None:
@@ -322,6 +359,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @click.option("--refresh/--no-refresh", default=True, show_default=True,
               help="Read the cloud first: recreate images deleted out of band, adopt lost "
                    "records, block same-name duplicates.")
+@allow_options
 @report_options
 @only_option
 @click.option("--refresh-only", is_flag=True,
@@ -352,7 +390,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
           templates: Path | None, show_unchanged: bool, no_color: bool,
           only: tuple[str, ...], refresh_only: bool, dry_run: bool, yes: bool,
           parallelism: int, retries: int, settle_time: float, log_format: str,
-          lock_timeout: float, **auth: Any) -> None:
+          lock_timeout: float, allow_disk_format: tuple[str, ...],
+          allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
     Never creates an image twice: each create is journaled with a marker before it is sent,
@@ -370,6 +409,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     """
     logs.configure(log_format)
     check_outputs(output)
+    allow = Allowances(allow_disk_format, allow_container_format)
     saved = planfile.read(plan_file) if plan_file else None
     ctx = click.get_current_context()
     given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
@@ -393,7 +433,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                                     endpoint=session.endpoint if session else endpoint,
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
-                                    clock=rt.clock, only=only, drift=drift)
+                                    clock=rt.clock, allow=allow, only=only, drift=drift)
         write_report(chunks(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output, report)
         return
@@ -407,7 +447,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
             settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
             on_outcome=progress,
-            refreshes=lambda: session.refreshes, project_id=session.project_id,
+            refreshes=lambda: session.refreshes, project_id=session.project_id, allow=allow,
             lock_timeout_s=lock_timeout, only=only, refresh_only=refresh_only,
             drift=drift,
             on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)

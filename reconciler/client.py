@@ -54,6 +54,7 @@ from .errors import (
 )
 from .models import MARKER_PROPERTY
 from .patch import MEDIA_TYPE as PATCH_MEDIA_TYPE
+from .serverinfo import OS_VERSIONS_PATH, SCHEMA_PATH, InvalidServerInfo, Kind, validate_body
 
 log = logging.getLogger("reconciler.client")
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -412,6 +413,16 @@ def send_capped(http: httpx.Client, request: httpx.Request, *,
                           request=request, extensions=response.extensions)
 
 
+def _json_of(response: httpx.Response) -> Any:
+    """The answer's JSON; ``ValueError`` saying why if there is none to be had."""
+    try:
+        return response.json()
+    except ValueError:
+        raise ValueError("is not JSON") from None
+    except RecursionError:  # e.g. [[[[... : json's C parser gives up this way
+        raise ValueError("is JSON nested too deeply to read") from None
+
+
 def _too_big(response: httpx.Response, request: httpx.Request) -> MalformedResponse:
     return _malformed(request, response.status_code,
                       f"is over {MAX_BODY_BYTES // (1024 * 1024)} MiB; reading stopped there")
@@ -523,6 +534,8 @@ class RetryPolicy:
 
 #: The longest a request may take in all, from connecting to the last byte of the answer.
 DEFAULT_REQUEST_TIMEOUT = 120.0
+#: ... and a read of the server's rules (a few dozen KiB), which the run can do without.
+RULES_DEADLINE = 10.0
 
 
 def http_client(verify: bool | str = True, *, connect_timeout: float = 10.0,
@@ -562,15 +575,18 @@ def abort_requests(client: httpx.Client) -> None:
 
 class _RequestDeadline(threading.local):
     """When the request this thread is sending must be done (one request per thread at a
-    time: httpx reads the whole answer before ``send`` returns)."""
+    time: httpx reads the whole answer before ``send`` returns). A request may ask for a
+    shorter deadline than the client's in its ``deadline_s`` extension."""
 
     at: float | None = None
+    current: float = 0.0  # the deadline of the request under way
 
     def __init__(self, total: float) -> None:
         self.total = total
 
     def start(self, request: httpx.Request) -> None:
-        self.at = SYSTEM_CLOCK.monotonic() + self.total  # network time is real time
+        self.current = min(self.total, request.extensions.get("deadline_s") or self.total)
+        self.at = SYSTEM_CLOCK.monotonic() + self.current  # network time is real time
 
     def bound(self, timeout: float | None, expired: type[Exception]) -> float | None:
         """``timeout``, or less if the deadline is nearer; raises ``expired`` past it."""
@@ -583,7 +599,7 @@ class _RequestDeadline(threading.local):
 
     @property
     def message(self) -> str:
-        return f"the request took longer than its deadline of {self.total:g} s"
+        return f"the request took longer than its deadline of {self.current:g} s"
 
     def passed(self) -> bool:
         return self.at is not None and SYSTEM_CLOCK.monotonic() >= self.at
@@ -818,6 +834,27 @@ class ImageClient:
                                  f"{consequence}")
         return image
 
+    def server_info(self, kind: Kind) -> Any:
+        """What the server says it accepts, as JSON: its image schema (``GET
+        /v2/schemas/image``) or the region's OS versions (IMS ``GET
+        /v1/cloudimages/os_version``), checked against their documented shape
+        (``MalformedResponse`` if they break it)."""
+        path = SCHEMA_PATH if kind == "image_schema" else OS_VERSIONS_PATH
+        # One try, and a short deadline: the rules are best effort (the caller falls back to
+        # the kept ones), and a down or trickling server must not hold up the run (nor the
+        # recovery of an earlier run's creates, which comes after this) for long.
+        response = self._send("GET", path, retry_read=False, deadline_s=RULES_DEADLINE)
+        try:
+            body = _json_of(response)
+        except ValueError as exc:
+            raise self._bad_body(response, str(exc)) from None
+        try:
+            validate_body(kind, body)
+        except InvalidServerInfo as exc:
+            raise self._bad_body(response, f"is not the documented {kind.replace('_', ' ')} "
+                                 f"({exc.summary()})", exc.problems) from None
+        return body
+
     def delete_image(self, image_id: str) -> None:
         """``DELETE /v2/images/{id}``; a missing image is a ``NotFoundError``."""
         self._send("DELETE", self._image_path(image_id))
@@ -910,20 +947,24 @@ class ImageClient:
         *,
         params: tuple[tuple[str, str], ...] | None = None,
         json_body: object = None,
+        retry_read: bool = True,
+        deadline_s: float | None = None,
         content_type: str = "application/json",
     ) -> httpx.Response:
         """The success answer to one request; every failure raised as its ``ApiError``.
 
         Reads (GET) are also retried after the errors of ``RETRYABLE_READ`` when
         ``read_retry`` is set: they change nothing, so retrying them is always safe. Writes
-        are never retried here; the apply protocol owns that.
+        are never retried here; the apply protocol owns that. ``deadline_s`` shortens the
+        client's request deadline for this request.
         """
-        retry = self._read_retry if method == "GET" else None
+        retry = self._read_retry if method == "GET" and retry_read else None
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._authenticated(method, path, params, json_body, content_type)
+                return self._authenticated(method, path, params, json_body, deadline_s,
+                                           content_type)
             except RETRYABLE_READ as exc:
                 if (retry is None or attempt >= retry.attempts or self._aborted
                         or self._unpromising(exc)):
@@ -949,11 +990,13 @@ class ImageClient:
         path: str,
         params: tuple[tuple[str, str], ...] | None,
         json_body: object,
-        content_type: str,
+        deadline_s: float | None = None,
+        content_type: str = "application/json",
     ) -> httpx.Response:
         """Send, and once more with a fresh token after a 401 if the provider has one."""
         tokens = [self._tokens.token()]
-        response = self._attempt(method, path, params, json_body, tokens, content_type)
+        response = self._attempt(method, path, params, json_body, tokens, deadline_s,
+                                 content_type)
         self._answered = True
         if response.is_success:
             return response
@@ -961,7 +1004,8 @@ class ImageClient:
         if not isinstance(error, AuthError) or not self._tokens.invalidate(tokens[-1]):
             raise error
         tokens.append(self._tokens.token())
-        response = self._attempt(method, path, params, json_body, tokens, content_type)
+        response = self._attempt(method, path, params, json_body, tokens, deadline_s,
+                                 content_type)
         if response.is_success:
             return response
         raise error_from_response(response, secrets=tokens, clock=self._clock)
@@ -973,6 +1017,7 @@ class ImageClient:
         params: tuple[tuple[str, str], ...] | None,
         json_body: object,
         tokens: list[str],
+        deadline_s: float | None = None,
         content_type: str = "application/json",
     ) -> httpx.Response:
         headers = {
@@ -988,7 +1033,8 @@ class ImageClient:
                 headers["Content-Type"] = content_type
                 content = json.dumps(json_body, ensure_ascii=False).encode()
             request = self._http.build_request(
-                method, self.endpoint + path, params=params, headers=headers, content=content
+                method, self.endpoint + path, params=params, headers=headers, content=content,
+                extensions={"deadline_s": deadline_s} if deadline_s else None,
             )
         except (UnicodeError, ValueError) as exc:
             # Nothing left the machine (a lone surrogate in a body, a header that is not
@@ -1020,9 +1066,9 @@ class ImageClient:
     @staticmethod
     def _json_object(response: httpx.Response, consequence: str = "") -> dict[str, Any]:
         try:
-            body = response.json()
-        except ValueError:
-            problem = "is not JSON"
+            body = _json_of(response)
+        except ValueError as exc:
+            problem = str(exc)
         else:
             if isinstance(body, dict):
                 return body

@@ -17,9 +17,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from reconciler import __version__, planfile
+from reconciler import __version__, planfile, schemacache
 from reconciler.catalog import lint_problems, load_catalog
 from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
@@ -42,7 +42,12 @@ from reconciler.planfile import SavedPlan
 from reconciler.planner import adoption_request, diff_bodies, plan, select
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import ListingApi, observe
+from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
 from reconciler.state import LockRequest, StateStore, open_for_write, open_readonly, redact
+
+
+class PlanApi(ListingApi, RulesApi, Protocol):
+    """What a refreshed plan reads: the listing, and the server's rules."""
 
 
 def get_profile(name: str) -> Profile:
@@ -75,20 +80,27 @@ class PlanResult:
 
 def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               strict: bool = False, endpoint: str | None = None,
-              api: ListingApi | None = None, project_id: str | None = None,
-              clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = (),
-              drift: DriftPolicy = "update") -> PlanResult:
-    """Compare the catalog with the state file, which is only read (never created).
+              api: PlanApi | None = None, project_id: str | None = None,
+              clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
+              rules: RunProfile | None = None, keep: bool = True,
+              only: tuple[str, ...] = (), drift: DriftPolicy = "update") -> PlanResult:
+    """Compare the catalog with the state file, whose records are only read.
 
-    With ``api`` the cloud is read too (``--refresh``); without it the plan is offline.
-    ``only``: limit the plan to the names matching these globs. ``drift``: the policy of
-    images whose catalog entry sets none.
+    With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
+    in the state file as a cache unless ``keep`` is false); without it the plan is offline
+    and uses the kept rules; ``rules`` given are used as they are. ``only``: limit the plan
+    to the names matching these globs. ``drift``: the policy of images whose catalog entry
+    sets none.
     """
     with bulk_build():
-        catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
         store = open_readonly(state_path, clock=clock)
         try:
             target = resolve_target(store, endpoint)
+            rules = rules or run_profile(profile, store, target, api=api,
+                                         state_path=state_path, allow=allow, clock=clock)
+            # kept even if the catalog fails; a dry run (keep=False) writes nothing
+            notes = kept_notes(rules, target, state_path) if keep else rules.notes
+            catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
             records = _HandedOver(_records_for_plan(store, target, catalog, full=api is not None)
                                   if store else {})
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
@@ -100,8 +112,26 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
         result = select(plan(catalog, records, target=target, pending=pending,
                              observed=observed, drift=drift), only)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
-                             refreshed=api is not None)
+                             refreshed=api is not None, warnings=notes)
     return PlanResult(catalog, result, report, revision, observed)
+
+
+def run_profile(profile: str, store: StateStore | None, target: str, *,
+                api: RulesApi | None, state_path: str | Path, allow: Allowances,
+                clock: Clock) -> RunProfile:
+    """The profile to validate with: the server's rules if ``api`` can tell them, else the
+    ones kept for ``target``, else the built-in ones."""
+    get_profile(profile)  # an unknown name is a ConfigError
+    if api is None:
+        return schemacache.offline(profile, store, target, allow)
+    return schemacache.online(profile, api, target, state_path, allow=allow, clock=clock)
+
+
+def kept_notes(rules: RunProfile, target: str, state_path: str | Path,
+               store: StateStore | None = None) -> tuple[str, ...]:
+    """Keep fresh rules in the state; the notes of reading and keeping them."""
+    note = schemacache.keep(rules, target, store=store, state_path=state_path)
+    return (*rules.notes, *([note] if note else []))
 
 
 def _records_for_plan(store: StateStore, target: str, catalog: Catalog, *,
@@ -152,12 +182,13 @@ def save_plan(result: PlanResult, path: Path, *, clock: Clock = SYSTEM_CLOCK,
 
 
 def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK,
-                state: str = "", refreshed: bool = False) -> RunReport:
+                state: str = "", refreshed: bool = False,
+                warnings: tuple[str, ...] = ()) -> RunReport:
     return RunReport.model_construct(
         format_version=1, mode="plan", dry_run=False, generated_at=iso(clock.now()),
         tool_version=__version__, catalog=catalog.directory, target=result.target,
         profile=result.profile, catalog_digest=result.catalog_digest, summary=result.summary(),
-        changes=result.changes, outcomes=(), warnings=(), duration_s=None, run_id=None,
+        changes=result.changes, outcomes=(), warnings=warnings, duration_s=None, run_id=None,
         auth_refreshes=0, refreshed=refreshed, state=state, plan_id=None,
     )
 
@@ -168,14 +199,28 @@ def plan_report(catalog: Catalog, result: Plan, *, clock: Clock = SYSTEM_CLOCK,
 class Validation:
     catalog: Catalog
     warnings: list[Problem]  # lint warnings, each at its field's line
+    rules: RunProfile
+    notes: tuple[str, ...] = ()  # reading or keeping the server's rules
 
 
-def validate_catalog(catalog_dir: str | Path, *, profile: str,
-                     strict: bool = False) -> Validation:
-    """Load and check the catalog without reading state or contacting the API."""
+def validate_catalog(catalog_dir: str | Path, *, profile: str, strict: bool = False,
+                     state_path: str | Path | None = None, endpoint: str | None = None,
+                     api: RulesApi | None = None, clock: Clock = SYSTEM_CLOCK,
+                     allow: Allowances = NO_ALLOWANCES) -> Validation:
+    """Load and check the catalog against the server's rules (``api``), the ones the state
+    file kept for the endpoint, or the built-in ones; the state's records are not read."""
+    store = open_readonly(state_path, clock=clock) if state_path else None
+    try:
+        target = resolve_target(store, endpoint)
+        rules = run_profile(profile, store, target, api=api, state_path=state_path or "",
+                            allow=allow, clock=clock)
+    finally:
+        if store:
+            store.close()
+    notes = kept_notes(rules, target, state_path) if state_path else rules.notes
     with bulk_build():
-        catalog = load_catalog(catalog_dir, get_profile(profile), strict=strict)
-    return Validation(catalog, lint_problems(catalog))
+        catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
+    return Validation(catalog, lint_problems(catalog), rules, notes)
 
 
 @contextlib.contextmanager
@@ -256,15 +301,15 @@ def show_plan(path: Path) -> RunReport:
 
 def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                    strict: bool = False, endpoint: str | None = None,
-                   api: ListingApi | None = None, project_id: str | None = None,
-                   clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = (),
-                   drift: DriftPolicy = "update") -> RunReport:
+                   api: PlanApi | None = None, project_id: str | None = None,
+                   clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
+                   only: tuple[str, ...] = (), drift: DriftPolicy = "update") -> RunReport:
     """What apply would send. With ``api`` the cloud is read first, as apply does (so
     adoptions and recreations show as apply would do them); nothing is ever written or
-    sent: only GET requests."""
+    sent: only GET requests (the server's rules are used, not kept)."""
     result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
                        endpoint=endpoint, api=api, project_id=project_id, clock=clock,
-                       only=only, drift=drift)
+                       allow=allow, keep=False, only=only, drift=drift)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 
@@ -274,7 +319,9 @@ def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, ima
                  profile: str, endpoint: str, api: ImageClient, force: bool = False,
                  lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> Record:
     """Start managing an existing image under a catalog name, after comparing it."""
-    catalog = load_catalog(catalog_dir, get_profile(profile))
+    rules = run_profile(profile, None, normalize_endpoint(endpoint), api=api,
+                        state_path=state_path, allow=NO_ALLOWANCES, clock=clock)
+    catalog = load_catalog(catalog_dir, rules.profile)
     spec = next((s for s in catalog.images if s.name == name), None)
     if spec is None:
         raise ConfigError(f"{name!r} is not in the catalog {catalog_dir}; add it first")

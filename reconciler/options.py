@@ -170,3 +170,14 @@ def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):  # click lists the last applied first
         f = option(f)
     return f
+
+
+def allow_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Formats allowed beyond the built-in lists, for a deployment whose schema is unknown."""
+    f = click.option("--allow-container-format", multiple=True, metavar="FORMAT",
+                     help="Also allow this container_format (repeatable); see "
+                          "--allow-disk-format.")(f)
+    return click.option("--allow-disk-format", multiple=True, metavar="FORMAT",
+                        help="Also allow this disk_format (repeatable), for a deployment whose "
+                             "schema cannot be read. Once the server's schema is known, it "
+                             "alone decides.")(f)

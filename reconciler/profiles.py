@@ -30,7 +30,7 @@ DRIFT_POLICIES = frozenset({"update", "report"})
 INT_FIELDS = frozenset({"min_ram", "min_disk"})
 
 # Keys the server owns (read-only, reserved, or computed): never user properties.
-_SERVER_KEYS = frozenset({
+SERVER_KEYS = frozenset({
     "id", "owner", "status", "checksum", "size", "virtual_size", "created_at", "updated_at",
     "direct_url", "self", "file", "schema", "stores", "location", "locations", "deleted",
     "deleted_at", "os_hash_algo", "os_hash_value", "os_hidden",
@@ -65,6 +65,15 @@ class Profile:
     lint_ims_rules: bool = False
     empty_strings: bool = False  # an empty os_version or property name is accepted
     admin_visibilities: frozenset[str] = field(default_factory=frozenset)
+    # Where the allowed visibilities and formats come from, for every message that refuses
+    # one: the built-in defaults, or the server's own schema (``serverinfo``).
+    source: str = ""
+    os_versions: frozenset[str] = KNOWN_OS_VERSIONS
+    os_source: str = "reconcile's built-in IMS OS list (no region list read or cached)"
+    # Formats a setting (allow_disk_formats, ...) adds; named when the server refuses them.
+    configured: frozenset[str] = field(default_factory=frozenset)
+    # The server schema's rule (a JSON schema) per extra property it declares.
+    property_rules: Mapping[str, Any] = field(default_factory=dict)
 
     def check_value(self, key: str, value: Any) -> str | None:
         """The error for one already type-checked field value, or None."""
@@ -77,17 +86,18 @@ class Profile:
             if not value:
                 return "must not be empty"
             if len(value) > self.name_max:
-                return f"is {len(value)} characters long; at most {self.name_max} allowed"
+                return (f"is {len(value)} characters long; {self.source} allows at most "
+                        f"{self.name_max}")
         elif key == "visibility" and value in self.admin_visibilities:
             return (f"{value!r} needs the admin role under {self.name}'s default policy (403 "
                     "publicize_image); create the image private or shared and have an admin "
                     "change its visibility")
         elif key == "visibility" and value not in self.visibilities:
-            return _one_of(value, self.visibilities, self.name)
+            return self._one_of(value, self.visibilities)
         elif key == "container_format" and value not in self.container_formats:
-            return _one_of(value, self.container_formats, self.name)
+            return self._one_of(value, self.container_formats)
         elif key == "disk_format" and value not in self.disk_formats:
-            return _one_of(value, self.disk_formats, self.name)
+            return self._one_of(value, self.disk_formats)
         elif key == "min_disk":
             lo, hi = self.min_disk_range
             if not lo <= value <= hi:
@@ -99,7 +109,28 @@ class Profile:
                     "or report (only show the drift)")
         elif key == "os_version" and not value and not self.empty_strings:
             return "must not be empty"
+        elif key in self.property_rules:
+            return self._property_rule(key, value)
         return None
+
+    def _one_of(self, value: Any, allowed: frozenset[str]) -> str:
+        message = f"{value!r} is not allowed by {self.source}; " + (
+            f"use one of: {_listed(allowed)}" if allowed else "it allows no value here")
+        if value in self.configured:
+            message += (" (your allow_* setting adds it, but the server's schema does not list "
+                        "it, so the server would refuse it)")
+        return message
+
+    def _property_rule(self, key: str, value: Any) -> str | None:
+        # jsonschema, like the server itself: the same rule gives the same verdict
+        import jsonschema
+
+        validator = jsonschema.validators.validator_for(self.property_rules[key])
+        error = jsonschema.exceptions.best_match(
+            validator(self.property_rules[key]).iter_errors(value))
+        if error is None:
+            return None
+        return f"is refused by {self.source}: {error.message}"
 
     def check_tag(self, tag: str) -> str | None:
         if not tag:
@@ -113,7 +144,7 @@ class Profile:
     def check_property_key(self, key: str) -> str | None:
         if key in _BASE_AS_PROPERTY:
             return f"is a catalog field, not a property; write it as `{_BASE_AS_PROPERTY[key]}:`"
-        if key in _SERVER_KEYS or key == MARKER_PROPERTY:
+        if key in SERVER_KEYS or key == MARKER_PROPERTY:
             return "is read-only or reserved for the server and cannot be set"
         if key.startswith("os_glance"):
             return "starts with os_glance, a namespace reserved for the server"
@@ -147,17 +178,12 @@ class Profile:
         if os_version is None:
             out.append(("os_version", "is not set; IMS will use 'Other Linux(64 bit)' and ECS "
                                       "creation from this image may fail"))
-        elif os_version not in KNOWN_OS_VERSIONS:
-            out.append(("os_version", f"{os_version!r} is not a known IMS OS version (compared "
-                                      "exactly, e.g. 'Ubuntu 18.04 server 64bit')"))
+        elif os_version not in self.os_versions:
+            out.append(("os_version", f"{os_version!r} is not in {self.os_source}; names "
+                                      "compare exactly, e.g. 'Ubuntu 22.04 server 64bit'"))
         if spec.get("min_disk") is None:
             out.append(("min_disk", "is not set; IMS requires 1-1024 GB for ECS images"))
         return out
-
-
-def _one_of(value: Any, allowed: frozenset[str], profile: str) -> str:
-    return f"{value!r} is not allowed by the {profile} profile; use one of: " + ", ".join(
-        sorted(allowed))
 
 
 IMS = Profile(
@@ -174,7 +200,14 @@ IMS = Profile(
     max_string=255,
     computed_keys=_IMS_COMPUTED,
     lint_ims_rules=True,
+    source="the ims profile (IMS's create-image document)",
 )
+
+# The typed properties of upstream Glance's etc/schema-image.json, which deployments install
+# with the service: the best guess of the server's rules while its schema is unknown.
+_UUID_RULE = {"type": ["null", "string"], "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-"
+              "([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"}
+_UPSTREAM_PROPERTY_RULES = {"kernel_id": _UUID_RULE, "ramdisk_id": _UUID_RULE}
 
 GLANCE = Profile(
     name="glance",
@@ -191,6 +224,17 @@ GLANCE = Profile(
     max_string=None,
     empty_strings=True,
     admin_visibilities=frozenset({"public"}),
+    property_rules=_UPSTREAM_PROPERTY_RULES,
+    source="upstream Glance's defaults (no server schema read or cached; `reconcile validate "
+           "--endpoint URL` reads it)",
 )
 
 PROFILES: dict[str, Profile] = {"ims": IMS, "glance": GLANCE}
+
+_LISTED = 30  # values named in a refusal; a server's schema may list thousands
+
+
+def _listed(allowed: frozenset[str]) -> str:
+    shown = [v if len(v) <= 64 else f"{v[:61]}..." for v in sorted(allowed)[:_LISTED]]
+    more = len(allowed) - len(shown)
+    return ", ".join(shown) + (f" (and {more} more)" if more > 0 else "")

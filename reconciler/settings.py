@@ -26,6 +26,8 @@ KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "settle_time": ("settle_time", (int, float)), "os_cloud": ("os_cloud", str),
     "interface": ("interface", str), "cacert": ("cacert", str),
     "lock_timeout": ("lock_timeout", (str, int, float)),
+    "allow_disk_formats": ("allow_disk_format", list),
+    "allow_container_formats": ("allow_container_format", list),
 }
 
 
@@ -46,6 +48,12 @@ def load(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: unknown setting {key!r}"
                               + did_you_mean(key, tuple(KEYS)))
         param, kind = KEYS[key]
+        if kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: setting {key!r} must be a list of strings, like "
+                                  f'["zvhd", "zvhd2"]; not {value!r}')
+            settings[param] = tuple(value)
+            continue
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             names = kind.__name__ if isinstance(kind, type) else "number"
             raise ConfigError(f"{path}: setting {key!r} must be a {names.replace('str', 'string')}"

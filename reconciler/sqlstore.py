@@ -68,6 +68,10 @@ class StateStore(Protocol):
     def forget(self, target: str, name: str) -> bool: ...
     def dump(self) -> dict[str, list[tuple[Any, ...]]]: ...
     def load(self, tables: dict[str, list[tuple[Any, ...]]]) -> None: ...
+    def server_info(self, target: str, kind: str) -> dict[str, Any] | None: ...
+    def server_info_targets(self, kind: str) -> list[str]: ...
+    def save_server_info(self, target: str, kind: str, *, url: str, body: Any,
+                         read_at: str) -> None: ...
 
 
 # --- where a store is ------------------------------------------------------------------------
@@ -147,7 +151,7 @@ class _Pending:
 #: Every table of the schema, in the order a copy loads them, with its key columns.
 TABLES: dict[str, tuple[str, ...]] = {
     "meta": ("key",), "images": ("target", "name"), "runs": ("id",), "journal": ("nonce",),
-    "applied_plans": ("plan_id",),
+    "applied_plans": ("plan_id",), "server_info": ("target", "kind"),
 }
 
 _RECORD_COLUMNS = ("name, image_id, spec_digest, request_json, response_json, status, "
@@ -306,6 +310,22 @@ class SqlStore:
         cursor = self._query(f"SELECT * FROM {table} WHERE 1 = 0")
         return sorted(d[0] for d in cursor.description)
 
+    def server_info(self, target: str, kind: str) -> dict[str, Any] | None:
+        """The last answer of ``target``'s server of that kind: url, body (JSON), read_at."""
+        row = self._query("SELECT url, body_json, read_at FROM server_info "
+                          "WHERE target = ? AND kind = ?", (target, kind)).fetchone()
+        if row is None:
+            return None
+        try:
+            body = json.loads(row[1])
+        except ValueError:
+            return None  # a damaged cache entry is as good as none; the next read replaces it
+        return {"url": row[0], "body": body, "read_at": row[2]}
+
+    def server_info_targets(self, kind: str) -> list[str]:
+        rows = self._query("SELECT target FROM server_info WHERE kind = ?", (kind,))
+        return sorted(r[0] for r in rows)
+
     # --- writing -------------------------------------------------------------------------
 
     def _commit(self, *statements: Statement, durable: bool = True) -> list[int]:
@@ -428,6 +448,24 @@ class SqlStore:
         # again and the next apply adopts the image by its marker. Only journal_open, the
         # promise made before a POST, must be on disk before the call returns.
         self._commit(*statements, durable=nonce is None)
+
+    def save_server_info(self, target: str, kind: str, *, url: str, body: Any,
+                         read_at: str) -> None:
+        """Replace the kept answer. It is a cache, not a record: the revision (which saved
+        plans pin) stays, so reading the server never makes a saved plan stale."""
+        if not self.writable:
+            raise StateError("internal error: state store opened read-only")
+        try:
+            self._before_write()
+            with self._write_lock, self._transaction():
+                self._execute(
+                    "INSERT INTO server_info (target, kind, url, body_json, read_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, kind) DO UPDATE SET "
+                    "url = excluded.url, body_json = excluded.body_json, "
+                    "read_at = excluded.read_at",
+                    (target, kind, url, json.dumps(body, sort_keys=True), read_at))
+        except self._db_errors as exc:
+            raise self._error(exc, "write") from None
 
     def forget(self, target: str, name: str) -> bool:
         [deleted] = self._commit(("DELETE FROM images WHERE target = ? AND name = ?",

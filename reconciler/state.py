@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PATH", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "LockRequest",
            "SqliteStore", "StateStore", "is_url", "open_for_write", "open_readonly",
-           "parse_duration", "redact"]
+           "parse_duration", "redact", "schema_version"]
 
 DEFAULT_PATH = "reconcile-state.db"
 
@@ -67,6 +67,24 @@ def open_for_write(location: str | Path, lock: LockRequest | None = None, *,
     if is_url(location):
         return _postgres().open_for_write(str(location), lock or LockRequest(), clock=clock)
     return SqliteStore.open_for_write(location, lock or LockRequest(), clock=clock)
+
+
+def schema_version(location: str | Path) -> int:
+    """The schema version at ``location``: 0 when there is no state yet. A PostgreSQL state
+    counts as current: every writer of it migrates it under its migration lock anyway."""
+    if is_url(location):
+        return SCHEMA_VERSION
+    p = Path(location)
+    if not p.is_file():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
+        try:
+            return _check_version(conn, str(p))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read state file {p}: {exc}") from None
 
 
 def _postgres() -> type[PostgresStore]:
@@ -114,7 +132,15 @@ def _v3(db: Database) -> None:
 
 
 def _v4(db: Database) -> None:
-    # v4: updates in place. A journal entry says what it is for (a create, or an update of
+    # v4: what each target's server said it accepts (its image schema, IMS's OS list), with
+    # when it was read, so that offline runs validate against the last answer seen.
+    db.table("server_info").create({"target": str, "kind": str, "url": str, "body_json": str,
+                                    "read_at": str}, pk=("target", "kind"),
+                                   not_null={"url", "body_json", "read_at"})
+
+
+def _v5(db: Database) -> None:
+    # v5: updates in place. A journal entry says what it is for (a create, or an update of
     # the image in image_id); runs count their updates.
     db.table("journal").add_column("kind", str, not_null_default="create")
     db.table("runs").add_column("updated", int, not_null_default=0)
@@ -122,7 +148,7 @@ def _v4(db: Database) -> None:
 
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1. Each step has its twin in
 #: ``reconciler.pgstate.MIGRATIONS``.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -207,33 +207,36 @@ def test_interrupted_run_writes_its_report_and_counts_what_it_recorded(
 
 
 # A create the server is still processing when the client stops waiting for it can land after
-# the look-up that was meant to find it. Both tests below make POSTs slow and reads fast.
-# The kill test's rerun must read the cloud before the slow POSTs land, so they are slow enough
-# (8 s) to outlast a rerun's start-up on a loaded machine.
-SLOW_POST_MS = 8000
-
-
-def duplicates_after_slow_creates_land(sb: Sandbox, latency_ms: int) -> dict[str, int]:
-    time.sleep(latency_ms / 1000 + 0.2)  # every POST the sandbox received has committed by now
+# the look-up that was meant to find it.
+def duplicates(sb: Sandbox) -> dict[str, int]:
     return {n: len(v) for n, v in by_name(sb.images()).items() if len(v) > 1}
 
 
 @pytest.mark.timeout(90)
 def test_create_still_in_flight_when_killed_is_not_duplicated_by_the_rerun(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
-    sb = sandbox(latency_ms=SLOW_POST_MS)
+    # The server holds the killed run's creates (received, not committed) until the rerun has
+    # ended, however long the rerun takes to start and to read the server's rules: the rerun
+    # must block their names rather than send them again.
+    sb = sandbox()
     catalog, state, _ = setup(tmp_path, 8)
-    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--no-refresh")
-    wait_for(lambda: sb.post_count >= 4, 30, "four creates in flight", alive=run.alive)
-    assert run.kill() == -signal.SIGKILL
-    sb.config.latency_ms = 0
+    with sb.holding_creates() as land:
+        run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--no-refresh")
+        wait_for(lambda: sb.post_count >= 4, 30, "four creates in flight", alive=run.alive)
+        assert run.kill() == -signal.SIGKILL
+    in_flight = pending_names(state)
+    assert len(in_flight) == 4
     rerun = Apply(tmp_path, sb, state, catalog, "--format", "json")  # as cron would, at once
     assert rerun.wait() == 1, rerun.output()  # the in-flight creates block their names
-    blocked = [c for c in json.loads(rerun.stdout)["changes"] if c["action"] == "blocked"]
-    assert blocked and {c["reason"] for c in blocked} == {"pending_create"}
-    assert duplicates_after_slow_creates_land(sb, SLOW_POST_MS) == {}
-    finish(tmp_path, sb, state, catalog)  # the landed creates are adopted, the rest created
-    assert_converged(sb, state, [c["name"] for c in json.loads(rerun.stdout)["changes"]])
+    changes = json.loads(rerun.stdout)["changes"]
+    blocked = [c for c in changes if c["action"] == "blocked"]
+    assert sorted(c["name"] for c in blocked) == sorted(in_flight)
+    assert {c["reason"] for c in blocked} == {"pending_create"}
+    land.set()
+    wait_for(lambda: len(sb.images()) == 8, 30, "the held creates to land")
+    assert duplicates(sb) == {}
+    finish(tmp_path, sb, state, catalog)  # the landed creates are adopted
+    assert_converged(sb, state, [c["name"] for c in changes])
 
 
 @pytest.mark.timeout(90)
@@ -246,7 +249,8 @@ def test_create_outliving_the_read_timeout_is_not_sent_again(
     wait_for(lambda: sb.post_count >= 2, 30, "two creates in flight", alive=run.alive)
     sb.config.latency_ms = 0
     assert run.wait() == 0, run.output()  # found once they land, within the settle time
-    assert duplicates_after_slow_creates_land(sb, 3000) == {}
+    time.sleep(3.2)  # every POST the sandbox received has committed by now
+    assert duplicates(sb) == {}
     assert_converged(sb, state, image_names(2))
 
 

@@ -11,9 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from apply_helpers import RECONCILE, SandboxFactory, image_names, write_images
 
 from reconciler.sandbox import Sandbox
+from reconciler.sandbox.app import SandboxApp
+from reconciler.sandbox.replies import Reply
 
 
 def on_terminal(args: list[str], answer: str, cwd: Path,
@@ -77,4 +80,23 @@ def test_yes_applies_what_was_shown(tmp_path: Path, sandbox: SandboxFactory) -> 
     after = screen[screen.index("[y/N]"):]
     assert "+ create" not in after  # the results, not the plan again
     assert "Apply: 3 created, 0 adopted, 0 failed, 0 skipped." in after
+    assert sorted(i["name"] for i in sb.images()) == image_names(3)
+
+
+def test_the_server_rules_are_read_once_and_a_failed_read_is_said_before_the_question(
+        tmp_path: Path, sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The preview's rules are the apply's: one read, and its failure is said in the plan
+    # shown (and once more in the run's report, which is the record of the run).
+    args, env, sb = setup(tmp_path, sandbox)
+    monkeypatch.setattr(SandboxApp, "_server_info",
+                        lambda self, kind: Reply(200, b'[{"platform": ', "application/json"))
+    code, screen = on_terminal(args, "y", tmp_path, env)
+    assert code == 0, screen
+    assert sb.request_count[("GET", "os_versions")] == 1
+    question = screen.index("[y/N]")
+    note = (f"warning: could not read the server's OS list: GET {sb.url}/v1/cloudimages/"
+            "os_version HTTP 200: unexpected response: the body is not JSON")
+    assert screen[:question].count(note) == 1
+    assert screen[question:].count(note) == 1
+    assert "using reconcile's built-in rules" in screen[:question]
     assert sorted(i["name"] for i in sb.images()) == image_names(3)

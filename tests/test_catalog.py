@@ -509,3 +509,16 @@ def test_load_catalog_raises_catalog_error_with_problems(
         load_catalog(root, IMS)
     assert [(p.line, p.path) for p in excinfo.value.problems] == [
         (3, "images[0].min_disk"), (4, "images[0].min_ram")]
+
+
+@pytest.mark.parametrize("version", [
+    "Ubuntu 22.04 server 64bit", "Ubuntu 20.04 server 64bit", "openEuler 22.03 64bit",
+    "EulerOS 2.10 64bit", "Debian GNU/Linux 12.0.0 64bit", "Windows Server 2022 Standard 64bit",
+])
+def test_current_ims_os_versions_pass_strict(
+        version: str, write_catalog: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
+    root = write_catalog({"a.yaml": {"images": [{"name": "a", "os_version": version,
+                                                 "min_disk": 40}]}})
+    result = run_cli(["validate", "--catalog", root, "--strict"])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr

@@ -21,6 +21,7 @@ from apply_helpers import (
     SandboxFactory,
     pending_names,
     recorded,
+    sha256_file,
     subprocess_env,
     total_requests,
     write_images,
@@ -90,6 +91,7 @@ def retarget(plan_file: Path, url: str) -> None:
 def test_an_edited_plan_target_receives_no_request_and_no_token(
         tmp_path: Path, edited_plan: SavedPlanWorld) -> None:
     state, plan_file = edited_plan.state, edited_plan.plan_file
+    before = sha256_file(state)  # the plan --refresh kept the server's rules in it
     with HostileServer(never_answer) as attacker:
         retarget(plan_file, attacker.url)
 
@@ -98,13 +100,13 @@ def test_an_edited_plan_target_receives_no_request_and_no_token(
         assert_clean_error(run, "--endpoint")
         assert attacker.seen == []
     assert TOKEN not in run.stderr + run.stdout
-    assert not state.exists()
+    assert sha256_file(state) == before
 
 
 def test_a_plan_for_another_target_is_refused_before_any_request(
         tmp_path: Path, edited_plan: SavedPlanWorld) -> None:
     sb, state, plan_file = edited_plan.sb, edited_plan.state, edited_plan.plan_file
-    before = total_requests(sb)
+    before, state_before = total_requests(sb), sha256_file(state)
     with HostileServer(never_answer) as attacker:
         retarget(plan_file, attacker.url)
 
@@ -114,7 +116,7 @@ def test_a_plan_for_another_target_is_refused_before_any_request(
         assert_clean_error(run, f"made for {attacker.url}", "nothing was sent")
         assert attacker.seen == []
     assert total_requests(sb) == before
-    assert not state.exists()
+    assert sha256_file(state) == state_before
 
 
 def test_an_unedited_plan_applies_with_the_endpoint_from_the_settings(
@@ -318,7 +320,10 @@ def test_plan_refresh_with_a_malformed_listing_is_one_clean_error(
 def test_plan_refresh_against_alternating_pages_ends_with_a_clear_message(
         tmp_path: Path) -> None:
     pages = iter_pages()
-    with HostileServer(lambda seen: next(pages)) as server:
+    def answer(seen: Seen) -> Answer:  # the listing loops; nothing else is served
+        return next(pages) if seen.path == "/v2/images" else Answer(404)
+
+    with HostileServer(answer) as server:
         run = reconcile(tmp_path, "plan", "--refresh", "--endpoint", server.url,
                         "--catalog", write_images(tmp_path / "catalog", ["img-000"]))
     assert_clean_error(run, "page 3 lists image a1 again: the server's paging loops")

@@ -238,7 +238,7 @@ IMS_RULES: list[tuple[str, Any, int, str]] = [
     ("min-ram-over", {"min_ram": 2_000_000}, 400, "IMG.0055"),
     ("too-many-tags", {"tags": TWENTY_ONE_TAGS}, 400, "IMG.0116"),
     ("empty-tag", {"tags": [""]}, 400, "IMG.0115 The image tag is invalid."),
-    ("unknown-os-version", {"__os_version": "Ubuntu 22.04 server 64bit"}, 400,
+    ("unknown-os-version", {"__os_version": "Ubuntu 99.04 server 64bit"}, 400,
      "IMG.0056 Invalid OS version."),
     ("glance-rule-first", {"name": "x" * 256, "disk_format": "vmdk"}, 400, "is too long"),
 ]  # fmt: skip
@@ -255,7 +255,12 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     ("ims", "name-128", {"name": "a" * 128}),
     ("glance", "long-name", {"name": "x" * 200}),
     ("glance", "community", {"visibility": "community"}),
-    ("glance", "any-os-version", {"__os_version": "Ubuntu 22.04 server 64bit"}),
+    ("glance", "any-os-version", {"__os_version": "Ubuntu 99.04 server 64bit"}),
+    # current IMS OS versions (issue: they used to be refused with IMG.0056)
+    ("ims", "ubuntu-22.04", {"__os_version": "Ubuntu 22.04 server 64bit"}),
+    ("ims", "ubuntu-20.04", {"__os_version": "Ubuntu 20.04 server 64bit"}),
+    ("ims", "openeuler-22.03", {"__os_version": "openEuler 22.03 64bit"}),
+    ("ims", "euleros-2.10", {"__os_version": "EulerOS 2.10 64bit"}),
     ("glance", "empty-tag-and-zero-disk", {"tags": [""], "min_disk": 0}),
     ("glance", "vmdk", {"disk_format": "vmdk"}),
     ("glance", "owner-is-project", {"owner": DEFAULT_PROJECT_ID}),
@@ -336,7 +341,7 @@ def test_id_of_a_deleted_image_stays_taken(ims: Sandbox) -> None:
 
 def test_fallback_policy_stores_unknown_os_version_as_other_linux() -> None:
     with Sandbox(SandboxConfig(os_version_policy="fallback")) as sb, client(sb) as c:
-        response = c.post("/v2/images", json={"__os_version": "Ubuntu 22.04 server 64bit"})
+        response = c.post("/v2/images", json={"__os_version": "Ubuntu 99.04 server 64bit"})
     assert response.status_code == 201
     assert response.json()["__os_version"] == DEFAULT_OS_VERSION
 
@@ -561,7 +566,7 @@ def test_delete_of_a_foreign_public_image_is_403(catalog: Sandbox) -> None:
 
 def test_unknown_paths_are_404_and_root_lists_versions(ims: Sandbox) -> None:
     with client(ims) as c:
-        assert c.get("/v2/schemas/image").status_code == 404
+        assert c.get("/v2/schemas/member").status_code == 404
         assert c.put("/v2/images").status_code == 404
         root = c.get("/")
     assert root.status_code == 200

@@ -384,6 +384,32 @@ def test_dump_and_load_copy_every_row(store: StateStore, tmp_path: Path) -> None
         other.close()
 
 
+def test_server_rules_are_kept_per_target_and_kind_without_moving_the_revision(
+        state_location: str, store: StateStore) -> None:
+    store.save_record(TARGET, a_record("a"))
+    revision = store.revision()
+    store.save_server_info(TARGET, "image_schema", url=f"{TARGET}/v2/schemas/image",
+                           body={"properties": {"disk_format": {"enum": ["raw"]}}},
+                           read_at="2026-12-01T10:00:00Z")
+    store.save_server_info(TARGET, "image_schema", url=f"{TARGET}/v2/schemas/image",
+                           body={"properties": {}}, read_at="2026-12-02T10:00:00Z")
+    store.save_server_info("https://other", "os_versions", url="https://other/v1", body=[],
+                           read_at="2026-12-03T10:00:00Z")
+    assert store.revision() == revision  # a cache, not a record: saved plans stay valid
+    assert store.server_info(TARGET, "image_schema") == {
+        "url": f"{TARGET}/v2/schemas/image", "body": {"properties": {}},
+        "read_at": "2026-12-02T10:00:00Z"}
+    assert store.server_info(TARGET, "os_versions") is None
+    assert store.server_info_targets("os_versions") == ["https://other"]
+    reader = open_readonly(state_location)
+    assert reader is not None
+    try:
+        assert reader.server_info("https://other", "os_versions") == {
+            "url": "https://other/v1", "body": [], "read_at": "2026-12-03T10:00:00Z"}
+    finally:
+        reader.close()
+
+
 # --- the write lock ----------------------------------------------------------------------------
 
 HOLDER = """
@@ -848,8 +874,8 @@ def test_state_copy_moves_every_row_and_verifies_it(
     fill(source)
     result = run_cli(["state", "copy", source, destination])
     assert result.exit_code == 0, result.output
-    assert "3 images, 1 runs, 1 journal, 1 applied_plans (row counts and digests verified)" \
-        in result.stdout
+    assert ("3 images, 1 runs, 1 journal, 1 applied_plans, 0 server_info (row counts and "
+            "digests verified)") in result.stdout
     assert dump_of(destination) == dump_of(source)
     reader = open_readonly(destination)
     assert reader is not None

@@ -16,11 +16,12 @@ from reconciler.errors import ConfigError
 from reconciler.models import DriftPolicy, Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
+from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
 
 
-class ApplyApi(ImageApi, UpdateApi, ListingApi, Protocol):
-    """What an apply uses of ``ImageClient``: creates, updates, look-ups and the refresh
-    listing."""
+class ApplyApi(ImageApi, UpdateApi, ListingApi, RulesApi, Protocol):
+    """What an apply uses of ``ImageClient``: creates, updates, look-ups, the refresh listing
+    and the server's rules."""
 
 
 #: Options a saved plan fixes (given on the command line they would contradict it).
@@ -59,6 +60,7 @@ class Preview:
     observed: Observed | None
     state_revision: int
     catalog_digest: str
+    rules: RunProfile  # the server's rules it was checked with: read once, for both
     report: RunReport | None = None  # the plan as `reconcile plan` shows it
 
 
@@ -88,6 +90,7 @@ class ApplyRequest:
     only: tuple[str, ...] = ()  # --only: the name globs the plan is limited to
     refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
+    allow: Allowances = NO_ALLOWANCES  # formats allowed beyond the built-in lists
     drift: DriftPolicy = "update"  # --drift: images whose catalog entry sets no policy
 
     def __post_init__(self) -> None:

@@ -35,9 +35,10 @@ from reconciler.models import (
     RunReport,
     iso,
 )
-from reconciler.operations import bulk_build, get_profile, make_plan, new_run_id
+from reconciler.operations import bulk_build, kept_notes, make_plan, new_run_id, run_profile
 from reconciler.planner import plan, select
 from reconciler.refresh import observe
+from reconciler.schemacache import RunProfile
 from reconciler.state import LockRequest, SqliteStore, StateStore, is_url, open_for_write
 
 log = logging.getLogger("reconciler.apply")
@@ -46,11 +47,12 @@ log = logging.getLogger("reconciler.apply")
 def preview(req: ApplyRequest) -> Preview:
     """The plan to confirm before ``apply_catalog(req)`` with ``preview=`` set: made without
     the lock, from the cloud as it is now (read once; the apply reuses what it saw)."""
+    rules = _rules(req)  # read online even without a refresh, as the apply would
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
-                       clock=req.clock, only=req.saved.only if req.saved else req.only,
-                       drift=_policy(req))
+                       clock=req.clock, rules=rules, keep=False,  # the apply keeps
+                       only=req.saved.only if req.saved else req.only, drift=_policy(req))
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
@@ -58,7 +60,7 @@ def preview(req: ApplyRequest) -> Preview:
         report = report.model_copy(update={"changes": shown.changes,
                                            "summary": shown.summary()})
     return Preview(shown, result.observed, result.state_revision, result.catalog.digest,
-                   report)
+                   rules, report)
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -71,17 +73,25 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
     saved = req.saved
     if saved is not None and normalize_endpoint(req.endpoint) != saved.target:
         raise PlanFileError(f"the plan was made for {saved.target}, not {req.endpoint}")
-    with bulk_build():
-        catalog = load_catalog(req.catalog_source, get_profile(req.catalog_profile),
-                               strict=req.strict)
     target = normalize_endpoint(req.endpoint)
+    # The server's rules first (read now, or by the preview; kept once the work is done):
+    # the catalog is checked against what this server accepts.
+    rules = req.preview.rules if req.preview else _rules(req)
+    with bulk_build():
+        catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
     prechecked = _precheck_without_state(req, catalog, target)
     store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s),
                            clock=req.clock)
     try:
-        return _apply_locked(req, store, catalog, target, prechecked)
+        return _apply_locked(req, store, catalog, target, rules, prechecked)
     finally:
         store.close()
+
+
+def _rules(req: ApplyRequest) -> RunProfile:
+    return run_profile(req.catalog_profile, None, normalize_endpoint(req.endpoint),
+                       api=req.api, state_path=req.state_path, allow=req.allow,
+                       clock=req.clock)
 
 
 def _precheck_without_state(req: ApplyRequest, catalog: Catalog,
@@ -100,7 +110,8 @@ def _precheck_without_state(req: ApplyRequest, catalog: Catalog,
 
 
 def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
-                  target: str, prechecked: Observed | None = None) -> ApplyResult:
+                  target: str, rules: RunProfile,
+                  prechecked: Observed | None = None) -> ApplyResult:
     t0 = req.clock.monotonic()
     chosen: set[tuple[str, str]] | None = None
     observed: Observed | None = prechecked
@@ -165,16 +176,20 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         outcomes += [o for o in creator.delivered + updater.delivered if id(o) not in seen]
         _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, "interrupted")
         return _result(req, catalog, target, run, result, summary, outcomes, t0,
-                       interrupted=True)
+                       rules.notes, interrupted=True)
     except Exception as exc:
         _finish(store, run.run_id, summary, outcomes, RunOutcome.FAILED, str(exc))
         raise
     counts = _counts(outcomes)
+    # Kept once the work is done: pending creates are resolved first, and a refused saved
+    # plan or preview (which raise above) writes nothing.
+    notes = kept_notes(rules, target, req.state_path, store)
     outcome = verdict(done=counts["created"] + counts["adopted"] + counts["updated"],
                       failed=counts["failed"],
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
     _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
-    return _result(req, catalog, target, run, result, summary, outcomes, t0, taken_in)
+    return _result(req, catalog, target, run, result, summary, outcomes, t0,
+                   (*notes, *taken_in))
 
 
 def _policy(req: ApplyRequest) -> DriftPolicy:
@@ -185,7 +200,7 @@ def _policy(req: ApplyRequest) -> DriftPolicy:
 
 def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
             result: Plan | None, summary: dict[str, int], outcomes: list[Outcome], t0: float,
-            taken_in: list[str] | None = None, *, interrupted: bool = False) -> ApplyResult:
+            notes: tuple[str, ...] = (), *, interrupted: bool = False) -> ApplyResult:
     counts = _counts(outcomes)
     reason = "interrupted" if interrupted else run.reason
     report = RunReport.model_construct(
@@ -195,9 +210,9 @@ def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
         summary={**(summary or dict.fromkeys(ACTIONS, 0)), **counts},
         changes=result.changes if result else (),
         outcomes=tuple(sorted(outcomes, key=lambda o: o.name)),
-        warnings=tuple(taken_in or ()) + (
-            ("run interrupted: run `reconcile apply` again to finish",) if interrupted
-            else (f"run aborted: {run.reason}",) if run.reason else ()),
+        warnings=(*notes, *(("run interrupted: run `reconcile apply` again to finish",)
+                            if interrupted else (f"run aborted: {run.reason}",) if run.reason
+                            else ())),
         duration_s=req.clock.monotonic() - t0, run_id=run.run_id,
         auth_refreshes=req.refreshes(), refreshed=req.refresh or req.saved is not None,
         state=str(req.state_path), plan_id=req.saved.plan_id if req.saved else None,

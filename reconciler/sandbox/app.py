@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from reconciler.osversions import KNOWN_OS_VERSIONS, derive_os_fields
 from reconciler.sandbox.config import SandboxConfig
 from reconciler.sandbox.faults import Fault, FaultInjector
 from reconciler.sandbox.images import build_foreign_image, build_image, isotime
@@ -45,7 +46,7 @@ from reconciler.sandbox.replies import (
     webob_default,
 )
 from reconciler.sandbox.store import ImageStore, Record, SortKeys
-from reconciler.sandbox.validation import validate_create
+from reconciler.sandbox.validation import image_schema, validate_create
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ def route_kind(path: str) -> str:
         return "root"
     if parts == ["v3", "auth", "tokens"]:
         return "tokens"
+    if parts == ["v2", "schemas", "image"]:
+        return "schema"
+    if parts == ["v1", "cloudimages", "os_version"]:
+        return "os_versions"
     if parts[:2] == ["v2", "images"] and len(parts) <= 3:
         return "images" if len(parts) == 2 else "image"
     if parts[:2] == ["v2", "cloudimages"] and len(parts) == 3:
@@ -141,6 +146,7 @@ class SandboxApp:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
         self._issued: dict[str, datetime] = {}  # Keystone-mode token -> expiry
+        self._hold: threading.Event | None = None  # creates arriving now wait for it
 
     # -- entry point -------------------------------------------------------------------
 
@@ -172,6 +178,11 @@ class SandboxApp:
     def scripted_left(self) -> int:
         return self._faults.scripted_left()
 
+    def hold_creates(self, hold: threading.Event | None) -> None:
+        """Creates arriving from now on wait for ``hold`` to be set, before committing
+        (None: they go through again; those already waiting keep waiting for theirs)."""
+        self._hold = hold
+
     def counts(self) -> Counter[tuple[str, str]]:
         """Requests seen so far per ``(method, route kind)``."""
         with self._counts_lock:
@@ -196,13 +207,21 @@ class SandboxApp:
             return self._versions(req)
         if kind == "tokens" and req.method == "POST":
             return self._issue_token(req)
-        if kind not in ("images", "image", "cloudimage") or (
-                kind == "cloudimage" and self.config.profile != "ims"):
-            raise GlanceError(404, "The resource could not be found.")
         cfg = self.config
+        if kind in ("schema", "os_versions") and req.method == "GET":
+            # No latency or faults here: they are modelled on creates and listings, and a
+            # seeded run must draw the same faults whether or not these were asked first.
+            if not self._authorized(req.headers.get("x-auth-token")):
+                return keystone_unauthorized(req.base_url)
+            return self._server_info(kind)
+        if kind not in ("images", "image", "cloudimage") or (
+                kind == "cloudimage" and cfg.profile != "ims"):
+            raise GlanceError(404, "The resource could not be found.")
         if cfg.latency_ms:
             time.sleep(cfg.latency_ms / 1000)
         create = (kind, req.method) == ("images", "POST")
+        if create and (hold := self._hold) is not None:
+            hold.wait()
         fault = self._faults.draw(
             fail_rate=cfg.fail_rate,
             throttle_rate=cfg.throttle_rate,
@@ -306,6 +325,7 @@ class SandboxApp:
             profile=cfg.api_profile,
             project_id=cfg.project_id,
             os_version_policy=cfg.unknown_os_version,
+            os_versions=cfg.os_versions or KNOWN_OS_VERSIONS,
         )
         image_id = create.image_id or str(uuid.uuid4())
         image = build_image(
@@ -454,6 +474,22 @@ class SandboxApp:
         return Reply(200, body.encode(), "application/json")
 
     # -- / and /v3 ---------------------------------------------------------------------
+
+    def _server_info(self, kind: str) -> Reply:
+        cfg = self.config
+        if kind == "schema":
+            return json_reply(200, image_schema(cfg.api_profile))
+        if cfg.api_profile != "ims":  # Glance has no such API
+            raise GlanceError(404, "The resource could not be found.")
+        platforms: dict[str, list[dict[str, Any]]] = {}
+        for version in sorted(cfg.os_versions or KNOWN_OS_VERSIONS):
+            derived = derive_os_fields(version)
+            platforms.setdefault(derived["__platform"], []).append({
+                "platform": derived["__platform"], "os_version_key": version,
+                "os_version": version, "os_bit": int(derived["__os_bit"]),
+                "os_type": derived["__os_type"]})
+        return json_reply(200, [{"platform": p, "version_list": v}
+                                for p, v in sorted(platforms.items())])
 
     def _versions(self, req: Request) -> Reply:
         link = [{"rel": "self", "href": f"{req.base_url}/v2/"}]

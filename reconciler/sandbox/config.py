@@ -56,6 +56,9 @@ class SandboxConfig:
     user: str | None = None
     region: str = "sandbox"
     verbose: bool = False
+    # The region's OS versions: served by GET /v1/cloudimages/os_version and accepted by
+    # creates; None = reconcile's built-in list (osversions.KNOWN_OS_VERSIONS).
+    os_versions: frozenset[str] | None = None
     clock: Callable[[], datetime] = field(default=SYSTEM_CLOCK.now, repr=False)
 
     @property

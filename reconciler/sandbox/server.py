@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -169,6 +169,7 @@ class Sandbox:
         self._app = SandboxApp(self.config)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._holds: list[threading.Event] = []
 
     def start(self) -> Sandbox:
         """Bind and serve; returns self so ``Sandbox(cfg).start()`` reads naturally."""
@@ -189,6 +190,8 @@ class Sandbox:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
+        for hold in self._holds:
+            hold.set()
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -237,6 +240,19 @@ class Sandbox:
         ``faults.STEPS``."""
         self._app.script(name, post=post, get=get, patch=patch)
 
+    @contextlib.contextmanager
+    def holding_creates(self) -> Iterator[threading.Event]:
+        """Within the block, creates arriving wait unanswered and uncommitted (as if the
+        server were still at work on them) until the event yielded is set; creates arriving
+        after the block go through. The event is set at the latest when the sandbox stops."""
+        hold = threading.Event()
+        self._holds.append(hold)
+        self._app.hold_creates(hold)
+        try:
+            yield hold
+        finally:
+            self._app.hold_creates(None)
+
     @property
     def scripted_left(self) -> int:
         """Scripted fault steps not consumed yet (0: every scripted fault happened)."""
@@ -244,7 +260,8 @@ class Sandbox:
 
     @property
     def request_count(self) -> Counter[tuple[str, str]]:
-        """Requests per ``(method, kind)``; kind is root, tokens, images, image or other."""
+        """Requests per ``(method, kind)``; kind is root, tokens, images, image, schema,
+        os_versions or other."""
         return self._app.counts()
 
     @property

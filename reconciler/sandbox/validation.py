@@ -103,6 +103,20 @@ _SCHEMAS: dict[Profile, dict[str, _Schema]] = {
 }
 
 
+def image_schema(profile: Profile) -> dict[str, Any]:
+    """The body of ``GET /v2/schemas/image``: the schema this profile validates with."""
+    return {
+        "name": "image",
+        "properties": {
+            **_SCHEMAS[profile],
+            **{key: {"type": "string", "readOnly": True} for key in _DISALLOWED},
+        },
+        "additionalProperties": {"type": "string"},
+        "links": [{"rel": "self", "href": "{self}"}, {"rel": "enclosure", "href": "{file}"},
+                  {"rel": "describedby", "href": "{schema}"}],
+    }
+
+
 @dataclass(frozen=True)
 class CreateRequest:
     """A validated create: what the store needs to build the image."""
@@ -246,7 +260,8 @@ def _check_four_byte(req: CreateRequest) -> None:
         raise GlanceError(400, "Tags can't contain 4 byte unicode characters.")
 
 
-def _check_ims(req: CreateRequest, os_version_policy: OsVersionPolicy) -> None:
+def _check_ims(req: CreateRequest, os_version_policy: OsVersionPolicy,
+               known: frozenset[str]) -> None:
     """Huawei's documented create rules (docs/api-contract.md §4), after Glance's own."""
     name = req.base.get("name")
     if isinstance(name, str):
@@ -265,7 +280,7 @@ def _check_ims(req: CreateRequest, os_version_policy: OsVersionPolicy) -> None:
     if any(not tag for tag in req.tags):
         raise ImsError("IMG.0115", "The image tag is invalid.")
     os_version = req.extras.get("__os_version", DEFAULT_OS_VERSION)
-    if os_version not in KNOWN_OS_VERSIONS and os_version_policy == "reject":
+    if os_version not in known and os_version_policy == "reject":
         raise ImsError("IMG.0056", "Invalid OS version.")
 
 
@@ -275,6 +290,7 @@ def validate_create(
     profile: Profile,
     project_id: str,
     os_version_policy: OsVersionPolicy = "reject",
+    os_versions: frozenset[str] = KNOWN_OS_VERSIONS,
 ) -> CreateRequest:
     """Validate a create body; raise ``GlanceError``/``ImsError`` for the first failed rule."""
     body = _parse_body(raw)
@@ -300,8 +316,8 @@ def validate_create(
     req = CreateRequest(base=base, image_id=image_id, tags=tags, extras=extras)
     _check_glance_domain(req, project_id, profile)
     if profile == "ims":
-        _check_ims(req, os_version_policy)
-        if extras.get("__os_version", DEFAULT_OS_VERSION) not in KNOWN_OS_VERSIONS:
+        _check_ims(req, os_version_policy, os_versions)
+        if extras.get("__os_version", DEFAULT_OS_VERSION) not in os_versions:
             extras["__os_version"] = DEFAULT_OS_VERSION  # the "fallback" policy
     unique_tags = list(dict.fromkeys(tags))
     return CreateRequest(base=base, image_id=image_id, tags=unique_tags, extras=extras)

@@ -51,6 +51,9 @@ CONSTRAINTS = HERE / "constraints.txt"
 #: Where the venv lives; RECONCILE_GLANCE_VENV overrides it (e.g. a cache directory in CI).
 VENV = Path(os.environ.get("RECONCILE_GLANCE_VENV") or REPO / ".glance-venv")
 
+#: Custom image properties with types and patterns, as an operator configures them.
+SCHEMA_IMAGE = HERE / "schema-image.json"
+
 #: IMS's formats are added to Glance's default list (running-glance.md).
 DISK_FORMATS = "ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop,zvhd,zvhd2"
 
@@ -202,6 +205,9 @@ class GlanceServer:
         if not paste.exists():
             raise GlanceError(f"{paste} is missing: build the venv first "
                               f"(python {Path(__file__).relative_to(REPO)} --setup)")
+        # The operator's typed properties (upstream's etc/schema-image.json, which the wheel
+        # does not ship): Glance reads it from its config directory into /v2/schemas/image.
+        shutil.copyfile(SCHEMA_IMAGE, self.config_dir / "schema-image.json")
         conf = self.config_dir / "glance-api.conf"
         conf.write_text(f"""\
 [DEFAULT]
@@ -240,6 +246,9 @@ disk_formats = {DISK_FORMATS}
         return conf
 
     def db_sync(self) -> None:
+        # The operator's typed properties (upstream's etc/schema-image.json, which the wheel
+        # does not ship): Glance reads it from its config directory into /v2/schemas/image.
+        shutil.copyfile(SCHEMA_IMAGE, self.config_dir / "schema-image.json")
         conf = self.config_dir / "glance-api.conf"
         _run([str(self.venv / "bin" / "glance-manage"), "--config-file", str(conf), "db_sync"],
              cwd=self.workdir)
