@@ -14,7 +14,6 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,9 +24,10 @@ from reconciler.apply.decisions import (
     on_update_error,
     resolve_pending_update,
 )
+from reconciler.apply.pool import run_bounded
 from reconciler.apply.runstate import RunState
 from reconciler.client import RetryPolicy
-from reconciler.errors import ApiError, StateError
+from reconciler.errors import ApiError
 from reconciler.models import (
     GONE_STATUSES,
     MARKER_PROPERTY,
@@ -40,9 +40,6 @@ from reconciler.models import (
 from reconciler.state import StateStore
 
 log = logging.getLogger("reconciler.apply")
-
-#: After Ctrl-C or SIGTERM, how long updates in flight may take to finish and be recorded.
-STOP_GRACE_S = 3.0
 
 _UNKNOWN = ("outcome unknown (kept as pending; the next apply reads the image before "
             "updating it again): ")
@@ -143,40 +140,11 @@ class Updater:
         """Update every image of ``changes`` (all ``update``), at most ``parallelism`` at
         once. On KeyboardInterrupt no new update starts, running ones finish and are
         recorded, then the interrupt propagates."""
-        outcomes: list[Outcome] = []
         todo = [c for c in changes if c.spec is not None and c.name in records]
-        first = len(self.delivered)
-        with ThreadPoolExecutor(max_workers=max(1, self.parallelism),
-                                thread_name_prefix="reconcile-update") as pool:
-            running: set[Future[Outcome]] = set()
-            queue = iter(todo)
-            try:
-                while True:
-                    while len(running) < self.parallelism and not self.run.stopped:
-                        change = next(queue, None)
-                        if change is None:
-                            break
-                        running.add(pool.submit(self._update_one, change, records[change.name]))
-                    if not running:
-                        break
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    outcomes.extend(self._deliver(fut.result()) for fut in done)
-            except KeyboardInterrupt:
-                self.run.stop("interrupted")
-                _, late = wait(running, timeout=STOP_GRACE_S)  # real time: a person waits
-                if late:
-                    self.api.abort()
-                outcomes.extend(self._deliver(fut.result()) for fut in running)
-                raise
-            except StateError as exc:
-                self.run.stop(str(exc))
-                raise
-            finally:
-                # what was delivered, also an outcome whose delivery an interrupt cut short
-                left = {o.name for o in self.delivered[first:]}
-                outcomes.extend(self._deliver(self._skipped(c.name)) for c in todo
-                                if c.name not in left)
-        return outcomes
+        return run_bounded(todo, lambda c: self._update_one(c, records[c.name]), run=self.run,
+                           parallelism=self.parallelism, deliver=self._deliver,
+                           delivered=self.delivered, skipped=self._skipped,
+                           abort=self.api.abort, prefix="reconcile-update")
 
     def _update_one(self, change: Change, old: Record) -> Outcome:
         clock = self.run.clock

@@ -235,7 +235,9 @@ def test_patch_parity_table_is_large_enough() -> None:
 
 def _patch_fresh(url: str, doc: Doc) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Create an image from BASE, PATCH it with ``doc``; (status, image after, answer)."""
-    with httpx.Client(base_url=url, headers={**JSON, "X-Auth-Token": TOKEN}) as http:
+    # a generous timeout: a busy machine's Glance takes seconds for 130 properties
+    with httpx.Client(base_url=url, headers={**JSON, "X-Auth-Token": TOKEN},
+                      timeout=60) as http:
         created = http.post("/v2/images", json={"name": f"parity-{doc.id}", **BASE})
         assert created.status_code == 201, created.text
         image_id = created.json()["id"]
