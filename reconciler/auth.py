@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import re
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -377,30 +378,59 @@ class Credentials:
         return self.signer.project_id if isinstance(self.signer, AkSkAuth) else None
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What a catalog target asks of the credentials it is given (``None``: as they are):
+    the region whose image endpoint the service catalog gives, and the project to scope to,
+    by name or, 32 hex digits as Keystone and Huawei IAM make them, by id."""
+
+    region: str | None = None
+    project: str | None = None
+
+    def project_fields(self) -> dict[str, str]:
+        if not self.project:
+            return {}
+        if _PROJECT_ID.match(self.project):
+            return {"project_id": self.project}
+        return {"project_name": self.project}
+
+
+_PROJECT_ID = re.compile(r"[0-9a-fA-F]{32}\Z")
+
+
 def resolve(env: Mapping[str, str], *, endpoint: str | None, token_file: Path | None,
             os_cloud: str | None, interface: str | None, cacert: str | None,
-            insecure: bool, http_factory: Callable[[bool | str], httpx.Client]) -> Credentials:
-    """Pick the credential source (first match of the module docstring's list)."""
+            insecure: bool, http_factory: Callable[[bool | str], httpx.Client],
+            scope: Scope = Scope()) -> Credentials:
+    """Pick the credential source (first match of the module docstring's list).
+
+    ``scope``: a target's region and project, which win over the source's own."""
     verify: bool | str = False if insecure else (cacert or env.get("OS_CACERT") or True)
     if token_file is not None:
+        _no_project(scope, "--token-file")
         return Credentials(StaticToken(_read_token(token_file), f"--token-file {token_file}"),
                            _need(endpoint),
                            "--token-file", verify=verify)
     cloud_name = os_cloud or env.get("OS_CLOUD") or None
     if cloud_name is not None:
-        return _from_cloud(cloud_name, env, endpoint, interface, verify, http_factory)
+        return _from_cloud(cloud_name, env, endpoint, interface, verify, http_factory, scope)
     if env.get("OS_AUTH_TOKEN", "").strip():
+        _no_project(scope, "OS_AUTH_TOKEN")
         return Credentials(StaticToken(env["OS_AUTH_TOKEN"].strip(), "OS_AUTH_TOKEN"),
                            _need(endpoint),
                            "OS_AUTH_TOKEN", verify=verify)
     if env.get("OS_AUTH_URL"):
         auth = {k[3:].lower(): v for k, v in env.items() if k.startswith("OS_") and v}
-        return _keystone(auth, env.get("OS_REGION_NAME"), endpoint,
-                         interface or env.get("OS_INTERFACE") or "public", verify,
+        return _keystone(_scoped(auth, scope), scope.region or env.get("OS_REGION_NAME"),
+                         endpoint, interface or env.get("OS_INTERFACE") or "public", verify,
                          http_factory, "OS_* variables")
     if env.get("HUAWEICLOUD_SDK_AK") or env.get("HUAWEICLOUD_SDK_SK"):
         ak, sk = env.get("HUAWEICLOUD_SDK_AK", ""), env.get("HUAWEICLOUD_SDK_SK", "")
-        project = env.get("HUAWEICLOUD_SDK_PROJECT_ID") or env.get("OS_PROJECT_ID", "")
+        project = scope.project_fields().get("project_id") or env.get(
+            "HUAWEICLOUD_SDK_PROJECT_ID") or env.get("OS_PROJECT_ID", "")
+        if scope.project and scope.project != project:
+            raise ConfigError(f"project {scope.project!r}: AK/SK signing names the project by "
+                              "its id (32 hex digits); give the id")
         if not (ak and sk and project):
             raise ConfigError("AK/SK signing needs HUAWEICLOUD_SDK_AK, HUAWEICLOUD_SDK_SK and "
                               "HUAWEICLOUD_SDK_PROJECT_ID")
@@ -409,6 +439,22 @@ def resolve(env: Mapping[str, str], *, endpoint: str | None, token_file: Path | 
     raise ConfigError("no credentials: set OS_AUTH_TOKEN, or OS_CLOUD (clouds.yaml), or "
                       "OS_AUTH_URL with OS_USERNAME and OS_PASSWORD, or HUAWEICLOUD_SDK_AK/SK, "
                       "or pass --token-file FILE")
+
+
+def _scoped(auth: Mapping[str, str], scope: Scope) -> dict[str, str]:
+    """Keystone auth settings with a target's project in place of their own."""
+    if not scope.project:
+        return dict(auth)
+    drop = {"project_name", "project_id", "tenant_name", "tenant_id"}
+    return {**{k: v for k, v in auth.items() if k not in drop}, **scope.project_fields()}
+
+
+def _no_project(scope: Scope, source: str) -> None:
+    if scope.project:
+        raise ConfigError(f"project {scope.project!r} was asked for, but a static token "
+                          f"({source}) is scoped to the project it was issued for; use "
+                          "password credentials (clouds.yaml or OS_AUTH_URL) to scope to "
+                          "each target's project")
 
 
 def _need(endpoint: str | None) -> str:
@@ -431,7 +477,8 @@ def _read_token(path: Path) -> str:
 
 def _from_cloud(name: str, env: Mapping[str, str], endpoint: str | None,
                 interface: str | None, verify: bool | str,
-                http_factory: Callable[[bool | str], httpx.Client]) -> Credentials:
+                http_factory: Callable[[bool | str], httpx.Client],
+                scope: Scope = Scope()) -> Credentials:
     cloud = load_cloud(name, env)
     auth = {k: str(v) for k, v in (cloud.get("auth") or {}).items() if v is not None}
     if verify is True:
@@ -444,10 +491,12 @@ def _from_cloud(name: str, env: Mapping[str, str], endpoint: str | None,
             "token" in auth and "password" not in auth):
         if "token" not in auth:
             raise ConfigError(f"{source} has auth_type token but no auth.token")
+        _no_project(scope, source)
         return Credentials(StaticToken(auth["token"], f"{source}: auth.token"),
                            _need(endpoint or cloud.get(
             "image_endpoint_override")), source, verify=verify)
-    return _keystone(auth, cloud.get("region_name"), endpoint or cloud.get(
+    return _keystone(_scoped(auth, scope), scope.region or cloud.get("region_name"),
+                     endpoint or cloud.get(
         "image_endpoint_override"), interface or cloud.get("interface") or "public", verify,
         http_factory, source)
 
@@ -486,6 +535,7 @@ class ConnectOptions:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    scope: Scope = Scope()  # a catalog target's region and project
 
 
 INSECURE_WARNING = ("TLS certificates are NOT verified (--insecure or verify: false); anyone "
@@ -515,13 +565,15 @@ class ApiSession:
 @contextlib.contextmanager
 def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectOptions, *,
                  retries: int = 5, clock: Clock = SYSTEM_CLOCK,
-                 warn: Callable[[str], None] = lambda message: None) -> Iterator[ApiSession]:
+                 warn: Callable[[str], None] = lambda message: None,
+                 limiter: threading.Semaphore | None = None) -> Iterator[ApiSession]:
     """Resolve the credentials, authenticate, and yield a client; closed afterwards.
 
     Authenticates at once, so bad credentials fail before any work starts. ``warn`` gets
     ``INSECURE_WARNING`` on every run without TLS verification, whether from ``--insecure``
     or ``verify: false`` in clouds.yaml. Reads are retried ``retries`` times (writes never:
-    docs/architecture.md §6.5).
+    docs/architecture.md §6.5). ``limiter``: shared by the sessions of several targets,
+    it bounds their requests in flight together (docs/architecture.md §13).
     """
     def factory(verify: bool | str) -> httpx.Client:
         return http_client(verify, connect_timeout=options.connect_timeout,
@@ -530,7 +582,8 @@ def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectO
 
     creds = resolve(env, endpoint=endpoint, token_file=options.token_file,
                     os_cloud=options.os_cloud, interface=options.interface,
-                    cacert=options.cacert, insecure=options.insecure, http_factory=factory)
+                    cacert=options.cacert, insecure=options.insecure, http_factory=factory,
+                    scope=options.scope)
     if creds.verify is False:
         warn(INSECURE_WARNING)
     creds.tokens.token()
@@ -538,7 +591,8 @@ def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectO
                          verify=creds.verify, connect_timeout=options.connect_timeout,
                          read_timeout=options.read_timeout,
                          request_timeout=options.request_timeout,
-                         read_retry=RetryPolicy(attempts=retries + 1), clock=clock)
+                         read_retry=RetryPolicy(attempts=retries + 1), clock=clock,
+                         limiter=limiter)
     try:
         yield ApiSession(client, creds)
     finally:

@@ -28,13 +28,21 @@ import yaml
 from reconciler import jsonfile
 from reconciler.errors import CatalogError, Problem
 from reconciler.escape import terminal
-from reconciler.models import Catalog, ImageSpec
+from reconciler.models import Catalog, ImageSpec, Target
 from reconciler.nodes import LineDict, LineList, RawScalar
-from reconciler.profiles import FIELDS, INT_FIELDS, STRING_FIELDS, Profile
+from reconciler.profiles import FIELDS, INT_FIELDS, PROFILES, STRING_FIELDS, Profile
 
 _BaseLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SUFFIXES = (".yaml", ".yml", ".json")
-_TOP_KEYS = ("defaults", "images")
+_TOP_KEYS = ("defaults", "images", "targets")
+#: The keys of one entry of ``targets:`` (README "Targets"); all optional text.
+TARGET_KEYS = ("cloud", "region", "project", "endpoint", "profile")
+#: A target's name: no glob characters (``--target`` takes globs), no spaces.
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_NO_ENDPOINT = ("has nothing that gives an endpoint; set `endpoint:` (the Image API URL), "
+                "`region:` (found in the token's service catalog) or `cloud:` (a clouds.yaml "
+                "entry)")
+_URL = re.compile(r"https?://[^/\s@]+(/\S*)?\Z")
 _TRUE_FALSE = {"true": True, "false": False}
 
 
@@ -322,6 +330,7 @@ class _FileChecker:
         self.reader = "JSON" if display.endswith(".json") else "YAML"
         self.problems: list[Problem] = []
         self.image: str | None = None  # the name of the image being checked, if it has one
+        self.targets: list[_TargetEntry] = []  # the file's `targets:` entries that are valid
 
     def error(self, line: int | None, path: str, message: str) -> None:
         self.problems.append(Problem(self.display, line, path, message, image=self.image))
@@ -343,6 +352,10 @@ class _FileChecker:
             if key not in _TOP_KEYS:
                 self.error(data.key_lines.get(key), str(key), "unknown top-level key"
                            + did_you_mean(str(key), _TOP_KEYS))
+        if "targets" in data:
+            self._targets(data["targets"], data.key_lines["targets"])
+            if "images" not in data:
+                return []  # a file may declare targets only
         if "images" not in data:  # not a catalog: its values are not looked at (nor quoted)
             self.error(data.line, "images", "is missing; list the images under `images:`")
             return []
@@ -382,6 +395,79 @@ class _FileChecker:
             self.image = None
         return out
 
+    def _targets(self, value: Any, line: int) -> None:
+        """``targets:``: a mapping of target names to their (optional) settings."""
+        if not isinstance(value, LineDict):
+            self.error(line, "targets", f"must be a mapping of target names to their "
+                       f"settings ({', '.join(TARGET_KEYS)}), but it is {_describe(value)}")
+            return
+        self._duplicates(value, "targets")
+        if not value:
+            self.error(line, "targets", "is empty; declare at least one target, or remove "
+                                        "`targets:` to use the run's endpoint")
+        for name, settings in value.items():
+            at = value.key_lines.get(name, line)
+            where = f"targets.{name}"
+            if not isinstance(name, str) or not _TARGET_NAME.match(name):
+                self.error(at, where, "is not a usable target name: letters, digits, `.`, `_` "
+                                      "and `-`, starting with a letter or digit, at most 64")
+                continue
+            if isinstance(settings, RawScalar) and settings.kind == "null":
+                self.error(at, where, _NO_ENDPOINT)
+                continue
+            if not isinstance(settings, LineDict):
+                self.error(at, where, f"must be a mapping of {', '.join(TARGET_KEYS)}, but it "
+                                      f"is {_describe(settings)}")
+                continue
+            fields = self._target_fields(settings, where)
+            if fields is None:
+                continue
+            if not {"endpoint", "region", "cloud"} & fields.keys():
+                self.error(at, where, _NO_ENDPOINT)
+                continue
+            self.targets.append((name, fields, at))
+
+    def _target_fields(self, settings: LineDict, where: str) -> dict[str, str] | None:
+        before = len(self.problems)
+        self._duplicates(settings, where)
+        fields: dict[str, str] = {}
+        for key, item in settings.items():
+            at = settings.key_lines.get(key, settings.line)
+            if key not in TARGET_KEYS:
+                self.error(at, f"{where}.{key}", "unknown target setting"
+                           + did_you_mean(str(key), TARGET_KEYS))
+            elif not isinstance(item, str) or not item.strip():
+                self.error(at, f"{where}.{key}", f"must be text, but it is {_describe(item)}"
+                           + _quote_hint(item))
+            elif key == "profile" and item not in PROFILES:
+                self.error(at, f"{where}.{key}", f"unknown profile {item!r}; use one of: "
+                           + ", ".join(PROFILES))
+            elif key == "endpoint" and not _URL.match(item):
+                self.error(at, f"{where}.{key}", "must be an http:// or https:// URL without "
+                           "a user or password (credentials go in clouds.yaml or the "
+                           "environment)")
+            else:
+                fields[str(key)] = item.strip()
+        return fields if len(self.problems) == before else None
+
+    def _selection(self, value: Any, line: int, where: str) -> tuple[tuple[str, int], ...] | None:
+        """An image's (or the defaults') ``targets:``: a non-empty list of target names."""
+        if not isinstance(value, LineList):
+            self.error(line, where, f"must be a list of target names, but it is "
+                                    f"{_describe(value)}")
+            return None
+        if not value:
+            self.error(line, where, "is empty, so the image would go nowhere; name at least "
+                                    "one target, or remove the key to mean every target")
+            return None
+        ok = True
+        for i, (name, at) in enumerate(zip(value, value.lines, strict=True)):
+            if not isinstance(name, str):
+                self.error(at, f"{where}[{i}]", f"must be a target name, but it is "
+                           f"{_describe(name)}{_quote_hint(name)}")
+                ok = False
+        return tuple(zip(value, value.lines, strict=True)) if ok else None
+
     def _duplicates(self, data: LineDict, path: str) -> None:
         for key, line in data.duplicates:
             self.error(line, f"{path}.{key}" if path else str(key),
@@ -399,13 +485,18 @@ class _FileChecker:
             line = data.key_lines.get(key, data.line)
             field = "os_version" if key == "__os_version" else key
             where = f"{path}.{key}"
-            if field not in known:
+            if field not in known and field != "targets":
                 hint = "; `name` belongs to each image, not to defaults" if key == "name" else \
                     _field_hint(str(key), known)
                 self.error(line, where, "unknown field" + hint)
                 continue
             if field in out:
                 self.error(line, where, "os_version and __os_version are the same field; keep one")
+                continue
+            if field == "targets":
+                selection = self._selection(value, line, where)
+                if selection is not None:
+                    out[field] = selection
                 continue
             checked = self._typed(field, value, line, where)
             if checked is not None:
@@ -533,9 +624,13 @@ _SPEC_KEYS = ("name", "os_version", "visibility", "protected", "container_format
               "disk_format", "min_ram", "min_disk", "tags", "drift", "properties")
 
 # One checked image as a worker sends it: its fields in _SPEC_KEYS order, its line, its path
-# (`images[N]`), its count of extra properties and its lint warnings (field, message, line).
-_Image = tuple[tuple[Any, ...], int, str, int, tuple[tuple[str, str, int], ...]]
-_Checked = tuple[list[Problem], list[_Image]]
+# (`images[N]`), its count of extra properties, its lint warnings (field, message, line) and
+# the targets it is limited to (name, line), or None for every target.
+_Selection = tuple[tuple[str, int], ...] | None
+_Image = tuple[tuple[Any, ...], int, str, int, tuple[tuple[str, str, int], ...], _Selection]
+# One valid entry of `targets:`: its name, its settings and its line.
+_TargetEntry = tuple[str, dict[str, str], int]
+_Checked = tuple[list[Problem], list[_Image], list[_TargetEntry]]
 
 
 def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = False,
@@ -563,13 +658,16 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     seen: dict[str, tuple[str, int]] = {}
     specs: list[ImageSpec] = []
     warnings: dict[str, tuple[str, ...]] = {}
+    declared: dict[str, Target] = {}
+    selections: list[tuple[str, str, str, tuple[tuple[str, int], ...]]] = []
     shared: dict[Any, Any] = {}  # one object per repeated value (os versions, tags, ...)
     base = Path(os.path.realpath(root))
     with _checked_files(files, profile, strict, base, workers) as results:
-        for path, (file_problems, images) in zip(files, results, strict=True):
+        for path, (file_problems, images, targets) in zip(files, results, strict=True):
             display = display_path(path)
             problems.extend(file_problems)
-            for values, line, where, extras, messages in images:
+            _declare(declared, targets, display, problems)
+            for values, line, where, extras, messages, selection in images:
                 name = values[0]
                 if name in seen:
                     first_file, first_line = seen[name]
@@ -578,6 +676,8 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                                             f"{first_file}:{first_line}", image=name))
                     continue
                 seen[name] = (display, line)
+                if selection is not None:
+                    selections.append((display, where, name, selection))
                 if extras > profile.max_properties:
                     problems.append(Problem(display, line, f"{where}.properties", f"has "
                                             f"{extras} extra properties with os_version and "
@@ -593,16 +693,103 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                 fields = dict(zip(_SPEC_KEYS, _share(values, shared), strict=True))
                 specs.append(ImageSpec.model_construct(_fields_set=_SPEC_FIELDS, **fields,
                                                        file=display, line=line))
+    placement = _placement(declared, selections, problems)
+    files_order = {display_path(p): i for i, p in enumerate(files)}
     if strict:
         problems.extend(dataclasses.replace(p, message=f"{p.message} (--strict)",
                                             severity="error") for p in lint)
     if problems:
-        raise CatalogError(problems)
+        raise CatalogError(sorted(problems, key=lambda p: (files_order.get(p.file, 0), p.line or 0))
+                           if selections or declared else problems)
     specs.sort(key=lambda s: s.name)
     return Catalog.model_construct(
         directory=str(root), profile=profile.name, images=tuple(specs),
         warnings=warnings, files=tuple(display_path(p) for p in files), lint=tuple(lint),
+        targets=tuple(sorted(declared.values(), key=lambda t: t.name)), placement=placement,
     )
+
+
+#: A file that may declare targets: a top-level `targets:` (YAML) or a "targets" key (JSON).
+_DECLARES = re.compile(rb'(?m)^targets[ \t]*:|"targets"[ \t\r\n]*:')
+
+
+def declared_targets(directory: str | Path) -> tuple[Target, ...]:
+    """The targets a catalog declares, read before the images are checked (their rules may
+    depend on the target's server). Only files that mention ``targets`` are parsed, so a
+    catalog without targets costs a scan of its bytes. Problems of the declarations are
+    raised (located); anything else wrong is left to ``load_catalog``."""
+    root = Path(directory)
+    if not root.is_dir():
+        return ()
+    base = Path(os.path.realpath(root))
+    declared: dict[str, Target] = {}
+    problems: list[Problem] = []
+    for path in catalog_files(root):
+        display = display_path(path)
+        raw, _ = read_catalog_file(path, base, display)
+        if raw is None or not _DECLARES.search(raw):
+            continue
+        data, parse_problems = parse_file(path, display, base)
+        if parse_problems or not isinstance(data, LineDict) or "targets" not in data:
+            continue
+        checker = _FileChecker(display, PROFILES["glance"], strict=False)
+        checker._targets(data["targets"], data.key_lines["targets"])
+        problems.extend(checker.problems)
+        _declare(declared, checker.targets, display, problems)
+    if problems:
+        raise CatalogError(problems)
+    return tuple(sorted(declared.values(), key=lambda t: t.name))
+
+
+def image_names(directory: str | Path) -> set[str]:
+    """The image names the catalog's files hold, read without checking them (``--only``
+    over several targets is checked against them before any target is planned)."""
+    root = Path(directory)
+    base = Path(os.path.realpath(root))
+    names: set[str] = set()
+    for path in catalog_files(root) if root.is_dir() else []:
+        data, problems = parse_file(path, display_path(path), base)
+        images = data.get("images") if isinstance(data, LineDict) else None
+        if not problems and isinstance(images, LineList):
+            names.update(i["name"] for i in images
+                         if isinstance(i, LineDict) and isinstance(i.get("name"), str))
+    return names
+
+
+def _declare(declared: dict[str, Target], entries: list[_TargetEntry], display: str,
+             problems: list[Problem]) -> None:
+    """Add a file's targets; a name may be declared once in the whole catalog."""
+    for name, fields, line in entries:
+        first = declared.get(name)
+        if first is not None:
+            problems.append(Problem(display, line, f"targets.{name}", f"target {name!r} is "
+                                    f"declared twice; first declared at {first.file}:"
+                                    f"{first.line}. Declare each target once"))
+            continue
+        declared[name] = Target.model_validate({**fields, "name": name, "file": display,
+                                                "line": line})
+
+
+def _placement(declared: dict[str, Target],
+               selections: list[tuple[str, str, str, tuple[tuple[str, int], ...]]],
+               problems: list[Problem]) -> dict[str, tuple[str, ...]]:
+    """Image name -> the targets it goes to, every name checked against the declared ones."""
+    placement: dict[str, tuple[str, ...]] = {}
+    known = tuple(sorted(declared))
+    for display, where, image, selection in selections:
+        ok = True
+        for i, (name, line) in enumerate(selection):
+            if name in declared:
+                continue
+            ok = False
+            hint = (did_you_mean(name, known).replace("known keys", "declared targets")
+                    if known else "; no target is declared: add them under `targets:` "
+                    "in any catalog file")
+            problems.append(Problem(display, line, f"{where}.targets[{i}]",
+                                    f"unknown target {name!r}{hint}", image=image))
+        if ok:
+            placement[image] = tuple(dict.fromkeys(name for name, _ in selection))
+    return placement
 
 
 def _share(values: tuple[Any, ...], shared: dict[Any, Any]) -> Iterator[Any]:
@@ -624,17 +811,18 @@ def check_file(path: Path, profile: Profile, strict: bool, base: Path) -> _Check
     display = display_path(path)
     data, problems = parse_file(path, display, base)
     if problems:
-        return problems, []
+        return problems, [], []
     checker = _FileChecker(display, profile, strict)
     images: list[_Image] = []
     for fields, line, where, field_lines in checker.check(data):
+        selection = fields.pop("targets", None)
         extras = len(fields.get("properties", ())) + ("os_version" in fields) + 1
         spec = {**_SPEC_DEFAULTS, **profile.defaults, **fields}
         values = (*(spec[k] for k in _SPEC_KEYS[:-1]), tuple(spec["properties"].items()))
         lint = tuple((f, m, field_lines.get(f, line)) for f, m in profile.lint(spec)) \
             if extras <= profile.max_properties else ()
-        images.append((values, line, where, extras, lint))
-    return checker.problems, images
+        images.append((values, line, where, extras, lint, selection))
+    return checker.problems, images, checker.targets
 
 
 # What forked workers check with: set before the pool starts, inherited, never pickled.

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import sys
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,18 +26,23 @@ from reconciler import __version__, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
+    TargetsApply,
     apply_catalog,
+    apply_targets,
     check_invocation,
     preview,
 )
-from reconciler.auth import ApiSession, ConnectOptions, open_session
+from reconciler.auth import ApiSession, ConnectOptions, Scope, open_session
+from reconciler.catalog import declared_targets
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.console import (
     Progress,
+    TargetsProgress,
     check_outputs,
     color,
     confirm,
+    confirm_targets,
     fail,
     notice,
     sigterm_as_interrupt,
@@ -43,18 +50,23 @@ from reconciler.console import (
 )
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.escape import terminal
-from reconciler.models import DriftPolicy
+from reconciler.models import DriftPolicy, Target, target_key
 from reconciler.operations import (
+    Connect,
+    TargetPart,
     copy_state,
     dry_run_report,
     forget_image,
     import_image,
     list_records,
     make_plan,
+    offline_keys,
+    plan_targets,
     run_history,
     save_plan,
     show_plan,
     show_records,
+    single_target_only,
     validate_catalog,
 )
 from reconciler.options import (
@@ -72,7 +84,10 @@ from reconciler.options import (
     report_options,
     state_option,
     strict_option,
+    target_option,
+    target_options,
 )
+from reconciler.planner import select_targets
 from reconciler.profiles import PROFILES, Profile
 from reconciler.report import FORMATS, chunks
 from reconciler.schemacache import Allowances
@@ -181,6 +196,9 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 @endpoint_option
 @auth_options
 @allow_options
+@click.option("--target", "target", metavar="NAME", multiple=True,
+              help="Also check that these targets (globs) are declared, and count the images "
+                   "of each.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
               show_default=True,
               help="text: FILE:LINE: FIELD: message lines; json: one document for scripts; "
@@ -188,7 +206,8 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_obj
 def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              endpoint: str | None, allow_disk_format: tuple[str, ...],
-             allow_container_format: tuple[str, ...], fmt: str, **auth: Any) -> None:
+             allow_container_format: tuple[str, ...], target: tuple[str, ...], fmt: str,
+             **auth: Any) -> None:
     """Check the catalog; with --endpoint, against what that server says it accepts.
 
     Reports every problem at once as FILE:LINE: FIELD: message, and exits 1 if there is any.
@@ -222,9 +241,12 @@ def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         _show_problems(fmt, catalog, profile, errors=exc.problems, warnings=[])
         raise click.exceptions.Exit(1) from None
     notes = [Problem(str(catalog), None, "", note, "warning") for note in result.notes]
+    placed = {t.name: len(result.catalog.for_target(t.name).images)
+              for t in select_targets(result.catalog.targets, target)}
     if fmt != "text":
         _show_problems(fmt, catalog, profile, errors=[], warnings=[*notes, *result.warnings],
-                       images=len(result.catalog.images), files=len(result.catalog.files))
+                       images=len(result.catalog.images), files=len(result.catalog.files),
+                       targets=placed)
         return
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
@@ -233,19 +255,25 @@ def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
     n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
     click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
                f"{files} file{'s' if files != 1 else ''} (profile {profile}"
-               f"{_rules_line(result.rules.profile, result.rules.info is not None)}), "
+               f"{_rules_line(result.rules.profile)}), "
                f"{w} warning{'s' if w != 1 else ''}")
+    if placed:
+        click.echo(terminal("targets: " + ", ".join(f"{name} ({count} image"
+                                                    f"{'s' if count != 1 else ''})"
+                                                    for name, count in placed.items())))
 
 
-def _rules_line(profile: Profile, from_server: bool) -> str:
-    """Which rules a valid catalog was checked with, when they are not just the built-ins."""
-    if profile.name == "ims":
-        return f"; OS versions from {profile.os_source}" if from_server else ""
-    return f"; {profile.source}" if from_server or "allow_*" in profile.source else ""
+def _rules_line(profile: Profile) -> str:
+    """Which rules a valid catalog was checked with, where they are not the built-in ones."""
+    base = PROFILES[profile.name]
+    return "".join((f"; {profile.source}" if profile.source != base.source else "",
+                    f"; OS versions from {profile.os_source}"
+                    if profile.os_source != base.os_source else ""))
 
 
 def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
-                   warnings: list[Problem], images: int = 0, files: int = 0) -> None:
+                   warnings: list[Problem], images: int = 0, files: int = 0,
+                   targets: dict[str, int] | None = None) -> None:
     """validate's problems as JSON (one document) or as GitHub Actions annotations."""
     if fmt == "json":
         def doc(p: Problem) -> dict[str, Any]:
@@ -254,7 +282,8 @@ def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Proble
         click.echo(json.dumps({"valid": not errors, "catalog": str(catalog), "profile": profile,
                                "images": images, "files": files,
                                "errors": [doc(p) for p in errors],
-                               "warnings": [doc(p) for p in warnings]}, indent=2))
+                               "warnings": [doc(p) for p in warnings],
+                               **({"targets": targets} if targets else {})}, indent=2))
         return
     for kind, problems in (("error", errors), ("warning", warnings)):
         for p in problems:
@@ -276,12 +305,37 @@ def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
-         retries: int = 5) -> contextlib.AbstractContextManager[ApiSession]:
+def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any], retries: int = 5, *,
+         limiter: threading.Semaphore | None = None,
+         ) -> contextlib.AbstractContextManager[ApiSession]:
     """An Image API session from the auth options; closed afterwards."""
     return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
                         ConnectOptions(**auth), retries=retries, clock=rt.clock,
-                        warn=lambda m: notice(f"warning: {m}", level=logging.WARNING))
+                        warn=lambda m: notice(f"warning: {m}", level=logging.WARNING),
+                        limiter=limiter)
+
+
+def _connector(rt: Runtime, auth: dict[str, Any], retries: int = 5,
+               limiter: threading.Semaphore | None = None) -> Connect:
+    """How a catalog target is connected to: its clouds.yaml entry (over the run's
+    --token-file or --os-cloud), else the run's credentials; its region and project."""
+    def connect(target: Target) -> contextlib.AbstractContextManager[ApiSession]:
+        options = dict(auth, scope=Scope(target.region, target.project))
+        if target.cloud:
+            options.update(os_cloud=target.cloud, token_file=None)
+        return _api(rt, target.endpoint, options, retries, limiter=limiter)
+    return connect
+
+
+def _target_failures(parts: list[TargetPart]) -> None:
+    """Each failed target on stderr, then exit 1 (the report says the same)."""
+    for part in parts:
+        if part.error:
+            click.echo(terminal(f"error: target {part.target.name}: {part.error}"), err=True)
+    if parts:
+        raise click.exceptions.Exit(1)
+
+
 
 
 @cli.command("plan")
@@ -302,6 +356,7 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
 @allow_options
 @report_options
 @only_option
+@target_options
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 2 when apply would change something (create, adopt or update), "
                    "0 when it would do nothing (drift reported only, orphans and blocked "
@@ -310,20 +365,37 @@ def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any],
 def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
              drift: DriftPolicy, endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, show_unchanged: bool, no_color: bool,
-             only: tuple[str, ...], detailed_exitcode: bool, allow_disk_format: tuple[str, ...],
+             only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
+             detailed_exitcode: bool, allow_disk_format: tuple[str, ...],
              allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Show what apply would do: compare the catalog with the state file.
 
     Works offline and without credentials unless --refresh is given; never creates or
-    changes the state file.
+    changes the state file's records. A catalog with `targets:` is planned for each target
+    side by side (a target without `endpoint:` is connected to, to find its endpoint).
 
     \b
     Examples:
       reconcile plan
       reconcile plan --format markdown --detailed-exitcode > comment.md
       reconcile plan --refresh --out plan.json     # then: reconcile apply plan.json
+      reconcile plan --target cn-north-4 --format markdown   # one target's PR comment
     """
     check_outputs(output, out)
+    chosen = select_targets(declared_targets(catalog), target)
+    if chosen:
+        single_target_only(endpoint=endpoint, plan_file=out)
+        plans = plan_targets(catalog, state, chosen, connect=_connector(rt, auth),
+                             refresh=refresh, profile=profile, strict=strict,
+                             allow=Allowances(allow_disk_format, allow_container_format),
+                             target_parallelism=target_parallelism, clock=rt.clock, only=only,
+                             drift=drift)
+        write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
+                            show_unchanged=show_unchanged), output, plans.report)
+        _target_failures(plans.failed)
+        if detailed_exitcode and plans.changes:
+            raise click.exceptions.Exit(2)
+        return
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
@@ -362,6 +434,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @allow_options
 @report_options
 @only_option
+@target_options
 @click.option("--refresh-only", is_flag=True,
               help="Only record what the cloud shows: adopt images that carry reconcile's "
                    "marker and take in changes made outside reconcile; create nothing.")
@@ -388,7 +461,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
           strict: bool, drift: DriftPolicy, endpoint: str | None, refresh: bool, fmt: str,
           output: Path | None,
           templates: Path | None, show_unchanged: bool, no_color: bool,
-          only: tuple[str, ...], refresh_only: bool, dry_run: bool, yes: bool,
+          only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
+          refresh_only: bool, dry_run: bool, yes: bool,
           parallelism: int, retries: int, settle_time: float, log_format: str,
           lock_timeout: float, allow_disk_format: tuple[str, ...],
           allow_container_format: tuple[str, ...], **auth: Any) -> None:
@@ -406,6 +480,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
       OS_AUTH_TOKEN=... reconcile apply --endpoint https://ims.example.com --yes
       reconcile apply --yes --log-format json --format html --output report.html
       reconcile apply plan.json --yes
+      reconcile apply --target 'cn-*' --yes        # some of the catalog's targets
     """
     logs.configure(log_format)
     check_outputs(output)
@@ -425,6 +500,20 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                "runner, and another runner's apply cannot see it. Share a PostgreSQL state "
                "(--state postgresql://...; README \"Working as a team\")",
                level=logging.WARNING)
+    chosen = select_targets(declared_targets(catalog), target) if saved is None else ()
+    if target and saved is not None:
+        raise ConfigError("--target picks targets of a catalog; a saved plan holds one "
+                          "endpoint already")
+    if chosen:
+        single_target_only(endpoint=endpoint, plan_file=None)
+        _apply_targets(rt, catalog, chosen, state=state, profile=profile, strict=strict,
+                       refresh=refresh, refresh_only=refresh_only, dry_run=dry_run, yes=yes,
+                       parallelism=parallelism, retries=retries, settle_time=settle_time,
+                       lock_timeout=lock_timeout, only=only,
+                       target_parallelism=target_parallelism, allow=allow, fmt=fmt,
+                       output=output, templates=templates, show_unchanged=show_unchanged,
+                       auth=auth, drift=drift)
+        return
     if dry_run:
         with contextlib.ExitStack() as stack:
             session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
@@ -471,6 +560,58 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:
         raise click.exceptions.Exit(1)
+
+
+def _apply_targets(rt: Runtime, catalog: Path, chosen: Sequence[Target], *, state: str,
+                   profile: str, strict: bool, refresh: bool, refresh_only: bool,
+                   dry_run: bool, yes: bool, parallelism: int, retries: int,
+                   settle_time: float, lock_timeout: float, only: tuple[str, ...],
+                   target_parallelism: int, allow: Allowances, fmt: str,
+                   output: Path | None, templates: Path | None, show_unchanged: bool,
+                   auth: dict[str, Any], drift: DriftPolicy = "update") -> None:
+    """apply for a catalog with targets: each target side by side, one report."""
+    # One bound on requests in flight over every target together (docs/architecture.md §13).
+    limiter = threading.BoundedSemaphore(parallelism * target_parallelism)
+    connect = _connector(rt, auth, retries, limiter)
+    if dry_run:
+        plans = plan_targets(catalog, state, chosen, connect=connect, refresh=refresh,
+                             profile=profile, strict=strict, allow=allow,
+                             target_parallelism=target_parallelism, clock=rt.clock,
+                             only=only, dry_run=True, drift=drift)
+        write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
+                            show_unchanged=show_unchanged), output, plans.report)
+        _target_failures(plans.failed)
+        return
+    progress = TargetsProgress(sys.stderr.isatty())
+
+    def request(target: Target, session: ApiSession) -> ApplyRequest:
+        return ApplyRequest(
+            catalog_dir=catalog, state_path=state, profile=target.profile or profile,
+            endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
+            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
+            on_outcome=progress.outcome(target.name), refreshes=lambda: session.refreshes,
+            project_id=session.project_id, allow=allow, lock_timeout_s=lock_timeout,
+            only=only, refresh_only=refresh_only, on_plan=progress.planned(target.name),
+            drift=drift)
+
+    job = TargetsApply(catalog, chosen, state, connect, request, strict=strict,
+                       target_parallelism=target_parallelism, lock_timeout_s=lock_timeout,
+                       clock=rt.clock, only=only,
+                       confirm=None if yes else lambda r: confirm_targets(r, templates))
+    try:
+        with sigterm_as_interrupt():
+            result = apply_targets(job)
+    finally:
+        progress.close()
+    if result.cancelled:
+        click.echo("Apply cancelled.", err=True)
+        return
+    write_report(chunks(result.report, fmt, color=color(output), templates=templates,
+                        show_unchanged=show_unchanged), output, result.report)
+    if result.interrupted:
+        fail("interrupted: run `reconcile apply` again to finish")
+    _target_failures(result.failed)
 
 
 @cli.command("show")
@@ -572,21 +713,35 @@ def state() -> None:
     """
 
 
+def _keys(catalog: Path, target: tuple[str, ...],
+          one: bool = False) -> dict[str, str] | None:
+    """The state keys of the targets picked by --target (None without it)."""
+    if not target:
+        return None
+    return offline_keys(declared_targets(catalog), target, one=one)
+
+
 @state.command("list")
 @state_option
+@target_option
+@catalog_option
+@profile_option
 @json_format_option("json: one JSON object per line, for scripts.")
-def state_list(state: str, fmt: str, as_json: bool) -> None:
+def state_list(state: str, target: tuple[str, ...], catalog: Path, profile: str, fmt: str,
+               as_json: bool) -> None:
     """List recorded images: name, id, status, created_at, endpoint.
 
     \b
     Examples:
       reconcile state list
       reconcile state list --format json | jq -r .image_id
+      reconcile state list --target cn-north-4     # one target of the catalog
     """
-    rows = list_records(state)
+    keys = _keys(catalog, target)
+    rows = list_records(state, None if keys is None else set(keys.values()))
     if as_json or fmt == "json":
-        for target, rec in rows:
-            click.echo(json.dumps({"target": target, "name": rec.name, "image_id": rec.image_id,
+        for key, rec in rows:
+            click.echo(json.dumps({"target": key, "name": rec.name, "image_id": rec.image_id,
                                    "status": rec.status, "created_at": rec.created_at,
                                    "origin": rec.origin}))
         return
@@ -594,10 +749,10 @@ def state_list(state: str, fmt: str, as_json: bool) -> None:
         click.echo("no images recorded")
         return
     shown = [(terminal(rec.name), terminal(rec.image_id), terminal(rec.status or "-"),
-              terminal(rec.created_at or "-"), terminal(target)) for target, rec in rows]
+              terminal(rec.created_at or "-"), terminal(key)) for key, rec in rows]
     width = max(len(row[0]) for row in shown)
-    for name, image_id, status, created_at, target in shown:
-        click.echo(f"{name:<{width}}  {image_id}  {status:<8}  {created_at}  {target}")
+    for name, image_id, status, created_at, key in shown:
+        click.echo(f"{name:<{width}}  {image_id}  {status:<8}  {created_at}  {key}")
     click.echo(f"{len(rows)} image{'s' if len(rows) != 1 else ''} recorded", err=True)
 
 
@@ -645,19 +800,37 @@ def state_show(name: str, state: str, fmt: str, as_json: bool) -> None:
               help="Import even if the image differs from the catalog entry (it then shows "
                    "as drift), or replace an existing record.")
 @lock_timeout_option
+@target_option
 @click.pass_obj
 def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state: str,
                  profile: str, endpoint: str | None, force: bool, lock_timeout: float,
-                 **auth: Any) -> None:
+                 target: tuple[str, ...], **auth: Any) -> None:
     """Start managing an existing image: record IMAGE_ID under the catalog name NAME.
 
     The image is fetched and compared with the catalog entry first; differing fields are
     listed and the import is refused unless --force.
 
     \b
-    Example:
+    Examples:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
+      reconcile state import ubuntu-18.04-base 4ca46bf1-... --target cn-north-4
     """
+    if target:
+        chosen = select_targets(declared_targets(catalog), target)
+        if len(chosen) != 1:
+            raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
+                              + ", ".join(t.name for t in chosen) + ")")
+        single_target_only(endpoint=endpoint, plan_file=None)
+        one = chosen[0]
+        with _connector(rt, auth)(one) as session:
+            record = import_image(
+                catalog, state, name, image_id, profile=one.profile or profile,
+                endpoint=session.endpoint, api=session.client, force=force,
+                lock_timeout_s=lock_timeout,
+                target=(one.name, target_key(session.endpoint, one.project)))
+        click.echo(terminal(f"imported {name} into {one.name}: {record.image_id} "
+                            f"({record.status}, created {record.created_at})"))
+        return
     with _api(rt, endpoint, auth) as session:
         record = import_image(catalog, state, name, image_id, profile=profile,
                               endpoint=session.endpoint, api=session.client, force=force,
@@ -692,15 +865,22 @@ def state_copy(source: str, destination: str, force: bool, lock_timeout: float) 
 @click.argument("name")
 @state_option
 @endpoint_option
+@target_option
+@catalog_option
+@profile_option
 @lock_timeout_option
-def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: float) -> None:
+def state_forget(name: str, state: str, endpoint: str | None, target: tuple[str, ...],
+                 catalog: Path, profile: str, lock_timeout: float) -> None:
     """Stop managing NAME: drop its record. The image stays in the cloud, untouched.
 
     \b
-    Example:
+    Examples:
       reconcile state forget ubuntu-16.04-legacy
+      reconcile state forget ubuntu-16.04-legacy --target cn-north-4
     """
-    image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout)
+    keys = _keys(catalog, target, one=True)
+    image_id = forget_image(state, name, endpoint=endpoint, lock_timeout_s=lock_timeout,
+                            target=next(iter(keys.values())) if keys else None)
     click.echo(terminal(f"forgot {name} ({image_id})") + "; the image itself was not touched")
 
 
@@ -708,15 +888,21 @@ def state_forget(name: str, state: str, endpoint: str | None, lock_timeout: floa
 @state_option
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many runs to show, newest first.")
+@target_option
+@catalog_option
+@profile_option
 @json_format_option("json: one JSON object per run and line, for scripts.")
-def history(state: str, limit: int, fmt: str, as_json: bool) -> None:
-    """List apply runs, newest first: when, outcome and counts.
+def history(state: str, limit: int, target: tuple[str, ...], catalog: Path, profile: str,
+            fmt: str, as_json: bool) -> None:
+    """List apply runs, newest first: when, outcome and counts (one run per target).
 
     \b
-    Example:
+    Examples:
       reconcile history --limit 5
+      reconcile history --target 'cn-*'
     """
-    runs = run_history(state, limit)
+    keys = _keys(catalog, target)
+    runs = run_history(state, limit, None if keys is None else set(keys.values()))
     if as_json or fmt == "json":
         for run in runs:
             click.echo(json.dumps(run, sort_keys=True))

@@ -733,8 +733,12 @@ class ImageClient:
         read_retry: RetryPolicy | None = None,
         max_pages: int = MAX_PAGES,
         clock: Clock = SYSTEM_CLOCK,
+        limiter: threading.Semaphore | None = None,
     ) -> None:
         self.endpoint = normalize_endpoint(endpoint)
+        # Shared with the clients of other targets: requests in flight of all of them.
+        self._limiter: contextlib.AbstractContextManager[Any] = (
+            limiter if limiter is not None else contextlib.nullcontext())
         self._clock = clock
         self._aborted = False
         self._max_pages = max_pages
@@ -1043,7 +1047,8 @@ class ImageClient:
                                  f"({type(exc).__name__})", sent=False, method=method,
                                  url=_safe_url(httpx.URL(self.endpoint + path))) from None
         try:
-            return send_capped(self._http, request, auth=self._auth)
+            with self._limiter:
+                return send_capped(self._http, request, auth=self._auth)
         except httpx.TransportError as exc:
             # "from None": a chained httpx error would print its own text in tracebacks, and
             # h11 quotes offending header values, which may be the token.

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -105,6 +105,53 @@ class Progress:
             click.echo("", err=True)
 
 
+class TargetsProgress:
+    """Apply's progress over several targets on a terminal's stderr, one line: each
+    target's images done of its total, then the counts of every target together."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.totals: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def planned(self, target: str) -> Callable[[Plan], None]:
+        def start(plan: Plan) -> None:
+            with self._lock:
+                self.totals[target] = len(plan.creates) + len(plan.adoptions)
+                self.done.setdefault(target, 0)
+        return start
+
+    def outcome(self, target: str) -> Callable[[Outcome], None]:
+        def count(outcome: Outcome) -> None:
+            with self._lock:
+                self.done[target] = self.done.get(target, 0) + 1
+                self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
+                if self.enabled:
+                    each = " · ".join(f"{terminal(name)} {self.done.get(name, 0)}/{total}"
+                                      for name, total in sorted(self.totals.items()))
+                    parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
+                    click.echo(f"\r{each} ({parts})\x1b[K", err=True, nl=False)
+        return count
+
+    def close(self) -> None:
+        if self.enabled and self.counts:
+            click.echo("", err=True)
+
+
+def confirm_targets(report: RunReport, templates: Path | None = None) -> bool:
+    """The plan of every target, as `reconcile plan` prints it, then one question."""
+    click.echo(render(report, "text", templates=templates, color=_stderr_colored()),
+               err=True, nl=False)
+    s = report.summary
+    if not (s.get("create", 0) + s.get("adopt", 0) + s.get("blocked", 0)):
+        return True
+    names = ", ".join(t.name for t in report.targets if t.error is None)
+    return click.confirm(f"\nApply this plan to {names}: create {s.get('create', 0)}, adopt "
+                         f"{s.get('adopt', 0)} image(s)?", err=True)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """A scheduler's SIGTERM stops apply like Ctrl-C: creates in flight finish and are recorded.
@@ -122,14 +169,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _stderr_colored() -> bool:
+    """Colours for what is shown on stderr before a question (the plan to confirm)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(sys.stderr.isatty() and "NO_COLOR" not in os.environ and not (
+        ctx and ctx.params.get("no_color")))
+
+
 def confirm(plan: Plan, report: RunReport | None, endpoint: str,
             templates: Path | None = None) -> bool:
     """Show the plan as `reconcile plan` prints it, then ask; False when the user says no."""
     if report is not None:
-        ctx = click.get_current_context(silent=True)
-        colored = sys.stderr.isatty() and "NO_COLOR" not in os.environ and not (
-            ctx and ctx.params.get("no_color"))
-        click.echo(render(report, "text", templates=templates, color=bool(colored)),
+        click.echo(render(report, "text", templates=templates, color=_stderr_colored()),
                    err=True, nl=False)
     work = len(plan.creates) + len(plan.adoptions) + plan.count("blocked")
     if not work:

@@ -137,8 +137,34 @@ def body_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class Target(Frozen):
+    """A place the catalog is reconciled with, declared under ``targets:`` in the catalog:
+    an endpoint (given, or found in the token's service catalog by region) and the
+    credentials of a clouds.yaml entry or of the run. ``None``: not declared."""
+
+    name: str
+    cloud: str | None = None
+    region: str | None = None
+    project: str | None = None
+    endpoint: str | None = None
+    profile: str | None = None
+    file: str = ""
+    line: int | None = None
+
+
+def target_key(endpoint: str, project: str | None = None) -> str:
+    """The key of a target's state rows and lock: its (normalised) endpoint, and the
+    project when the target names one, since one endpoint can serve several projects
+    (docs/architecture.md §13). Without a project it is the endpoint alone, the key every
+    state written before targets existed uses."""
+    return f"{endpoint}#project={project}" if project else endpoint
+
+
 class Catalog(Frozen):
-    """A loaded, valid catalog: images sorted by name, plus lint warnings per image."""
+    """A loaded, valid catalog: images sorted by name, plus lint warnings per image.
+
+    ``targets``: the targets it declares (none: one implicit target, the run's endpoint);
+    ``placement``: image name -> the targets it is limited to (absent: every target)."""
 
     directory: str
     profile: str
@@ -146,6 +172,18 @@ class Catalog(Frozen):
     warnings: dict[str, tuple[str, ...]] = {}
     files: tuple[str, ...] = ()
     lint: tuple[Problem, ...] = ()  # the same warnings, located (file, line of the field)
+    targets: tuple[Target, ...] = ()
+    placement: dict[str, tuple[str, ...]] = {}
+
+    def for_target(self, name: str) -> Catalog:
+        """The images meant for target ``name``: those placed there or not placed at all."""
+        images = tuple(s for s in self.images
+                       if name in self.placement.get(s.name, (name,)))
+        # A new object, not model_copy: the digest (a cached property) is the images'.
+        return Catalog.model_construct(
+            directory=self.directory, profile=self.profile, images=images,
+            warnings=self.warnings, files=self.files, lint=self.lint, targets=self.targets,
+            placement=self.placement)
 
     @cached_property
     def digest(self) -> str:
@@ -261,7 +299,8 @@ class FieldDiff(Frozen):
 
 
 class Change(Frozen):
-    """The planner's verdict for one image."""
+    """The planner's verdict for one image (``target``: whose, when the catalog declares
+    targets)."""
 
     name: str
     action: Action
@@ -278,6 +317,7 @@ class Change(Frozen):
     #: ``images`` (PATCH /v2/images/{id}) or ``cloudimages`` (IMS PATCH /v2/cloudimages/{id}).
     patch: tuple[dict[str, Any], ...] = ()
     patch_api: str | None = None
+    target: str | None = None
 
 
 class Plan(Frozen):
@@ -336,6 +376,7 @@ class Outcome(Frozen):
     error: ErrorInfo | None = None
     request: dict[str, Any] | None = None
     patch: tuple[dict[str, Any], ...] | None = None  # the PATCH document an update sent
+    target: str | None = None
 
     @classmethod
     def recorded(cls, record: Record, result: OutcomeResult, *, attempts: int = 0,
@@ -360,8 +401,22 @@ class Outcome(Frozen):
             request=None, patch=None)
 
 
+class TargetReport(Frozen):
+    """One target's part of a report: where it is, its counts, and why it failed (if it
+    did: it was not planned, or its apply stopped)."""
+
+    name: str
+    endpoint: str = ""
+    summary: dict[str, int] = {}
+    error: str | None = None
+    run_id: str | None = None
+    duration_s: float | None = None
+
+
 class RunReport(Frozen):
-    """The view model every report format renders."""
+    """The view model every report format renders. With targets declared (``targets``
+    set, ``format_version`` 2) ``changes`` and ``outcomes`` hold every target's, each
+    naming its target, and ``summary`` is the total."""
 
     format_version: int = 1
     mode: Literal["plan", "apply"]
@@ -382,3 +437,4 @@ class RunReport(Frozen):
     refreshed: bool = False  # the cloud was read too, not only the state file
     state: str = ""  # the state file compared with
     plan_id: str | None = None  # the saved plan written (plan --out) or applied
+    targets: tuple[TargetReport, ...] = ()

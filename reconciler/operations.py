@@ -8,38 +8,46 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fnmatch
 import gc
 import hashlib
 import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler import __version__, planfile, schemacache
-from reconciler.catalog import lint_problems, load_catalog
+from reconciler.auth import ApiSession
+from reconciler.catalog import image_names, lint_problems, load_catalog
 from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, Problem, StateError
+from reconciler.errors import ConfigError, Problem, ReconcileError, StateError
 from reconciler.models import (
     ACTIONS,
+    APPLIED_ACTIONS,
     GONE_STATUSES,
     Catalog,
     Change,
     DriftPolicy,
     ImageSpec,
     Observed,
+    Outcome,
     Plan,
     Record,
     RunOutcome,
     RunReport,
+    Target,
+    TargetReport,
     iso,
+    target_key,
 )
 from reconciler.planfile import SavedPlan
-from reconciler.planner import adoption_request, diff_bodies, plan, select
+from reconciler.planner import adoption_request, diff_bodies, plan, select, select_targets
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import ListingApi, observe
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
@@ -83,24 +91,28 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               api: PlanApi | None = None, project_id: str | None = None,
               clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
               rules: RunProfile | None = None, keep: bool = True,
-              only: tuple[str, ...] = (), drift: DriftPolicy = "update") -> PlanResult:
+              only: tuple[str, ...] = (), key: str | None = None, place: str | None = None,
+              must_match: bool = True, drift: DriftPolicy = "update") -> PlanResult:
     """Compare the catalog with the state file, whose records are only read.
 
     With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
     in the state file as a cache unless ``keep`` is false); without it the plan is offline
     and uses the kept rules; ``rules`` given are used as they are. ``only``: limit the plan
-    to the names matching these globs. ``drift``: the policy of images whose catalog entry
-    sets none.
+    to the names matching these globs. One target of several: ``key`` is its state key,
+    ``place`` its name (the images placed there), and ``only`` is checked over all of them
+    (``must_match=False``). ``drift``: the policy of images whose catalog entry sets none.
     """
     with bulk_build():
         store = open_readonly(state_path, clock=clock)
         try:
-            target = resolve_target(store, endpoint)
+            target = key or resolve_target(store, endpoint)
             rules = rules or run_profile(profile, store, target, api=api,
                                          state_path=state_path, allow=allow, clock=clock)
             # kept even if the catalog fails; a dry run (keep=False) writes nothing
             notes = kept_notes(rules, target, state_path) if keep else rules.notes
             catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
+            if place is not None:
+                catalog = catalog.for_target(place)
             records = _HandedOver(_records_for_plan(store, target, catalog, full=api is not None)
                                   if store else {})
             pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
@@ -110,7 +122,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
         result = select(plan(catalog, records, target=target, pending=pending,
-                             observed=observed, drift=drift), only)
+                             observed=observed, drift=drift), only, must_match=must_match)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
                              refreshed=api is not None, warnings=notes)
     return PlanResult(catalog, result, report, revision, observed)
@@ -236,10 +248,12 @@ def reading(state_path: str | Path) -> Iterator[StateStore]:
         store.close()
 
 
-def list_records(state_path: str | Path) -> list[tuple[str, Record]]:
-    """Every record as (target, record), by target and name."""
+def list_records(state_path: str | Path,
+                 targets: Collection[str] | None = None) -> list[tuple[str, Record]]:
+    """Every record as (target, record), by target and name; ``targets``: only those keys."""
     with reading(state_path) as store:
-        return store.all_records()
+        rows = store.all_records()
+    return rows if targets is None else [(t, r) for t, r in rows if t in targets]
 
 
 def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
@@ -256,16 +270,23 @@ def show_records(state_path: str | Path, name: str) -> list[dict[str, Any]]:
              "request": rec.request, "response": rec.response} for target, rec in found]
 
 
-def run_history(state_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
-    """Past apply runs, newest first. A run still marked running whose process is gone
-    (same host, no such pid) gets ``process_gone``: it was killed, and the next writer to
-    take the lock records it as interrupted."""
+def run_history(state_path: str | Path, limit: int = 20,
+                targets: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Past apply runs, newest first (``targets``: only those keys' runs). A run still
+    marked running whose process is gone (same host, no such pid) gets ``process_gone``:
+    it was killed, and the next writer to take the lock records it as interrupted."""
     with reading(state_path) as store:
-        runs = store.runs(limit)
+        if targets is None:
+            runs = store.runs(limit)
+        else:
+            runs = [r for r in store.runs(_ALL_RUNS) if r["target"] in targets][:limit]
     for run in runs:
         if run["outcome"] == RunOutcome.RUNNING:
             run["process_gone"] = _process_gone(run.get("host"), run.get("pid"))
     return runs
+
+
+_ALL_RUNS = 2**31 - 1
 
 
 def _process_gone(host: str | None, pid: int | None) -> bool:
@@ -317,11 +338,17 @@ def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: 
 
 def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, image_id: str, *,
                  profile: str, endpoint: str, api: ImageClient, force: bool = False,
-                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> Record:
-    """Start managing an existing image under a catalog name, after comparing it."""
-    rules = run_profile(profile, None, normalize_endpoint(endpoint), api=api,
-                        state_path=state_path, allow=NO_ALLOWANCES, clock=clock)
+                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK,
+                 target: tuple[str, str] | None = None) -> Record:
+    """Start managing an existing image under a catalog name, after comparing it.
+
+    ``target``: one target of a catalog with targets, as its name and state key."""
+    key = target[1] if target else normalize_endpoint(endpoint)
+    rules = run_profile(profile, None, key, api=api, state_path=state_path,
+                        allow=NO_ALLOWANCES, clock=clock)
     catalog = load_catalog(catalog_dir, rules.profile)
+    if target is not None:
+        catalog = catalog.for_target(target[0])
     spec = next((s for s in catalog.images if s.name == name), None)
     if spec is None:
         raise ConfigError(f"{name!r} is not in the catalog {catalog_dir}; add it first")
@@ -336,30 +363,32 @@ def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, ima
         raise ConfigError(f"image {image_id} differs from the catalog entry {name!r}; fix the "
                           f"catalog or pass --force to import it anyway (it will show as "
                           f"drift):\n{lines}")
-    target = normalize_endpoint(endpoint)
-    store = open_for_write(state_path, LockRequest(target, "state import", lock_timeout_s),
+    store = open_for_write(state_path, LockRequest(key, "state import", lock_timeout_s),
                            clock=clock)
     try:
-        existing = store.record(target, name)
+        existing = store.record(key, name)
         if existing and existing.image_id != image_id and not force:
             raise ConfigError(f"{name!r} is already recorded as {existing.image_id}; "
                               "`reconcile state forget` it first, or pass --force")
         record = Record.from_image(name, request, image, recorded_at=iso(clock.now()),
                                    run_id=None, origin="imported")
-        store.save_record(target, record)
+        store.save_record(key, record)
         return record
     finally:
         store.close()
 
 
 def forget_image(state_path: str | Path, name: str, *, endpoint: str | None,
-                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> str:
-    """Stop managing an image (its record goes; the image stays). Returns its id."""
+                 lock_timeout_s: float = 0.0, clock: Clock = SYSTEM_CLOCK,
+                 target: str | None = None) -> str:
+    """Stop managing an image (its record goes; the image stays). Returns its id.
+    ``target``: the state key of one of a catalog's targets."""
     store = open_readonly(state_path)
     if store is None:
         raise StateError(f"state {redact(state_path)} does not exist: nothing to forget")
     try:
-        target = resolve_target(store, endpoint)
+        if target is None:
+            target = resolve_target(store, endpoint)
     finally:
         store.close()
     store = open_for_write(state_path, LockRequest(target, "state forget", lock_timeout_s),
@@ -425,3 +454,244 @@ def copy_state(source: str | Path, destination: str | Path, *, force: bool = Fal
 def _digest(rows: list[tuple[Any, ...]]) -> tuple[int, str]:
     text = json.dumps(rows, default=str, ensure_ascii=False)
     return len(rows), hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- several targets (docs/architecture.md §13) ----------------------------------------------
+
+def offline_keys(targets: Sequence[Target], patterns: Sequence[str], *,
+                 one: bool = False) -> dict[str, str]:
+    """The state keys of the targets ``--target`` picks, known without connecting: each
+    needs its ``endpoint:``. ``one``: exactly one target must be picked."""
+    chosen = select_targets(targets, patterns)
+    if one and len(chosen) != 1:
+        raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
+                          + ", ".join(t.name for t in chosen) + ")")
+    keys = {}
+    for target in chosen:
+        if not target.endpoint:
+            raise ConfigError(f"target {target.name} has no `endpoint:`, so its state rows "
+                              "are known only by the endpoint its service catalog gives; "
+                              "declare `endpoint:` for it to use --target here")
+        keys[target.name] = target_key(normalize_endpoint(target.endpoint), target.project)
+    return keys
+
+
+def single_target_only(*, endpoint: str | None, plan_file: object | None) -> None:
+    """What only a catalog without ``targets:`` takes: one endpoint, one saved plan."""
+    if endpoint:
+        raise ConfigError("--endpoint (or RECONCILE_ENDPOINT) names the one endpoint of a "
+                          "catalog without targets; this catalog declares `targets:`, each "
+                          "with its own endpoint. Drop it, and pick targets with --target")
+    if plan_file is not None:
+        raise ConfigError("saved plans (plan --out, apply PLAN_FILE) hold one endpoint; they "
+                          "are not available for a catalog that declares `targets:` yet. "
+                          "Review with `reconcile plan --refresh`, then `reconcile apply`")
+
+#: Opens an authenticated session for one target (its clouds.yaml entry or the run's
+#: credentials, its region and project); supplied by the command line.
+Connect = Callable[[Target], contextlib.AbstractContextManager[ApiSession]]
+
+
+@dataclass(frozen=True)
+class TargetPart:
+    """One target's share of a run: where it went, its report, or why it failed."""
+
+    target: Target
+    endpoint: str = ""
+    report: RunReport | None = None
+    error: str | None = None
+    failed: bool = False  # its apply had failed, skipped or blocked images
+
+
+def check_distinct(parts: Sequence[TargetPart], keys: Mapping[str, str]) -> list[TargetPart]:
+    """Two targets that reach the same endpoint and project would each create the images:
+    every one after the first fails."""
+    first: dict[str, str] = {}
+    out = []
+    for part in parts:
+        key = keys.get(part.target.name)
+        if key is not None and key in first:
+            part = TargetPart(part.target, part.endpoint, error=(
+                f"reaches the same endpoint and project as target {first[key]!r} "
+                f"({key}); declare each place once"))
+        elif key is not None:
+            first[key] = part.target.name
+        out.append(part)
+    return out
+
+
+
+def parallel(targets: Sequence[Target], work: Callable[[Target], TargetPart],
+             parallelism: int) -> list[TargetPart]:
+    """``work`` for each target, ``parallelism`` at once, in the targets' order; an error of
+    one target (ReconcileError) is its part's error, never the others'."""
+    def guarded(target: Target) -> TargetPart:
+        try:
+            return work(target)
+        except ReconcileError as exc:
+            return TargetPart(target, error=str(exc))
+
+    if len(targets) < 2 or parallelism < 2:
+        return [guarded(t) for t in targets]
+    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="target") as pool:
+        return list(pool.map(guarded, targets))
+
+
+def check_only(parts: Sequence[TargetPart], only: tuple[str, ...]) -> None:
+    """``--only`` over several targets: each glob must match an image in one of them."""
+    names = {c.name for p in parts if p.report for c in p.report.changes}
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(f"--only {pattern}: no image of the catalog or the state file "
+                              "has a name it matches in any target (a glob: * ? [...])")
+
+
+def check_only_names(catalog_dir: str | Path, state_path: str | Path,
+                     only: tuple[str, ...]) -> None:
+    """``--only`` before an apply of several targets: each glob must match an image of the
+    catalog or one the state records, so a typo fails before anything is sent."""
+    if not only:
+        return
+    names = image_names(catalog_dir)
+    store = open_readonly(state_path)
+    if store is not None:
+        try:
+            names.update(r.name for _, r in store.all_records())
+        finally:
+            store.close()
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(f"--only {pattern}: no image of the catalog or the state file "
+                              "has a name it matches (a glob: * ? [...])")
+
+
+def targets_report(catalog: CatalogInfo, parts: Sequence[TargetPart], *, mode: str,
+                   clock: Clock = SYSTEM_CLOCK, state: str = "", refreshed: bool = False,
+                   dry_run: bool = False, duration_s: float | None = None) -> RunReport:
+    """One report of several targets (``format_version`` 2): every change and outcome with
+    its target, each target's summary and error, and the total as ``summary``."""
+    changes: list[Change] = []
+    outcomes: list[Outcome] = []
+    total: dict[str, int] = dict.fromkeys(ACTIONS, 0)
+    if mode == "apply" and not dry_run:
+        total.update(dict.fromkeys(("created", "adopted", "updated", "failed", "skipped"), 0))
+    summaries = []
+    warnings: list[str] = []
+    refreshes = 0
+    for part in parts:
+        name = part.target.name
+        report = part.report
+        summary = dict(report.summary) if report else dict.fromkeys(total, 0)
+        for key, value in summary.items():
+            total[key] = total.get(key, 0) + value
+        if report is not None:
+            changes.extend(c.model_copy(update={"target": name}) for c in report.changes)
+            outcomes.extend(o.model_copy(update={"target": name}) for o in report.outcomes)
+            warnings.extend(f"{name}: {w}" for w in report.warnings)
+            refreshes += report.auth_refreshes
+        summaries.append(TargetReport.model_construct(
+            name=name, endpoint=part.endpoint or (report.target if report else ""),
+            summary=summary, error=part.error, run_id=report.run_id if report else None,
+            duration_s=report.duration_s if report else None))
+    return RunReport.model_construct(
+        format_version=2, mode=mode, dry_run=dry_run, generated_at=iso(clock.now()),
+        tool_version=__version__, catalog=catalog.directory,
+        target=", ".join(p.target.name for p in parts), profile=catalog.profile,
+        catalog_digest=catalog.digest, summary=total, changes=tuple(changes),
+        outcomes=tuple(outcomes), warnings=tuple(warnings), duration_s=duration_s,
+        run_id=None, auth_refreshes=refreshes, refreshed=refreshed, state=state, plan_id=None,
+        targets=tuple(summaries))
+
+
+@dataclass(frozen=True)
+class TargetsPlan:
+    parts: list[TargetPart]
+    report: RunReport
+
+    @property
+    def failed(self) -> list[TargetPart]:
+        return [p for p in self.parts if p.error]
+
+    @property
+    def changes(self) -> bool:
+        return any(c.action in APPLIED_ACTIONS for c in self.report.changes)
+
+
+def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Sequence[Target],
+                 *, connect: Connect, refresh: bool, profile: str, strict: bool = False,
+                 allow: Allowances = NO_ALLOWANCES, target_parallelism: int = 4,
+                 clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = (),
+                 dry_run: bool = False, drift: DriftPolicy = "update") -> TargetsPlan:
+    """Plan every target side by side, each against its own state rows, each with its
+    server's rules (read, or kept for it) and its profile. A target is connected to only
+    when it must be: to read its cloud (``refresh``), or to find its endpoint in the service
+    catalog (no ``endpoint:``). A target that cannot be planned (bad credentials,
+    unreachable) fails alone: its part carries the error. The rules read are kept once all
+    are planned, one target after the other (one writer at a time)."""
+    keys: dict[str, str] = {}
+    read: dict[str, RunProfile] = {}
+
+    def one(target: Target) -> TargetPart:
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(connect(target)) \
+                if refresh or not target.endpoint else None
+            endpoint = session.endpoint if session else normalize_endpoint(
+                target.endpoint or "")
+            key = keys[target.name] = target_key(endpoint, target.project)
+            api = session.client if session and refresh else None
+            name = target.profile or profile
+            store = open_readonly(state_path, clock=clock)
+            try:
+                rules = read[target.name] = run_profile(name, store, key, api=api,
+                                                        state_path=state_path, allow=allow,
+                                                        clock=clock)
+            finally:
+                if store:
+                    store.close()
+            result = make_plan(catalog_dir, state_path, profile=name, strict=strict,
+                               api=api, project_id=session.project_id if api and session
+                               else None, clock=clock, rules=rules, keep=False, only=only,
+                               key=key, place=target.name, must_match=False, drift=drift)
+            return TargetPart(target, endpoint, result.report)
+
+    parts = check_distinct(parallel(targets, one, target_parallelism), keys)
+    check_only(parts, only)
+    if not dry_run:  # a dry run writes nothing
+        parts = [_kept(part, read, keys, state_path) for part in parts]
+    report = targets_report(catalog_info(parts, catalog_dir), parts,
+                            mode="apply" if dry_run else "plan", clock=clock,
+                            state=str(state_path), refreshed=refresh, dry_run=dry_run)
+    return TargetsPlan(parts, report)
+
+
+def _kept(part: TargetPart, read: Mapping[str, RunProfile], keys: Mapping[str, str],
+          state_path: str | Path) -> TargetPart:
+    """A target's rules kept in the state (as one plan keeps them), its note added."""
+    rules = read.get(part.target.name)
+    if part.report is None or rules is None:
+        return part
+    note = schemacache.keep(rules, keys[part.target.name], state_path=state_path)
+    if note is None:
+        return part
+    report = part.report.model_copy(update={"warnings": (*part.report.warnings, note)})
+    return TargetPart(part.target, part.endpoint, report, part.error, part.failed)
+
+
+def catalog_info(parts: Sequence[TargetPart], catalog_dir: str | Path) -> CatalogInfo:
+    """What the report of several targets says about the catalog: its directory, the
+    profile of the first target planned, and one digest of every target's catalog (each
+    target's own catalog and profile are in its run row)."""
+    h = hashlib.sha256()
+    profile = ""
+    for part in parts:
+        if part.report is not None:
+            h.update(f"{part.target.name}\0{part.report.catalog_digest}\n".encode())
+            profile = profile or part.report.profile
+    return CatalogInfo(str(catalog_dir), profile, h.hexdigest())
+
+
+@dataclass(frozen=True)
+class CatalogInfo:
+    directory: str
+    profile: str
+    digest: str

@@ -102,6 +102,24 @@ def only_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "repeat for more.")(f)
 
 
+def target_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--target`` for commands that read the state: the catalog's targets whose rows to
+    show (each needs its ``endpoint:`` there)."""
+    return click.option("--target", "target", metavar="NAME", multiple=True,
+                        help="Only the rows of the catalog's targets with this name (a glob); "
+                             "repeat for more. Needs --catalog.")(f)
+
+
+def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--target`` (which of the catalog's targets) and ``--target-parallelism``."""
+    f = click.option("--target-parallelism", type=click.IntRange(1, 64), default=4,
+                     show_default=True,
+                     help="How many targets are planned or applied at once.")(f)
+    return click.option("--target", "target", metavar="NAME", multiple=True,
+                        help="Limit to the catalog's targets with this name (a glob: "
+                             "'cn-*'); repeat for more. Default: every target.")(f)
+
+
 def json_format_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`--format text|json` as on plan, apply and validate; `--json` stays as a short form."""
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -131,7 +131,7 @@ class PostgresStore(SqlStore):
     def open_readonly(cls, url: str, *, clock: Clock = SYSTEM_CLOCK) -> PostgresStore | None:
         """Read-only session; None when the database holds no reconcile state yet."""
         conn = _connect(url)
-        try:
+        with _closed_on_error(conn, url, "read"):
             conn.execute("SET default_transaction_read_only = on")
             version = _check_version(conn, redact(url))
             if version == 0:
@@ -143,13 +143,6 @@ class PostgresStore(SqlStore):
                     f"reconcile reads version {SCHEMA_VERSION}. The next `reconcile apply` "
                     "with this version upgrades it (reading never changes it)")
             conn.execute(f"SET search_path TO {SCHEMA}")
-        except psycopg.Error as exc:
-            conn.close()
-            raise StateError(f"cannot read the PostgreSQL state {redact(url)}: "
-                             f"{_clean(exc, url)}") from None
-        except BaseException:
-            conn.close()
-            raise
         return cls(conn, redact(url), writable=False, url=url, clock=clock)
 
     @classmethod
@@ -158,7 +151,7 @@ class PostgresStore(SqlStore):
         """Take the lock, then create or migrate the schema, then name ourselves holder."""
         location = redact(url)
         conn = _connect(url)
-        try:
+        with _closed_on_error(conn, url, "open", " for writing"):
             _check_version(conn, location)  # refuse a newer or foreign schema before all else
             keys = _take_locks(conn, location, lock, clock)
             _migrate(conn, location)
@@ -175,13 +168,6 @@ class PostgresStore(SqlStore):
                         "operation = excluded.operation, backend_pid = excluded.backend_pid",
                         (key, lock.target, info["host"], info["pid"], info["user"],
                          info["since"], info["operation"]))
-        except psycopg.Error as exc:
-            conn.close()
-            raise StateError(f"cannot open the PostgreSQL state {location} for writing: "
-                             f"{_clean(exc, url)}") from None
-        except BaseException:
-            conn.close()
-            raise
         return cls(conn, location, writable=True, url=url, clock=clock)
 
     def close(self) -> None:
@@ -190,6 +176,21 @@ class PostgresStore(SqlStore):
             with contextlib.suppress(psycopg.Error):
                 self.conn.execute("DELETE FROM locks WHERE backend_pid = pg_backend_pid()")
         self.conn.close()
+
+
+@contextlib.contextmanager
+def _closed_on_error(conn: psycopg.Connection[Any], url: str, doing: str,
+                     how: str = "") -> Iterator[None]:
+    """Close *conn* on any error while opening; a database error becomes one StateError."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        conn.close()
+        raise StateError(f"cannot {doing} the PostgreSQL state {redact(url)}{how}: "
+                         f"{_clean(exc, url)}") from None
+    except BaseException:
+        conn.close()
+        raise
 
 
 _LOGIN_REFUSED = ("password authentication failed", "pg_hba.conf", "authentication failed",

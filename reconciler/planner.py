@@ -26,6 +26,7 @@ from reconciler.models import (
     Observed,
     Plan,
     Record,
+    Target,
 )
 
 PENDING_DETAIL = ("an earlier apply stopped while creating this image; the next apply looks it "
@@ -246,16 +247,36 @@ def adoption_request(spec: ImageSpec, image: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def select(result: Plan, patterns: Sequence[str]) -> Plan:
+def select(result: Plan, patterns: Sequence[str], *, must_match: bool = True) -> Plan:
     """The plan limited to the names matching any of ``patterns`` (shell globs, as
-    ``--only`` takes them); a pattern that matches no name is an error, never a silent no-op."""
+    ``--only`` takes them); a pattern that matches no name is an error, never a silent no-op
+    (``must_match=False``: the caller checks that over several targets' plans)."""
     if not patterns:
         return result
     unmatched = [p for p in patterns
                  if not any(fnmatch.fnmatchcase(c.name, p) for c in result.changes)]
-    if unmatched:
+    if unmatched and must_match:
         raise ConfigError(f"--only {unmatched[0]}: no image of the catalog or the state file "
                           "has a name it matches (a glob: * ? [...])")
     kept = tuple(c for c in result.changes
                  if any(fnmatch.fnmatchcase(c.name, p) for p in patterns))
     return result.model_copy(update={"changes": kept})
+
+
+def select_targets(targets: Sequence[Target], patterns: Sequence[str]) -> tuple[Target, ...]:
+    """The catalog's targets whose names match any of ``patterns`` (``--target``, shell
+    globs; none: every target). A pattern that matches no target is an error, and so is
+    ``--target`` for a catalog that declares none."""
+    if not patterns:
+        return tuple(targets)
+    names = [t.name for t in targets]
+    if not names:
+        raise ConfigError(f"--target {patterns[0]}: the catalog declares no targets (add "
+                          "`targets:` to a catalog file; without it the run's endpoint is "
+                          "the one target)")
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(f"--target {pattern}: no target of the catalog has a name it "
+                              f"matches (a glob: * ? [...]); the targets are "
+                              f"{', '.join(names)}")
+    return tuple(t for t in targets if any(fnmatch.fnmatchcase(t.name, p) for p in patterns))

@@ -169,6 +169,10 @@ def _template_frame(exc: BaseException, fmt: str) -> tuple[str, int | None]:
 
 def _template_chunks(report: RunReport, fmt: str, *, color: bool,
                      templates: Path | None, show_unchanged: bool) -> Iterator[str]:
+    if report.targets:
+        yield from _targets_chunks(report, fmt, color=color, templates=templates,
+                                   show_unchanged=show_unchanged)
+        return
     template = _environment(templates).get_template(_TEMPLATE[fmt])
     if fmt != "markdown":
         yield from template.generate(_view(report, LIST_LIMIT, color=color and fmt == "text",
@@ -184,6 +188,104 @@ def _template_chunks(report: RunReport, fmt: str, *, color: bool,
             return
     cut = "\n\n_(report cut to fit 65,536 characters; see the JSON report)_\n"
     yield text[: MARKDOWN_LIMIT - len(cut)] + cut
+
+
+def target_sections(report: RunReport) -> list[RunReport]:
+    """A report of several targets as one report per target, in the targets' order: its
+    changes, outcomes and counts; a target that failed says why as a warning."""
+    changes: dict[str, list[Change]] = {t.name: [] for t in report.targets}
+    outcomes: dict[str, list[Outcome]] = {t.name: [] for t in report.targets}
+    for change in report.changes:
+        changes.setdefault(change.target or "", []).append(change)
+    for outcome in report.outcomes:
+        outcomes.setdefault(outcome.target or "", []).append(outcome)
+    prefix = {t.name: f"{t.name}: " for t in report.targets}
+    return [report.model_copy(update={
+        "target": f"{t.name} · {t.endpoint}" if t.endpoint else t.name,
+        "summary": {**dict.fromkeys(ACTIONS, 0), **t.summary},
+        "changes": tuple(changes[t.name]), "outcomes": tuple(outcomes[t.name]),
+        "warnings": tuple(w.removeprefix(prefix[t.name]) for w in report.warnings
+                          if w.startswith(prefix[t.name]))
+        + ((f"target failed: {t.error}",) if t.error else ()),
+        "run_id": t.run_id, "duration_s": t.duration_s, "targets": (),
+        "format_version": 2}) for t in report.targets]
+
+
+#: The overview of a report of several targets lists at most this many targets.
+TARGETS_LIMIT = 200
+
+
+def _targets_chunks(report: RunReport, fmt: str, *, color: bool, templates: Path | None,
+                    show_unchanged: bool) -> Iterator[str]:
+    """A report of several targets: each target's own report (the usual template) and an
+    overview with one line per target and the total (``report.targets.*.j2``): after the
+    targets in a terminal, before them in markdown and html. Markdown shares its 65,536
+    characters among the targets: each gets an equal part of what is left, and one that
+    needs less leaves the rest to the others; each cut is announced in its own section."""
+    env = _environment(templates)
+    single = env.get_template(_TEMPLATE[fmt])
+    overview = env.get_template(_TEMPLATE[fmt].replace("report.", "report.targets.", 1))
+    sections = target_sections(report)
+    top = _view(report, LIST_LIMIT, color=color and fmt == "text", show_unchanged=True)
+    shown = report.targets[:TARGETS_LIMIT]
+    top.update(targets=shown, targets_omitted=len(report.targets) - len(shown),
+               failed=sum(1 for t in report.targets if t.error),
+               target_width=min(32, max((len(t.name) for t in shown), default=0)),
+               plan_lines={t.name: plan_line({**dict.fromkeys(ACTIONS, 0), **t.summary})
+                           for t in shown},
+               apply_lines={t.name: apply_line(t.summary) if top["applied"] else ""
+                            for t in shown})
+    if fmt == "text":
+        for section in sections:
+            yield from single.generate(_view(section, LIST_LIMIT, color=color,
+                                             show_unchanged=show_unchanged))
+            yield "\n"
+        yield from overview.generate(top)
+    elif fmt == "html":
+        yield from single.generate({**top, "part": "head"})
+        yield from overview.generate(top)
+        for i, section in enumerate(sections, 1):
+            yield f'<section id="target-{i}">\n'
+            yield from single.generate({**_view(section, LIST_LIMIT, color=False,
+                                                show_unchanged=True), "part": "body"})
+            yield "</section>\n"
+        yield from single.generate({**top, "part": "foot"})
+    else:
+        yield from _markdown_targets(overview.render(top), single, sections)
+
+
+def _markdown_targets(head: str, template: jinja2.Template,
+                      sections: list[RunReport]) -> Iterator[str]:
+    cut = "\n\n_(report cut to fit 65,536 characters; see the JSON report)_\n"
+    if len(head) > MARKDOWN_LIMIT - len(cut):
+        yield head[: MARKDOWN_LIMIT - len(cut)] + cut
+        return
+    yield head
+    left = MARKDOWN_LIMIT - len(head)
+    rendered: dict[int, str] = {}
+    # The smallest first, so what they leave goes to the bigger ones.
+    order = sorted(range(len(sections)), key=lambda i: len(sections[i].changes)
+                   + len(sections[i].outcomes))
+    for n, i in enumerate(order):
+        budget = left // (len(order) - n)
+        text = _markdown_fitting(template, sections[i], budget)
+        rendered[i] = text
+        left -= len(text)
+    for i in range(len(sections)):
+        yield rendered[i]
+
+
+def _markdown_fitting(template: jinja2.Template, report: RunReport, budget: int) -> str:
+    """One target's section within ``budget`` characters: fewer entries per list until it
+    fits, then only its first characters and a note."""
+    total = len(report.changes) + len(report.outcomes)
+    text = ""
+    for cap in [c for c in _MARKDOWN_CAPS if c * 150 < budget or c >= total] or [0]:
+        text = "\n" + template.render(_view(report, cap, color=False, show_unchanged=True))
+        if len(text) <= budget:
+            return text
+    note = "\n\n_(this target's section was cut to fit; see the JSON report)_\n"
+    return text[: max(0, budget - len(note))] + note if budget > len(note) else ""
 
 
 def _view(report: RunReport, cap: int, *, color: bool,
@@ -233,6 +335,7 @@ def _view(report: RunReport, cap: int, *, color: bool,
         "result_width": min(48, max((len(o.name) for o in report.outcomes), default=0)),
         "attributes": create_attributes,
         "fence": _fence,
+        "part": "all",
     }
 
 
@@ -384,6 +487,8 @@ def change_json(change: Change) -> dict[str, Any]:
     if change.action == "update":
         out["patch"] = {"method": "PATCH", "path": patch_path(change),
                         "content_type": PATCH_MEDIA_TYPE, "body": list(change.patch)}
+    if change.target is not None:  # format_version 2
+        out = {"target": change.target, **out}
     return out
 
 
@@ -399,6 +504,7 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         "duration_s": round(outcome.duration_s, 3),
         "error": outcome.error.model_dump() if outcome.error else None,
         **({"patch": list(outcome.patch)} if outcome.patch is not None else {}),
+        **({"target": outcome.target} if outcome.target is not None else {}),
     }
 
 
@@ -431,6 +537,8 @@ def _json_document(report: RunReport, changes: object, outcomes: object) -> dict
     }
     if report.mode == "apply":
         out["outcomes"] = outcomes
+    if report.format_version >= 2:  # several targets (README "JSON report")
+        out["targets"] = [t.model_dump() for t in report.targets]
     return out
 
 

@@ -98,17 +98,15 @@ def online(profile: str, api: RulesApi, target: str, state_path: str | Path, *,
     the catalog is valid); fall back to what the state file kept."""
     kind = KIND_OF[profile]
     path = SCHEMA_PATH if kind == "image_schema" else OS_VERSIONS_PATH
-    notes: list[str] = []
     try:
         body = api.server_info(kind)
     except ApiError as exc:  # a 401 too: the run's own requests then stop it, and say so
-        notes.append(f"could not read the server's {_WHAT[kind]}: {exc}")
         info, unusable = _kept(profile, state_path, target)
-        notes[-1] += (f"; using the one read {info.read_at[:10]}" if info else
-                      f"; using reconcile's built-in rules{unusable}")
-        return _build(profile, info, allow, tuple(notes))
-    info = ServerInfo(kind, target + path, iso(clock.now()), body)
-    return _build(profile, info, allow, ())
+        fallback = (f"using the one read {info.read_at[:10]}" if info else
+                    f"using reconcile's built-in rules{unusable}")
+        return _build(profile, info, allow,
+                      (f"could not read the server's {_WHAT[kind]}: {exc}; {fallback}",))
+    return _build(profile, ServerInfo(kind, target + path, iso(clock.now()), body), allow, ())
 
 
 def _build(profile: str, info: ServerInfo | None, allow: Allowances,
@@ -140,21 +138,20 @@ def keep(run: RunProfile, target: str, *, store: StateStore | None = None,
     info = run.info
     if info is None or info.cached or not target:
         return None
+    writer = None
     try:
-        if store is not None:
-            store.save_server_info(target, info.kind, url=info.url, body=info.body,
-                                   read_at=info.read_at)
-            return None
-        if schema_version(state_path) not in (0, SCHEMA_VERSION):
-            return (f"the {_WHAT[info.kind]} was not kept: state file {state_path} is of an "
-                    "older schema (the next apply migrates it)")
-        # a writer like any other: under the target's lock, never while an apply holds it
-        writer = open_for_write(state_path, LockRequest(target, "keep the server's rules"))
-        try:
-            writer.save_server_info(target, info.kind, url=info.url, body=info.body,
-                                    read_at=info.read_at)
-        finally:
-            writer.close()
+        if store is None:
+            if schema_version(state_path) not in (0, SCHEMA_VERSION):
+                return (f"the {_WHAT[info.kind]} was not kept: state file {state_path} is of "
+                        "an older schema (the next apply migrates it)")
+            # a writer like any other: under the target's lock, never while an apply holds it
+            store = writer = open_for_write(state_path,
+                                            LockRequest(target, "keep the server's rules"))
+        store.save_server_info(target, info.kind, url=info.url, body=info.body,
+                               read_at=info.read_at)
     except StateError as exc:
         return f"the {_WHAT[info.kind]} was not kept in the state file: {exc}"
+    finally:
+        if writer is not None:
+            writer.close()
     return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, TypeAdapter, ValidationError
@@ -78,24 +78,40 @@ class _Platform(_Loose):
     version_list: list[_OsVersion]
 
 
-_OS_LIST = TypeAdapter(list[_Platform])
-
-
 class _Enum(_Loose):
     enum: list[str | None] | None = None
     maxLength: NonNegativeInt | None = None  # JSON schema's spelling
+
+
+class _Properties(_Loose):
+    """The rules of the fields read here; the others' are in ``model_extra``."""
+
+    visibility: _Enum = _Enum()
+    container_format: _Enum = _Enum()
+    disk_format: _Enum = _Enum()
+    name: _Enum = _Enum()
 
 
 class _ImageSchema(_Loose):
     properties: dict[str, dict[str, Any]]
 
 
+_T = TypeVar("_T")
+_OS_LIST = TypeAdapter(list[_Platform])
+_SCHEMA = TypeAdapter(_ImageSchema)
+_PROPERTIES = TypeAdapter(_Properties)
+
+
+def _validated(adapter: TypeAdapter[_T], body: Any, where: str = "") -> _T:
+    try:
+        return adapter.validate_python(body)
+    except ValidationError as exc:
+        raise InvalidServerInfo([where + p for p in problems(exc)]) from None
+
+
 def os_versions(body: Any) -> frozenset[str]:
     """The ``__os_version`` strings of an os_version answer."""
-    try:
-        platforms = _OS_LIST.validate_python(body)
-    except ValidationError as exc:
-        raise InvalidServerInfo(problems(exc)) from None
+    platforms = _validated(_OS_LIST, body)
     found = frozenset(v.os_version for p in platforms for v in p.version_list)
     if not found:
         raise InvalidServerInfo(["the list of OS versions is empty"])
@@ -115,33 +131,21 @@ class SchemaRules:
 
 def schema_rules(body: Any) -> SchemaRules:
     """Read the rules of a ``/v2/schemas/image`` answer."""
-    try:
-        schema = _ImageSchema.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidServerInfo(problems(exc)) from None
-    props, found = {}, []
-    for key in ("visibility", "container_format", "disk_format", "name"):
-        try:
-            props[key] = _Enum.model_validate(schema.properties.get(key, {}))
-        except ValidationError as exc:
-            found += [f"properties.{key}.{p}" for p in problems(exc)]
-    if found:
-        raise InvalidServerInfo(found)
+    # the whole first (each property's rule an object), then the fields read here
+    props = _validated(_PROPERTIES, _validated(_SCHEMA, body).properties, "properties.")
 
-    def enum(key: str) -> frozenset[str] | None:
-        values = props[key].enum
-        return None if values is None else frozenset(v for v in values if v is not None)
+    def enum(rule: _Enum) -> frozenset[str] | None:
+        return None if rule.enum is None else frozenset(v for v in rule.enum if v is not None)
 
     # Extra properties the schema types (e.g. kernel_id's UUID pattern): checked like the
     # server checks them. Catalog fields and keys the server owns have rules of their own.
     own = {*FIELDS, *SERVER_KEYS, "tags", "locations", "direct_url", "self", "file", "schema"}
-    rules = {key: rule for key, rule in schema.properties.items()
-             if key not in own and isinstance(rule, dict)}
+    rules = {key: rule for key, rule in (props.model_extra or {}).items() if key not in own}
     found = [p for key, rule in rules.items() if (p := _rule_problem(key, rule))]
     if found:
         raise InvalidServerInfo(found)
-    return SchemaRules(enum("visibility"), enum("container_format"), enum("disk_format"),
-                       props["name"].maxLength, rules)
+    return SchemaRules(enum(props.visibility), enum(props.container_format),
+                       enum(props.disk_format), props.name.maxLength, rules)
 
 
 def _rule_problem(key: str, rule: dict[str, Any]) -> str | None:

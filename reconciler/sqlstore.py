@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -453,19 +453,13 @@ class SqlStore:
                          read_at: str) -> None:
         """Replace the kept answer. It is a cache, not a record: the revision (which saved
         plans pin) stays, so reading the server never makes a saved plan stale."""
-        if not self.writable:
-            raise StateError("internal error: state store opened read-only")
-        try:
-            self._before_write()
-            with self._write_lock, self._transaction():
-                self._execute(
-                    "INSERT INTO server_info (target, kind, url, body_json, read_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, kind) DO UPDATE SET "
-                    "url = excluded.url, body_json = excluded.body_json, "
-                    "read_at = excluded.read_at",
-                    (target, kind, url, json.dumps(body, sort_keys=True), read_at))
-        except self._db_errors as exc:
-            raise self._error(exc, "write") from None
+        with self._unrevised():
+            self._execute(
+                "INSERT INTO server_info (target, kind, url, body_json, read_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, kind) DO UPDATE SET "
+                "url = excluded.url, body_json = excluded.body_json, "
+                "read_at = excluded.read_at",
+                (target, kind, url, json.dumps(body, sort_keys=True), read_at))
 
     def forget(self, target: str, name: str) -> bool:
         [deleted] = self._commit(("DELETE FROM images WHERE target = ? AND name = ?",
@@ -474,19 +468,26 @@ class SqlStore:
 
     def load(self, tables: dict[str, list[tuple[Any, ...]]]) -> None:
         """Replace every row with ``tables`` (from ``dump``) in one transaction."""
+        with self._unrevised():
+            for table in reversed(TABLES):
+                self._execute(f"DELETE FROM {table}")
+            for table in TABLES:
+                columns = self.columns(table)
+                sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                       f"VALUES ({', '.join('?' * len(columns))})")
+                for row in tables.get(table, []):
+                    self._execute(sql, row)
+
+    @contextlib.contextmanager
+    def _unrevised(self) -> Iterator[None]:
+        """One transaction of writes that leave the revision as it is (``_commit`` moves
+        it), with the store's errors translated."""
         if not self.writable:
             raise StateError("internal error: state store opened read-only")
         try:
             self._before_write()
             with self._write_lock, self._transaction():
-                for table in reversed(TABLES):
-                    self._execute(f"DELETE FROM {table}")
-                for table in TABLES:
-                    columns = self.columns(table)
-                    sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
-                           f"VALUES ({', '.join('?' * len(columns))})")
-                    for row in tables.get(table, []):
-                        self._execute(sql, row)
+                yield
         except self._db_errors as exc:
             raise self._error(exc, "write") from None
 

@@ -100,3 +100,25 @@ def test_the_server_rules_are_read_once_and_a_failed_read_is_said_before_the_que
     assert screen[question:].count(note) == 1
     assert "using reconcile's built-in rules" in screen[:question]
     assert sorted(i["name"] for i in sb.images()) == image_names(3)
+
+
+def test_the_plan_of_every_target_is_shown_and_confirmed_once(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    boxes = [sandbox(token="t0k"), sandbox(token="t0k")]
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "a.yaml").write_text(
+        "targets:\n" + "".join(f"  r{i}: {{endpoint: '{sb.url}'}}\n" for i, sb in
+                               enumerate(boxes))
+        + "images:\n  - name: everywhere\n  - name: only-r1\n    targets: [r1]\n",
+        encoding="utf-8")
+    args, env = ["apply", "--state", "state.db"], {"OS_AUTH_TOKEN": "t0k", "NO_COLOR": "1"}
+    code, screen = on_terminal(args, "n", tmp_path, env)
+    assert code == 0, screen
+    question = screen.index("[y/N]")
+    assert "Total (2 targets): Plan: 3 to create" in screen[:question]
+    assert "Apply this plan to r0, r1: create 3, adopt 0 image(s)?" in screen
+    assert all(sb.images() == [] for sb in boxes)
+    assert not (tmp_path / "state.db").exists()
+    code, screen = on_terminal(args, "y", tmp_path, env)
+    assert code == 0, screen
+    assert [len(sb.images()) for sb in boxes] == [1, 2]

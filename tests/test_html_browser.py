@@ -103,6 +103,23 @@ def plan_report(scenario: Path, write_catalog: Callable[..., Path],  # noqa: F81
     return scenario / "plan.html"
 
 
+@pytest.fixture
+def targets_report(tmp_path: Path, sandbox: SandboxFactory,
+                   run_cli: Callable[..., Result]) -> Path:
+    """An apply of a catalog with three targets, one of them unreachable (a long error)."""
+    boxes = [sandbox(token="t0k"), sandbox(token="t0k")]
+    catalog = write_images(tmp_path / "catalog", [f"img-{i:03d}" for i in range(12)])
+    declared = "".join(f"  region-{i}: {{endpoint: '{sb.url}'}}\n" for i, sb in enumerate(boxes))
+    (catalog / "targets.yaml").write_text(
+        f"targets:\n{declared}  unreachable-region-with-a-long-name: "
+        "{endpoint: 'http://127.0.0.1:9'}\n", encoding="utf-8")
+    result = run_cli(["apply", "--yes", "--state", tmp_path / "s.db", "--catalog", catalog,
+                      "--retries", "0", "--format", "html", "-o", tmp_path / "targets.html"],
+                     env={"OS_AUTH_TOKEN": "t0k"})
+    assert result.exit_code == 1, result.output  # the unreachable target fails alone
+    return tmp_path / "targets.html"
+
+
 def measure(browser: Browser, page: Path, width: int) -> dict[str, Any]:
     opened = browser.open_page(page, width)
     opened.screenshot(page.with_name(f"{page.stem}-{width}.png"))
@@ -114,7 +131,7 @@ def measure(browser: Browser, page: Path, width: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("which", ["plan_report", "apply_report"])
+@pytest.mark.parametrize("which", ["plan_report", "apply_report", "targets_report"])
 def test_report_fits_the_screen(which: str, width: int, browser: Browser,
                                 request: pytest.FixtureRequest) -> None:
     page: Path = request.getfixturevalue(which)

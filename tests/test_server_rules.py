@@ -24,7 +24,13 @@ from reconciler.client import MAX_BODY_BYTES, ImageClient, StaticToken, http_cli
 from reconciler.errors import CatalogError, MalformedResponse, TransportError
 from reconciler.osversions import KNOWN_OS_VERSIONS
 from reconciler.serverinfo import InvalidServerInfo, ServerInfo, os_versions, profile_for
-from reconciler.state import SCHEMA_VERSION, open_for_write, open_readonly, schema_version
+from reconciler.state import (
+    SCHEMA_VERSION,
+    LockRequest,
+    open_for_write,
+    open_readonly,
+    schema_version,
+)
 
 Run = Callable[..., Result]
 ENV = {"OS_AUTH_TOKEN": "t0ken"}
@@ -413,6 +419,28 @@ def test_an_old_state_file_is_not_migrated_by_validate_and_the_run_goes_on(
     assert "warning: the OS list was not kept: state file" in result.stderr
     assert "older schema (the next apply migrates it)" in result.stderr
     assert file_sha256(state) == before
+
+
+def test_rules_not_kept_because_an_apply_holds_the_state_are_a_note(
+        tmp_path: Path, write_catalog: Callable[..., Path], run_cli: Run,
+        sandbox: SandboxFactory) -> None:
+    # A PR check validating while the nightly apply runs: the check passes, says why the
+    # rules were not kept, and never waits for the apply's lock.
+    sb = sandbox()
+    state = tmp_path / "state.db"
+    holder = open_for_write(state, LockRequest(sb.url, "apply"))
+    try:
+        catalog = one_image(write_catalog, os_version="Ubuntu 22.04 server 64bit", min_disk=40)
+        result = validate(run_cli, catalog, state, "--endpoint", sb.url)
+    finally:
+        holder.close()
+    assert result.exit_code == 0, result.output
+    [note] = result.stderr.splitlines()
+    assert note.startswith("warning: the OS list was not kept in the state file: ")
+    assert "apply" in note
+    reader = open_readonly(state)
+    assert reader is not None and reader.server_info(sb.url, "os_versions") is None
+    reader.close()
 
 
 def test_allow_setting_from_reconcile_toml(tmp_path: Path, write_catalog: Callable[..., Path],

@@ -15,13 +15,17 @@ from reconciler.apply.request import (
     check_invocation,
 )
 from reconciler.apply.run import apply_catalog, preview
+from reconciler.apply.targets import TargetsApply, TargetsResult, apply_targets
 
 __all__ = [
     "DEFAULT_SETTLE_S",
     "ApplyRequest",
     "ApplyResult",
     "Preview",
+    "TargetsApply",
+    "TargetsResult",
     "apply_catalog",
+    "apply_targets",
     "check_invocation",
     "preview",
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
+from reconciler.apply.runstate import RunState
 from reconciler.apply.updates import UpdateApi
 from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
@@ -17,6 +18,7 @@ from reconciler.models import DriftPolicy, Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
+from reconciler.state import StateStore
 
 
 class ApplyApi(ImageApi, UpdateApi, ListingApi, RulesApi, Protocol):
@@ -92,6 +94,13 @@ class ApplyRequest:
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
     allow: Allowances = NO_ALLOWANCES  # formats allowed beyond the built-in lists
     drift: DriftPolicy = "update"  # --drift: images whose catalog entry sets no policy
+    # One target of several (apply.targets): its name (the catalog is limited to the images
+    # placed there), the key of its state rows, lock and kept rules; the store the targets
+    # share (SQLite: one file lock for all); who is told of the run, to stop it on Ctrl-C.
+    target_name: str | None = None
+    target_key: str | None = None
+    store: StateStore | None = None
+    on_run: Callable[[RunState], None] = lambda run: None
 
     def __post_init__(self) -> None:
         for name in ("settle_s", "request_timeout_s"):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -39,9 +40,18 @@ from reconciler.operations import bulk_build, kept_notes, make_plan, new_run_id,
 from reconciler.planner import plan, select
 from reconciler.refresh import observe
 from reconciler.schemacache import RunProfile
-from reconciler.state import LockRequest, SqliteStore, StateStore, is_url, open_for_write
+from reconciler.state import (
+    LockRequest,
+    SqliteStore,
+    StateStore,
+    is_url,
+    open_for_write,
+    open_readonly,
+)
 
 log = logging.getLogger("reconciler.apply")
+#: The reason of a run stopped by Ctrl-C or SIGTERM.
+INTERRUPTED = "interrupted"
 
 
 def preview(req: ApplyRequest) -> Preview:
@@ -52,15 +62,37 @@ def preview(req: ApplyRequest) -> Preview:
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
                        clock=req.clock, rules=rules, keep=False,  # the apply keeps
-                       only=req.saved.only if req.saved else req.only, drift=_policy(req))
+                       only=req.saved.only if req.saved else req.only,
+                       key=req.target_key, place=req.target_name,
+                       must_match=req.target_key is None, drift=_policy(req))
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
             c for c in shown.changes if c.action == "adopt" or c.reason == "changed_remotely")})
         report = report.model_copy(update={"changes": shown.changes,
                                            "summary": shown.summary()})
-    return Preview(shown, result.observed, result.state_revision, result.catalog.digest,
-                   rules, report)
+    revision = result.state_revision
+    if req.target_key is not None:  # one target of several: its own rows
+        reader = open_readonly(req.state_path, clock=req.clock)
+        try:
+            revision = target_revision(reader, req.target_key)
+        finally:
+            if reader is not None:
+                reader.close()
+    return Preview(shown, result.observed, revision, result.catalog.digest, rules, report)
+
+
+def target_revision(store: StateStore | None, target: str) -> int:
+    """For one target of several, what the preview check compares instead of the store's
+    revision (which the other targets' runs move as they write): a digest of the target's
+    own rows, its records and pending creates (docs/architecture.md §13)."""
+    h = hashlib.sha256()
+    if store is not None:
+        for name, record in sorted(store.records(target, full=False).items()):
+            h.update(f"{name}\0{record.image_id}\0{record.spec_digest}\n".encode())
+        for entry in store.pending(target):
+            h.update(f"{entry.nonce}\n".encode())
+    return int.from_bytes(h.digest()[:4], "big")
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -73,12 +105,16 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
     saved = req.saved
     if saved is not None and normalize_endpoint(req.endpoint) != saved.target:
         raise PlanFileError(f"the plan was made for {saved.target}, not {req.endpoint}")
-    target = normalize_endpoint(req.endpoint)
+    target = req.target_key or normalize_endpoint(req.endpoint)
     # The server's rules first (read now, or by the preview; kept once the work is done):
     # the catalog is checked against what this server accepts.
     rules = req.preview.rules if req.preview else _rules(req)
     with bulk_build():
         catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
+        if req.target_name is not None:  # one target of several: the images placed there
+            catalog = catalog.for_target(req.target_name)
+    if req.store is not None:  # shared by several targets, and closed by their run
+        return _apply_locked(req, req.store, catalog, target, rules)
     prechecked = _precheck_without_state(req, catalog, target)
     store = open_for_write(req.state_path, LockRequest(target, "apply", req.lock_timeout_s),
                            clock=req.clock)
@@ -89,7 +125,8 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
 
 
 def _rules(req: ApplyRequest) -> RunProfile:
-    return run_profile(req.catalog_profile, None, normalize_endpoint(req.endpoint),
+    return run_profile(req.catalog_profile, None,
+                       req.target_key or normalize_endpoint(req.endpoint),
                        api=req.api, state_path=req.state_path, allow=req.allow,
                        clock=req.clock)
 
@@ -116,11 +153,12 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     chosen: set[tuple[str, str]] | None = None
     observed: Observed | None = prechecked
     if req.preview is not None:
-        observed = _check_preview(req.preview, store, catalog)
+        observed = _check_preview(req.preview, store, catalog, req.target_key)
     if req.saved is not None:
         # The cloud is read once: what the check saw is what the plan below works from.
         chosen, observed = _check_saved(req, store, catalog, target, observed)
     run = RunState(new_run_id(req.clock), req.clock)
+    req.on_run(run)
     store.start_run(run.run_id, target=target, profile=catalog.profile,
                     catalog_digest=catalog.digest, tool_version=__version__,
                     started_at=iso(req.clock.now()))
@@ -158,7 +196,9 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
             with bulk_build():
                 result = select(plan(catalog, records, target=target, pending=pending,
                                      observed=observed, drift=_policy(req)),
-                                req.saved.only if req.saved else req.only)
+                                req.saved.only if req.saved else req.only,
+                                # one target of several: checked over all (targets.py)
+                                must_match=req.target_key is None)
             summary = result.summary()
             req.on_plan(result)
             todo = [c for c in result.changes if chosen is None or (c.name, c.action) in chosen]
@@ -180,6 +220,10 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     except Exception as exc:
         _finish(store, run.run_id, summary, outcomes, RunOutcome.FAILED, str(exc))
         raise
+    if run.reason == INTERRUPTED:  # stopped from outside: the run of several targets
+        _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, INTERRUPTED)
+        return _result(req, catalog, target, run, result, summary, outcomes, t0,
+                       rules.notes, interrupted=True)
     counts = _counts(outcomes)
     # Kept once the work is done: pending creates are resolved first, and a refused saved
     # plan or preview (which raise above) writes nothing.
@@ -221,13 +265,16 @@ def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
                        reason, interrupted=interrupted)
 
 
-def _check_preview(preview: Preview, store: StateStore, catalog: Catalog) -> Observed | None:
+def _check_preview(preview: Preview, store: StateStore, catalog: Catalog,
+                   target_key: str | None = None) -> Observed | None:
     """Refuse if the state file or the catalog changed since the preview was made (another
-    apply, import or forget ran in between); returns the cloud as the preview saw it."""
+    apply, import or forget ran in between); returns the cloud as the preview saw it.
+    ``target_key``: one target of several, whose own rows are compared."""
+    now = store.revision() if target_key is None else target_revision(store, target_key)
     reasons = planfile.moved_since(
         catalog=catalog.directory, catalog_then=preview.catalog_digest,
         catalog_now=catalog.digest, revision_then=preview.state_revision,
-        revision_now=store.revision(), event="the plan was shown")
+        revision_now=now, event="the plan was shown")
     if reasons:
         raise PlanFileError("the plan you confirmed is stale; nothing was done. Run apply "
                             "again to see the new plan.\n" + _listed(reasons))
