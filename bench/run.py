@@ -125,11 +125,14 @@ def task(name: str, *args: object) -> Run:
 
 
 @contextlib.contextmanager
-def sandbox(latency_ms: int = 0, data: Path | None = None) -> Iterator[str]:
+def sandbox(latency_ms: int = 0, data: Path | None = None,
+            capacity: int | None = None) -> Iterator[str]:
     """``reconcile sandbox`` as its own process on a free port; yields its URL."""
     cmd = [RECONCILE, "sandbox", "--port", "0", "--latency-ms", str(latency_ms)]
     if data is not None:
         cmd += ["--data", str(data)]
+    if capacity is not None:
+        cmd += ["--capacity", str(capacity)]
     log = (OUT / "sandbox.log").open("ab")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, text=True)
     try:
@@ -249,32 +252,44 @@ class ApplyRun:
 
 
 def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
-                  wal: bool = False, postgres: str | None = None) -> ApplyRun:
+                  wal: bool = False, postgres: str | None = None,
+                  capacity: int | None = None, fixed: bool = False,
+                  retries: int | None = None) -> ApplyRun:
     """``reconcile apply`` of a fresh catalog of ``creates`` images, fresh state and sandbox.
 
     ``wal``: what-if, the fresh state file is switched to WAL journaling first.
     ``postgres``: the URL of an empty PostgreSQL database to use as the state instead.
+    ``capacity``: the sandbox in capacity mode. ``fixed``: ``--concurrency fixed``.
+    ``retries``: ``--retries``; with it, images that still failed are allowed (counted: a
+    fixed parallelism over a server's capacity gives up on some).
     """
     catalog = gen_catalog(OUT / f"catalog-apply-{creates}", creates, 4)
-    name = f"apply-p{parallelism}-l{latency_ms}{'-wal' if wal else ''}{'-pg' if postgres else ''}"
+    name = (f"apply-p{parallelism}-l{latency_ms}{'-wal' if wal else ''}"
+            f"{'-pg' if postgres else ''}{f'-c{capacity}' if capacity else ''}"
+            f"{'-fixed' if fixed else ''}")
     report = OUT / f"{name}.json"
     state: Path | str = postgres or OUT / f"{name}.db"
     for path in (OUT / f"{name}.db", report):
         path.unlink(missing_ok=True)
     if wal:
         task("wal-state", "--out", state)
-    with sandbox(latency_ms) as url:
+    with sandbox(latency_ms, capacity=capacity) as url:
         done = run([RECONCILE, "apply", "--catalog", catalog, "--state", state, "--endpoint",
                     url, "--yes", "--parallelism", parallelism, "--format", "json",
-                    "--output", report], env={"OS_AUTH_TOKEN": TOKEN}).check()
+                    "--output", report, "--concurrency", "fixed" if fixed else "adaptive",
+                    *(["--retries", retries] if retries is not None else [])],
+                   env={"OS_AUTH_TOKEN": TOKEN})
+    if done.rc not in ((0, 1) if retries is not None else (0,)):
+        done.check()
     doc = json.loads(report.read_text(encoding="utf-8"))
     created = doc["summary"]["created"]
-    if created != creates:
+    if created != creates and retries is None:
         raise SystemExit(f"bench: apply created {created} of {creates}: {doc['summary']}")
     result = ApplyRun(parallelism, latency_ms, created, float(doc["duration_s"]), done.wall,
                       done.rss_mb)
     print(f"  apply p={parallelism} latency {latency_ms} ms{' WAL' if wal else ''}"
-          f"{' PostgreSQL state' if postgres else ''}: "
+          f"{' PostgreSQL state' if postgres else ''}"
+          f"{f' capacity {capacity}' if capacity else ''}{' fixed' if fixed else ''}: "
           f"{created} creates in "
           f"{result.seconds:.2f} s = {result.per_second:.0f}/s", flush=True)
     return result
@@ -365,6 +380,109 @@ def measure_state_stores(rounds: int) -> list[tuple[ApplyRun, ApplyRun]]:
     return pairs
 
 
+CAPACITY = 8  # the capacity sandbox's workers
+CAPACITY_CREATES = 800
+SWEEP = (2, 4, 6, 8, 10, 12, 16)
+ADAPTIVE_VS_BEST = 0.90
+LATENCY_BOUND_SHARE = 0.85  # issue 17: p=16 at 50 ms
+
+
+@dataclass
+class Concurrency:
+    sweep: dict[int, ApplyRun]  # fixed parallelism against the capacity sandbox
+    adaptive: dict[int, ApplyRun]  # adaptive, by ceiling, against the same
+    latency: dict[tuple[int, bool], ApplyRun]  # (parallelism, fixed) against 50 ms, no limit
+
+
+def measure_concurrency(rounds: int) -> Concurrency:
+    """Adaptive vs fixed, interleaved: against the sandbox with ``--capacity 8`` and 50 ms a
+    sweep of fixed parallelism and adaptive apply at the default ceiling (10) and at 32; then
+    against the latency-bound sandbox (50 ms, no capacity limit) p=16 and p=32 both ways.
+    Best of ``rounds`` each."""
+    result = Concurrency({}, {}, {})
+
+    def best(into: dict[Any, ApplyRun], key: Any, run: ApplyRun) -> None:
+        if key not in into or run.per_second > into[key].per_second:
+            into[key] = run
+
+    for _ in range(rounds):
+        for p in SWEEP:
+            best(result.sweep, p, measure_apply(p, LATENCY_MS, CAPACITY_CREATES,
+                                                capacity=CAPACITY, fixed=True, retries=20))
+        for p in (10, 32):
+            best(result.adaptive, p, measure_apply(p, LATENCY_MS, CAPACITY_CREATES,
+                                                   capacity=CAPACITY, retries=20))
+        for p in (16, 32):
+            for fixed in (True, False):
+                best(result.latency, (p, fixed),
+                     measure_apply(p, LATENCY_MS, APPLY_CREATES, fixed=fixed))
+    return result
+
+
+def render_concurrency(res: Concurrency, load: tuple[float, float], rounds: int) -> str:
+    lines = [f"## Adaptive concurrency, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+             f"(commit {git_commit()})", "",
+             f"`bench/run.py --concurrency` ({rounds} interleaved round"
+             f"{'s' if rounds > 1 else ''}, best kept); {os.cpu_count()} CPUs, load average "
+             f"{load[0]:.1f} before, {load[1]:.1f} after. Each figure is one `reconcile apply "
+             "--yes` of a fresh catalog with a fresh state file against a fresh sandbox "
+             "process; creates/s from the report's `duration_s`.", "",
+             f"Against `reconcile sandbox --latency-ms {LATENCY_MS} --capacity {CAPACITY}` "
+             f"({CAPACITY_CREATES} creates, `--retries 20`: over the capacity a fixed "
+             "parallelism has most of its creates refused):", ""]
+    rows: list[list[object]] = [
+        [f"fixed p={p}", f"{r.creates}", f"{r.per_second:.0f}/s"]
+        for p, r in sorted(res.sweep.items())]
+    rows += [[f"adaptive, ceiling {p}", f"{r.creates}", f"{r.per_second:.0f}/s"]
+             for p, r in sorted(res.adaptive.items())]
+    lines += table(["apply", "created", "creates/s"], rows)
+    top = max(res.sweep.values(), key=lambda r: r.per_second)
+    lines += ["", f"Best fixed: p={top.parallelism}, {top.per_second:.0f}/s."]
+    for p, r in sorted(res.adaptive.items()):
+        share = r.per_second / top.per_second
+        lines.append(f"Target: adaptive (ceiling {p}) ≥ {ADAPTIVE_VS_BEST:.0%} of the best "
+                     f"fixed: {share:.0%}, {verdict(share >= ADAPTIVE_VS_BEST)}.")
+    lines += ["", f"Against the latency-bound sandbox ({LATENCY_MS} ms, no capacity limit), "
+              f"{APPLY_CREATES} creates:", ""]
+    rows = [[f"p={p} {'fixed' if fixed else 'adaptive'}", f"{r.per_second:.0f}/s",
+             f"{r.per_second / r.ideal:.0%}"] for (p, fixed), r in sorted(res.latency.items())]
+    lines += table(["apply", "creates/s", "of ideal"], rows)
+    p16 = res.latency[16, False]
+    lines += ["", f"Target: adaptive p=16 ≥ {LATENCY_BOUND_SHARE:.0%} of ideal: "
+              f"{p16.per_second / p16.ideal:.0%}, "
+              f"{verdict(p16.per_second / p16.ideal >= LATENCY_BOUND_SHARE)}; "
+              f"adaptive vs fixed: p=16 {p16.per_second / res.latency[16, True].per_second:.2f}x, "
+              f"p=32 {res.latency[32, False].per_second / res.latency[32, True].per_second:.2f}x "
+              "(no regression: ≥ 0.95x within this machine's noise).", ""]
+    return "\n".join(lines)
+
+
+def render_formats(scaling: dict[int, Scaling], load: tuple[float, float], rounds: int) -> str:
+    """The time and memory targets of every report format, from ``--formats``."""
+    big = scaling[max(scaling)]
+    lines = [f"## Report formats side by side, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+             f"(commit {git_commit()})", "",
+             f"`bench/run.py --formats` ({rounds} interleaved round{'s' if rounds > 1 else ''} "
+             f"at the largest size, best kept); {os.cpu_count()} CPUs, load average "
+             f"{load[0]:.1f} before, {load[1]:.1f} after (other test suites on the machine "
+             "inflate wall times: the ratios are of one run, side by side).", ""]
+    rows = []
+    for kind, goal in [("validate", TEXT_VS_FLOOR), ("plan", TEXT_VS_FLOOR),
+                       *[(f, PLAN_VS_FLOOR) for f in REPORT_FORMATS if f in big.formats]]:
+        what = kind if kind == "validate" else \
+            f"plan --format {'text' if kind == 'plan' else kind}"
+        ratio = big.wall(kind) / big.wall("floor")
+        rows.append([what, f"{big.wall(kind):.2f} s", f"{ratio:.2f}x", f"≤ {goal:g}x",
+                     verdict(ratio <= goal), f"{big.cpu(kind) / big.cpu('floor'):.2f}x",
+                     f"{big.rss(kind):.0f} MB",
+                     "" if kind == "validate" else verdict(big.rss(kind) <= PLAN_RSS_MB)])
+    lines += [f"{big.images:,} images / {big.files} files; parse floor "
+              f"{big.wall('floor'):.2f} s wall, {big.rss('floor'):.0f} MB:", "",
+              *table(["command", "wall", "wall / floor", "goal", "verdict", "CPU / floor",
+                      "peak RSS", f"≤ {PLAN_RSS_MB:.0f} MB"], rows), ""]
+    return "\n".join(lines)
+
+
 def render_state_stores(pairs: list[tuple[ApplyRun, ApplyRun]]) -> str:
     lines = [f"## State stores side by side, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
              f"(commit {git_commit()})", "",
@@ -417,10 +535,39 @@ def main() -> None:
     parser.add_argument("--big-rounds", type=int, default=1,
                         help="interleaved rounds at the largest size (default: %(default)s)")
     parser.add_argument("--no-append", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--formats", action="store_true",
+                        help="only the plan scaling of --sizes (every report format at the "
+                             "largest) with its targets, --big-rounds at the largest size")
+    parser.add_argument("--concurrency", action="store_true",
+                        help="only adaptive vs fixed concurrency against the capacity and the "
+                             "latency-bound sandbox (--rounds of each)")
     parser.add_argument("--state-stores", action="store_true",
                         help="only apply p=16 with an SQLite and a PostgreSQL state, "
                              "side by side (--rounds of each)")
     args = parser.parse_args()
+    if args.formats:
+        OUT.mkdir(exist_ok=True)
+        load_before = os.getloadavg()[0]
+        sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
+        measured = {images: measure_scaling(images, files, args.big_rounds,
+                                            formats=images == sizes[-1][0])
+                    for images, files in sizes}
+        text = render_formats(measured, (load_before, os.getloadavg()[0]), args.big_rounds)
+        print(text)
+        if not args.no_append:
+            with RESULTS.open("a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return
+    if args.concurrency:
+        OUT.mkdir(exist_ok=True)
+        load_before = os.getloadavg()[0]
+        found = measure_concurrency(args.rounds)
+        text = render_concurrency(found, (load_before, os.getloadavg()[0]), args.rounds)
+        print(text)
+        if not args.no_append:
+            with RESULTS.open("a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return
     if args.state_stores:
         OUT.mkdir(exist_ok=True)
         text = render_state_stores(measure_state_stores(args.rounds))

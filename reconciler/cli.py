@@ -444,7 +444,12 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed without "
                                                   "a terminal, e.g. in cron).")
 @click.option("--parallelism", type=click.IntRange(1, 64), default=10, show_default=True,
-              help="How many creates run at once.")
+              help="At most this many requests in flight at once. Within it the limit "
+                   "adapts to the server: it grows while answers come as fast, and shrinks "
+                   "on 429, 5xx, timeouts and rising latency.")
+@click.option("--concurrency", type=click.Choice(["adaptive", "fixed"]), default="adaptive",
+              show_default=True, help="fixed: always --parallelism in flight, whatever the "
+                                      "server answers.")
 @click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
               help="Retries per image for 429, 5xx and connection errors.")
 @click.option("--settle-time", type=Seconds(0.0), default=DEFAULT_SETTLE_S,
@@ -463,8 +468,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
           templates: Path | None, show_unchanged: bool, no_color: bool,
           only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
           refresh_only: bool, dry_run: bool, yes: bool,
-          parallelism: int, retries: int, settle_time: float, log_format: str,
-          lock_timeout: float, allow_disk_format: tuple[str, ...],
+          parallelism: int, concurrency: str, retries: int, settle_time: float,
+          log_format: str, lock_timeout: float, allow_disk_format: tuple[str, ...],
           allow_container_format: tuple[str, ...], **auth: Any) -> None:
     """Create the images the catalog has and the state lacks, and record each one.
 
@@ -480,6 +485,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
       OS_AUTH_TOKEN=... reconcile apply --endpoint https://ims.example.com --yes
       reconcile apply --yes --log-format json --format html --output report.html
       reconcile apply plan.json --yes
+      reconcile apply --yes --parallelism 32             # a ceiling: the limit adapts below it
+      reconcile apply --yes --parallelism 4 --concurrency fixed
       reconcile apply --target 'cn-*' --yes        # some of the catalog's targets
     """
     logs.configure(log_format)
@@ -508,8 +515,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         single_target_only(endpoint=endpoint, plan_file=None)
         _apply_targets(rt, catalog, chosen, state=state, profile=profile, strict=strict,
                        refresh=refresh, refresh_only=refresh_only, dry_run=dry_run, yes=yes,
-                       parallelism=parallelism, retries=retries, settle_time=settle_time,
-                       lock_timeout=lock_timeout, only=only,
+                       parallelism=parallelism, adaptive=concurrency == "adaptive",
+                       retries=retries, settle_time=settle_time, lock_timeout=lock_timeout,
+                       only=only,
                        target_parallelism=target_parallelism, allow=allow, fmt=fmt,
                        output=output, templates=templates, show_unchanged=show_unchanged,
                        auth=auth, drift=drift)
@@ -533,7 +541,8 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         request = ApplyRequest(
             catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
             api=session.client, strict=strict, refresh=refresh, saved=saved,
-            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
+            parallelism=parallelism, adaptive=concurrency == "adaptive",
+            retry=RetryPolicy(attempts=retries + 1),
             settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
             on_outcome=progress,
             refreshes=lambda: session.refreshes, project_id=session.project_id, allow=allow,
@@ -564,7 +573,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
 
 def _apply_targets(rt: Runtime, catalog: Path, chosen: Sequence[Target], *, state: str,
                    profile: str, strict: bool, refresh: bool, refresh_only: bool,
-                   dry_run: bool, yes: bool, parallelism: int, retries: int,
+                   dry_run: bool, yes: bool, parallelism: int, adaptive: bool, retries: int,
                    settle_time: float, lock_timeout: float, only: tuple[str, ...],
                    target_parallelism: int, allow: Allowances, fmt: str,
                    output: Path | None, templates: Path | None, show_unchanged: bool,
@@ -588,8 +597,9 @@ def _apply_targets(rt: Runtime, catalog: Path, chosen: Sequence[Target], *, stat
         return ApplyRequest(
             catalog_dir=catalog, state_path=state, profile=target.profile or profile,
             endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
-            parallelism=parallelism, retry=RetryPolicy(attempts=retries + 1),
-            settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
+            parallelism=parallelism, adaptive=adaptive,
+            retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
+            request_timeout_s=auth["request_timeout"], clock=rt.clock,
             on_outcome=progress.outcome(target.name), refreshes=lambda: session.refreshes,
             project_id=session.project_id, allow=allow, lock_timeout_s=lock_timeout,
             only=only, refresh_only=refresh_only, on_plan=progress.planned(target.name),
@@ -653,6 +663,9 @@ def show(plan_file: Path, fmt: str, output: Path | None, templates: Path | None)
               help="Region of the image endpoint in the token's service catalog.")
 @click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True,
               help="Delay added to every API request.")
+@click.option("--capacity", type=click.IntRange(min=1),
+              help="Capacity mode: more API requests than this in flight are answered 503, "
+                   "and latency grows with the load (twice --latency-ms at full load).")
 @click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Fraction of requests answered 500/503 (nothing committed).")
 @click.option("--throttle-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
@@ -675,7 +688,7 @@ def show(plan_file: Path, fmt: str, output: Path | None, templates: Path | None)
 @click.option("--verbose", "-v", is_flag=True, help="Log every request to stderr.")
 def sandbox(host: str, port: int, profile: str, token: str | None, password: str | None,
             user: str | None, token_ttl: float, region: str, latency_ms: int,
-            fail_rate: float, throttle_rate: float, drop_response_rate: float,
+            capacity: int | None, fail_rate: float, throttle_rate: float, drop_response_rate: float,
             faults: str, hang_time: float, seed: int | None, data: Path | None,
             verbose: bool) -> None:
     """Serve a local IMS-compatible Image API for demos and tests.
@@ -688,12 +701,13 @@ def sandbox(host: str, port: int, profile: str, token: str | None, password: str
       reconcile sandbox --drop-response-rate 0.3 --fail-rate 0.1 --throttle-rate 0.1 --seed 7
       reconcile sandbox --faults 502,drop,timeout,ok       # the first four creates, in order
       reconcile sandbox --password s3cret --token-ttl 5 --region cn-north-4   # Keystone
+      reconcile sandbox --latency-ms 50 --capacity 8    # a server that takes 8 at once
     """
     from reconciler.sandbox import SandboxConfig, serve
 
     config = SandboxConfig(host=host, port=port, profile=profile, token=token,
                            password=password, user=user, token_ttl_s=token_ttl, region=region,
-                           latency_ms=latency_ms, fail_rate=fail_rate,
+                           latency_ms=latency_ms, capacity=capacity, fail_rate=fail_rate,
                            throttle_rate=throttle_rate, drop_response_rate=drop_response_rate,
                            faults=faults, hang_s=hang_time, seed=seed,
                            data_file=str(data) if data else None, verbose=verbose)

@@ -21,7 +21,7 @@ LOGGER = logging.getLogger("reconciler")
 
 #: ``extra`` keys copied into a JSON line when a record has them.
 FIELDS = ("image", "image_id", "status", "code", "request_id", "attempt", "delay_s", "run_id",
-          "target", "outcome", "counts")
+          "target", "outcome", "counts", "limit", "signal")
 
 
 class JsonFormatter(logging.Formatter):

@@ -113,6 +113,14 @@ class PostgresStore(SqlStore):
                 self.conn.execute("SET LOCAL synchronous_commit = off")
             yield tx
 
+    @contextlib.contextmanager
+    def _write_transaction(self, durable: bool) -> Iterator[Any]:
+        # Pipelined: BEGIN, the statements and COMMIT go out together and their answers come
+        # back together, one round trip per group commit instead of one per statement. An
+        # error still rolls the whole transaction back; it is raised when the pipeline syncs.
+        with self.conn.pipeline(), self._transaction(durable) as tx:
+            yield tx
+
     def _lost(self) -> bool:
         return bool(self.conn.broken or self.conn.closed)
 

@@ -281,7 +281,8 @@ def _markdown_fitting(template: jinja2.Template, report: RunReport, budget: int)
     total = len(report.changes) + len(report.outcomes)
     text = ""
     for cap in [c for c in _MARKDOWN_CAPS if c * 150 < budget or c >= total] or [0]:
-        text = "\n" + template.render(_view(report, cap, color=False, show_unchanged=True))
+        text = "\n" + template.render({**_view(report, cap, color=False, show_unchanged=True),
+                                        "part": "body"})
         if len(text) <= budget:
             return text
     note = "\n\n_(this target's section was cut to fit; see the JSON report)_\n"

@@ -184,6 +184,11 @@ class SqlStore:
         disk (PostgreSQL's ``synchronous_commit = off``)."""
         raise NotImplementedError
 
+    def _write_transaction(self, durable: bool) -> contextlib.AbstractContextManager[Any]:
+        """The transaction of a group commit: only writes, whose row counts are read once it
+        is over (so a store may send it all at once)."""
+        return self._transaction(durable)
+
     def _error(self, exc: Exception, doing: str) -> StateError:
         return StateError(f"cannot {doing} state {self.location}: {exc}")
 
@@ -361,11 +366,13 @@ class SqlStore:
     def _run(self, batch: list[_Pending]) -> None:
         try:
             self._before_write()
-            with self._transaction(durable=any(p.durable for p in batch)):
+            with self._write_transaction(durable=any(p.durable for p in batch)):
                 self._execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
                               " WHERE key = 'revision'")
-                counts = [[self._execute(sql, params).rowcount for sql, params in p.statements]
-                          for p in batch]
+                cursors = [[self._execute(sql, params) for sql, params in p.statements]
+                           for p in batch]
+            # Read once the transaction is over: a pipelined store has the answers only then.
+            counts = [[cursor.rowcount for cursor in done] for done in cursors]
         except self._db_errors as exc:
             error = self._error(exc, "write")
             if len(batch) > 1 and not self._lost():  # find the one that failed

@@ -4,6 +4,8 @@ The sandbox runs in this test process (so its store and request counts can be in
 apply runs as ``.venv/bin/reconcile`` subprocesses against it over loopback HTTP. After a
 SIGKILL, the next apply must finish the job: one image per name, each recorded once with the
 server's id, nothing left pending, and images the killed run created adopted, not sent again.
+Runs that must have several creates in flight at one moment say ``--concurrency fixed``: the
+adaptive limit starts at one request and grows only as answers come.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def test_killed_apply_is_finished_by_the_next_one_without_duplicates(
         sandbox: SandboxFactory) -> None:
     sb = sandbox(latency_ms=150)
     catalog, state, names = setup(tmp_path)
-    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4")
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--concurrency", "fixed")
     wait_for(lambda: moment(sb, run), 30, "the kill moment", alive=run.alive)
     assert run.kill() == -signal.SIGKILL
     time.sleep(0.4)  # requests the sandbox had already received commit meanwhile
@@ -119,7 +121,8 @@ def lose_answers_to_timeouts(tmp_path: Path, sb: Sandbox, state: Path, catalog: 
     # Every request takes longer than the client waits: creates commit on the server, but
     # neither their answers nor the look-ups for them ever reach the client, which is killed.
     sb.config.latency_ms = 1000
-    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--read-timeout", "0.3",
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--concurrency", "fixed",
+                "--read-timeout", "0.3",
                 "--no-refresh")
     wait_for(lambda: len(sb.images()) >= 4, 30, "four creates committed", alive=run.alive)
     assert run.kill() == -signal.SIGKILL
@@ -130,7 +133,7 @@ def lose_answers_to_drops(tmp_path: Path, sb: Sandbox, state: Path, catalog: Pat
     # Every create is committed and its answer dropped; the look-ups that would find them
     # are slowed down, and the process is killed while they wait.
     sb.config.latency_ms, sb.config.drop_response_rate = 100, 1.0
-    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4")
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--concurrency", "fixed")
     wait_for(lambda: sb.post_count >= 4, 30, "four creates sent", alive=run.alive)
     # The four POSTs commit (and are dropped) 100 ms after they arrived; the look-ups sent
     # right after the drops now take 3 s, and the process is killed while they wait.
@@ -173,7 +176,7 @@ def test_sigterm_stops_gracefully_recording_every_create_in_flight(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
     sb = sandbox(latency_ms=150)
     catalog, state, names = setup(tmp_path)
-    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4")
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--concurrency", "fixed")
     wait_for(lambda: sb.post_count >= 10, 30, "ten creates", alive=run.alive)
     assert run.kill(signal.SIGTERM) == 1, run.output()
     assert "Traceback" not in run.stderr
@@ -191,8 +194,8 @@ def test_interrupted_run_writes_its_report_and_counts_what_it_recorded(
     sb = sandbox(latency_ms=150)
     catalog, state, _ = setup(tmp_path)
     report = tmp_path / "report.json"
-    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--format", "json",
-                "-o", report)
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--concurrency", "fixed",
+                "--format", "json", "-o", report)
     wait_for(lambda: sb.post_count >= 10, 30, "ten creates", alive=run.alive)
     assert run.kill(signal.SIGTERM) == 1, run.output()
     assert run.stderr.rstrip().endswith("interrupted: run `reconcile apply` again to finish")
@@ -221,7 +224,8 @@ def test_create_still_in_flight_when_killed_is_not_duplicated_by_the_rerun(
     sb = sandbox()
     catalog, state, _ = setup(tmp_path, 8)
     with sb.holding_creates() as land:
-        run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--no-refresh")
+        run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--concurrency", "fixed",
+                    "--no-refresh")
         wait_for(lambda: sb.post_count >= 4, 30, "four creates in flight", alive=run.alive)
         assert run.kill() == -signal.SIGKILL
     in_flight = pending_names(state)
@@ -244,7 +248,8 @@ def test_create_outliving_the_read_timeout_is_not_sent_again(
         tmp_path: Path, sandbox: SandboxFactory) -> None:
     sb = sandbox(latency_ms=3000)
     catalog, state, _ = setup(tmp_path, 2)
-    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "2", "--read-timeout", "1",
+    run = Apply(tmp_path, sb, state, catalog, "--parallelism", "2", "--concurrency", "fixed",
+                "--read-timeout", "1",
                 "--no-refresh")
     wait_for(lambda: sb.post_count >= 2, 30, "two creates in flight", alive=run.alive)
     sb.config.latency_ms = 0
@@ -312,7 +317,8 @@ def test_sigterm_stops_promptly_even_while_a_server_trickles(tmp_path: Path) -> 
     catalog, state, _ = setup(tmp_path, 3)
     with trickling_server(0.2) as url:
         args = [str(RECONCILE), "apply", "--yes", "--endpoint", url, "--state", str(state),
-                "--catalog", str(catalog), "--no-refresh", "--parallelism", "3"]
+                "--catalog", str(catalog), "--no-refresh", "--parallelism", "3",
+                "--concurrency", "fixed"]
         err = tmp_path / "trickle.err"
         with err.open("wb") as stderr:
             proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr,

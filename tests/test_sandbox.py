@@ -26,6 +26,7 @@ from click.testing import Result
 from reconciler.errors import ConfigError
 from reconciler.osversions import DEFAULT_OS_VERSION, KNOWN_OS_VERSIONS, derive_os_fields
 from reconciler.sandbox import Sandbox, SandboxConfig
+from reconciler.sandbox.capacity import Capacity
 from reconciler.sandbox.config import DEFAULT_PROJECT_ID
 
 JSON = {"Accept": "application/json"}
@@ -778,7 +779,8 @@ def test_unreadable_data_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"profile": "aws"}, {"fail_rate": 1.5},
-                                    {"fail_rate": 0.6, "throttle_rate": 0.6}])  # fmt: skip
+                                    {"fail_rate": 0.6, "throttle_rate": 0.6},
+                                    {"capacity": 0}])  # fmt: skip
 def test_invalid_config_is_a_config_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         SandboxConfig(**kwargs)
@@ -843,3 +845,39 @@ def test_sandbox_command_refuses_a_bad_fault_script(run_cli: Callable[..., Resul
     assert result.exit_code == 1
     assert "unknown fault 'sometimes'" in result.output
     assert "Traceback" not in result.output
+
+
+# -- capacity mode ------------------------------------------------------------------------------
+
+
+def test_capacity_admits_up_to_its_size_with_a_load_factor_and_refuses_the_rest() -> None:
+    cap = Capacity(2)
+    with cap.admit() as first, cap.admit() as second, cap.admit() as third:
+        assert (first, second, third) == (1.0, 1.5, None)  # 1 + (n - 1) / capacity
+    with cap.admit() as again:  # every place was given back
+        assert again == 1.0
+    assert (cap.peak, cap.refused) == (2, 1)
+    with Capacity(None).admit() as unlimited:
+        assert unlimited == 1.0
+
+
+def test_capacity_mode_answers_503_over_http_beyond_its_size() -> None:
+    # Six requests at once (each held 1.5 s) against room for two: the others get 503 at once.
+    with Sandbox(SandboxConfig(capacity=2)) as sb:
+        clients = [client(sb) for _ in range(6)]
+        for c in clients:
+            c.get("/")  # connected before the requests that count
+        sb.config.latency_ms = 1500
+        statuses: list[int] = []
+        threads = [threading.Thread(target=lambda c=c: statuses.append(
+            c.get("/v2/images").status_code)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for c in clients:
+            c.close()
+        peak, refused = sb.capacity_counts
+    assert peak <= 2
+    assert refused >= 1
+    assert sorted(statuses) == [200] * (6 - refused) + [503] * refused

@@ -34,6 +34,7 @@ from reconciler.apply.decisions import (
     on_id_conflict,
     resolve_pending,
 )
+from reconciler.apply.limit import ConcurrencyLimit
 from reconciler.apply.pool import run_bounded
 from reconciler.apply.runstate import RunState
 from reconciler.client import RetryPolicy
@@ -85,7 +86,7 @@ class Creator:
     api: ImageApi
     target: str
     run: RunState
-    parallelism: int = 10
+    parallelism: int = 10  # the ceiling of the in-flight limit
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     settle_s: float = DEFAULT_SETTLE_S  # how long this run looks for its own lost creates
     #: How old an earlier run's pending entry must be to be released; None: ``settle_s``.
@@ -97,6 +98,13 @@ class Creator:
     client_ids: bool = False
     #: Every outcome so far, also those of a phase an interrupt cut short (for its report).
     delivered: list[Outcome] = field(default_factory=list)
+    adaptive: bool = True  # False: always ``parallelism`` in flight (--concurrency fixed)
+    limit: ConcurrencyLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One limit per target: a run applies to one target, so one per Creator.
+        self.limit = ConcurrencyLimit(self.parallelism, self.run.clock.monotonic,
+                                      adaptive=self.adaptive)
 
     # --- recovery of earlier runs ----------------------------------------------------------
 
@@ -205,20 +213,31 @@ class Creator:
         generation = self._first_generation(spec.name) if self.client_ids else None
         if generation is not None:
             body["id"] = client_image_id(self.target, spec.name, generation)
-        self.store.journal_open(nonce=nonce, target=self.target, name=spec.name,
-                                run_id=self.run.run_id, request=body)
+        opened = False
         attempt = 0
         while True:
             attempt += 1
-            sent_at = clock.monotonic()
             try:
-                image = self.api.create_image(body)
+                with self.limit.request() as slot:
+                    if not opened:
+                        # Journaled once a slot is free, right before the first POST: entries
+                        # of creates still waiting would block their names after a crash.
+                        if self.run.stopped:
+                            return self._skipped(spec.name)
+                        self.store.journal_open(nonce=nonce, target=self.target,
+                                                name=spec.name, run_id=self.run.run_id,
+                                                request=body)
+                        opened = True
+                    sent_at = slot.send()
+                    image = self.api.create_image(body)
             except ApiError as exc:
                 error = exc
             else:
                 return self._record(spec.name, body, image, nonce, started, attempt)
             if generation is not None and error.status == 409:
-                existing = self.api.get_image(str(body["id"]))
+                with self.limit.request() as slot:
+                    slot.send()
+                    existing = self.api.get_image(str(body["id"]))
                 match on_id_conflict(existing, spec.name):
                     case IdConflict.ADOPT:
                         assert existing is not None
@@ -307,8 +326,10 @@ class Creator:
 
         Busy answers to the look-up are retried by the client (reads are safe to repeat).
         """
-        found = [i for i in self.api.find_images(name, **{MARKER_PROPERTY: nonce})
-                 if i.get("status") not in GONE_STATUSES]
+        with self.limit.request() as slot:
+            slot.send()
+            answer = self.api.find_images(name, **{MARKER_PROPERTY: nonce})
+        found = [i for i in answer if i.get("status") not in GONE_STATUSES]
         found.sort(key=lambda i: (str(i.get("created_at")), str(i.get("id"))))
         return found[0] if found else None
 

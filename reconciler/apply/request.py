@@ -80,7 +80,8 @@ class ApplyRequest:
     refresh: bool = True
     saved: SavedPlan | None = None
     preview: Preview | None = None
-    parallelism: int = 10
+    parallelism: int = 10  # the ceiling of requests in flight
+    adaptive: bool = True  # the limit adapts below the ceiling (apply/limit.py)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     clock: Clock = SYSTEM_CLOCK
     on_outcome: Callable[[Outcome], None] = lambda o: None

@@ -171,7 +171,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
         log.warning(why, extra={"event": "settle_time_raised"})
     creator = Creator(store, req.api, target, run, parallelism=req.parallelism,
                       retry=req.retry, settle_s=settle_s, recovery_settle_s=req.settle_s,
-                      on_outcome=req.on_outcome,
+                      on_outcome=req.on_outcome, adaptive=req.adaptive,
                       client_ids=catalog.profile == "glance")  # IMS takes no id (README)
     updater = Updater(store, req.api, target, run, catalog.profile,
                       parallelism=req.parallelism, retry=req.retry, on_outcome=req.on_outcome)

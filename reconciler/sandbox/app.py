@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from reconciler.osversions import KNOWN_OS_VERSIONS, derive_os_fields
+from reconciler.sandbox.capacity import Capacity
 from reconciler.sandbox.config import SandboxConfig
 from reconciler.sandbox.faults import Fault, FaultInjector
 from reconciler.sandbox.images import build_foreign_image, build_image, isotime
@@ -143,6 +144,7 @@ class SandboxApp:
         self.config = config
         self.store = ImageStore(config.data_file)
         self._faults = FaultInjector(config.seed, config.faults)
+        self._capacity = Capacity(config.capacity)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
         self._issued: dict[str, datetime] = {}  # Keystone-mode token -> expiry
@@ -178,6 +180,11 @@ class SandboxApp:
     def scripted_left(self) -> int:
         return self._faults.scripted_left()
 
+    def capacity_counts(self) -> tuple[int, int]:
+        """Capacity mode: the most ``/v2`` requests served at once, and how many were
+        refused (503) for want of a place."""
+        return self._capacity.peak, self._capacity.refused
+
     def hold_creates(self, hold: threading.Event | None) -> None:
         """Creates arriving from now on wait for ``hold`` to be set, before committing
         (None: they go through again; those already waiting keep waiting for theirs)."""
@@ -207,7 +214,6 @@ class SandboxApp:
             return self._versions(req)
         if kind == "tokens" and req.method == "POST":
             return self._issue_token(req)
-        cfg = self.config
         if kind in ("schema", "os_versions") and req.method == "GET":
             # No latency or faults here: they are modelled on creates and listings, and a
             # seeded run must draw the same faults whether or not these were asked first.
@@ -215,10 +221,17 @@ class SandboxApp:
                 return keystone_unauthorized(req.base_url)
             return self._server_info(kind)
         if kind not in ("images", "image", "cloudimage") or (
-                kind == "cloudimage" and cfg.profile != "ims"):
+                kind == "cloudimage" and self.config.profile != "ims"):
             raise GlanceError(404, "The resource could not be found.")
+        with self._capacity.admit() as load:
+            if load is None:  # over capacity: refused at once, as an overloaded server does
+                return webob_default(503, req.headers.get("accept", ""))
+            return self._serve(req, kind, load)
+
+    def _serve(self, req: Request, kind: str, load: float) -> Reply:
+        cfg = self.config
         if cfg.latency_ms:
-            time.sleep(cfg.latency_ms / 1000)
+            time.sleep(cfg.latency_ms * load / 1000)
         create = (kind, req.method) == ("images", "POST")
         if create and (hold := self._hold) is not None:
             hold.wait()

@@ -34,6 +34,8 @@ class SandboxConfig:
     ``faults.STEPS``); ``hang_s`` is how long a ``timeout`` step holds its request before it
     commits and closes. ``os_version_policy="fallback"`` stores an unknown
     ``__os_version`` as ``Other Linux(64 bit)`` instead of answering IMG.0056.
+    ``capacity`` set: at most that many ``/v2`` requests in flight (more get 503), each
+    slowed by the load it meets (``sandbox/capacity.py``).
     """
 
     host: str = "127.0.0.1"
@@ -43,6 +45,7 @@ class SandboxConfig:
     password: str | None = None
     project_id: str = DEFAULT_PROJECT_ID
     latency_ms: float = 0.0
+    capacity: int | None = None
     fail_rate: float = 0.0
     throttle_rate: float = 0.0
     retry_after_s: float = 1.0
@@ -90,4 +93,6 @@ class SandboxConfig:
             raise ConfigError("fail_rate + throttle_rate must not exceed 1")
         if self.latency_ms < 0 or self.retry_after_s < 0 or self.hang_s < 0:
             raise ConfigError("latency_ms, retry_after_s and hang_s must not be negative")
+        if self.capacity is not None and self.capacity < 1:
+            raise ConfigError(f"capacity must be at least 1, not {self.capacity}")
         parse_script(self.faults)  # a bad step fails here, not at the request it is for

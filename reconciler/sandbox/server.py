@@ -265,6 +265,11 @@ class Sandbox:
         return self._app.counts()
 
     @property
+    def capacity_counts(self) -> tuple[int, int]:
+        """Capacity mode: (most requests served at once, requests refused with 503)."""
+        return self._app.capacity_counts()
+
+    @property
     def post_count(self) -> int:
         """``POST /v2/images`` requests received, answered or not."""
         return self._app.counts()[("POST", "images")]
