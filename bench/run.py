@@ -395,25 +395,27 @@ class Concurrency:
 
 
 def measure_concurrency(rounds: int) -> Concurrency:
-    """Adaptive vs fixed, interleaved: against the sandbox with ``--capacity 8`` and 50 ms a
-    sweep of fixed parallelism and adaptive apply at the default ceiling (10) and at 32; then
-    against the latency-bound sandbox (50 ms, no capacity limit) p=16 and p=32 both ways.
-    Best of ``rounds`` each."""
+    """Adaptive vs fixed: against the sandbox with ``--capacity 8`` and 50 ms a sweep of
+    fixed parallelism, with adaptive apply at the default ceiling (10) right after the best
+    fixed and at 32 right after p=16; then against the latency-bound sandbox (50 ms, no
+    capacity limit) p=16 and p=32 both ways, ``rounds`` rounds alternating which goes first,
+    best of each kept."""
     result = Concurrency({}, {}, {})
 
     def best(into: dict[Any, ApplyRun], key: Any, run: ApplyRun) -> None:
         if key not in into or run.per_second > into[key].per_second:
             into[key] = run
 
-    for _ in range(rounds):
-        for p in SWEEP:
-            best(result.sweep, p, measure_apply(p, LATENCY_MS, CAPACITY_CREATES,
-                                                capacity=CAPACITY, fixed=True, retries=20))
-        for p in (10, 32):
-            best(result.adaptive, p, measure_apply(p, LATENCY_MS, CAPACITY_CREATES,
-                                                   capacity=CAPACITY, retries=20))
+    for p in SWEEP:
+        best(result.sweep, p, measure_apply(p, LATENCY_MS, CAPACITY_CREATES,
+                                            capacity=CAPACITY, fixed=True, retries=20))
+        if p in (8, 16):  # adaptive beside the best fixed and beside p=16, as load changes
+            ceiling = 10 if p == 8 else 32
+            best(result.adaptive, ceiling, measure_apply(ceiling, LATENCY_MS, CAPACITY_CREATES,
+                                                         capacity=CAPACITY, retries=20))
+    for i in range(rounds):  # fixed and adaptive alternate which goes first
         for p in (16, 32):
-            for fixed in (True, False):
+            for fixed in (True, False) if i % 2 == 0 else (False, True):
                 best(result.latency, (p, fixed),
                      measure_apply(p, LATENCY_MS, APPLY_CREATES, fixed=fixed))
     return result
@@ -422,8 +424,9 @@ def measure_concurrency(rounds: int) -> Concurrency:
 def render_concurrency(res: Concurrency, load: tuple[float, float], rounds: int) -> str:
     lines = [f"## Adaptive concurrency, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
              f"(commit {git_commit()})", "",
-             f"`bench/run.py --concurrency` ({rounds} interleaved round"
-             f"{'s' if rounds > 1 else ''}, best kept); {os.cpu_count()} CPUs, load average "
+             f"`bench/run.py --concurrency` (the sweep once, the latency-bound runs in "
+             f"{rounds} interleaved round{'s' if rounds > 1 else ''}, best kept); "
+             f"{os.cpu_count()} CPUs, load average "
              f"{load[0]:.1f} before, {load[1]:.1f} after. Each figure is one `reconcile apply "
              "--yes` of a fresh catalog with a fresh state file against a fresh sandbox "
              "process; creates/s from the report's `duration_s`.", "",

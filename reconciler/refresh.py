@@ -29,7 +29,8 @@ def observe(api: ListingApi, profile: str, records: Iterable[Record],
     """``project_id``, when the credentials tell it, identifies our images for sure."""
     records = list(records)
     owners = ({r.response.get("owner") for r in records} | {project_id}) - {None}
-    images = [i for i in api.list_images(_FILTERS.get(profile, {}))
+    shared: dict[str, str] = {}
+    images = [_compact(i, shared) for i in api.list_images(_FILTERS.get(profile, {}))
               if i.get("status") not in GONE_STATUSES and _ours(i, owners)]
     seen = {i["id"] for i in images}
     gone: dict[str, str] = {}
@@ -45,6 +46,21 @@ def observe(api: ListingApi, profile: str, records: Iterable[Record],
             images.append(image)
             seen.add(image["id"])
     return Observed.model_construct(images=tuple(images), gone=gone)
+
+
+#: Values unique to each image: sharing them saves nothing.
+_UNIQUE = frozenset({"id", "name", "self", "file", "checksum", "os_hash_value", "location",
+                     MARKER_PROPERTY})
+
+
+def _compact(image: dict[str, Any], shared: dict[str, str]) -> dict[str, Any]:
+    """One string object for each value that repeats across images (status, formats, owner,
+    the OS fields, timestamps of a bulk import): a listing of 100,000 images holds them
+    once, not 100,000 times. The image is the same dict, equal in every value."""
+    for key, value in image.items():
+        if type(value) is str and key not in _UNIQUE:
+            image[key] = shared.setdefault(value, value)
+    return image
 
 
 def _ours(image: Mapping[str, Any], owners: set[Any]) -> bool:

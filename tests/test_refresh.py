@@ -7,7 +7,7 @@ against the in-process sandbox, and a real SQLite state file read back with plai
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from apply_helpers import (
 from click.testing import Result
 
 from reconciler.models import MARKER_PROPERTY
+from reconciler.refresh import observe
 
 OTHER_PROJECT = "ffffffffffffffffffffffffffffffff"
 
@@ -536,3 +537,35 @@ def test_marked_public_image_of_another_project_is_never_adopted(
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["summary"]["adopted"] == 0
     assert world.records()["img-001"]["image_id"] != theirs["id"]
+
+
+# --- memory: what a listing keeps -------------------------------------------------------------
+
+class _Listing:
+    """Three pages' worth of images as JSON would give them: equal values, distinct objects."""
+
+    def __init__(self, count: int) -> None:
+        self.pages = json.loads(json.dumps([{
+            "id": f"id-{i}", "name": f"img-{i}", "status": "active", "visibility": "private",
+            "disk_format": "zvhd2", "owner": "p" * 32, "__os_version": "CentOS 7.6 64bit",
+            "build_id": f"{i:08d}", "tags": ["a", "b"], "min_disk": 40}
+            for i in range(count)]))
+
+    def list_images(self, filters: Mapping[str, str] | None = None, *,
+                    page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        yield from self.pages
+
+    def get_image(self, image_id: str) -> dict[str, Any] | None:
+        return None
+
+
+def test_a_listing_keeps_each_repeated_value_once() -> None:
+    listing = _Listing(3)
+    assert listing.pages[0]["owner"] is not listing.pages[1]["owner"]  # as parsed
+    expected = json.loads(json.dumps(listing.pages))
+    images = observe(listing, "ims", []).images
+    assert [dict(i) for i in images] == expected  # every value as listed
+    first, second, third = images
+    for key in ("status", "visibility", "disk_format", "owner", "__os_version"):
+        assert first[key] is second[key] is third[key], key
+    assert first["build_id"] != second["build_id"]
