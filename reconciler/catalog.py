@@ -621,7 +621,7 @@ def catalog_files(directory: Path) -> list[Path]:
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024
 #: The fields of an ``ImageSpec`` in the order a worker sends them (``file`` and ``line`` apart).
 _SPEC_KEYS = ("name", "os_version", "visibility", "protected", "container_format",
-              "disk_format", "min_ram", "min_disk", "tags", "properties")
+              "disk_format", "min_ram", "min_disk", "tags", "drift", "properties")
 
 # One checked image as a worker sends it: its fields in _SPEC_KEYS order, its line, its path
 # (`images[N]`), its count of extra properties, its lint warnings (field, message, line) and
@@ -898,6 +898,7 @@ _SPEC_FIELDS: set[str] = set(ImageSpec.model_fields)
 _SPEC_DEFAULTS: dict[str, Any] = {
     "os_version": None, "visibility": None, "protected": None, "container_format": None,
     "disk_format": None, "min_ram": None, "min_disk": None, "tags": (), "properties": {},
+    "drift": None,
 }
 
 

@@ -50,7 +50,7 @@ from reconciler.console import (
 )
 from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
 from reconciler.escape import terminal
-from reconciler.models import Target, target_key
+from reconciler.models import DriftPolicy, Target, target_key
 from reconciler.operations import (
     Connect,
     TargetPart,
@@ -74,6 +74,7 @@ from reconciler.options import (
     allow_options,
     auth_options,
     catalog_option,
+    drift_option,
     endpoint_option,
     json_format_option,
     lock_timeout_option,
@@ -342,6 +343,7 @@ def _target_failures(parts: list[TargetPart]) -> None:
 @state_option
 @profile_option
 @strict_option
+@drift_option
 @endpoint_option
 @auth_options
 @click.option("--refresh", is_flag=True,
@@ -356,11 +358,12 @@ def _target_failures(parts: list[TargetPart]) -> None:
 @only_option
 @target_options
 @click.option("--detailed-exitcode", is_flag=True,
-              help="Exit 2 when the plan has changes (anything but unchanged), 0 when "
-                   "everything is unchanged.")
+              help="Exit 2 when apply would change something (create, adopt or update), "
+                   "0 when it would do nothing (drift reported only, orphans and blocked "
+                   "images do not count).")
 @click.pass_obj
 def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bool,
-             endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
+             drift: DriftPolicy, endpoint: str | None, refresh: bool, out: Path | None, fmt: str,
              output: Path | None, templates: Path | None, show_unchanged: bool, no_color: bool,
              only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
              detailed_exitcode: bool, allow_disk_format: tuple[str, ...],
@@ -385,7 +388,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         plans = plan_targets(catalog, state, chosen, connect=_connector(rt, auth),
                              refresh=refresh, profile=profile, strict=strict,
                              allow=Allowances(allow_disk_format, allow_container_format),
-                             target_parallelism=target_parallelism, clock=rt.clock, only=only)
+                             target_parallelism=target_parallelism, clock=rt.clock, only=only,
+                             drift=drift)
         write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
                             show_unchanged=show_unchanged), output, plans.report)
         _target_failures(plans.failed)
@@ -399,7 +403,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                            api=session.client if session else None,
                            project_id=session.project_id if session else None, clock=rt.clock,
                            allow=Allowances(allow_disk_format, allow_container_format),
-                           only=only)
+                           only=only, drift=drift)
     report = result.report
     if out is not None:
         saved = save_plan(result, out, clock=rt.clock, only=only)
@@ -408,8 +412,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
                    f"`reconcile apply {out}`", err=True)
     write_report(chunks(report, fmt, color=color(output), templates=templates,
                          show_unchanged=show_unchanged), output, report)
-    summary = result.plan.summary()
-    if detailed_exitcode and summary["unchanged"] != len(result.plan.changes):
+    if detailed_exitcode and result.plan.has_work():
         raise click.exceptions.Exit(2)
 
 
@@ -422,6 +425,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @state_option
 @profile_option
 @strict_option
+@drift_option
 @endpoint_option
 @auth_options
 @click.option("--refresh/--no-refresh", default=True, show_default=True,
@@ -459,7 +463,8 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 @lock_timeout_option
 @click.pass_obj
 def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, profile: str,
-          strict: bool, endpoint: str | None, refresh: bool, fmt: str, output: Path | None,
+          strict: bool, drift: DriftPolicy, endpoint: str | None, refresh: bool, fmt: str,
+          output: Path | None,
           templates: Path | None, show_unchanged: bool, no_color: bool,
           only: tuple[str, ...], target: tuple[str, ...], target_parallelism: int,
           refresh_only: bool, dry_run: bool, yes: bool,
@@ -515,7 +520,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                        only=only,
                        target_parallelism=target_parallelism, allow=allow, fmt=fmt,
                        output=output, templates=templates, show_unchanged=show_unchanged,
-                       auth=auth)
+                       auth=auth, drift=drift)
         return
     if dry_run:
         with contextlib.ExitStack() as stack:
@@ -525,7 +530,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
                                     endpoint=session.endpoint if session else endpoint,
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
-                                    clock=rt.clock, allow=allow, only=only)
+                                    clock=rt.clock, allow=allow, only=only, drift=drift)
         write_report(chunks(report, fmt, color=color(output), templates=templates,
                              show_unchanged=show_unchanged), output, report)
         return
@@ -542,7 +547,9 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             on_outcome=progress,
             refreshes=lambda: session.refreshes, project_id=session.project_id, allow=allow,
             lock_timeout_s=lock_timeout, only=only, refresh_only=refresh_only,
-            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)))
+            drift=drift,
+            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)
+                                             + len(p.updates)))
         if not yes:
             shown = preview(request)
             if not confirm(shown.plan, shown.report, session.endpoint, templates):
@@ -570,7 +577,7 @@ def _apply_targets(rt: Runtime, catalog: Path, chosen: Sequence[Target], *, stat
                    settle_time: float, lock_timeout: float, only: tuple[str, ...],
                    target_parallelism: int, allow: Allowances, fmt: str,
                    output: Path | None, templates: Path | None, show_unchanged: bool,
-                   auth: dict[str, Any]) -> None:
+                   auth: dict[str, Any], drift: DriftPolicy = "update") -> None:
     """apply for a catalog with targets: each target side by side, one report."""
     # One bound on requests in flight over every target together (docs/architecture.md §13).
     limiter = threading.BoundedSemaphore(parallelism * target_parallelism)
@@ -579,7 +586,7 @@ def _apply_targets(rt: Runtime, catalog: Path, chosen: Sequence[Target], *, stat
         plans = plan_targets(catalog, state, chosen, connect=connect, refresh=refresh,
                              profile=profile, strict=strict, allow=allow,
                              target_parallelism=target_parallelism, clock=rt.clock,
-                             only=only, dry_run=True)
+                             only=only, dry_run=True, drift=drift)
         write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
                             show_unchanged=show_unchanged), output, plans.report)
         _target_failures(plans.failed)
@@ -595,7 +602,8 @@ def _apply_targets(rt: Runtime, catalog: Path, chosen: Sequence[Target], *, stat
             request_timeout_s=auth["request_timeout"], clock=rt.clock,
             on_outcome=progress.outcome(target.name), refreshes=lambda: session.refreshes,
             project_id=session.project_id, allow=allow, lock_timeout_s=lock_timeout,
-            only=only, refresh_only=refresh_only, on_plan=progress.planned(target.name))
+            only=only, refresh_only=refresh_only, on_plan=progress.planned(target.name),
+            drift=drift)
 
     job = TargetsApply(catalog, chosen, state, connect, request, strict=strict,
                        target_parallelism=target_parallelism, lock_timeout_s=lock_timeout,
@@ -924,7 +932,8 @@ def history(state: str, limit: int, target: tuple[str, ...], catalog: Path, prof
                     "apply records it as interrupted)")
         click.echo(terminal(f"{run['started_at']}  {run['id']}  {outcome:<11}  "
                             f"created {run['created']}, adopted {run['adopted']}, "
-                            f"failed {run['failed']}  {run['target']}"))
+                            + (f"updated {run['updated']}, " if run.get("updated") else "")
+                            + f"failed {run['failed']}  {run['target']}"))
         if note and outcome != "success":
             click.echo("    " + terminal(note))
 

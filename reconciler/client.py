@@ -53,6 +53,7 @@ from .errors import (
     TransportError,
 )
 from .models import MARKER_PROPERTY
+from .patch import MEDIA_TYPE as PATCH_MEDIA_TYPE
 from .serverinfo import OS_VERSIONS_PATH, SCHEMA_PATH, InvalidServerInfo, Kind, validate_body
 
 log = logging.getLogger("reconciler.client")
@@ -816,6 +817,27 @@ class ImageClient:
             raise self._bad_body(response, f"describes another image than {image_id}")
         return image
 
+    def update_image(self, image_id: str, patch: Sequence[Mapping[str, Any]], *,
+                     api: str = "images") -> dict[str, Any]:
+        """``PATCH /v2/images/{id}`` (or IMS's ``/v2/cloudimages/{id}`` with ``api``) with a
+        v2.1 JSON-patch document; returns the image as saved (docs/api-contract.md §16).
+
+        An answer that is not this image is a ``MalformedResponse``: the update may have
+        been made all the same.
+        """
+        if api not in ("images", "cloudimages"):
+            raise ValueError(f"unknown image API {api!r}")
+        if not image_id:
+            raise ValueError("image_id must not be empty")
+        response = self._send("PATCH", f"/v2/{api}/{quote(image_id, safe='')}",
+                              json_body=list(patch), content_type=PATCH_MEDIA_TYPE)
+        consequence = "the image may have been updated"
+        image = self._json_object(response, consequence)
+        if self._validated(response, ImageAnswer, image, consequence).id != image_id:
+            raise self._bad_body(response, f"describes another image than {image_id}; "
+                                 f"{consequence}")
+        return image
+
     def server_info(self, kind: Kind) -> Any:
         """What the server says it accepts, as JSON: its image schema (``GET
         /v2/schemas/image``) or the region's OS versions (IMS ``GET
@@ -928,9 +950,10 @@ class ImageClient:
         path: str,
         *,
         params: tuple[tuple[str, str], ...] | None = None,
-        json_body: Mapping[str, Any] | None = None,
+        json_body: object = None,
         retry_read: bool = True,
         deadline_s: float | None = None,
+        content_type: str = "application/json",
     ) -> httpx.Response:
         """The success answer to one request; every failure raised as its ``ApiError``.
 
@@ -944,7 +967,8 @@ class ImageClient:
         while True:
             attempt += 1
             try:
-                return self._authenticated(method, path, params, json_body, deadline_s)
+                return self._authenticated(method, path, params, json_body, deadline_s,
+                                           content_type)
             except RETRYABLE_READ as exc:
                 if (retry is None or attempt >= retry.attempts or self._aborted
                         or self._unpromising(exc)):
@@ -969,12 +993,14 @@ class ImageClient:
         method: str,
         path: str,
         params: tuple[tuple[str, str], ...] | None,
-        json_body: Mapping[str, Any] | None,
+        json_body: object,
         deadline_s: float | None = None,
+        content_type: str = "application/json",
     ) -> httpx.Response:
         """Send, and once more with a fresh token after a 401 if the provider has one."""
         tokens = [self._tokens.token()]
-        response = self._attempt(method, path, params, json_body, tokens, deadline_s)
+        response = self._attempt(method, path, params, json_body, tokens, deadline_s,
+                                 content_type)
         self._answered = True
         if response.is_success:
             return response
@@ -982,7 +1008,8 @@ class ImageClient:
         if not isinstance(error, AuthError) or not self._tokens.invalidate(tokens[-1]):
             raise error
         tokens.append(self._tokens.token())
-        response = self._attempt(method, path, params, json_body, tokens, deadline_s)
+        response = self._attempt(method, path, params, json_body, tokens, deadline_s,
+                                 content_type)
         if response.is_success:
             return response
         raise error_from_response(response, secrets=tokens, clock=self._clock)
@@ -992,9 +1019,10 @@ class ImageClient:
         method: str,
         path: str,
         params: tuple[tuple[str, str], ...] | None,
-        json_body: Mapping[str, Any] | None,
+        json_body: object,
         tokens: list[str],
         deadline_s: float | None = None,
+        content_type: str = "application/json",
     ) -> httpx.Response:
         headers = {
             # webob answers JSON instead of HTML (docs/api-contract.md §9.1)
@@ -1006,7 +1034,7 @@ class ImageClient:
         content: bytes | None = None
         try:
             if json_body is not None:
-                headers["Content-Type"] = "application/json"
+                headers["Content-Type"] = content_type
                 content = json.dumps(json_body, ensure_ascii=False).encode()
             request = self._http.build_request(
                 method, self.endpoint + path, params=params, headers=headers, content=content,

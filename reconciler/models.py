@@ -55,8 +55,15 @@ class RunOutcome(StrEnum):
 #: found again by name and marker instead of being sent twice.
 MARKER_PROPERTY = "reconcile_marker"
 
-Action = Literal["create", "adopt", "unchanged", "drift", "orphan", "blocked"]
-ACTIONS: tuple[Action, ...] = ("create", "adopt", "unchanged", "drift", "orphan", "blocked")
+Action = Literal["create", "adopt", "update", "unchanged", "drift", "orphan", "blocked"]
+ACTIONS: tuple[Action, ...] = ("create", "adopt", "update", "unchanged", "drift", "orphan",
+                               "blocked")
+#: The actions apply carries out (``plan --detailed-exitcode`` exits 2 for these only).
+APPLIED_ACTIONS: frozenset[str] = frozenset({"create", "adopt", "update"})
+#: What apply does with an image that differs from the catalog (docs/architecture.md §5):
+#: ``update`` patches it in place, ``report`` only shows the drift.
+DriftPolicy = Literal["update", "report"]
+DRIFT_POLICIES: tuple[DriftPolicy, ...] = ("update", "report")
 #: Image statuses that mean "not there any more".
 GONE_STATUSES = frozenset({"deleted", "pending_delete", "killed"})
 
@@ -80,6 +87,7 @@ class ImageSpec(Frozen):
     properties: dict[str, str] = {}
     file: str = ""
     line: int | None = None
+    drift: DriftPolicy | None = None  # None: the run's policy (--drift, reconcile.toml)
 
     def body(self) -> dict[str, Any]:
         """The POST /v2/images request body, without the marker."""
@@ -107,7 +115,8 @@ class ImageSpec(Frozen):
                 fields["os_version"] = value
             elif key == "tags":
                 fields["tags"] = tuple(value)
-            elif key in cls.model_fields and key not in ("name", "file", "line", "properties"):
+            elif key in cls.model_fields and key not in ("name", "file", "line", "properties",
+                                                         "drift"):
                 fields[key] = value
             elif key not in ("name", MARKER_PROPERTY) and isinstance(value, str):
                 properties[key] = value
@@ -270,6 +279,19 @@ class PendingCreate(Frozen):
     started_at: str
 
 
+class PendingUpdate(Frozen):
+    """A journal entry whose PATCH may or may not have reached the server. ``intent``: the
+    document sent (``patch``, ``api``) and the request to record once it is done
+    (``request``)."""
+
+    nonce: str
+    name: str
+    run_id: str
+    started_at: str
+    image_id: str
+    intent: dict[str, Any]
+
+
 class FieldDiff(Frozen):
     field: str
     before: Any = None
@@ -291,6 +313,10 @@ class Change(Frozen):
     image_id: str | None = None
     spec: ImageSpec | None = None
     remote: dict[str, Any] | None = None  # the image to adopt, or as the cloud has it now
+    #: An update's JSON-patch document (docs/architecture.md §6.10) and the API it goes to:
+    #: ``images`` (PATCH /v2/images/{id}) or ``cloudimages`` (IMS PATCH /v2/cloudimages/{id}).
+    patch: tuple[dict[str, Any], ...] = ()
+    patch_api: str | None = None
     target: str | None = None
 
 
@@ -317,6 +343,14 @@ class Plan(Frozen):
     def adoptions(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.action == "adopt")
 
+    @property
+    def updates(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action == "update")
+
+    def has_work(self) -> bool:
+        """Whether apply would change anything (create, adopt or update)."""
+        return any(c.action in APPLIED_ACTIONS for c in self.changes)
+
 
 class ErrorInfo(Frozen):
     message: str
@@ -325,7 +359,7 @@ class ErrorInfo(Frozen):
     request_id: str | None = None
 
 
-OutcomeResult = Literal["created", "adopted", "failed", "skipped"]
+OutcomeResult = Literal["created", "adopted", "updated", "failed", "skipped"]
 
 
 class Outcome(Frozen):
@@ -341,16 +375,18 @@ class Outcome(Frozen):
     duration_s: float = 0.0
     error: ErrorInfo | None = None
     request: dict[str, Any] | None = None
+    patch: tuple[dict[str, Any], ...] | None = None  # the PATCH document an update sent
     target: str | None = None
 
     @classmethod
     def recorded(cls, record: Record, result: OutcomeResult, *, attempts: int = 0,
-                 duration_s: float = 0.0, request: dict[str, Any] | None = None) -> Outcome:
-        """An image that is now recorded (created or adopted)."""
+                 duration_s: float = 0.0, request: dict[str, Any] | None = None,
+                 patch: tuple[dict[str, Any], ...] | None = None) -> Outcome:
+        """An image that is now recorded (created, adopted or updated)."""
         return cls.model_construct(
             name=record.name, result=result, image_id=record.image_id, status=record.status,
             created_at=record.created_at, updated_at=record.updated_at, attempts=attempts,
-            duration_s=duration_s, error=None, request=request)
+            duration_s=duration_s, error=None, request=request, patch=patch)
 
     @classmethod
     def failure(cls, name: str, result: OutcomeResult, message: str, *, status: int | None = None,
@@ -362,7 +398,7 @@ class Outcome(Frozen):
         return cls.model_construct(
             name=name, result=result, image_id=None, status=None, created_at=None,
             updated_at=None, attempts=attempts, duration_s=duration_s, error=error,
-            request=None)
+            request=None, patch=None)
 
 
 class TargetReport(Frozen):

@@ -29,9 +29,11 @@ from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, Problem, ReconcileError, StateError
 from reconciler.models import (
     ACTIONS,
+    APPLIED_ACTIONS,
     GONE_STATUSES,
     Catalog,
     Change,
+    DriftPolicy,
     ImageSpec,
     Observed,
     Outcome,
@@ -90,7 +92,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
               rules: RunProfile | None = None, keep: bool = True,
               only: tuple[str, ...] = (), key: str | None = None, place: str | None = None,
-              must_match: bool = True) -> PlanResult:
+              must_match: bool = True, drift: DriftPolicy = "update") -> PlanResult:
     """Compare the catalog with the state file, whose records are only read.
 
     With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
@@ -98,7 +100,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
     and uses the kept rules; ``rules`` given are used as they are. ``only``: limit the plan
     to the names matching these globs. One target of several: ``key`` is its state key,
     ``place`` its name (the images placed there), and ``only`` is checked over all of them
-    (``must_match=False``).
+    (``must_match=False``). ``drift``: the policy of images whose catalog entry sets none.
     """
     with bulk_build():
         store = open_readonly(state_path, clock=clock)
@@ -120,7 +122,7 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
         result = select(plan(catalog, records, target=target, pending=pending,
-                             observed=observed), only, must_match=must_match)
+                             observed=observed, drift=drift), only, must_match=must_match)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
                              refreshed=api is not None, warnings=notes)
     return PlanResult(catalog, result, report, revision, observed)
@@ -322,13 +324,13 @@ def dry_run_report(catalog_dir: str | Path, state_path: str | Path, *, profile: 
                    strict: bool = False, endpoint: str | None = None,
                    api: PlanApi | None = None, project_id: str | None = None,
                    clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
-                   only: tuple[str, ...] = ()) -> RunReport:
+                   only: tuple[str, ...] = (), drift: DriftPolicy = "update") -> RunReport:
     """What apply would send. With ``api`` the cloud is read first, as apply does (so
     adoptions and recreations show as apply would do them); nothing is ever written or
     sent: only GET requests (the server's rules are used, not kept)."""
     result = make_plan(catalog_dir, state_path, profile=profile, strict=strict,
                        endpoint=endpoint, api=api, project_id=project_id, clock=clock,
-                       allow=allow, keep=False, only=only)
+                       allow=allow, keep=False, only=only, drift=drift)
     return result.report.model_copy(update={"mode": "apply", "dry_run": True})
 
 
@@ -572,7 +574,7 @@ def targets_report(catalog: CatalogInfo, parts: Sequence[TargetPart], *, mode: s
     outcomes: list[Outcome] = []
     total: dict[str, int] = dict.fromkeys(ACTIONS, 0)
     if mode == "apply" and not dry_run:
-        total.update(dict.fromkeys(("created", "adopted", "failed", "skipped"), 0))
+        total.update(dict.fromkeys(("created", "adopted", "updated", "failed", "skipped"), 0))
     summaries = []
     warnings: list[str] = []
     refreshes = 0
@@ -612,14 +614,14 @@ class TargetsPlan:
 
     @property
     def changes(self) -> bool:
-        return any(c.action != "unchanged" for c in self.report.changes)
+        return any(c.action in APPLIED_ACTIONS for c in self.report.changes)
 
 
 def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Sequence[Target],
                  *, connect: Connect, refresh: bool, profile: str, strict: bool = False,
                  allow: Allowances = NO_ALLOWANCES, target_parallelism: int = 4,
                  clock: Clock = SYSTEM_CLOCK, only: tuple[str, ...] = (),
-                 dry_run: bool = False) -> TargetsPlan:
+                 dry_run: bool = False, drift: DriftPolicy = "update") -> TargetsPlan:
     """Plan every target side by side, each against its own state rows, each with its
     server's rules (read, or kept for it) and its profile. A target is connected to only
     when it must be: to read its cloud (``refresh``), or to find its endpoint in the service
@@ -649,7 +651,7 @@ def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Seque
             result = make_plan(catalog_dir, state_path, profile=name, strict=strict,
                                api=api, project_id=session.project_id if api and session
                                else None, clock=clock, rules=rules, keep=False, only=only,
-                               key=key, place=target.name, must_match=False)
+                               key=key, place=target.name, must_match=False, drift=drift)
             return TargetPart(target, endpoint, result.report)
 
     parts = check_distinct(parallel(targets, one, target_parallelism), keys)

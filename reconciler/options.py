@@ -82,6 +82,14 @@ def strict_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "unknown os_version) as errors.")(f)
 
 
+def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--drift", type=click.Choice(["update", "report"]), default="update",
+                        envvar="RECONCILE_DRIFT", show_default=True, show_envvar=True,
+                        help="What apply does with an image that differs from the catalog: "
+                             "update it in place (one PATCH) or only report it. An image's "
+                             "own `drift:` (or its file's defaults) wins.")(f)
+
+
 def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--endpoint", envvar="RECONCILE_ENDPOINT", show_envvar=True,
                         help="Image API root, e.g. https://ims.cn-north-4.myhuaweicloud.com. "

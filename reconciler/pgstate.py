@@ -63,10 +63,14 @@ _V2 = (
 _V3 = ("CREATE TABLE applied_plans (plan_id text PRIMARY KEY, applied_at text, run_id text)",)
 _V4 = ("CREATE TABLE server_info (target text, kind text, url text NOT NULL, "
        "body_json text NOT NULL, read_at text NOT NULL, PRIMARY KEY (target, kind))",)
+_V5 = (
+    "ALTER TABLE journal ADD COLUMN kind text NOT NULL DEFAULT 'create'",
+    "ALTER TABLE runs ADD COLUMN updated integer NOT NULL DEFAULT 0",
+)
 
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1, like
 #: ``reconciler.state.MIGRATIONS`` does for SQLite.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5]
 SCHEMA_VERSION = len(MIGRATIONS)  # equal to the SQLite one (tests/test_state.py checks)
 
 _CORE_TABLES = {"meta", "images", "runs", "journal", "locks", "schema_info"}

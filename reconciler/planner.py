@@ -14,11 +14,13 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconciler import patch
 from reconciler.errors import ConfigError
 from reconciler.models import (
     MARKER_PROPERTY,
     Catalog,
     Change,
+    DriftPolicy,
     FieldDiff,
     ImageSpec,
     Observed,
@@ -32,16 +34,18 @@ PENDING_DETAIL = ("an earlier apply stopped while creating this image; the next 
 
 
 def plan(catalog: Catalog, records: Mapping[str, Record], *, target: str,
-         pending: Mapping[str, str] | None = None, observed: Observed | None = None) -> Plan:
+         pending: Mapping[str, str] | None = None, observed: Observed | None = None,
+         drift: DriftPolicy = "update") -> Plan:
     """One change per image in the catalog or the records.
 
     ``pending``: name -> nonce of each unresolved journal entry. ``observed``: the cloud.
+    ``drift``: the policy of images that set none (``drift:`` in the catalog wins).
     """
     specs = {s.name: s for s in catalog.images}
     cloud = _Cloud(observed) if observed is not None else None
     changes = [
         _change(name, specs.get(name), records.get(name), (pending or {}).get(name), cloud,
-                catalog.warnings.get(name, ()))
+                catalog.warnings.get(name, ()), drift, catalog.profile)
         for name in sorted(specs.keys() | records.keys())
     ]
     return Plan.model_construct(target=target, profile=catalog.profile,
@@ -60,11 +64,16 @@ class _Cloud:
 
 
 def _change(name: str, spec: ImageSpec | None, record: Record | None, nonce: str | None,
-            cloud: _Cloud | None, warnings: tuple[str, ...]) -> Change:
+            cloud: _Cloud | None, warnings: tuple[str, ...], drift: DriftPolicy,
+            profile: str) -> Change:
     where: dict[str, Any] = {"file": spec.file, "line": spec.line, "spec": spec,
                              "warnings": warnings} if spec else {}
+    updating = spec is not None and (spec.drift or drift) == "update"
     if cloud is None:
-        return _offline(name, spec, record, nonce is not None, where)
+        change = _offline(name, spec, record, nonce is not None, where)
+        if updating and change.action == "drift" and record is not None and spec is not None:
+            return _update(change, spec, record, record.response, profile)
+        return change
     live = cloud.by_name.get(name, [])
     remote = cloud.by_id.get(record.image_id) if record else None
     if record and remote is None:
@@ -83,10 +92,16 @@ def _change(name: str, spec: ImageSpec | None, record: Record | None, nonce: str
                          image_id=record.image_id, **where)
         remote_diff = diff_remote(record, remote)
         if remote_diff:
-            return _make(name, "drift", "changed_remotely", "the image was changed outside "
-                         "reconcile (recorded → now in the cloud)", image_id=record.image_id,
-                         diff=remote_diff, remote=remote, **where)
-        return _compare(name, spec, record, where)
+            change = _make(name, "drift", "changed_remotely", "the image was changed outside "
+                           "reconcile (recorded → now in the cloud)", image_id=record.image_id,
+                           diff=remote_diff, remote=remote, **where)
+        else:
+            change = _compare(name, spec, record, where)
+            if change.action == "drift":
+                change = change.model_copy(update={"remote": remote})
+        if updating and change.action == "drift":
+            return _update(change, spec, record, remote, profile)
+        return change
     assert spec is not None
     return _unrecorded(name, spec, live, nonce, where, "not_recorded", "")
 
@@ -108,9 +123,34 @@ def _compare(name: str, spec: ImageSpec, record: Record, where: dict[str, Any]) 
     if spec.digest == record.spec_digest:
         return _make(name, "unchanged", "in_sync", image_id=record.image_id, **where)
     return _make(name, "drift", "catalog_changed",
-                 "the catalog differs from what was sent when the image was created; "
-                 "apply does not update images", image_id=record.image_id,
-                 diff=diff_bodies(record.request, spec.body()), **where)
+                 "the catalog differs from what was sent; its policy is `drift: report`, so "
+                 "apply leaves the image as it is (`drift: update` changes it in place)",
+                 image_id=record.image_id, diff=diff_bodies(record.request, spec.body()),
+                 **where)
+
+
+def _update(change: Change, spec: ImageSpec, record: Record, cloud: Mapping[str, Any],
+            profile: str) -> Change:
+    """A drifted image under ``drift: update``: its PATCH back to the catalog, or blocked
+    (``replace_required``) when the API cannot make a change in place (docs/architecture.md
+    §5, §6.10)."""
+    update = patch.compute(spec, record.request, record.response, cloud, profile=profile)
+    fields = {"image_id": record.image_id, "file": spec.file, "line": spec.line,
+              "spec": spec, "warnings": change.warnings, "remote": change.remote,
+              "diff": update.diff}
+    if update.blocked:
+        return _make(change.name, "blocked", "replace_required",
+                     patch.replace_required_detail(update), **fields)
+    if not update.ops:
+        detail = ("the cloud already holds the catalog's values; apply records them "
+                  "(nothing is sent)")
+    elif change.reason == "changed_remotely":
+        detail = ("the image was changed outside reconcile; apply changes it back to the "
+                  f"catalog with one PATCH {update.path(record.image_id)}")
+    else:
+        detail = f"apply changes the image in place with one PATCH {update.path(record.image_id)}"
+    return _make(change.name, "update", change.reason, detail, patch=update.ops,
+                 patch_api=update.api, **fields)
 
 
 def _unrecorded(name: str, spec: ImageSpec, live: list[dict[str, Any]], nonce: str | None,
@@ -156,7 +196,8 @@ def _duplicates_detail(name: str, live: list[dict[str, Any]]) -> str:
 
 def _make(name: str, action: str, reason: str, detail: str = "", **fields: Any) -> Change:
     values: dict[str, Any] = {"detail": detail, "diff": (), "warnings": (), "file": None,
-                              "line": None, "image_id": None, "spec": None, "remote": None}
+                              "line": None, "image_id": None, "spec": None, "remote": None,
+                              "patch": (), "patch_api": None}
     values.update(fields)
     return Change.model_construct(_fields_set=_CHANGE_FIELDS, name=name, action=action,
                                   reason=reason, **values)

@@ -21,9 +21,12 @@ INT32_MAX = 2**31 - 1
 #: Catalog fields, in the order the docs list them. ``properties`` holds extra properties.
 FIELDS: tuple[str, ...] = (
     "name", "os_version", "visibility", "protected", "container_format", "disk_format",
-    "min_ram", "min_disk", "tags", "properties",
+    "min_ram", "min_disk", "tags", "properties", "drift",
 )
-STRING_FIELDS = frozenset({"name", "os_version", "visibility", "container_format", "disk_format"})
+STRING_FIELDS = frozenset({"name", "os_version", "visibility", "container_format", "disk_format",
+                           "drift"})
+#: ``drift:``, the one catalog field that is not sent: what apply does with a drifted image.
+DRIFT_POLICIES = frozenset({"update", "report"})
 INT_FIELDS = frozenset({"min_ram", "min_disk"})
 
 # Keys the server owns (read-only, reserved, or computed): never user properties.
@@ -101,6 +104,9 @@ class Profile:
                 return f"is {value}; the {self.name} profile allows {lo} to {hi} (GB)"
         elif key == "min_ram" and not 0 <= value <= INT32_MAX:
             return f"is {value}; must be between 0 and {INT32_MAX} (MB)"
+        elif key == "drift" and value not in DRIFT_POLICIES:
+            return (f"{value!r} is not a drift policy; use update (change the image in place) "
+                    "or report (only show the drift)")
         elif key == "os_version" and not value and not self.empty_strings:
             return "must not be empty"
         elif key in self.property_rules:

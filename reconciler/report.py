@@ -29,6 +29,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from reconciler.errors import ConfigError
 from reconciler.escape import json_for_terminal, md_code, md_text, terminal
 from reconciler.models import ACTIONS, Change, ErrorInfo, Outcome, RunReport
+from reconciler.patch import MEDIA_TYPE as PATCH_MEDIA_TYPE
 
 FORMATS = ("text", "markdown", "html", "json")
 MARKDOWN_LIMIT = 65_536
@@ -37,17 +38,19 @@ LIST_LIMIT = 1_000
 _MARKDOWN_CAPS = (LIST_LIMIT, 300, 100, 30, 10, 0)
 _TEMPLATE = {"text": "report.txt.j2", "markdown": "report.md.j2", "html": "report.html.j2"}
 _COLORS = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "dim": "2", "bold": "1"}
-SYMBOL = {"create": "+", "adopt": "<", "unchanged": "=", "drift": "~", "orphan": "?",
-          "blocked": "!"}
+SYMBOL = {"create": "+", "adopt": "<", "update": "~", "unchanged": "=", "drift": "~",
+          "orphan": "?", "blocked": "!"}
 HEADING = {"create": "To create", "adopt": "To adopt (found in the cloud)",
+           "update": "To update in place",
            "unchanged": "Unchanged", "drift": "Drifted", "orphan": "Orphaned (left untouched)",
            "blocked": "Blocked"}
-COLOR = {"create": "green", "adopt": "cyan", "unchanged": "dim", "drift": "yellow",
-         "orphan": "cyan", "blocked": "red", "created": "green", "adopted": "cyan",
+COLOR = {"create": "green", "adopt": "cyan", "update": "yellow", "unchanged": "dim",
+         "drift": "yellow", "orphan": "cyan", "blocked": "red", "created": "green",
+         "adopted": "cyan", "updated": "yellow",
          "failed": "red", "skipped": "red", "added": "green", "removed": "red",
          "changed": "yellow"}
 #: Sections in the order markdown and html show them: what needs attention first.
-SECTIONS = ("blocked", "drift", "create", "adopt", "orphan", "unchanged")
+SECTIONS = ("blocked", "drift", "create", "update", "adopt", "orphan", "unchanged")
 
 
 def builtin_templates() -> Path:
@@ -291,8 +294,8 @@ def _view(report: RunReport, cap: int, *, color: bool,
     groups: dict[str, list[Change]] = {a: [] for a in ACTIONS}
     for change in report.changes:
         groups[change.action].append(change)
-    results: dict[str, list[Outcome]] = {"created": [], "adopted": [], "failed": [],
-                                         "skipped": []}
+    results: dict[str, list[Outcome]] = {"created": [], "adopted": [], "updated": [],
+                                         "failed": [], "skipped": []}
     for outcome in report.outcomes:
         results[outcome.result].append(outcome)
 
@@ -303,7 +306,8 @@ def _view(report: RunReport, cap: int, *, color: bool,
 
     return {
         "r": report,
-        "s": report.summary,
+        # every count present (a report built elsewhere may predate ``update``)
+        "s": {**dict.fromkeys((*ACTIONS, *results), 0), **report.summary},
         "groups": {a: g[:cap] for a, g in groups.items()},
         "omitted": {a: max(0, len(g) - cap) for a, g in groups.items()},
         "results": {k: v[:cap] for k, v in results.items()},
@@ -325,6 +329,8 @@ def _view(report: RunReport, cap: int, *, color: bool,
         "no_changes": not any(report.summary.get(a) for a in ACTIONS if a != "unchanged"),
         "source": source_line(report),
         "side": SIDES,
+        "side_of": lambda change: side_of(change, refreshed=report.refreshed),
+        "patch_path": patch_path,
         "diff_lines": diff_lines,
         "failure_groups": failure_groups(results["failed"][:cap]),
         "result_width": min(48, max((len(o.name) for o in report.outcomes), default=0)),
@@ -343,6 +349,19 @@ def _fence(lines: list[DiffLine]) -> str:
 
 #: What a drift's diff compares, by reason: the left side is always what was recorded.
 SIDES = {"catalog_changed": "recorded → catalog", "changed_remotely": "recorded → cloud"}
+
+
+def side_of(change: Change, *, refreshed: bool) -> str:
+    """What a change's diff compares. An update's (and a blocked one's) goes from the image
+    as it is (the cloud, or offline the record) to the catalog: what the PATCH changes."""
+    if change.action == "update" or change.reason == "replace_required":
+        return ("cloud" if refreshed else "recorded") + " → catalog"
+    return SIDES.get(change.reason, "before → after")
+
+
+def patch_path(change: Change) -> str:
+    """Where an update's PATCH goes (docs/api-contract.md §16)."""
+    return f"/v2/{change.patch_api or 'images'}/{change.image_id}"
 
 
 def source_line(report: RunReport) -> str:
@@ -433,12 +452,14 @@ def summary_line(report: RunReport) -> str:
 
 def plan_line(s: dict[str, int]) -> str:
     adopt = f"{s['adopt']} to adopt, " if s.get("adopt") else ""
-    return (f"Plan: {s['create']} to create, {adopt}{s['unchanged']} unchanged, "
+    update = f"{s['update']} to update, " if s.get("update") else ""
+    return (f"Plan: {s['create']} to create, {adopt}{update}{s['unchanged']} unchanged, "
             f"{s['drift']} drifted, {s['orphan']} orphaned, {s['blocked']} blocked.")
 
 
 def apply_line(s: dict[str, int]) -> str:
-    return (f"Apply: {s.get('created', 0)} created, {s.get('adopted', 0)} adopted, "
+    updated = f"{s['updated']} updated, " if s.get("updated") else ""
+    return (f"Apply: {s.get('created', 0)} created, {s.get('adopted', 0)} adopted, {updated}"
             f"{s.get('failed', 0)} failed, {s.get('skipped', 0)} skipped.")
 
 
@@ -464,6 +485,9 @@ def change_json(change: Change) -> dict[str, Any]:
     }
     if change.action == "create" and change.spec is not None:
         out["request"] = change.spec.body()
+    if change.action == "update":
+        out["patch"] = {"method": "PATCH", "path": patch_path(change),
+                        "content_type": PATCH_MEDIA_TYPE, "body": list(change.patch)}
     if change.target is not None:  # format_version 2
         out = {"target": change.target, **out}
     return out
@@ -480,6 +504,7 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         "attempts": outcome.attempts,
         "duration_s": round(outcome.duration_s, 3),
         "error": outcome.error.model_dump() if outcome.error else None,
+        **({"patch": list(outcome.patch)} if outcome.patch is not None else {}),
         **({"target": outcome.target} if outcome.target is not None else {}),
     }
 

@@ -19,7 +19,7 @@ CONFIG_FILE = "reconcile.toml"
 KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "catalog": ("catalog", str), "state": ("state", str), "profile": ("profile", str),
     "endpoint": ("endpoint", str), "format": ("fmt", str), "templates": ("templates", str),
-    "strict": ("strict", bool), "parallelism": ("parallelism", int),
+    "strict": ("strict", bool), "parallelism": ("parallelism", int), "drift": ("drift", str),
     "target_parallelism": ("target_parallelism", int),
     "log_format": ("log_format", str), "connect_timeout": ("connect_timeout", (int, float)),
     "read_timeout": ("read_timeout", (int, float)), "retries": ("retries", int),

@@ -22,7 +22,14 @@ from typing import Any, Protocol
 
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, StateError
-from reconciler.models import JournalState, PendingCreate, Record, RunOutcome, iso
+from reconciler.models import (
+    JournalState,
+    PendingCreate,
+    PendingUpdate,
+    Record,
+    RunOutcome,
+    iso,
+)
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -43,6 +50,7 @@ class StateStore(Protocol):
     def records_named(self, name: str) -> list[tuple[str, Record]]: ...
     def all_records(self) -> list[tuple[str, Record]]: ...
     def pending(self, target: str) -> list[PendingCreate]: ...
+    def pending_updates(self, target: str) -> list[PendingUpdate]: ...
     def pending_request(self, nonce: str) -> dict[str, Any]: ...
     def plan_applied(self, plan_id: str) -> dict[str, Any] | None: ...
     def runs(self, limit: int = 20) -> list[dict[str, Any]]: ...
@@ -50,8 +58,10 @@ class StateStore(Protocol):
                   tool_version: str, started_at: str) -> None: ...
     def mark_plan_applied(self, plan_id: str, run_id: str) -> None: ...
     def finish_run(self, run_id: str, *, summary: dict[str, int], created: int, adopted: int,
+                   updated: int = 0,
                    failed: int, outcome: str, error: str | None = None) -> None: ...
     def journal_open(self, *, nonce: str, target: str, name: str, run_id: str,
+                     kind: str = "create", image_id: str | None = None,
                      request: dict[str, Any]) -> None: ...
     def journal_release(self, nonce: str, note: str) -> None: ...
     def save_record(self, target: str, record: Record, *, nonce: str | None = None) -> None: ...
@@ -249,10 +259,22 @@ class SqlStore:
     def pending(self, target: str) -> list[PendingCreate]:
         rows = self._query(
             "SELECT nonce, name, run_id, started_at FROM journal "
-            f"WHERE target = ? AND state = ? ORDER BY started_at, name{self._text_order}",
+            "WHERE target = ? AND state = ? AND kind = 'create' "
+            f"ORDER BY started_at, name{self._text_order}",
             (target, JournalState.PENDING))
         return [PendingCreate.model_construct(nonce=r[0], name=r[1], run_id=r[2], started_at=r[3])
                 for r in rows]
+
+    def pending_updates(self, target: str) -> list[PendingUpdate]:
+        """Updates an earlier run sent (or was about to) without recording the answer."""
+        rows = self._query(
+            "SELECT nonce, name, run_id, started_at, image_id, request_json FROM journal "
+            "WHERE target = ? AND state = ? AND kind = 'update' "
+            f"ORDER BY started_at, name{self._text_order}",
+            (target, JournalState.PENDING))
+        return [PendingUpdate.model_construct(
+            nonce=r[0], name=r[1], run_id=r[2], started_at=r[3], image_id=r[4],
+            intent=json.loads(r[5] or "{}")) for r in rows]
 
     def pending_request(self, nonce: str) -> dict[str, Any]:
         row = self._query("SELECT request_json FROM journal WHERE nonce = ?",
@@ -267,7 +289,7 @@ class SqlStore:
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         cursor = self._query(
             "SELECT id, mode, target, profile, started_at, finished_at, host, pid, tool_version,"
-            " summary_json, created, adopted, failed, outcome, error FROM runs "
+            " summary_json, created, adopted, updated, failed, outcome, error FROM runs "
             f"ORDER BY started_at DESC, id{self._text_order} DESC LIMIT ?", (limit,))
         names = [d[0] for d in cursor.description]
         out = []
@@ -386,20 +408,23 @@ class SqlStore:
                       "VALUES (?, ?, ?)", (plan_id, self._now(), run_id)))
 
     def finish_run(self, run_id: str, *, summary: dict[str, int], created: int, adopted: int,
-                   failed: int, outcome: str, error: str | None = None) -> None:
+                   updated: int = 0, failed: int, outcome: str,
+                   error: str | None = None) -> None:
         self._commit(("UPDATE runs SET finished_at = ?, summary_json = ?, created = ?, "
-                      "adopted = ?, failed = ?, outcome = ?, error = ? WHERE id = ?",
-                      (self._now(), json.dumps(summary, sort_keys=True), created, adopted, failed,
-                       outcome, error, run_id)))
+                      "adopted = ?, updated = ?, failed = ?, outcome = ?, error = ? WHERE id = ?",
+                      (self._now(), json.dumps(summary, sort_keys=True), created, adopted,
+                       updated, failed, outcome, error, run_id)))
 
     def journal_open(self, *, nonce: str, target: str, name: str, run_id: str,
+                     kind: str = "create", image_id: str | None = None,
                      request: dict[str, Any]) -> None:
-        """Write the intent to create before the POST, so a lost answer can be found again.
-        Returns only once the entry is committed: nothing is sent before."""
+        """Write the intent to create (before the POST) or to update ``image_id`` (before the
+        PATCH), so a lost answer can be resolved. Returns only once the entry is committed:
+        nothing is sent before."""
         self._commit(("INSERT INTO journal (nonce, target, name, run_id, request_json, state, "
-                      "started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      "started_at, kind, image_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (nonce, target, name, run_id, json.dumps(request, sort_keys=True),
-                       JournalState.PENDING, self._now())))
+                       JournalState.PENDING, self._now(), kind, image_id)))
 
     def journal_release(self, nonce: str, note: str) -> None:
         """The create certainly did not happen: close the entry without a record."""

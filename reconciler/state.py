@@ -139,9 +139,16 @@ def _v4(db: Database) -> None:
                                    not_null={"url", "body_json", "read_at"})
 
 
+def _v5(db: Database) -> None:
+    # v5: updates in place. A journal entry says what it is for (a create, or an update of
+    # the image in image_id); runs count their updates.
+    db.table("journal").add_column("kind", str, not_null_default="create")
+    db.table("runs").add_column("updated", int, not_null_default=0)
+
+
 #: MIGRATIONS[i] upgrades a schema of version i to version i + 1. Each step has its twin in
 #: ``reconciler.pgstate.MIGRATIONS``.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -41,7 +41,8 @@ def test_json_logs_have_the_runs_events_in_utc(
     assert ("created", "img-000") in events and ("created", "img-001") in events
     assert ("failed", "img-002") in events
     end = next(d for d in lines if d["event"] == "run_end")
-    assert end["counts"] == {"created": 2, "adopted": 0, "failed": 1, "skipped": 0}
+    assert end["counts"] == {"created": 2, "adopted": 0, "updated": 0, "failed": 1,
+                             "skipped": 0}
     assert end["outcome"] == "partial"
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", d["ts"]) for d in lines)
     assert all(d["run_id"] == lines[0]["run_id"] for d in lines if "run_id" in d)

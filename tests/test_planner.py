@@ -38,7 +38,8 @@ def catalog(*specs: ImageSpec, warnings: dict[str, tuple[str, ...]] | None = Non
 
 
 def only_change(cat: Catalog, records: dict[str, Record], pending: tuple[str, ...] = ()) -> Any:
-    result = plan(cat, records, target=TARGET, pending={n: f"nonce-{n}" for n in pending})
+    result = plan(cat, records, target=TARGET, drift="report",
+                  pending={n: f"nonce-{n}" for n in pending})
     assert len(result.changes) == 1
     return result.changes[0]
 
@@ -79,7 +80,7 @@ def test_create_carries_spec_file_and_line() -> None:
 def test_unchanged_and_drift_carry_the_recorded_image_id() -> None:
     result = plan(catalog(A, spec("b")), {"a": record("a", A.body(), "id-1"),
                                           "b": record("b", {"name": "b"}, "id-2")},
-                  target=TARGET)
+                  target=TARGET, drift="report")
     assert [(c.action, c.image_id) for c in result.changes] == [("unchanged", "id-1"),
                                                                 ("drift", "id-2")]
 
@@ -97,7 +98,7 @@ def test_pending_name_that_is_already_recorded_follows_the_record() -> None:
 
 def test_orphan_is_recorded_but_not_in_catalog() -> None:
     result = plan(catalog(), {"gone": record("gone", {"name": "gone"}, "id-gone")},
-                  target=TARGET)
+                  target=TARGET, drift="report")
     (change,) = result.changes
     assert (change.action, change.reason, change.image_id) == ("orphan", "not_in_catalog",
                                                                "id-gone")
@@ -163,7 +164,7 @@ def test_changes_are_in_name_order_across_actions() -> None:
     cat = catalog(spec("delta"), spec("alpha"), spec("charlie"))
     records = {"bravo": record("bravo", {"name": "bravo"}),
                "charlie": record("charlie", spec("charlie").body())}
-    result = plan(cat, records, target=TARGET)
+    result = plan(cat, records, target=TARGET, drift="report")
     assert [(c.name, c.action) for c in result.changes] == [
         ("alpha", "create"), ("bravo", "orphan"), ("charlie", "unchanged"), ("delta", "create")]
 
@@ -171,8 +172,9 @@ def test_changes_are_in_name_order_across_actions() -> None:
 def test_same_inputs_give_equal_plans() -> None:
     cat = catalog(spec("b"), spec("a"), warnings={"a": ("os_version x",)})
     records = {"b": recorded(spec("b"), min_disk=1), "z": record("z", {"name": "z"})}
-    first = plan(cat, records, target=TARGET, pending={"a": "n1"})
-    second = plan(cat, dict(reversed(records.items())), target=TARGET, pending={"a": "n1"})
+    first = plan(cat, records, target=TARGET, drift="report", pending={"a": "n1"})
+    second = plan(cat, dict(reversed(records.items())), target=TARGET, drift="report",
+                  pending={"a": "n1"})
     assert first == second
 
 
@@ -180,7 +182,7 @@ def test_warnings_attach_to_their_own_image() -> None:
     cat = catalog(spec("a"), spec("b"), spec("c"),
                   warnings={"b": ("name is odd",), "c": ("tags has 21 tags",)})
     records = {"c": record("c", spec("c").body()), "orphan": record("orphan", {"name": "o"})}
-    result = plan(cat, records, target=TARGET)
+    result = plan(cat, records, target=TARGET, drift="report")
     assert {c.name: c.warnings for c in result.changes} == {
         "a": (), "b": ("name is odd",), "c": ("tags has 21 tags",), "orphan": ()}
 
@@ -190,8 +192,9 @@ def test_plan_summary_and_identity() -> None:
     records = {"same": record("same", spec("same").body()),
                "moved": recorded(spec("moved"), min_disk=1),
                "old": record("old", {"name": "old"})}
-    result = plan(cat, records, target=TARGET, pending={"stuck": "n1"})
-    assert result.summary() == {"create": 1, "adopt": 0, "unchanged": 1, "drift": 1, "orphan": 1,
+    result = plan(cat, records, target=TARGET, drift="report", pending={"stuck": "n1"})
+    assert result.summary() == {"create": 1, "adopt": 0, "update": 0, "unchanged": 1, "drift": 1,
+                                "orphan": 1,
                                 "blocked": 1}
     assert (result.target, result.profile, result.catalog_digest) == (
         TARGET, "ims", cat.digest)
@@ -199,7 +202,7 @@ def test_plan_summary_and_identity() -> None:
 
 
 def test_empty_catalog_and_state_plan_nothing() -> None:
-    result = plan(catalog(), {}, target="")
+    result = plan(catalog(), {}, target="", drift="report")
     assert result.changes == ()
-    assert result.summary() == dict.fromkeys(("create", "adopt", "unchanged", "drift", "orphan",
-                                              "blocked"), 0)
+    assert result.summary() == dict.fromkeys(("create", "adopt", "update", "unchanged", "drift",
+                                              "orphan", "blocked"), 0)

@@ -164,7 +164,7 @@ def test_image_changed_out_of_band_is_drift_changed_remotely_with_a_field_diff(
     image_id = applied.records()["img-000"]["image_id"]
     replace_image(applied.sb, image_id, min_disk=80)
 
-    change = changes(applied.plan_json())["img-000"]
+    change = changes(applied.plan_json("--drift", "report"))["img-000"]
 
     assert (change["action"], change["reason"]) == ("drift", "changed_remotely")
     assert change["image_id"] == image_id
@@ -174,7 +174,7 @@ def test_image_changed_out_of_band_is_drift_changed_remotely_with_a_field_diff(
 def test_changed_property_shows_in_the_remote_diff(applied: World) -> None:
     replace_image(applied.sb, applied.records()["img-001"]["image_id"], build_id="patched")
 
-    change = changes(applied.plan_json())["img-001"]
+    change = changes(applied.plan_json("--drift", "report"))["img-001"]
 
     assert (change["action"], change["reason"]) == ("drift", "changed_remotely")
     assert change["diff"] == [{"field": "build_id", "before": "00000001", "after": "patched"}]
@@ -194,11 +194,12 @@ def test_marker_property_never_appears_in_a_diff(applied: World) -> None:
     assert all(d["field"] != MARKER_PROPERTY for c in found.values() for d in c["diff"])
 
 
-def test_apply_does_not_touch_an_image_changed_out_of_band(applied: World) -> None:
+def test_apply_does_not_touch_an_image_changed_out_of_band_under_drift_report(
+        applied: World) -> None:
     image_id = applied.records()["img-002"]["image_id"]
     replace_image(applied.sb, image_id, min_disk=100)
 
-    result = applied.apply("--format", "json")
+    result = applied.apply("--format", "json", "--drift", "report")
 
     assert result.exit_code == 0, result.output
     assert applied.sb.post_count == len(NAMES)
@@ -389,7 +390,7 @@ def test_forced_import_of_a_differing_image_then_shows_drift(world: World) -> No
 
     assert result.exit_code == 0, result.output
     assert world.records()["img-002"]["image_id"] == image["id"]
-    change = changes(world.plan_json())["img-002"]
+    change = changes(world.plan_json("--drift", "report"))["img-002"]
     assert (change["action"], change["reason"]) == ("drift", "catalog_changed")
     assert change["diff"] == [{"field": "min_disk", "before": 77, "after": 40}]
 

@@ -36,7 +36,7 @@ def test_refresh_only_takes_in_a_change_made_outside_reconcile(
     sb = sandbox(token="t0k")
     assert run_cli(["apply", "--yes", "--endpoint", sb.url], env=TOKEN).exit_code == 0
     replace_image(sb, sb.images()[0]["id"], min_disk=80)
-    plan = ["plan", "--refresh", "--endpoint", sb.url, "--format", "json"]
+    plan = ["plan", "--refresh", "--endpoint", sb.url, "--format", "json", "--drift", "report"]
     before = json.loads(run_cli(plan, env=TOKEN).stdout)["changes"][0]
     assert (before["action"], before["reason"]) == ("drift", "changed_remotely")
     result = run_cli(["apply", "--yes", "--refresh-only", "--endpoint", sb.url], env=TOKEN)

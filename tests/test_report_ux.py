@@ -140,7 +140,7 @@ def test_markdown_lists_creates_with_their_attributes(run_cli: Callable[..., Res
     assert "<details open><summary>To create (2)</summary>" in md
     assert ("| `delta-new` | os Debian GNU/Linux 10.0.0 64bit; disk_format zvhd2; min_disk 40; "
             "min_ram 0; visibility private; tags managed-by-reconcile; properties "
-            "hw_firmware_type=uefi | catalog/a.yaml:20 |") in md
+            "hw_firmware_type=uefi | catalog/a.yaml:21 |") in md
 
 
 # --- 8: less noise ---------------------------------------------------------------------------
@@ -207,8 +207,12 @@ def test_out_of_band_change_is_labelled_recorded_to_cloud(
     sb = sandbox(token="t0k")
     assert run_cli(["apply", "--yes", "--endpoint", sb.url], env=TOKEN).exit_code == 0
     replace_image(sb, sb.images()[0]["id"], min_disk=80)
-    out = run_cli(["plan", "--refresh", "--endpoint", sb.url], env=TOKEN).stdout
+    out = run_cli(["plan", "--refresh", "--endpoint", sb.url, "--drift", "report"],
+                  env=TOKEN).stdout
     assert "recorded → cloud:" in out and "~ min_disk: 40 → 80" in out
+    # under drift: update the same change is what the PATCH would undo, cloud → catalog
+    out = run_cli(["plan", "--refresh", "--endpoint", sb.url], env=TOKEN).stdout
+    assert "cloud → catalog:" in out and "~ min_disk: 80 → 40" in out
 
 
 def test_spec_attributes_skip_unset_fields() -> None:

@@ -1,8 +1,9 @@
 """Reports: golden files for the four formats, escaping, size limits, colour, templates, output.
 
 The golden files in tests/golden/ are the plan of one small catalog against a state holding one
-unchanged, one drifted, one orphaned and one pending image, with two creates (one carrying a
-lint warning), at a fixed time. Regenerate them after an intended change with
+unchanged, one drifted (reported only), one to update in place, one orphaned and one pending
+image, with two creates (one carrying a lint warning), at a fixed time. Regenerate them after
+an intended change with
 
     .venv/bin/pytest tests/test_reports.py --update-golden
 
@@ -43,6 +44,7 @@ images:
 
   - name: bravo-drift
     os_version: Ubuntu 18.04 server 64bit
+    drift: report
     min_disk: 60
     tags: [docker]
     properties:
@@ -58,6 +60,12 @@ images:
 
   - name: echo-new
     os_version: Plan9 4th edition
+
+  - name: foxtrot-update
+    os_version: Ubuntu 18.04 server 64bit
+    tags: [web]
+    properties:
+      build: "2"
 """
 
 
@@ -70,7 +78,10 @@ def scenario(tmp_path: Path, write_catalog: Callable[..., Path],
     drifted = specs["bravo-drift"]
     sent_before = {**drifted.body(), "min_disk": 40, "tags": ["managed-by-reconcile"]}
     del sent_before["docker_version"]
+    updated = specs["foxtrot-update"]
+    sent_update = {**updated.body(), "build": "1", "team": "web"}
     make_state(tmp_path / "state.db", [
+        make_record(updated, "0c0c0c0c-0000-4000-8000-000000000004", request=sent_update),
         make_record(specs["alpha-unchanged"], "0a0a0a0a-0000-4000-8000-000000000001"),
         make_record(drifted, "0b0b0b0b-0000-4000-8000-000000000002", request=sent_before),
         make_record(ImageSpec(name="zulu-orphan", min_disk=40),
@@ -102,14 +113,17 @@ def test_plan_report_matches_golden_file(
 def test_golden_scenario_covers_every_action(scenario: Path,
                                              run_cli: Callable[..., Result]) -> None:
     report = json.loads(plan_output(run_cli, "--format", "json").stdout)
-    assert report["summary"] == {"create": 2, "adopt": 0, "unchanged": 1, "drift": 1, "orphan": 1,
-                                 "blocked": 1}
+    assert report["summary"] == {"create": 2, "adopt": 0, "update": 1, "unchanged": 1,
+                                 "drift": 1, "orphan": 1, "blocked": 1}
     assert report["generated_at"] == "2024-05-17T12:30:00Z"
     assert report["target"] == TARGET
     by_name = {c["name"]: c for c in report["changes"]}
     assert by_name["echo-new"]["warnings"]
     assert {d["field"] for d in by_name["bravo-drift"]["diff"]} == {"min_disk", "tags",
                                                                    "docker_version"}
+    update = by_name["foxtrot-update"]["patch"]
+    assert update["body"] == [{"op": "add", "path": "/build", "value": "2"},
+                              {"op": "remove", "path": "/team"}]
 
 
 # --- html ------------------------------------------------------------------------------------
@@ -258,7 +272,7 @@ def custom_text_template(tmp_path: Path) -> Path:
 def test_templates_dir_overrides_the_text_report(
         scenario: Path, custom_text_template: Path, run_cli: Callable[..., Result]) -> None:
     text = plan_output(run_cli, "--templates", str(custom_text_template)).stdout
-    assert text == ("CUSTOM Plan: 2 to create, 1 unchanged, 1 drifted, 1 orphaned, "
+    assert text == ("CUSTOM Plan: 2 to create, 1 to update, 1 unchanged, 1 drifted, 1 orphaned, "
                     "1 blocked.\n")
 
 
@@ -285,7 +299,8 @@ def test_output_writes_the_report_to_the_file(scenario: Path, tmp_path: Path,
     target = tmp_path / "report.html"
     result = plan_output(run_cli, "--format", "html", "--output", str(target))
     assert result.stdout == ""
-    assert result.stderr == (f"Plan: 2 to create, 1 unchanged, 1 drifted, 1 orphaned, 1 blocked. "
+    assert result.stderr == (f"Plan: 2 to create, 1 to update, 1 unchanged, 1 drifted, "
+                             f"1 orphaned, 1 blocked. "
                              f"Report written to {target}.\n")  # one line, for cron's mail
     assert target.read_text(encoding="utf-8") == plan_output(run_cli, "--format", "html").stdout
 

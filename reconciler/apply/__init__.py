@@ -1,7 +1,8 @@
 """The apply use case in one package (docs/architecture.md §6).
 
 ``run`` is the lifecycle of one run under the state lock; ``creates`` sends, records and
-recovers creates; ``decisions`` holds every choice of the protocol as a pure function;
+recovers creates; ``updates`` does the same for updates in place; ``pool`` is the bounded
+worker pool both use; ``decisions`` holds every choice of the protocol as a pure function;
 ``runstate`` is the run's stop flag; ``request`` is what an apply is asked to do and the
 rules its options follow.
 """

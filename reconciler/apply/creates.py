@@ -15,7 +15,6 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,9 +35,10 @@ from reconciler.apply.decisions import (
     resolve_pending,
 )
 from reconciler.apply.limit import ConcurrencyLimit
+from reconciler.apply.pool import run_bounded
 from reconciler.apply.runstate import RunState
 from reconciler.client import RetryPolicy
-from reconciler.errors import ApiError, AuthError, StateError
+from reconciler.errors import ApiError, AuthError
 from reconciler.models import (
     GONE_STATUSES,
     MARKER_PROPERTY,
@@ -58,10 +58,6 @@ log = logging.getLogger("reconciler.apply")
 #: How long after it was sent an unanswered create may still land. Until then a create that
 #: cannot be found is not presumed lost: it is neither sent again nor released.
 DEFAULT_SETTLE_S = 120.0
-
-#: After Ctrl-C or SIGTERM, how long creates in flight may take to finish and be recorded
-#: before their connections are cut (their entries then stay pending for the next apply).
-STOP_GRACE_S = 3.0
 
 _UNKNOWN = ("outcome unknown (kept as pending; the next apply looks the image up before "
             "creating it again): ")
@@ -198,41 +194,14 @@ class Creator:
         On KeyboardInterrupt no new create starts, running ones finish and are recorded,
         then the interrupt propagates.
         """
-        outcomes: list[Outcome] = []
-        todo = [c for c in changes if c.spec is not None]
-        with ThreadPoolExecutor(max_workers=max(1, self.parallelism),
-                                thread_name_prefix="reconcile") as pool:
-            running: set[Future[Outcome]] = set()
-            queue = iter(todo)
-            try:
-                while True:
-                    while len(running) < self.parallelism and not self.run.stopped:
-                        change = next(queue, None)
-                        if change is None:
-                            break
-                        assert change.spec is not None
-                        running.add(pool.submit(self._create_one, change.spec))
-                    if not running:
-                        break
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    outcomes.extend(self._deliver(fut.result()) for fut in done)
-            except KeyboardInterrupt:
-                self.run.stop("interrupted")
-                _, late = wait(running, timeout=STOP_GRACE_S)  # real time: a person waits
-                if late:
-                    self.api.abort()
-                outcomes.extend(self._deliver(fut.result()) for fut in running)
-                raise
-            except StateError as exc:
-                # The state cannot be written (for a shared store: its connection, and the
-                # lock with it, is gone): send nothing more; the journal has what was sent.
-                self.run.stop(str(exc))
-                raise
-            finally:
-                left = {o.name for o in outcomes}
-                outcomes.extend(self._deliver(self._skipped(c.name)) for c in todo
-                                if c.name not in left)
-        return outcomes
+        return run_bounded([c for c in changes if c.spec is not None], self._create_change,
+                           run=self.run, parallelism=self.parallelism, deliver=self._deliver,
+                           delivered=self.delivered, skipped=self._skipped,
+                           abort=self.api.abort, prefix="reconcile")
+
+    def _create_change(self, change: Change) -> Outcome:
+        assert change.spec is not None
+        return self._create_one(change.spec)
 
     def _create_one(self, spec: ImageSpec) -> Outcome:
         clock = self.run.clock

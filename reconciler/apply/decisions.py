@@ -226,3 +226,73 @@ def on_id_conflict(existing: dict[str, Any] | None, name: str) -> IdConflict:
     if existing is None or existing.get("status") in GONE_STATUSES:
         return IdConflict.NEXT_GENERATION
     return IdConflict.ADOPT if existing.get("name") == name else IdConflict.FOREIGN
+
+
+# --- updates in place (docs/architecture.md §6.10) --------------------------------------------
+
+class UpdateStep(StrEnum):
+    """What a failed PATCH means, and so the next step."""
+
+    STOP_RUN = "stop run"      # 401: rejected, and nothing else can be sent either
+    FAIL = "fail"              # rejected as it is (400, 403, 404, 413): the server's message
+    AS_ADD = "as add"          # IMS IMG.0035: a replaced attribute is missing; send it as add
+    REPLAN = "replan"          # 409: the image changed meanwhile; read it, recompute, once
+    RESEND = "resend"          # certainly not applied (429, never sent): back off, send again
+    READ_BACK = "read back"    # may have been applied: read the image before anything else
+    KEEP_PENDING = "keep pending"  # unknown: the next apply reads the image first
+
+
+def on_update_error(exc: ApiError, *, replanned: bool, as_add: bool) -> UpdateStep:
+    """A PATCH's failure, given whether its 409 re-plan and its IMG.0035 ``add`` were used.
+
+    | error                                    | step                                 |
+    |------------------------------------------|--------------------------------------|
+    | 401 ``AuthError``                        | stop run                             |
+    | 409, not re-planned yet                  | replan (read, recompute, send once)  |
+    | 400 IMG.0035, not sent as add yet        | as add                               |
+    | other 4xx ``ClientError``                | fail (the server's message)          |
+    | 429 ``ThrottledError``                   | resend after a backoff               |
+    | ``TransportError``, not sent             | resend after a backoff               |
+    | ``TransportError`` sent, 5xx, 2xx broken | read back                            |
+    | any other ``ApiError``                   | keep pending                         |
+
+    A PATCH is never re-sent blindly: after a read back the document is computed again from
+    the image as it is then (so an update that landed is recorded, not repeated).
+    """
+    if isinstance(exc, AuthError):
+        return UpdateStep.STOP_RUN
+    if isinstance(exc, ClientError):
+        if exc.status == 409 and not replanned:
+            return UpdateStep.REPLAN
+        if exc.code == "IMG.0035" and not as_add:
+            return UpdateStep.AS_ADD
+        return UpdateStep.FAIL
+    if isinstance(exc, ThrottledError):
+        return UpdateStep.RESEND
+    if isinstance(exc, TransportError):
+        if exc.permanent:
+            return UpdateStep.FAIL
+        return UpdateStep.READ_BACK if exc.sent else UpdateStep.RESEND
+    if isinstance(exc, GatewayError | ServerError | MalformedResponse):
+        return UpdateStep.READ_BACK
+    return UpdateStep.KEEP_PENDING
+
+
+class UpdateFate(StrEnum):
+    """What a pending update of an earlier run becomes, once its image is read."""
+
+    RECORD = "record"    # the image shows the update: record it (the PATCH is not repeated)
+    RELEASE = "release"  # it does not (or the image is gone): the next plan recomputes it
+
+
+def resolve_pending_update(*, landed: bool) -> UpdateFate:
+    """| the image shows every op of the entry's PATCH | fate    |
+    |-----------------------------------------------|---------|
+    | yes                                           | record  |
+    | no, or the image is gone                      | release |
+
+    No settle time: a PATCH that lands after this read changes nothing the recomputed one
+    would not (``add`` is an upsert, tags a whole set); a ``remove`` it made first is a 409,
+    which re-reads and re-plans (``on_update_error``).
+    """
+    return UpdateFate.RECORD if landed else UpdateFate.RELEASE

@@ -10,19 +10,20 @@ from typing import Protocol
 
 from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
 from reconciler.apply.runstate import RunState
+from reconciler.apply.updates import UpdateApi
 from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError
-from reconciler.models import Observed, Outcome, Plan, RunReport
+from reconciler.models import DriftPolicy, Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
 from reconciler.state import StateStore
 
 
-class ApplyApi(ImageApi, ListingApi, RulesApi, Protocol):
-    """What an apply uses of ``ImageClient``: creates, look-ups, the refresh listing and the
-    server's rules."""
+class ApplyApi(ImageApi, UpdateApi, ListingApi, RulesApi, Protocol):
+    """What an apply uses of ``ImageClient``: creates, updates, look-ups, the refresh listing
+    and the server's rules."""
 
 
 #: Options a saved plan fixes (given on the command line they would contradict it).
@@ -93,6 +94,7 @@ class ApplyRequest:
     refresh_only: bool = False  # record what the cloud shows; create nothing
     lock_timeout_s: float = 0.0  # how long to wait for another run's lock
     allow: Allowances = NO_ALLOWANCES  # formats allowed beyond the built-in lists
+    drift: DriftPolicy = "update"  # --drift: images whose catalog entry sets no policy
     # One target of several (apply.targets): its name (the catalog is limited to the images
     # placed there), the key of its state rows, lock and kept rules; the store the targets
     # share (SQLite: one file lock for all); who is told of the run, to stop it on Ctrl-C.

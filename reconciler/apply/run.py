@@ -5,7 +5,8 @@
    either refuses before anything is written if the world moved.
 3. Record the run; resolve the pending creates of earlier runs (``Creator.recover``).
 4. Plan from the state as it is now (and the cloud, read once), so a create shown for
-   confirmation can never happen twice; adopt, then create.
+   confirmation can never happen twice; adopt, create, then update in place
+   (docs/architecture.md §6.10).
 5. Close the run with its verdict (``decisions.verdict``) and build the report.
 """
 
@@ -20,12 +21,14 @@ from reconciler.apply.creates import Creator
 from reconciler.apply.decisions import verdict
 from reconciler.apply.request import ApplyRequest, ApplyResult, Preview, settle_time
 from reconciler.apply.runstate import RunState
+from reconciler.apply.updates import Updater
 from reconciler.catalog import load_catalog
 from reconciler.client import normalize_endpoint
 from reconciler.errors import AuthError, PlanFileError
 from reconciler.models import (
     ACTIONS,
     Catalog,
+    DriftPolicy,
     Observed,
     Outcome,
     Plan,
@@ -61,7 +64,7 @@ def preview(req: ApplyRequest) -> Preview:
                        clock=req.clock, rules=rules, keep=False,  # the apply keeps
                        only=req.saved.only if req.saved else req.only,
                        key=req.target_key, place=req.target_name,
-                       must_match=req.target_key is None)
+                       must_match=req.target_key is None, drift=_policy(req))
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
@@ -170,12 +173,16 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                       retry=req.retry, settle_s=settle_s, recovery_settle_s=req.settle_s,
                       on_outcome=req.on_outcome, adaptive=req.adaptive,
                       client_ids=catalog.profile == "glance")  # IMS takes no id (README)
+    updater = Updater(store, req.api, target, run, catalog.profile,
+                      parallelism=req.parallelism, retry=req.retry, on_outcome=req.on_outcome)
     outcomes: list[Outcome] = []
     taken_in: list[str] = []
     summary: dict[str, int] = {}
     result: Plan | None = None
     try:
         outcomes.extend(creator.recover())
+        if not run.stopped:
+            outcomes.extend(updater.recover())
         if not run.stopped:
             records = store.records(target)
             if req.refresh and observed is None:
@@ -188,7 +195,7 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
             pending = {p.name: p.nonce for p in store.pending(target)}
             with bulk_build():
                 result = select(plan(catalog, records, target=target, pending=pending,
-                                     observed=observed),
+                                     observed=observed, drift=_policy(req)),
                                 req.saved.only if req.saved else req.only,
                                 # one target of several: checked over all (targets.py)
                                 must_match=req.target_key is None)
@@ -200,11 +207,13 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                 taken_in = creator.take_in(todo, records)
             else:
                 outcomes.extend(creator.create_all([c for c in todo if c.action == "create"]))
+                outcomes.extend(updater.update_all([c for c in todo if c.action == "update"],
+                                                   records))
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: what was recorded is counted and reported, and the caller says
         # how to finish; the creates in flight have finished and are recorded.
         seen = {id(o) for o in outcomes}
-        outcomes += [o for o in creator.delivered if id(o) not in seen]
+        outcomes += [o for o in creator.delivered + updater.delivered if id(o) not in seen]
         _finish(store, run.run_id, summary, outcomes, RunOutcome.INTERRUPTED, "interrupted")
         return _result(req, catalog, target, run, result, summary, outcomes, t0,
                        rules.notes, interrupted=True)
@@ -219,11 +228,18 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
     # Kept once the work is done: pending creates are resolved first, and a refused saved
     # plan or preview (which raise above) writes nothing.
     notes = kept_notes(rules, target, req.state_path, store)
-    outcome = verdict(done=counts["created"] + counts["adopted"], failed=counts["failed"],
+    outcome = verdict(done=counts["created"] + counts["adopted"] + counts["updated"],
+                      failed=counts["failed"],
                       blocked=summary.get("blocked", 0), aborted=run.reason is not None)
     _finish(store, run.run_id, summary, outcomes, outcome, run.reason)
     return _result(req, catalog, target, run, result, summary, outcomes, t0,
                    (*notes, *taken_in))
+
+
+def _policy(req: ApplyRequest) -> DriftPolicy:
+    """``--refresh-only`` records what the cloud shows and changes nothing: drift is reported,
+    so an image changed out of band is taken in rather than changed back."""
+    return "report" if req.refresh_only else req.drift
 
 
 def _result(req: ApplyRequest, catalog: Catalog, target: str, run: RunState,
@@ -299,7 +315,7 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog, target:
     if not reasons:
         pending = {p.name: p.nonce for p in store.pending(target)}
         fresh = select(plan(catalog, records, target=target, pending=pending,
-                            observed=observed), saved.only)
+                            observed=observed, drift=req.drift), saved.only)
         now = {(c.name, c.action) for c in fresh.changes if c.action in ("create", "adopt")}
         then = {(c.name, c.action) for c in saved.changes}
         reasons.extend(f"{name}: the plan says {action}, now it would not"
@@ -313,7 +329,7 @@ def _check_saved(req: ApplyRequest, store: StateStore, catalog: Catalog, target:
 
 
 def _counts(outcomes: list[Outcome]) -> dict[str, int]:
-    counts = {"created": 0, "adopted": 0, "failed": 0, "skipped": 0}
+    counts = {"created": 0, "adopted": 0, "updated": 0, "failed": 0, "skipped": 0}
     for o in outcomes:
         counts[o.result] += 1
     return counts
@@ -323,7 +339,8 @@ def _finish(store: StateStore, run_id: str, summary: dict[str, int], outcomes: l
             outcome: RunOutcome, error: str | None) -> None:
     counts = _counts(outcomes)
     store.finish_run(run_id, summary=summary, created=counts["created"],
-                     adopted=counts["adopted"], failed=counts["failed"] + counts["skipped"],
+                     adopted=counts["adopted"], updated=counts["updated"],
+                     failed=counts["failed"] + counts["skipped"],
                      outcome=outcome, error=error)
     log.info("run %s ended: %s", run_id, outcome.value,
              extra={"event": "run_end", "run_id": run_id, "outcome": outcome.value,

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.apply.creates import STOP_GRACE_S
+from reconciler.apply.pool import STOP_GRACE_S
 from reconciler.apply.request import ApplyRequest
 from reconciler.apply.run import INTERRUPTED, apply_catalog, preview
 from reconciler.apply.runstate import RunState

@@ -1,7 +1,8 @@
 """Request handling of the sandbox, independent of the HTTP server that feeds it.
 
 Routes: ``GET /`` (versions, for readiness checks), ``POST /v3/auth/tokens`` (Keystone
-password or token auth), and the Image API ``/v2/images`` and ``/v2/images/{id}``. Only the
+password or token auth), the Image API ``/v2/images`` and ``/v2/images/{id}`` (GET, DELETE,
+PATCH), and under ``ims`` IMS's ``PATCH /v2/cloudimages/{id}``. Only the
 ``/v2`` routes get latency, faults and the token check, in that order: faults model the
 gateway in front of the service, so an injected 5xx or 429 happens before anything is
 committed. Every reply carries the profile's request-id header.
@@ -26,8 +27,17 @@ from reconciler.sandbox.capacity import Capacity
 from reconciler.sandbox.config import SandboxConfig
 from reconciler.sandbox.faults import Fault, FaultInjector
 from reconciler.sandbox.images import build_foreign_image, build_image, isotime
+from reconciler.sandbox.patching import (
+    ACCEPT_PATCH,
+    MEDIA_TYPES,
+    cloudimages_patch,
+    glance_patch,
+    media_type,
+    parse_glance,
+)
 from reconciler.sandbox.replies import (
     GlanceError,
+    ImsError,
     Reply,
     SandboxError,
     apig_throttled,
@@ -77,6 +87,8 @@ def route_kind(path: str) -> str:
         return "os_versions"
     if parts[:2] == ["v2", "images"] and len(parts) <= 3:
         return "images" if len(parts) == 2 else "image"
+    if parts[:2] == ["v2", "cloudimages"] and len(parts) == 3:
+        return "cloudimage"
     return "other"
 
 
@@ -159,10 +171,11 @@ class SandboxApp:
         return reply
 
     def script(self, name: str, *, post: str | Iterable[str] = (),
-               get: str | Iterable[str] = ()) -> None:
-        """Scripted faults for the creates and the look-ups (``GET /v2/images?name=``) of
-        one image name, consumed in order before the global script and the rates."""
-        self._faults.script(name, post=post, get=get)
+               get: str | Iterable[str] = (), patch: str | Iterable[str] = ()) -> None:
+        """Scripted faults for the creates, the look-ups (``GET /v2/images?name=``) and the
+        updates (PATCH) of one image name, consumed in order before the global script and
+        the rates."""
+        self._faults.script(name, post=post, get=get, patch=patch)
 
     def scripted_left(self) -> int:
         return self._faults.scripted_left()
@@ -207,7 +220,8 @@ class SandboxApp:
             if not self._authorized(req.headers.get("x-auth-token")):
                 return keystone_unauthorized(req.base_url)
             return self._server_info(kind)
-        if kind not in ("images", "image"):
+        if kind not in ("images", "image", "cloudimage") or (
+                kind == "cloudimage" and self.config.profile != "ims"):
             raise GlanceError(404, "The resource could not be found.")
         with self._capacity.admit() as load:
             if load is None:  # over capacity: refused at once, as an overloaded server does
@@ -226,7 +240,8 @@ class SandboxApp:
             throttle_rate=cfg.throttle_rate,
             drop_rate=cfg.drop_response_rate,
             method=req.method,
-            name=_create_name(req.body) if create else _query_name(req.query, kind),
+            name=_create_name(req.body) if create else self._patched_name(req, kind)
+            if req.method == "PATCH" else _query_name(req.query, kind),
             create=create,
         )
         accept = req.headers.get("accept", "")
@@ -267,7 +282,52 @@ class SandboxApp:
                 return self._show(image_id)
             case ("image", "DELETE"):
                 return self._delete(image_id)
+            case ("image", "PATCH") | ("cloudimage", "PATCH"):
+                return self._patch(req, kind, image_id, drop=drop)
         raise GlanceError(404, "The resource could not be found.")
+
+    # -- PATCH (docs/api-contract.md §16) -------------------------------------------------
+
+    def _patched_name(self, req: Request, kind: str) -> str | None:
+        """The name of the image a PATCH is for, for per-name fault scripts."""
+        if kind not in ("image", "cloudimage"):
+            return None
+        record = self.store.get(req.path.rstrip("/").rsplit("/", 1)[-1])
+        name = record.image.get("name") if record else None
+        return name if isinstance(name, str) else None
+
+    def _patch(self, req: Request, kind: str, image_id: str, *, drop: bool) -> Reply:
+        cfg = self.config
+        content_type = media_type(req.headers)
+        now = isotime(cfg.clock())
+        if kind == "image":
+            try:
+                changes = parse_glance(req.body, content_type, cfg.api_profile)
+            except GlanceError as exc:
+                if exc.status != 415:
+                    raise
+                reply = exc.reply(req.headers.get("accept", ""))
+                reply.headers.append(("Accept-Patch", ACCEPT_PATCH))
+                return reply
+            draft = MEDIA_TYPES[content_type]
+
+            def change(image: dict[str, Any]) -> dict[str, Any]:
+                if not self._visible(image):
+                    raise GlanceError(404, f"No image found with ID {image_id}")
+                return glance_patch(image, changes, draft=draft, project_id=cfg.project_id,
+                                    profile=cfg.api_profile, now=now)
+        else:
+            def change(image: dict[str, Any]) -> dict[str, Any]:
+                return cloudimages_patch(image, req.body, content_type,
+                                         project_id=cfg.project_id, now=now)
+        record = self.store.update(image_id, change)
+        if record is None:
+            if kind == "cloudimage":
+                raise ImsError("IMG.9008", f"The image {image_id} does not exist.", 404)
+            raise GlanceError(404, f"No image found with ID {image_id}")
+        if drop:
+            return Reply(200, drop=True)
+        return Reply(200, record.encoded.encode(), "application/json")
 
     # -- /v2/images --------------------------------------------------------------------
 

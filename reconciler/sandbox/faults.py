@@ -5,8 +5,9 @@ Every ``/v2`` request draws exactly two numbers from one locked ``random.Random`
 the rates and whatever the request, so changing a rate at runtime or mixing GETs and POSTs
 never shifts the sequence of later decisions. A script overrides the draw: the sandbox's
 ``faults`` script is consumed by creates (``POST /v2/images``) in the order they arrive, and a
-per-name script (``Sandbox.script``) by the creates and the look-ups (``GET /v2/images`` with
-``name=``) of one image name, so each branch of the apply protocol can be produced on purpose.
+per-name script (``Sandbox.script``) by the creates, the look-ups (``GET /v2/images`` with
+``name=``) and the updates (``PATCH`` of the image of that name) of one image name, so each
+branch of the apply protocol can be produced on purpose.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from reconciler.errors import ConfigError
 STEPS = {
     "ok": "answer normally",
     "NNN": "answer status NNN (4xx or 5xx); nothing is committed (a refusal)",
-    "commit:NNN": "commit the create, then answer status NNN (the answer was lost behind it)",
-    "drop": "commit the create, then close the connection without an answer",
+    "commit:NNN": "commit the create (or update), then answer status NNN (the answer was lost "
+                  "behind it)",
+    "drop": "commit the create (or update), then close the connection without an answer",
     "lost": "close the connection without an answer; nothing is committed",
-    "timeout": "answer nothing for hang_s seconds, then commit the create and close",
-    "garbage": "commit the create, then answer 201 (200 for a read) with a body that is not "
-               "JSON",
+    "timeout": "answer nothing for hang_s seconds, then commit the create (or update) and "
+               "close",
+    "garbage": "commit the create (or update), then answer 201 (200 for a read or an update) "
+               "with a body that is not JSON",
 }
 
 
@@ -85,12 +88,12 @@ class FaultInjector:
         self._named: dict[tuple[str, str], deque[Fault]] = {}
 
     def script(self, name: str, *, post: str | Iterable[str] = (),
-               get: str | Iterable[str] = ()) -> None:
-        """Faults for the creates (``post``) and look-ups (``get``) of one image name, in
-        order; appended to what is left of an earlier script for that name. The name ``""``
-        scripts the listings without a name filter (a refresh)."""
+               get: str | Iterable[str] = (), patch: str | Iterable[str] = ()) -> None:
+        """Faults for the creates (``post``), look-ups (``get``) and updates (``patch``) of
+        one image name, in order; appended to what is left of an earlier script for that
+        name. The name ``""`` scripts the listings without a name filter (a refresh)."""
         with self._lock:
-            for method, steps in (("POST", post), ("GET", get)):
+            for method, steps in (("POST", post), ("GET", get), ("PATCH", patch)):
                 self._named.setdefault((method, name), deque()).extend(parse_script(steps))
 
     def scripted_left(self) -> int:

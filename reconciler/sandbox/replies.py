@@ -34,6 +34,7 @@ _WEBOB_EXPLANATIONS = {
     404: "The resource could not be found.",
     409: "There was a conflict when trying to complete your request.",
     413: "The body of your request was too large for this server.",
+    415: "The request media type is not supported by this server.",
     429: "The client has sent too many requests in a given amount of time.",
     500: SERVER_ERROR_EXPLANATION,
     503: "The server is currently unavailable. Please try again at a later time.",

@@ -233,11 +233,12 @@ class Sandbox:
         return self._app.store.delete(image_id)
 
     def script(self, name: str, *, post: str | Iterable[str] = (),
-               get: str | Iterable[str] = ()) -> None:
+               get: str | Iterable[str] = (), patch: str | Iterable[str] = ()) -> None:
         """Scripted faults for one image name: ``post`` for its creates, ``get`` for its
-        look-ups (listings filtered by ``name=``), each consumed in order, e.g.
-        ``sb.script("web", post=["commit:502"], get="503,ok")``. Steps: ``faults.STEPS``."""
-        self._app.script(name, post=post, get=get)
+        look-ups (listings filtered by ``name=``), ``patch`` for its updates, each consumed
+        in order, e.g. ``sb.script("web", post=["commit:502"], get="503,ok")``. Steps:
+        ``faults.STEPS``."""
+        self._app.script(name, post=post, get=get, patch=patch)
 
     @contextlib.contextmanager
     def holding_creates(self) -> Iterator[threading.Event]:

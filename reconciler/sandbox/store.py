@@ -1,8 +1,8 @@
 """The sandbox's image store: thread-safe, ordered for paging, optionally persisted.
 
-Images are immutable once created (the sandbox has no PATCH), so each record caches its
-JSON encoding: list pages and the data file are joined from cached strings instead of being
-re-serialised, which keeps 10,000-image listings and per-mutation saves cheap.
+A stored image is never mutated: a PATCH replaces its record (``update``), so each record
+caches its JSON encoding: list pages and the data file are joined from cached strings instead
+of being re-serialised, which keeps 10,000-image listings and per-mutation saves cheap.
 
 Listing order is Glance's default, newest ``created_at`` first, with the insertion sequence
 as tie breaker (timestamps have one-second resolution), so paging with a marker is
@@ -83,6 +83,24 @@ class ImageStore:
             record = Record(self._next_seq, image, encoded)
             self._next_seq += 1
             self._add(record)
+            self._version += 1
+            version = self._version
+        self._persist(version)
+        return record
+
+    def update(self, image_id: str,
+               change: Callable[[dict[str, Any]], dict[str, Any]]) -> Record | None:
+        """Replace the image by ``change(image)``, atomically (None if there is none); what
+        ``change`` raises leaves the image as it was. Its place in the listing order stays."""
+        with self._lock:
+            old = self._by_id.get(image_id)
+            if old is None:
+                return None
+            image = change(old.image)
+            record = Record(old.seq, image, json.dumps(image, ensure_ascii=False))
+            index = bisect.bisect_left(self._order, old.order_key, key=_order_key)
+            self._order[index] = record
+            self._by_id[image_id] = record
             self._version += 1
             version = self._version
         self._persist(version)
