@@ -119,7 +119,7 @@ class Creator:
             except ApiError as exc:
                 log.warning("cannot resolve the pending create of %s: %s", entry.name, exc,
                             extra={"event": "recover_failed", "image": entry.name})
-                outcomes.append(self._failed(
+                outcomes.append(self.run.failed(
                     entry.name, exc, 1, started,
                     "the pending create of an earlier run could not be resolved: "))
                 if isinstance(exc, AuthError):
@@ -196,7 +196,7 @@ class Creator:
         """
         return run_bounded([c for c in changes if c.spec is not None], self._create_change,
                            run=self.run, parallelism=self.parallelism, deliver=self._deliver,
-                           delivered=self.delivered, skipped=self._skipped,
+                           delivered=self.delivered, skipped=self.run.skipped,
                            abort=self.api.abort, prefix="reconcile")
 
     def _create_change(self, change: Change) -> Outcome:
@@ -207,7 +207,7 @@ class Creator:
         clock = self.run.clock
         started = clock.monotonic()
         if self.run.stopped:
-            return self._skipped(spec.name)
+            return self.run.skipped(spec.name)
         nonce = uuid.uuid4().hex
         body = {**spec.body(), MARKER_PROPERTY: nonce}
         generation = self._first_generation(spec.name) if self.client_ids else None
@@ -223,7 +223,7 @@ class Creator:
                         # Journaled once a slot is free, right before the first POST: entries
                         # of creates still waiting would block their names after a crash.
                         if self.run.stopped:
-                            return self._skipped(spec.name)
+                            return self.run.skipped(spec.name)
                         self.store.journal_open(nonce=nonce, target=self.target,
                                                 name=spec.name, run_id=self.run.run_id,
                                                 request=body)
@@ -360,24 +360,13 @@ class Creator:
                  note: str, prefix: str = "") -> Outcome:
         """Certainly not created: close the journal entry."""
         self.store.journal_release(nonce, note)
-        return self._failed(name, exc, attempts, started, prefix)
+        return self.run.failed(name, exc, attempts, started, prefix)
 
     def _keep_pending(self, name: str, exc: ApiError, attempts: int, started: float) -> Outcome:
         """May have been created: leave the journal entry for the next apply."""
-        return self._failed(name, exc, attempts, started, _UNKNOWN)
+        return self.run.failed(name, exc, attempts, started, _UNKNOWN)
 
-    def _failed(self, name: str, exc: ApiError, attempts: int, started: float,
-                prefix: str = "") -> Outcome:
-        log.error("%s failed: %s%s", name, prefix, exc,
-                  extra={"event": "failed", "image": name, "status": exc.status,
-                         "code": exc.code, "request_id": exc.request_id})
-        return Outcome.failure(name, "failed", prefix + exc.message, status=exc.status,
-                               code=exc.code, request_id=exc.request_id, attempts=attempts,
-                               duration_s=self.run.clock.monotonic() - started)
 
-    def _skipped(self, name: str) -> Outcome:
-        return Outcome.failure(name, "skipped",
-                               f"not attempted: {self.run.reason or 'run stopped'}")
 
 
 class _Unsettled(Exception):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
 from reconciler.clock import Clock
+from reconciler.errors import ApiError
+from reconciler.models import Outcome
+
+log = logging.getLogger("reconciler.apply")
 
 
 @dataclass
@@ -38,3 +43,19 @@ class RunState:
     def pause(self, seconds: float) -> None:
         """Wait ``seconds``, or until the run is stopped."""
         self.clock.sleep(seconds, wake=self._stopped)
+
+    # --- the outcomes every worker reports the same way ---------------------------------
+
+    def failed(self, name: str, exc: ApiError, attempts: int, started: float,
+               prefix: str = "", *, what: str = "") -> Outcome:
+        """Log and report an image that failed (``what`` names the step, e.g. ": update")."""
+        log.error("%s%s failed: %s%s", name, what, prefix, exc,
+                  extra={"event": "failed", "image": name, "status": exc.status,
+                         "code": exc.code, "request_id": exc.request_id})
+        return Outcome.failure(name, "failed", prefix + exc.message, status=exc.status,
+                               code=exc.code, request_id=exc.request_id, attempts=attempts,
+                               duration_s=self.clock.monotonic() - started)
+
+    def skipped(self, name: str) -> Outcome:
+        """An image not attempted because the run stopped."""
+        return Outcome.failure(name, "skipped", f"not attempted: {self.reason or 'run stopped'}")

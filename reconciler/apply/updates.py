@@ -107,8 +107,10 @@ class Updater:
             except ApiError as exc:
                 log.warning("cannot resolve the pending update of %s: %s", entry.name, exc,
                             extra={"event": "recover_failed", "image": entry.name})
-                outcomes.append(self._failed(entry.name, exc, 1, started, "the pending update "
-                                             "of an earlier run could not be resolved: "))
+                outcomes.append(self.run.failed(
+                    entry.name, exc, 1, started,
+                    "the pending update of an earlier run could not be resolved: ",
+                    what=": update"))
                 continue
             ops = tuple(entry.intent.get("patch") or ())
             live = image is not None and image.get("status") not in GONE_STATUSES
@@ -143,14 +145,14 @@ class Updater:
         todo = [c for c in changes if c.spec is not None and c.name in records]
         return run_bounded(todo, lambda c: self._update_one(c, records[c.name]), run=self.run,
                            parallelism=self.parallelism, deliver=self._deliver,
-                           delivered=self.delivered, skipped=self._skipped,
+                           delivered=self.delivered, skipped=self.run.skipped,
                            abort=self.api.abort, prefix="reconcile-update")
 
     def _update_one(self, change: Change, old: Record) -> Outcome:
         clock = self.run.clock
         assert change.spec is not None
         if self.run.stopped:
-            return self._skipped(change.name)
+            return self.run.skipped(change.name)
         request = change.spec.body()
         if MARKER_PROPERTY in old.request:
             request[MARKER_PROPERTY] = old.request[MARKER_PROPERTY]  # it stays on the image
@@ -205,8 +207,8 @@ class Updater:
                 self._recompute(work, nonce, error)
                 return
             case UpdateStep.KEEP_PENDING:
-                raise _Done(self._failed(work.name, error, work.attempt, work.started,
-                                         _UNKNOWN))
+                raise _Done(self.run.failed(work.name, error, work.attempt, work.started,
+                                            _UNKNOWN, what=": update"))
             case UpdateStep.READ_BACK:
                 self._recompute(work, nonce, error)
             case UpdateStep.RESEND:
@@ -230,8 +232,8 @@ class Updater:
         try:
             image = self.api.get_image(work.old.image_id)
         except ApiError:
-            raise _Done(self._failed(work.name, error, work.attempt, work.started,
-                                     _UNKNOWN)) from None
+            raise _Done(self.run.failed(work.name, error, work.attempt, work.started,
+                                        _UNKNOWN, what=": update")) from None
         if image is None or image.get("status") in GONE_STATUSES:
             raise _Done(self._release(work, nonce, error, "the image is gone"))
         again = patch.compute(work.spec, work.old.request, work.old.response, image,
@@ -272,18 +274,7 @@ class Updater:
         if message is not None:
             return Outcome.failure(work.name, "failed", message, attempts=work.attempt,
                                    duration_s=self.run.clock.monotonic() - work.started)
-        return self._failed(work.name, exc, work.attempt, work.started)
+        return self.run.failed(work.name, exc, work.attempt, work.started, what=": update")
 
-    def _failed(self, name: str, exc: ApiError, attempts: int, started: float,
-                prefix: str = "") -> Outcome:
-        log.error("%s: update failed: %s%s", name, prefix, exc,
-                  extra={"event": "failed", "image": name, "status": exc.status,
-                         "code": exc.code, "request_id": exc.request_id})
-        return Outcome.failure(name, "failed", prefix + exc.message, status=exc.status,
-                               code=exc.code, request_id=exc.request_id, attempts=attempts,
-                               duration_s=self.run.clock.monotonic() - started)
 
-    def _skipped(self, name: str) -> Outcome:
-        return Outcome.failure(name, "skipped",
-                               f"not attempted: {self.run.reason or 'run stopped'}")
 
