@@ -215,7 +215,9 @@ def image_endpoint(catalog: list[dict[str, Any]], *, region: str | None,
                           for e in s.get("endpoints", [])})
         raise ConfigError(f"no {interface} image endpoint for region {region or '(any)'} in the "
                           f"service catalog (regions: {', '.join(regions) or 'none'}); set "
-                          "OS_REGION_NAME or pass --endpoint")
+                          "the region to one of these (OS_REGION_NAME, region_name in "
+                          "clouds.yaml, or the target's region:) or give the endpoint "
+                          "(--endpoint, or the target's endpoint:)")
     if region is None and len({e.get("region_id") or e.get("region") for e in found}) > 1:
         raise ConfigError("the image service has endpoints in several regions; set "
                           "OS_REGION_NAME (or region_name in clouds.yaml)")

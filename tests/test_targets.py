@@ -711,6 +711,7 @@ def test_the_runs_credentials_are_scoped_to_each_targets_region_and_project(
     doc = document(invoke(*APPLY, env=env), code=1)
     by_target = {t["name"]: t for t in doc["targets"]}
     assert "no public image endpoint for region eu-west-101" in by_target["elsewhere"]["error"]
+    assert "the target's endpoint:" in by_target["elsewhere"]["error"]  # not only flags and env
     assert by_target["team-a"]["summary"]["created"] == 1
     assert by_target["team-b"]["error"] is None
     store = open_readonly("state.db")
