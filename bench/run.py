@@ -241,6 +241,11 @@ class ApplyRun:
     seconds: float  # the report's duration_s: the apply itself, without interpreter start
     wall: float
     rss_mb: float
+    cpu: float = 0.0  # the apply process's user + system time, start-up included
+
+    @property
+    def cpu_per_create_ms(self) -> float:
+        return self.cpu * 1000 / self.creates if self.creates else 0.0
 
     @property
     def per_second(self) -> float:
@@ -254,19 +259,21 @@ class ApplyRun:
 def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
                   wal: bool = False, postgres: str | None = None,
                   capacity: int | None = None, fixed: bool = False,
-                  retries: int | None = None) -> ApplyRun:
+                  retries: int | None = None, code: Path | None = None) -> ApplyRun:
     """``reconcile apply`` of a fresh catalog of ``creates`` images, fresh state and sandbox.
 
     ``wal``: what-if, the fresh state file is switched to WAL journaling first.
     ``postgres``: the URL of an empty PostgreSQL database to use as the state instead.
     ``capacity``: the sandbox in capacity mode. ``fixed``: ``--concurrency fixed``.
     ``retries``: ``--retries``; with it, images that still failed are allowed (counted: a
-    fixed parallelism over a server's capacity gives up on some).
+    fixed parallelism over a server's capacity gives up on some). ``code``: run the
+    ``reconciler`` package found there (``baseline_code``) instead of this tree's; the
+    sandbox stays this tree's.
     """
     catalog = gen_catalog(OUT / f"catalog-apply-{creates}", creates, 4)
     name = (f"apply-p{parallelism}-l{latency_ms}{'-wal' if wal else ''}"
             f"{'-pg' if postgres else ''}{f'-c{capacity}' if capacity else ''}"
-            f"{'-fixed' if fixed else ''}")
+            f"{'-fixed' if fixed else ''}{'-base' if code else ''}")
     report = OUT / f"{name}.json"
     state: Path | str = postgres or OUT / f"{name}.db"
     for path in (OUT / f"{name}.db", report):
@@ -278,7 +285,7 @@ def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
                     url, "--yes", "--parallelism", parallelism, "--format", "json",
                     "--output", report, "--concurrency", "fixed" if fixed else "adaptive",
                     *(["--retries", retries] if retries is not None else [])],
-                   env={"OS_AUTH_TOKEN": TOKEN})
+                   env={"OS_AUTH_TOKEN": TOKEN, **({"PYTHONPATH": str(code)} if code else {})})
     if done.rc not in ((0, 1) if retries is not None else (0,)):
         done.check()
     doc = json.loads(report.read_text(encoding="utf-8"))
@@ -286,12 +293,13 @@ def measure_apply(parallelism: int, latency_ms: int, creates: int, *,
     if created != creates and retries is None:
         raise SystemExit(f"bench: apply created {created} of {creates}: {doc['summary']}")
     result = ApplyRun(parallelism, latency_ms, created, float(doc["duration_s"]), done.wall,
-                      done.rss_mb)
+                      done.rss_mb, done.cpu)
     print(f"  apply p={parallelism} latency {latency_ms} ms{' WAL' if wal else ''}"
           f"{' PostgreSQL state' if postgres else ''}"
-          f"{f' capacity {capacity}' if capacity else ''}{' fixed' if fixed else ''}: "
-          f"{created} creates in "
-          f"{result.seconds:.2f} s = {result.per_second:.0f}/s", flush=True)
+          f"{f' capacity {capacity}' if capacity else ''}{' fixed' if fixed else ''}"
+          f"{' (baseline)' if code else ''}: {created} creates in "
+          f"{result.seconds:.2f} s = {result.per_second:.0f}/s, "
+          f"{result.cpu_per_create_ms:.2f} ms CPU per create", flush=True)
     return result
 
 
@@ -419,6 +427,97 @@ def measure_concurrency(rounds: int) -> Concurrency:
                 best(result.latency, (p, fixed),
                      measure_apply(p, LATENCY_MS, APPLY_CREATES, fixed=fixed))
     return result
+
+
+def baseline_code(rev: str) -> Path:
+    """The ``reconciler`` package of commit ``rev``, unpacked under bench/out and compiled,
+    for ``measure_apply(code=...)``: the same venv and sandbox run the code before a change."""
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    where = OUT / f"baseline-{commit}"
+    if not (where / "reconciler").is_dir():
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", commit, "reconciler"], cwd=ROOT,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", where], input=archive, check=True)
+    return where
+
+
+def compiled(*trees: Path) -> None:
+    """Byte-compile the ``reconciler`` packages compared, so that neither side's CPU time
+    includes compiling it (PYTHONDONTWRITEBYTECODE would make every run compile it again)."""
+    for tree in trees:
+        run([PYTHON, "-m", "compileall", "-q", tree / "reconciler"]).check()
+
+
+@dataclass
+class LatencyBound:
+    base: str  # the baseline's commit
+    before: dict[tuple[int, bool], list[ApplyRun]]  # (parallelism, fixed) -> every round
+    after: dict[tuple[int, bool], list[ApplyRun]]
+
+
+LATENCY_BOUND_CASES = ((16, False), (16, True), (32, False), (32, True))
+
+
+def measure_latency_bound(rounds: int, rev: str) -> LatencyBound:
+    """Apply p=16 and p=32, adaptive and fixed, against the latency-bound sandbox (50 ms, no
+    capacity limit), with this tree's code and with commit ``rev``'s, interleaved: each
+    round runs every case both ways, alternating which goes first."""
+    base = baseline_code(rev)
+    compiled(base, ROOT)
+    result = LatencyBound(base.name.removeprefix("baseline-"), {}, {})
+    for i in range(rounds):
+        for case in LATENCY_BOUND_CASES:
+            p, fixed = case
+            for code in (base, None) if i % 2 == 0 else (None, base):
+                into = result.before if code else result.after
+                into.setdefault(case, []).append(
+                    measure_apply(p, LATENCY_MS, APPLY_CREATES, fixed=fixed, code=code))
+    return result
+
+
+def render_latency_bound(res: LatencyBound, load: tuple[float, float], rounds: int) -> str:
+    def best(runs: list[ApplyRun]) -> ApplyRun:
+        return max(runs, key=lambda r: r.per_second)
+
+    def cpu(runs: list[ApplyRun]) -> float:  # the least disturbed by other load
+        return min(r.cpu_per_create_ms for r in runs)
+
+    now = dt.datetime.now(dt.UTC)
+    lines = [f"## Latency-bound apply, before and after, {now:%Y-%m-%d %H:%M} UTC "
+             f"(commit {git_commit()})", "",
+             f"`bench/run.py --latency-bound --baseline {res.base}`: {APPLY_CREATES} creates "
+             f"against `reconcile sandbox --latency-ms {LATENCY_MS}` (no capacity limit), "
+             f"{rounds} interleaved round{'s' if rounds > 1 else ''} of every case with the "
+             f"code of commit {res.base} (before) and of this commit (after), the same venv "
+             f"and sandbox; {os.cpu_count()} CPUs, load average {load[0]:.1f} before, "
+             f"{load[1]:.1f} after. creates/s: the best round, from the report's "
+             "`duration_s`; CPU per create: the apply process's user + system time "
+             "(start-up, catalog and report included) over its creates, the lowest round "
+             "(CPU time is far less disturbed by other load than wall time).", ""]
+    rows: list[list[object]] = []
+    for case in LATENCY_BOUND_CASES:
+        p, fixed = case
+        before, after = best(res.before[case]), best(res.after[case])
+        rows.append([f"p={p} {'fixed' if fixed else 'adaptive'}",
+                     f"{before.per_second:.0f}/s", f"{after.per_second:.0f}/s",
+                     f"{before.per_second / before.ideal:.0%}",
+                     f"{after.per_second / after.ideal:.0%}",
+                     f"{after.per_second / before.per_second:.2f}x",
+                     f"{cpu(res.before[case]):.2f} ms", f"{cpu(res.after[case]):.2f} ms",
+                     f"{cpu(res.after[case]) / cpu(res.before[case]):.2f}x"])
+    lines += table(["apply", "before", "after", "of ideal before", "of ideal after",
+                    "after / before", "CPU per create before", "after", "after / before"],
+                   rows)
+    p16 = best(res.after[16, False])
+    p32 = (best(res.after[32, False]).per_second / best(res.before[32, False]).per_second)
+    share = p16.per_second / p16.ideal
+    lines += ["", f"Target: adaptive p=16 ≥ {LATENCY_BOUND_SHARE:.0%} of ideal: {share:.0%}, "
+              f"{verdict(share >= LATENCY_BOUND_SHARE)}; p=32 adaptive after / before "
+              f"{p32:.2f}x (no regression: ≥ 0.95x within this machine's noise).", ""]
+    return "\n".join(lines)
 
 
 def render_concurrency(res: Concurrency, load: tuple[float, float], rounds: int) -> str:
@@ -613,6 +712,13 @@ def main() -> None:
     parser.add_argument("--concurrency", action="store_true",
                         help="only adaptive vs fixed concurrency against the capacity and the "
                              "latency-bound sandbox (--rounds of each)")
+    parser.add_argument("--latency-bound", action="store_true",
+                        help="only apply p=16 and p=32 (adaptive and fixed) against the "
+                             "latency-bound sandbox, with CPU per create, beside the code of "
+                             "--baseline (--rounds of each, interleaved)")
+    parser.add_argument("--baseline", default="main", metavar="REV",
+                        help="with --latency-bound: the commit to compare with "
+                             "(default: %(default)s)")
     parser.add_argument("--state-stores", action="store_true",
                         help="only apply p=16 with an SQLite and a PostgreSQL state, "
                              "side by side (--rounds of each)")
@@ -645,6 +751,16 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         found = measure_concurrency(args.rounds)
         text = render_concurrency(found, (load_before, os.getloadavg()[0]), args.rounds)
+        print(text)
+        if not args.no_append:
+            with RESULTS.open("a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return
+    if args.latency_bound:
+        OUT.mkdir(exist_ok=True)
+        load_before = os.getloadavg()[0]
+        pairs = measure_latency_bound(args.rounds, args.baseline)
+        text = render_latency_bound(pairs, (load_before, os.getloadavg()[0]), args.rounds)
         print(text)
         if not args.no_append:
             with RESULTS.open("a", encoding="utf-8") as handle:
