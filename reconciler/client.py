@@ -407,10 +407,13 @@ def send_capped(http: httpx.Client, request: httpx.Request, *,
             chunks = []
     finally:
         response.close()
-    headers = [(k, v) for k, v in response.headers.multi_items()
-               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _BODY_HEADERS]
     return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
                           request=request, extensions=response.extensions)
+
+
+#: What described the body as it came (encoded, chunked): not true of the decoded copy.
+_BODY_HEADERS = (b"content-encoding", b"content-length", b"transfer-encoding")
 
 
 def _json_of(response: httpx.Response) -> Any:
@@ -548,7 +551,7 @@ def http_client(verify: bool | str = True, *, connect_timeout: float = 10.0,
     cannot hold it for ever. ``abort_requests(client)`` cuts every connection at once.
     """
     deadline = _RequestDeadline(request_timeout)
-    client = httpx.Client(timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+    client = _Client(timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
                           limits=_POOL_LIMITS, verify=_ssl_context(verify),
                           event_hooks={"request": [deadline.start]})
     for transport in (client._transport, *client._mounts.values()):
@@ -561,6 +564,32 @@ def http_client(verify: bool | str = True, *, connect_timeout: float = 10.0,
                                "deadlines cannot be enforced")
         pool._network_backend = _DeadlineBackend(inner, deadline)
     return client
+
+
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, minus the work of looking for cookies in an answer that sets none
+    (as costly as reading the answer's JSON, on every answer)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers or "set-cookie2" in response.headers:
+            super().extract_cookies(response)
+
+
+class _Client(httpx.Client):
+    """``httpx.Client`` with ``_Cookies`` for a jar: cookies a server (or a gateway before it)
+    sets are kept and sent back as before."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._jar = _Cookies(kwargs.get("cookies"))
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self._jar = _Cookies(cookies)
 
 
 def abort_requests(client: httpx.Client) -> None:

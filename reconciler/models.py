@@ -234,9 +234,12 @@ class Record(Frozen):
 
     @classmethod
     def from_image(cls, name: str, request: dict[str, Any], image: dict[str, Any], *,
-                   recorded_at: str, run_id: str | None, origin: str) -> Record:
-        """The record of ``image``, the API's answer (or listing) for ``request``."""
-        return cls.of(name=name, image_id=image["id"], spec_digest=body_digest(request),
+                   recorded_at: str, run_id: str | None, origin: str,
+                   spec_digest: str | None = None) -> Record:
+        """The record of ``image``, the API's answer (or listing) for ``request``;
+        ``spec_digest``: ``body_digest(request)``, when the caller has it already."""
+        return cls.of(name=name, image_id=image["id"],
+                      spec_digest=spec_digest or body_digest(request),
                       request=request, response=image, status=image.get("status"),
                       created_at=image.get("created_at"), updated_at=image.get("updated_at"),
                       recorded_at=recorded_at, run_id=run_id, origin=origin)

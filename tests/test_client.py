@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from apply_helpers import trickling_server
+from hostile import Answer, HostileServer, Seen, image
 
 from reconciler.client import (
     ImageClient,
@@ -873,3 +874,22 @@ def test_an_endpoint_with_userinfo_is_refused_without_printing_it(url: str) -> N
 
 def test_an_at_sign_after_the_host_is_no_userinfo() -> None:
     assert normalize_endpoint("https://ims.example.com/a@b") == "https://ims.example.com/a@b"
+
+
+def test_a_cookie_the_server_sets_is_kept_and_sent_back() -> None:
+    """The client looks for cookies only in answers that set one (looking in every answer
+    costs as much as reading its JSON); what a gateway sets is kept and returned as ever."""
+    def answer(seen: Seen) -> Answer:
+        if seen.method == "POST":
+            return Answer.json(201, image(f"id-{len(seen.body)}", name="web"),
+                               **({"Set-Cookie": "lb=node-2; Path=/"}
+                                  if "cookie" not in seen.headers else {}))
+        return Answer.json(200, {"images": []})
+
+    with HostileServer(answer) as server, \
+            ImageClient(server.url, token_provider=StaticToken("tok")) as client:
+        list(client.list_images({"name": "web"}))  # no cookie yet, none set
+        client.create_image({"name": "web"})  # sets one
+        list(client.list_images({"name": "web"}))
+    cookies = [s.headers.get("cookie") for s in server.seen]
+    assert cookies == [None, None, "lb=node-2"]

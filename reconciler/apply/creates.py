@@ -241,7 +241,8 @@ class Creator:
             except ApiError as exc:
                 error = exc
             else:
-                return self._record(spec.name, body, image, nonce, started, attempt)
+                return self._record(spec.name, body, image, nonce, started, attempt,
+                                    digest=spec.digest)
             if generation is not None and error.status == 409:
                 with self.limit.request() as slot:
                     slot.send()
@@ -279,7 +280,8 @@ class Creator:
                     log.info("found %s after a lost answer; not sending it again", spec.name,
                              extra={"event": "found_after_loss", "image": spec.name,
                                     "image_id": found["id"]})
-                    return self._record(spec.name, body, found, nonce, started, attempt)
+                    return self._record(spec.name, body, found, nonce, started, attempt,
+                                        digest=spec.digest)
             step = after_absent(decision, attempt=attempt, attempts=self.retry.attempts,
                                 stopped=self.run.stopped)
             if step is Next.KEEP_PENDING:
@@ -350,12 +352,14 @@ class Creator:
 
     def _record(self, name: str, body: dict[str, Any], image: dict[str, Any], nonce: str,
                 started: float, attempts: int, *, result: OutcomeResult = "created",
-                origin: str = "created") -> Outcome:
+                origin: str = "created", digest: str | None = None) -> Outcome:
+        """``digest``: the spec's, when ``body`` is that spec's (it is the request's digest:
+        the marker and our id do not count)."""
         # The id we chose is the record's image_id; kept out of the request, it cannot
         # make the catalog's spec look drifted.
-        request = {k: v for k, v in body.items() if k != "id"}
+        request = {k: v for k, v in body.items() if k != "id"} if "id" in body else body
         record = Record.from_image(name, request, image, recorded_at=iso(self.run.clock.now()),
-                                   run_id=self.run.run_id, origin=origin)
+                                   run_id=self.run.run_id, origin=origin, spec_digest=digest)
         self.store.save_record(self.target, record, nonce=nonce)
         log.info("%s %s (%s)", result, name, record.image_id,
                  extra={"event": result, "image": name, "image_id": record.image_id,
