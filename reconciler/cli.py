@@ -434,7 +434,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
             show_report(plans.report, fmt, output, templates, show_unchanged)
             fail_targets(plans.failed)
             return
-        bars = TargetsProgress(sys.stderr.isatty())
+        bars = TargetsProgress(sys.stderr.isatty(), rt.clock.monotonic)
         job = TargetsApply(
             catalog, chosen, state, connect.target,
             lambda t, session: request(session, bars.outcome(t.name), bars.planned(t.name), t),
@@ -467,7 +467,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     with connect.session(endpoint) as session:
         if saved is not None:
             planfile.check_target(saved, session.endpoint)
-        progress = Progress(sys.stderr.isatty())
+        progress = Progress(sys.stderr.isatty(), rt.clock.monotonic)
         one = request(session, progress, lambda p: progress.start(
             len(p.creates) + len(p.adoptions) + len(p.updates)))
         if not yes:

@@ -21,6 +21,7 @@ from typing import NoReturn
 import click
 
 from reconciler import logs, redaction
+from reconciler.clock import SYSTEM_CLOCK
 from reconciler.errors import ConfigError
 from reconciler.escape import terminal
 from reconciler.models import Outcome, Plan, RunReport
@@ -96,13 +97,36 @@ def color(output: Path | None) -> bool:
             and "NO_COLOR" not in os.environ)
 
 
+#: How often a progress line is redrawn at most: a terminal cannot show 300 lines a second,
+#: and drawing each one costs the apply's main thread as much as recording a create.
+REDRAW_S = 0.1
+
+
+class _Redraw:
+    """Whether to draw the progress line now: the first time, at most every ``REDRAW_S``
+    after, and always the last one."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._next = float("-inf")
+
+    def due(self, last: bool) -> bool:
+        now = self._monotonic()
+        if not last and now < self._next:
+            return False
+        self._next = now + REDRAW_S
+        return True
+
+
 class Progress:
     """A one-line progress display on a terminal's stderr; silent elsewhere."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool,
+                 monotonic: Callable[[], float] = SYSTEM_CLOCK.monotonic) -> None:
         self.enabled, self.total, self.done = enabled, 0, 0
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._redraw = _Redraw(monotonic)
 
     def start(self, total: int) -> None:
         self.total = total
@@ -111,7 +135,7 @@ class Progress:
         with self._lock:
             self.done += 1
             self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
-            if self.enabled and self.total:
+            if self.enabled and self.total and self._redraw.due(self.done >= self.total):
                 width = 30
                 filled = width * min(self.done, self.total) // self.total
                 parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
@@ -127,12 +151,14 @@ class TargetsProgress:
     """Apply's progress over several targets on a terminal's stderr, one line: each
     target's images done of its total, then the counts of every target together."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool,
+                 monotonic: Callable[[], float] = SYSTEM_CLOCK.monotonic) -> None:
         self.enabled = enabled
         self.totals: dict[str, int] = {}
         self.done: dict[str, int] = {}
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._redraw = _Redraw(monotonic)
 
     def planned(self, target: str) -> Callable[[Plan], None]:
         def start(plan: Plan) -> None:
@@ -146,7 +172,9 @@ class TargetsProgress:
             with self._lock:
                 self.done[target] = self.done.get(target, 0) + 1
                 self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
-                if self.enabled:
+                last = all(self.done.get(name, 0) >= total
+                           for name, total in self.totals.items())
+                if self.enabled and self._redraw.due(last):
                     each = " · ".join(f"{terminal(name)} {self.done.get(name, 0)}/{total}"
                                       for name, total in sorted(self.totals.items()))
                     parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
