@@ -269,6 +269,7 @@ class ConcurrencyLimit:
             with self._cond:
                 busy = self._in_flight >= self.state.slots
                 self._in_flight -= 1
+                had = self.state.slots
                 if self.adaptive and slot.sent_at is not None:
                     before, signal = self.state.slots, signal_of(error)
                     self.state.finish(signal, sent_at=slot.sent_at, now=self._monotonic(),
@@ -280,9 +281,12 @@ class ConcurrencyLimit:
                                  else "answers slowed down",
                                  extra={"event": "concurrency_lowered",
                                         "limit": self.state.slots, "signal": str(signal)})
-                # As many waiters as there are free slots, not every waiter: the pool has
-                # more workers than slots (``creates.workers``).
-                self._cond.notify(max(0, self.state.slots - self._in_flight))
+                # One waiter per slot this release opened (the one given back, and any the
+                # limit grew by), if free: not every waiter, as the pool has more workers
+                # than slots (``creates.workers``), nor one per free slot, which wakes again
+                # the waiters woken by the releases just before.
+                opened = 1 + max(0, self.state.slots - had)
+                self._cond.notify(max(0, min(opened, self.state.slots - self._in_flight)))
 
 
 class Slot:
