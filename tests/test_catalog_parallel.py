@@ -7,6 +7,7 @@ test catalog counts as large.
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from reconciler import catalog as catalog_module
 from reconciler.catalog import check_file, load_catalog
 from reconciler.errors import CatalogError
+from reconciler.models import body_digest
 from reconciler.profiles import IMS
 
 OK_OS = "Ubuntu 18.04 server 64bit"
@@ -64,6 +66,8 @@ def test_workers_build_the_same_catalog(write_catalog: Callable[..., Path],
     assert pools == [2]
     assert shared == alone
     assert [s.digest for s in shared.images] == [s.digest for s in alone.images]
+    # the workers' digests are the specs' own (computed again here, from the spec)
+    assert [s.digest for s in shared.images] == [body_digest(s.body()) for s in shared.images]
     assert len(shared.images) == 180
     assert shared.warnings == alone.warnings
 
@@ -114,3 +118,17 @@ def test_a_worker_that_dies_is_replaced_by_this_process(
     shared = load_catalog(root, IMS, workers=2)
     assert pools == [2]
     assert len(shared.images) == 180
+
+
+def test_the_callers_work_runs_once_the_workers_are_forked(
+        write_catalog: Callable[..., Path], pools: list[int]) -> None:
+    # A thread running while workers are forked could leave a lock held in them; so the
+    # caller's work meanwhile (a plan reads its state) runs in this thread, after the fork.
+    seen: list[int] = []
+    catalog = load_catalog(write_catalog(VALID), IMS, workers=2,
+                           meanwhile=lambda: seen.append(len(multiprocessing.active_children())))
+    assert pools == [2]
+    assert seen == [2] and len(catalog.images) == 180
+    alone: list[int] = []
+    load_catalog(write_catalog(VALID), IMS, workers=1, meanwhile=lambda: alone.append(1))
+    assert alone == [1]
