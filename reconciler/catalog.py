@@ -621,16 +621,12 @@ def catalog_files(directory: Path) -> list[Path]:
 
 #: Catalogs at least this large (bytes of catalog files) are parsed by worker processes.
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024
-#: The fields of an ``ImageSpec`` in the order a worker sends them (``file`` and ``line`` apart).
-_SPEC_KEYS = ("name", "os_version", "visibility", "protected", "container_format",
-              "disk_format", "min_ram", "min_disk", "tags", "drift", "properties")
-
-# One checked image as a worker sends it: its fields in _SPEC_KEYS order, its digest, its
-# line, its path (`images[N]`), its count of extra properties, its lint warnings (field,
-# message, line) and the targets it is limited to (name, line), or None for every target.
+# One checked image as a worker sends it: the ``ImageSpec``'s fields with its digest (its
+# cached property), its line, its path (`images[N]`), its count of extra properties, its
+# lint warnings (field, message, line) and the targets it is limited to (name, line), or
+# None for every target.
 _Selection = tuple[tuple[str, int], ...] | None
-_Image = tuple[tuple[Any, ...], str, int, str, int, tuple[tuple[str, str, int], ...],
-               _Selection]
+_Image = tuple[dict[str, Any], int, str, int, tuple[tuple[str, str, int], ...], _Selection]
 # One valid entry of `targets:`: its name, its settings and its line.
 _TargetEntry = tuple[str, dict[str, str], int]
 _Checked = tuple[list[Problem], list[_Image], list[_TargetEntry]]
@@ -666,15 +662,14 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     warnings: dict[str, tuple[str, ...]] = {}
     declared: dict[str, Target] = {}
     selections: list[tuple[str, str, str, tuple[tuple[str, int], ...]]] = []
-    shared: dict[Any, Any] = {}  # one object per repeated value (os versions, tags, ...)
     base = Path(os.path.realpath(root))
     with _checked_files(files, profile, strict, base, workers, meanwhile) as results:
         for path, (file_problems, images, targets) in zip(files, results, strict=True):
             display = display_path(path)
             problems.extend(file_problems)
             _declare(declared, targets, display, problems)
-            for values, digest, line, where, extras, messages, selection in images:
-                name = values[0]
+            for fields, line, where, extras, messages, selection in images:
+                name = fields["name"]
                 if name in seen:
                     first_file, first_line = seen[name]
                     problems.append(Problem(display, line, f"{where}.name", f"duplicate image "
@@ -696,8 +691,6 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                     warnings[name] = tuple(f"{f} {m}" for f, m, _ in messages)
                 if problems:
                     continue  # the catalog is invalid: no need to build specs any more
-                fields = dict(zip(_SPEC_KEYS, _share(values, shared), strict=True))
-                fields.update(file=display, line=line, digest=digest)  # digest: its cache
                 specs.append(build(ImageSpec, _SPEC_FIELDS, fields))
     placement = _placement(declared, selections, problems)
     files_order = {display_path(p): i for i, p in enumerate(files)}
@@ -798,17 +791,17 @@ def _placement(declared: dict[str, Target],
     return placement
 
 
-def _share(values: tuple[Any, ...], shared: dict[Any, Any]) -> Iterator[Any]:
-    """The values with repeated text and tag lists replaced by one shared object each: a
-    100,000-image catalog repeats a few dozen OS versions, tags and property names."""
-    for key, value in zip(_SPEC_KEYS, values, strict=True):
+def _shared(spec: dict[str, Any], shared: dict[Any, Any]) -> dict[str, Any]:
+    """The spec with repeated text and tag lists replaced by one object each (a catalog
+    repeats a few dozen OS versions, tags and property names): a worker's answer keeps them
+    shared, since pickling keeps an object sent twice one object."""
+    for key, value in spec.items():
         if key == "properties":
-            yield {shared.setdefault(k, k): shared.setdefault(v, v) if len(v) < 64 else v
-                   for k, v in value}
+            spec[key] = {shared.setdefault(k, k): shared.setdefault(v, v) if len(v) < 64 else v
+                         for k, v in value.items()}
         elif key != "name" and isinstance(value, (str, tuple)):
-            yield shared.setdefault(value, value)
-        else:
-            yield value
+            spec[key] = shared.setdefault(value, value)
+    return spec
 
 
 def check_file(path: Path, profile: Profile, strict: bool, base: Path) -> _Checked:
@@ -820,15 +813,15 @@ def check_file(path: Path, profile: Profile, strict: bool, base: Path) -> _Check
         return problems, [], []
     checker = _FileChecker(display, profile, strict)
     images: list[_Image] = []
+    shared: dict[Any, Any] = {}
     for fields, line, where, field_lines in checker.check(data):
         selection = fields.pop("targets", None)
         extras = len(fields.get("properties", ())) + ("os_version" in fields) + 1
-        spec = {**_SPEC_DEFAULTS, **profile.defaults, **fields}
-        values = (*(spec[k] for k in _SPEC_KEYS[:-1]), tuple(spec["properties"].items()))
+        spec = _shared({**_SPEC_DEFAULTS, **profile.defaults, **fields}, shared)
         lint = tuple((f, m, field_lines.get(f, line)) for f, m in profile.lint(spec)) \
             if extras <= profile.max_properties else ()
-        images.append((values, body_digest(request_body(spec)), line, where, extras, lint,
-                       selection))
+        spec.update(file=display, line=line, digest=body_digest(request_body(spec)))
+        images.append((spec, line, where, extras, lint, selection))
     return checker.problems, images, checker.targets
 
 

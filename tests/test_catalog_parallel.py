@@ -132,3 +132,17 @@ def test_the_callers_work_runs_once_the_workers_are_forked(
     alone: list[int] = []
     load_catalog(write_catalog(VALID), IMS, workers=1, meanwhile=lambda: alone.append(1))
     assert alone == [1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_repeated_values_of_a_file_are_one_object(write_catalog: Callable[..., Path],
+                                                  pools: list[int], workers: int) -> None:
+    # A catalog repeats a few OS versions, tags and property names: each is held once per
+    # file however many images use it (from a worker too: its answer is pickled with them).
+    catalog = load_catalog(write_catalog(VALID), IMS, workers=workers)
+    first = [s for s in catalog.images if s.file.endswith("f0.yaml")]
+    assert len(first) == 30
+    assert len({id(s.os_version) for s in first}) == 1
+    assert len({id(s.tags) for s in first}) == 3  # [managed, tN] for N in 0..2
+    assert len({id(k) for s in first for k in s.properties}) == 2  # team, build
+    assert len({id(s.properties["team"]) for s in first}) == 1
