@@ -825,7 +825,8 @@ def check_file(path: Path, profile: Profile, strict: bool, base: Path) -> _Check
     return checker.problems, images, checker.targets
 
 
-# What forked workers check with: set before the pool starts, inherited, never pickled.
+# What a worker checks with: its pool's, set in the worker as it starts (a plan of several
+# targets loads catalogs in several threads at once, each with its own profile).
 _job: tuple[Profile, bool, Path] | None = None
 
 
@@ -839,7 +840,6 @@ def _checked_files(files: list[Path], profile: Profile, strict: bool, base: Path
                    workers: int | None,
                    meanwhile: Callable[[], None]) -> Iterator[Iterator[_Checked]]:
     """``check_file`` of each file, in order: here, or in forked worker processes."""
-    global _job
     if workers is None:
         workers = _default_workers(files)
     workers = min(workers, len(files))
@@ -847,12 +847,12 @@ def _checked_files(files: list[Path], profile: Profile, strict: bool, base: Path
         meanwhile()
         yield (check_file(path, profile, strict, base) for path in files)
         return
-    _job = (profile, strict, base)
-    # fork: workers start in milliseconds with the modules loaded and the profile inherited.
-    # No thread may run while they are forked (a lock it held would stay held in the
-    # worker), so the caller's ``meanwhile`` runs here, in this thread, after the fork.
+    # fork: workers start in milliseconds with the modules loaded and the job inherited, not
+    # pickled. A lock another thread holds at the fork stays held in the worker, so the
+    # caller's ``meanwhile`` runs here, in this thread, once the workers are forked.
     pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start)
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
+        initargs=((profile, strict, base),))
     try:
         queued = iter(files)
         waiting = collections.deque(pool.submit(_check_in_worker, path)
@@ -861,10 +861,11 @@ def _checked_files(files: list[Path], profile: Profile, strict: bool, base: Path
         yield _in_order(pool, waiting, queued, files, profile, strict, base)
     finally:
         pool.shutdown(cancel_futures=True)
-        _job = None
 
 
-def _worker_start() -> None:
+def _worker_start(job: tuple[Profile, bool, Path]) -> None:
+    global _job
+    _job = job
     # Ctrl-C stops the command in the main process, which then cancels the rest; a worker
     # finishes its file instead of printing a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

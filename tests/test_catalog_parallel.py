@@ -19,7 +19,7 @@ from reconciler import catalog as catalog_module
 from reconciler.catalog import check_file, load_catalog
 from reconciler.errors import CatalogError
 from reconciler.models import body_digest
-from reconciler.profiles import IMS
+from reconciler.profiles import GLANCE, IMS
 
 OK_OS = "Ubuntu 18.04 server 64bit"
 
@@ -146,3 +146,26 @@ def test_repeated_values_of_a_file_are_one_object(write_catalog: Callable[..., P
     assert len({id(s.tags) for s in first}) == 3  # [managed, tN] for N in 0..2
     assert len({id(k) for s in first for k in s.properties}) == 2  # team, build
     assert len({id(s.properties["team"]) for s in first}) == 1
+
+
+def test_two_loads_at_once_each_check_with_their_own_profile(
+        write_catalog: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plan of several targets loads the catalog in one thread per target, each with its
+    # target's profile: a load that starts and ends while another is starting its workers
+    # must leave that one's job alone.
+    monkeypatch.setattr(catalog_module, "PARALLEL_MIN_BYTES", 0)
+    root = write_catalog({**VALID, "g.yaml": "images:\n  - name: g\n    visibility: shared\n"
+                                             "    container_format: ovf\n"})
+    real = concurrent.futures.ProcessPoolExecutor
+    nested: list[Any] = []
+
+    def another_load_first(workers: int, **kwargs: Any) -> concurrent.futures.Executor:
+        if not nested:
+            nested.append(None)
+            with pytest.raises(CatalogError):
+                load_catalog(root, IMS, workers=2)  # not an IMS visibility nor format
+        return real(workers, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", another_load_first)
+    glance = load_catalog(root, GLANCE, workers=2)
+    assert nested and "g" in [s.name for s in glance.images]
