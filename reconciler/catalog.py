@@ -639,7 +639,7 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
 
     Files are independent until names are compared, so a large catalog is parsed and checked
     by ``workers`` processes (default: one per available CPU, or none below
-    PARALLEL_MIN_BYTES); each sends back plain tuples, and this process checks names across
+    PARALLEL_MIN_BYTES); each sends back plain values, and this process checks names across
     files and builds the specs. Problems come in file order either way. ``meanwhile`` is
     called once the files are found, while the workers start on them (a plan reads its
     state then); a catalog that loads has always called it.
@@ -806,7 +806,7 @@ def _shared(spec: dict[str, Any], shared: dict[Any, Any]) -> dict[str, Any]:
 
 def check_file(path: Path, profile: Profile, strict: bool, base: Path) -> _Checked:
     """Parse and check one file of the catalog at ``base``: its problems and its images as
-    plain tuples."""
+    plain values (``_Image``)."""
     display = display_path(path)
     data, problems = parse_file(path, display, base)
     if problems:
