@@ -430,11 +430,12 @@ def measure_concurrency(rounds: int) -> Concurrency:
 
 
 def baseline_code(rev: str) -> Path:
-    """The ``reconciler`` package of commit ``rev``, unpacked under bench/out and compiled,
-    for ``measure_apply(code=...)``: the same venv and sandbox run the code before a change."""
+    """The ``reconciler`` package of commit ``rev``, unpacked in the temporary directory (not
+    under bench/, where mypy and pytest would take it for this tree's), for
+    ``measure_apply(code=...)``: the same venv and sandbox run the code before a change."""
     commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout.strip()
-    where = OUT / f"baseline-{commit}"
+    where = Path(tempfile.gettempdir()) / f"reconcile-bench-baseline-{commit}"
     if not (where / "reconciler").is_dir():
         shutil.rmtree(where, ignore_errors=True)
         where.mkdir(parents=True)
@@ -467,7 +468,7 @@ def measure_latency_bound(rounds: int, rev: str) -> LatencyBound:
     round runs every case both ways, alternating which goes first."""
     base = baseline_code(rev)
     compiled(base, ROOT)
-    result = LatencyBound(base.name.removeprefix("baseline-"), {}, {})
+    result = LatencyBound(base.name.removeprefix("reconcile-bench-baseline-"), {}, {})
     for i in range(rounds):
         for case in LATENCY_BOUND_CASES:
             p, fixed = case
