@@ -278,6 +278,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
         time.sleep(0.005)
 
 
+def served(sb: Sandbox) -> None:
+    """Wait until the sandbox has no connection left (its clients have exited or were
+    killed): every request it received has been served and what it commits is committed.
+    No guessed sleep: a loaded machine only makes this wait longer."""
+    wait_for(lambda: sb.connections == 0, 60, "the sandbox to serve what it received")
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     """Every non-empty line parsed as a JSON object (fails on the first line that is not)."""
     out = []

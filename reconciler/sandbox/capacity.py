@@ -6,6 +6,9 @@ meet: with ``n`` in flight (this one included) a request takes
 ``latency * (1 + (n - 1) / capacity)``, so at full load twice the unloaded latency. Throughput
 then grows with parallelism up to ``capacity`` and the best fixed parallelism is ``capacity``;
 an adaptive client has to find that without being told.
+
+Without a capacity every request is admitted and served at the unloaded latency; the requests
+in flight are counted all the same, so tests can see how many the server held at once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from contextlib import contextmanager
 
 
 class Capacity:
-    """Requests in flight at the sandbox, and the load factor each one gets."""
+    """Requests in flight at the sandbox, and the load factor each one gets (``capacity``
+    None: no limit, factor 1)."""
 
     def __init__(self, capacity: int | None) -> None:
         self.capacity = capacity
@@ -29,11 +33,8 @@ class Capacity:
     def admit(self) -> Iterator[float | None]:
         """Hold a place while the request is served; yields its latency factor, or None
         when it is refused (no place is held then)."""
-        if self.capacity is None:
-            yield 1.0
-            return
         with self._lock:
-            if self._in_flight >= self.capacity:
+            if self.capacity is not None and self._in_flight >= self.capacity:
                 load = None
                 self.refused += 1
             else:
@@ -44,7 +45,7 @@ class Capacity:
             yield None
             return
         try:
-            yield 1 + (load - 1) / self.capacity
+            yield 1.0 if self.capacity is None else 1 + (load - 1) / self.capacity
         finally:
             with self._lock:
                 self._in_flight -= 1
