@@ -529,7 +529,7 @@ def render_updates(res: dict[str, UpdateRun], load: tuple[float, float], rounds:
              f"against the same fresh `reconcile sandbox --latency-ms {LATENCY_MS} --capacity "
              f"{CAPACITY}` (`--retries 20`); updates/s from the report's `duration_s`.", ""]
     best = res[UPDATE_RUNS[1][0]]
-    lines += table(["apply", "updated", "PATCHes sent", "updates/s", "of fixed p=8"],
+    lines += table(["apply", "updated", "PATCHes sent", "updates/s", f"of fixed p={CAPACITY}"],
                    [[name, f"{r.updated}", f"{r.patches}", f"{r.per_second:.0f}/s",
                      f"{r.per_second / best.per_second:.2f}x"] for name, r in res.items()])
     share = res[UPDATE_RUNS[0][0]].per_second / best.per_second
