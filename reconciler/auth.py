@@ -25,7 +25,7 @@ import hmac
 import re
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from reconciler.client import (
 )
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import AuthError, ConfigError, MalformedResponse, TransportError
-from reconciler.models import parse_iso
+from reconciler.models import Target, parse_iso
 
 REFRESH_MARGIN_S = 120.0
 
@@ -599,3 +599,32 @@ def open_session(env: Mapping[str, str], endpoint: str | None, options: ConnectO
         yield ApiSession(client, creds)
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class Connector:
+    """How a command connects: the environment and auth flags it was given, how often reads
+    are retried, where the TLS warning goes, and (several targets) the one bound on requests
+    in flight that all their sessions share (docs/architecture.md §13)."""
+
+    env: Mapping[str, str]
+    options: ConnectOptions
+    retries: int = 5
+    clock: Clock = SYSTEM_CLOCK
+    warn: Callable[[str], None] = lambda message: None
+    limiter: threading.Semaphore | None = None
+
+    def session(self, endpoint: str | None, options: ConnectOptions | None = None,
+                ) -> contextlib.AbstractContextManager[ApiSession]:
+        """A session at ``endpoint`` (None: the one the credentials lead to)."""
+        return open_session(self.env, endpoint, options or self.options,
+                            retries=self.retries, clock=self.clock, warn=self.warn,
+                            limiter=self.limiter)
+
+    def target(self, target: Target) -> contextlib.AbstractContextManager[ApiSession]:
+        """A session for a catalog target: its clouds.yaml entry (over the run's
+        --token-file or --os-cloud), else the run's credentials; its region and project."""
+        options = replace(self.options, scope=Scope(target.region, target.project))
+        if target.cloud:
+            options = replace(options, os_cloud=target.cloud, token_file=None)
+        return self.session(target.endpoint, options)

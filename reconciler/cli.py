@@ -9,20 +9,18 @@ succeeded and has changes" (``--detailed-exitcode``).
 from __future__ import annotations
 
 import contextlib
-import difflib
-import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from reconciler import __version__, logs, planfile, settings
+from reconciler import __version__, formatting, logs, planfile, settings
 from reconciler.apply import (
     DEFAULT_SETTLE_S,
     ApplyRequest,
@@ -30,9 +28,10 @@ from reconciler.apply import (
     apply_catalog,
     apply_targets,
     check_invocation,
+    local_state_warning,
     preview,
 )
-from reconciler.auth import ApiSession, ConnectOptions, Scope, open_session
+from reconciler.auth import ApiSession, ConnectOptions, Connector
 from reconciler.catalog import declared_targets
 from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
@@ -44,16 +43,16 @@ from reconciler.console import (
     confirm,
     confirm_targets,
     fail,
+    fail_targets,
     notice,
+    show_report,
     sigterm_as_interrupt,
     write_report,
 )
-from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError
+from reconciler.errors import CatalogError, ReconcileError
 from reconciler.escape import terminal
-from reconciler.models import DriftPolicy, Target, target_key
+from reconciler.models import DriftPolicy, Outcome, Plan, Target, target_key
 from reconciler.operations import (
-    Connect,
-    TargetPart,
     copy_state,
     dry_run_report,
     forget_image,
@@ -61,6 +60,7 @@ from reconciler.operations import (
     list_records,
     make_plan,
     offline_keys,
+    one_target,
     plan_targets,
     run_history,
     save_plan,
@@ -74,6 +74,8 @@ from reconciler.options import (
     allow_options,
     auth_options,
     catalog_option,
+    close_suggestions,
+    default_map,
     drift_option,
     endpoint_option,
     json_format_option,
@@ -88,10 +90,10 @@ from reconciler.options import (
     target_options,
 )
 from reconciler.planner import select_targets
-from reconciler.profiles import PROFILES, Profile
+from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, chunks
 from reconciler.schemacache import Allowances
-from reconciler.state import is_url, redact
+from reconciler.state import redact
 
 
 @dataclass
@@ -100,18 +102,6 @@ class Runtime:
 
     clock: Clock = SYSTEM_CLOCK
     env: dict[str, str] | None = None  # None: the process environment
-
-
-def _default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]:
-    """click default_map for every (sub)command that has an option named like a setting."""
-    out: dict[str, Any] = {}
-    for name, cmd in group.commands.items():
-        if isinstance(cmd, click.Group):
-            out[name] = _default_map(cmd, settings)
-        else:
-            params = {p.name for p in cmd.params}
-            out[name] = {k: v for k, v in settings.items() if k in params}
-    return out
 
 
 # --- the group -----------------------------------------------------------------------------
@@ -136,7 +126,7 @@ class ReconcileGroup(click.Group):
                 fail(INTERRUPTED)
             fail("aborted")
         except click.exceptions.NoSuchOption as exc:
-            _better_suggestion(self, exc).show()
+            close_suggestions(self, exc).show()
             sys.exit(1)
         except click.ClickException as exc:
             exc.show()
@@ -146,20 +136,6 @@ class ReconcileGroup(click.Group):
         except KeyboardInterrupt:
             fail(INTERRUPTED)
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _better_suggestion(group: click.Group,
-                       exc: click.exceptions.NoSuchOption) -> click.ClickException:
-    """click suggests any option that is a little alike (`--config` → `--token-file`); keep
-    only close ones, and say where an option of `reconcile` itself goes."""
-    name = exc.option_name
-    own = {o for p in group.params for o in getattr(p, "opts", ())}
-    if name in own and exc.ctx is not None and exc.ctx.command is not group:
-        command = exc.ctx.command.name
-        return click.UsageError(f"{name} is an option of reconcile itself, not of {command}: "
-                                f"put it first, e.g. `reconcile {name} ... {command}`", exc.ctx)
-    close = difflib.get_close_matches(name, list(exc.possibilities or ()), n=3, cutoff=0.75)
-    return click.exceptions.NoSuchOption(name, possibilities=close or None, ctx=exc.ctx)
 
 
 @click.group(cls=ReconcileGroup,
@@ -185,7 +161,7 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     logs.configure("text")  # apply may switch to JSON lines
     path = config_path or Path(settings.CONFIG_FILE)
     if config_path or path.exists():
-        ctx.default_map = _default_map(cli, settings.load(path))
+        ctx.default_map = default_map(cli, settings.load(path))
 
 
 @cli.command()
@@ -229,7 +205,8 @@ def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
     online = ctx.get_parameter_source("endpoint") is click.core.ParameterSource.COMMANDLINE
     try:
         with contextlib.ExitStack() as stack:
-            session = stack.enter_context(_api(rt, endpoint, auth)) if online else None
+            session = stack.enter_context(_connect(rt, auth).session(endpoint)) \
+                if online else None
             result = validate_catalog(
                 catalog, profile=profile, strict=strict, state_path=state,
                 endpoint=session.endpoint if session else endpoint,
@@ -238,104 +215,29 @@ def validate(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
     except CatalogError as exc:
         if fmt == "text":
             raise
-        _show_problems(fmt, catalog, profile, errors=exc.problems, warnings=[])
+        _echo(formatting.problems(fmt, str(catalog), profile, errors=exc.problems,
+                                  warnings=[]))
         raise click.exceptions.Exit(1) from None
-    notes = [Problem(str(catalog), None, "", note, "warning") for note in result.notes]
     placed = {t.name: len(result.catalog.for_target(t.name).images)
               for t in select_targets(result.catalog.targets, target)}
-    if fmt != "text":
-        _show_problems(fmt, catalog, profile, errors=[], warnings=[*notes, *result.warnings],
-                       images=len(result.catalog.images), files=len(result.catalog.files),
-                       targets=placed)
-        return
-    for note in result.notes:
-        click.echo(f"warning: {note}", err=True)
-    for problem in result.warnings:
-        click.echo(f"warning: {terminal(problem)}", err=True)
-    n, files, w = len(result.catalog.images), len(result.catalog.files), len(result.warnings)
-    click.echo(f"catalog {catalog} is valid: {n} image{'s' if n != 1 else ''} in "
-               f"{files} file{'s' if files != 1 else ''} (profile {profile}"
-               f"{_rules_line(result.rules.profile)}), "
-               f"{w} warning{'s' if w != 1 else ''}")
-    if placed:
-        click.echo(terminal("targets: " + ", ".join(f"{name} ({count} image"
-                                                    f"{'s' if count != 1 else ''})"
-                                                    for name, count in placed.items())))
+    _echo(formatting.valid_catalog(fmt, str(catalog), profile, result.rules.profile,
+                                   images=len(result.catalog.images),
+                                   files=len(result.catalog.files), warnings=result.warnings,
+                                   notes=result.notes, targets=placed))
 
 
-def _rules_line(profile: Profile) -> str:
-    """Which rules a valid catalog was checked with, where they are not the built-in ones."""
-    base = PROFILES[profile.name]
-    return "".join((f"; {profile.source}" if profile.source != base.source else "",
-                    f"; OS versions from {profile.os_source}"
-                    if profile.os_source != base.os_source else ""))
+def _echo(lines: Sequence[formatting.Line]) -> None:
+    for line in lines:
+        click.echo(line.text, err=line.err)
 
 
-def _show_problems(fmt: str, catalog: Path, profile: str, *, errors: list[Problem],
-                   warnings: list[Problem], images: int = 0, files: int = 0,
-                   targets: dict[str, int] | None = None) -> None:
-    """validate's problems as JSON (one document) or as GitHub Actions annotations."""
-    if fmt == "json":
-        def doc(p: Problem) -> dict[str, Any]:
-            return {"file": p.file, "line": p.line, "column": p.column, "field": p.path,
-                    "image": p.image, "message": p.message}
-        click.echo(json.dumps({"valid": not errors, "catalog": str(catalog), "profile": profile,
-                               "images": images, "files": files,
-                               "errors": [doc(p) for p in errors],
-                               "warnings": [doc(p) for p in warnings],
-                               **({"targets": targets} if targets else {})}, indent=2))
-        return
-    for kind, problems in (("error", errors), ("warning", warnings)):
-        for p in problems:
-            props = [f"file={_gh_property(p.file)}"]
-            if p.line:
-                props.append(f"line={p.line}")
-            if p.column:
-                props.append(f"col={p.column}")
-            props.append(f"title={_gh_property('reconcile ' + (p.field or 'catalog'))}")
-            click.echo(f"::{kind} {','.join(props)}::{_gh_data(p.message)}")
-
-
-def _gh_data(text: str) -> str:
-    """GitHub's workflow-command escaping of a message."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _gh_property(text: str) -> str:
-    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def _api(rt: Runtime, endpoint: str | None, auth: dict[str, Any], retries: int = 5, *,
-         limiter: threading.Semaphore | None = None,
-         ) -> contextlib.AbstractContextManager[ApiSession]:
-    """An Image API session from the auth options; closed afterwards."""
-    return open_session(rt.env if rt.env is not None else dict(os.environ), endpoint,
-                        ConnectOptions(**auth), retries=retries, clock=rt.clock,
-                        warn=lambda m: notice(f"warning: {m}", level=logging.WARNING),
-                        limiter=limiter)
-
-
-def _connector(rt: Runtime, auth: dict[str, Any], retries: int = 5,
-               limiter: threading.Semaphore | None = None) -> Connect:
-    """How a catalog target is connected to: its clouds.yaml entry (over the run's
-    --token-file or --os-cloud), else the run's credentials; its region and project."""
-    def connect(target: Target) -> contextlib.AbstractContextManager[ApiSession]:
-        options = dict(auth, scope=Scope(target.region, target.project))
-        if target.cloud:
-            options.update(os_cloud=target.cloud, token_file=None)
-        return _api(rt, target.endpoint, options, retries, limiter=limiter)
-    return connect
-
-
-def _target_failures(parts: list[TargetPart]) -> None:
-    """Each failed target on stderr, then exit 1 (the report says the same)."""
-    for part in parts:
-        if part.error:
-            click.echo(terminal(f"error: target {part.target.name}: {part.error}"), err=True)
-    if parts:
-        raise click.exceptions.Exit(1)
-
-
+def _connect(rt: Runtime, auth: dict[str, Any], retries: int = 5,
+             limiter: threading.Semaphore | None = None) -> Connector:
+    """How this command connects, from its auth options (``auth``)."""
+    return Connector(rt.env if rt.env is not None else dict(os.environ),
+                     ConnectOptions(**auth), retries=retries, clock=rt.clock,
+                     warn=lambda m: notice(f"warning: {m}", level=logging.WARNING),
+                     limiter=limiter)
 
 
 @cli.command("plan")
@@ -385,19 +287,18 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
     chosen = select_targets(declared_targets(catalog), target)
     if chosen:
         single_target_only(endpoint=endpoint, plan_file=out)
-        plans = plan_targets(catalog, state, chosen, connect=_connector(rt, auth),
+        plans = plan_targets(catalog, state, chosen, connect=_connect(rt, auth).target,
                              refresh=refresh, profile=profile, strict=strict,
                              allow=Allowances(allow_disk_format, allow_container_format),
                              target_parallelism=target_parallelism, clock=rt.clock, only=only,
                              drift=drift)
-        write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
-                            show_unchanged=show_unchanged), output, plans.report)
-        _target_failures(plans.failed)
+        show_report(plans.report, fmt, output, templates, show_unchanged)
+        fail_targets(plans.failed)
         if detailed_exitcode and plans.changes:
             raise click.exceptions.Exit(2)
         return
     with contextlib.ExitStack() as stack:
-        session = stack.enter_context(_api(rt, endpoint, auth)) if refresh else None
+        session = stack.enter_context(_connect(rt, auth).session(endpoint)) if refresh else None
         result = make_plan(catalog, state, profile=profile, strict=strict,
                            endpoint=session.endpoint if session else endpoint,
                            api=session.client if session else None,
@@ -410,8 +311,7 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
         report = report.model_copy(update={"plan_id": saved.plan_id})
         click.echo(f"plan saved to {out} ({len(saved.changes)} change(s)); apply it with "
                    f"`reconcile apply {out}`", err=True)
-    write_report(chunks(report, fmt, color=color(output), templates=templates,
-                         show_unchanged=show_unchanged), output, report)
+    show_report(report, fmt, output, templates, show_unchanged)
     if detailed_exitcode and result.plan.has_work():
         raise click.exceptions.Exit(2)
 
@@ -496,132 +396,98 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
     ctx = click.get_current_context()
     given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name)
              is click.core.ParameterSource.COMMANDLINE}
-    if refresh_only and not refresh:
-        raise ConfigError("--refresh-only records what the cloud shows; it cannot be "
-                          "combined with --no-refresh")
     check_invocation(saved, given=given, dry_run=dry_run, yes=yes,
-                     interactive=sys.stdin.isatty(), plan_file=plan_file)
-    env = rt.env if rt.env is not None else os.environ
-    if not dry_run and env.get("CI", "").lower() == "true" and not is_url(state):
-        notice(f"warning: apply in CI with a local state file ({state}): it goes with the "
-               "runner, and another runner's apply cannot see it. Share a PostgreSQL state "
-               "(--state postgresql://...; README \"Working as a team\")",
-               level=logging.WARNING)
+                     interactive=sys.stdin.isatty(), plan_file=plan_file, refresh=refresh,
+                     refresh_only=refresh_only, targets=bool(target))
+    warning = local_state_warning(rt.env if rt.env is not None else os.environ, state,
+                                  dry_run=dry_run)
+    if warning:
+        notice(f"warning: {warning}", level=logging.WARNING)
     chosen = select_targets(declared_targets(catalog), target) if saved is None else ()
-    if target and saved is not None:
-        raise ConfigError("--target picks targets of a catalog; a saved plan holds one "
-                          "endpoint already")
+    connect = _connect(rt, auth, retries)
+
+    def request(session: ApiSession, on_outcome: Callable[[Outcome], None],
+                on_plan: Callable[[Plan], None], target: Target | None = None) -> ApplyRequest:
+        """The apply this command asks for, at one session's endpoint (a target's)."""
+        return ApplyRequest(
+            catalog_dir=catalog, state_path=state,
+            profile=(target.profile if target else None) or profile,
+            endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
+            saved=saved, parallelism=parallelism, adaptive=concurrency == "adaptive",
+            retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
+            request_timeout_s=auth["request_timeout"], clock=rt.clock, on_outcome=on_outcome,
+            on_plan=on_plan, refreshes=lambda: session.refreshes,
+            project_id=session.project_id, allow=allow, lock_timeout_s=lock_timeout,
+            only=only, refresh_only=refresh_only, drift=drift)
+
     if chosen:
         single_target_only(endpoint=endpoint, plan_file=None)
-        _apply_targets(rt, catalog, chosen, state=state, profile=profile, strict=strict,
-                       refresh=refresh, refresh_only=refresh_only, dry_run=dry_run, yes=yes,
-                       parallelism=parallelism, adaptive=concurrency == "adaptive",
-                       retries=retries, settle_time=settle_time, lock_timeout=lock_timeout,
-                       only=only,
-                       target_parallelism=target_parallelism, allow=allow, fmt=fmt,
-                       output=output, templates=templates, show_unchanged=show_unchanged,
-                       auth=auth, drift=drift)
+        # One bound on requests in flight over every target together (docs/architecture.md
+        # §13).
+        connect = _connect(rt, auth, retries,
+                           threading.BoundedSemaphore(parallelism * target_parallelism))
+        if dry_run:
+            plans = plan_targets(catalog, state, chosen, connect=connect.target,
+                                 refresh=refresh, profile=profile, strict=strict, allow=allow,
+                                 target_parallelism=target_parallelism, clock=rt.clock,
+                                 only=only, dry_run=True, drift=drift)
+            show_report(plans.report, fmt, output, templates, show_unchanged)
+            fail_targets(plans.failed)
+            return
+        bars = TargetsProgress(sys.stderr.isatty())
+        job = TargetsApply(
+            catalog, chosen, state, connect.target,
+            lambda t, session: request(session, bars.outcome(t.name), bars.planned(t.name), t),
+            strict=strict, target_parallelism=target_parallelism, lock_timeout_s=lock_timeout,
+            clock=rt.clock, only=only,
+            confirm=None if yes else lambda r: confirm_targets(r, templates))
+        try:
+            with sigterm_as_interrupt():
+                done = apply_targets(job)
+        finally:
+            bars.close()
+        if done.cancelled:
+            click.echo("Apply cancelled.", err=True)
+            return
+        show_report(done.report, fmt, output, templates, show_unchanged)
+        if done.interrupted:
+            fail("interrupted: run `reconcile apply` again to finish")
+        fail_targets(done.failed)
         return
     if dry_run:
         with contextlib.ExitStack() as stack:
-            session = stack.enter_context(_api(rt, endpoint, auth, retries)) \
-                if refresh else None
+            session = stack.enter_context(connect.session(endpoint)) if refresh else None
             report = dry_run_report(catalog, state, profile=profile, strict=strict,
                                     endpoint=session.endpoint if session else endpoint,
                                     api=session.client if session else None,
                                     project_id=session.project_id if session else None,
                                     clock=rt.clock, allow=allow, only=only, drift=drift)
-        write_report(chunks(report, fmt, color=color(output), templates=templates,
-                             show_unchanged=show_unchanged), output, report)
+        show_report(report, fmt, output, templates, show_unchanged)
         return
-    with _api(rt, endpoint, auth, retries) as session:
+    with connect.session(endpoint) as session:
         if saved is not None:
             planfile.check_target(saved, session.endpoint)
         progress = Progress(sys.stderr.isatty())
-        request = ApplyRequest(
-            catalog_dir=catalog, state_path=state, profile=profile, endpoint=session.endpoint,
-            api=session.client, strict=strict, refresh=refresh, saved=saved,
-            parallelism=parallelism, adaptive=concurrency == "adaptive",
-            retry=RetryPolicy(attempts=retries + 1),
-            settle_s=settle_time, request_timeout_s=auth["request_timeout"], clock=rt.clock,
-            on_outcome=progress,
-            refreshes=lambda: session.refreshes, project_id=session.project_id, allow=allow,
-            lock_timeout_s=lock_timeout, only=only, refresh_only=refresh_only,
-            drift=drift,
-            on_plan=lambda p: progress.start(len(p.creates) + len(p.adoptions)
-                                             + len(p.updates)))
+        one = request(session, progress, lambda p: progress.start(
+            len(p.creates) + len(p.adoptions) + len(p.updates)))
         if not yes:
-            shown = preview(request)
+            shown = preview(one)
             if not confirm(shown.plan, shown.report, session.endpoint, templates):
                 click.echo("Apply cancelled.", err=True)
                 return
-            request.preview = shown  # what the locked apply checks and works from
+            one.preview = shown  # what the locked apply checks and works from
         try:
             with sigterm_as_interrupt():
-                result = apply_catalog(request)
+                result = apply_catalog(one)
         finally:
             progress.close()
-    write_report(chunks(result.report, fmt, color=color(output), templates=templates,
-                         show_unchanged=show_unchanged), output, result.report)
+    show_report(result.report, fmt, output, templates, show_unchanged)
     if result.interrupted:
         fail("interrupted: run `reconcile apply` again to finish")
     if result.aborted:
         raise ReconcileError(f"run aborted: {result.aborted}")
     if result.failed or result.blocked:
         raise click.exceptions.Exit(1)
-
-
-def _apply_targets(rt: Runtime, catalog: Path, chosen: Sequence[Target], *, state: str,
-                   profile: str, strict: bool, refresh: bool, refresh_only: bool,
-                   dry_run: bool, yes: bool, parallelism: int, adaptive: bool, retries: int,
-                   settle_time: float, lock_timeout: float, only: tuple[str, ...],
-                   target_parallelism: int, allow: Allowances, fmt: str,
-                   output: Path | None, templates: Path | None, show_unchanged: bool,
-                   auth: dict[str, Any], drift: DriftPolicy = "update") -> None:
-    """apply for a catalog with targets: each target side by side, one report."""
-    # One bound on requests in flight over every target together (docs/architecture.md §13).
-    limiter = threading.BoundedSemaphore(parallelism * target_parallelism)
-    connect = _connector(rt, auth, retries, limiter)
-    if dry_run:
-        plans = plan_targets(catalog, state, chosen, connect=connect, refresh=refresh,
-                             profile=profile, strict=strict, allow=allow,
-                             target_parallelism=target_parallelism, clock=rt.clock,
-                             only=only, dry_run=True, drift=drift)
-        write_report(chunks(plans.report, fmt, color=color(output), templates=templates,
-                            show_unchanged=show_unchanged), output, plans.report)
-        _target_failures(plans.failed)
-        return
-    progress = TargetsProgress(sys.stderr.isatty())
-
-    def request(target: Target, session: ApiSession) -> ApplyRequest:
-        return ApplyRequest(
-            catalog_dir=catalog, state_path=state, profile=target.profile or profile,
-            endpoint=session.endpoint, api=session.client, strict=strict, refresh=refresh,
-            parallelism=parallelism, adaptive=adaptive,
-            retry=RetryPolicy(attempts=retries + 1), settle_s=settle_time,
-            request_timeout_s=auth["request_timeout"], clock=rt.clock,
-            on_outcome=progress.outcome(target.name), refreshes=lambda: session.refreshes,
-            project_id=session.project_id, allow=allow, lock_timeout_s=lock_timeout,
-            only=only, refresh_only=refresh_only, on_plan=progress.planned(target.name),
-            drift=drift)
-
-    job = TargetsApply(catalog, chosen, state, connect, request, strict=strict,
-                       target_parallelism=target_parallelism, lock_timeout_s=lock_timeout,
-                       clock=rt.clock, only=only,
-                       confirm=None if yes else lambda r: confirm_targets(r, templates))
-    try:
-        with sigterm_as_interrupt():
-            result = apply_targets(job)
-    finally:
-        progress.close()
-    if result.cancelled:
-        click.echo("Apply cancelled.", err=True)
-        return
-    write_report(chunks(result.report, fmt, color=color(output), templates=templates,
-                        show_unchanged=show_unchanged), output, result.report)
-    if result.interrupted:
-        fail("interrupted: run `reconcile apply` again to finish")
-    _target_failures(result.failed)
 
 
 @cli.command("show")
@@ -753,21 +619,7 @@ def state_list(state: str, target: tuple[str, ...], catalog: Path, profile: str,
     """
     keys = _keys(catalog, target)
     rows = list_records(state, None if keys is None else set(keys.values()))
-    if as_json or fmt == "json":
-        for key, rec in rows:
-            click.echo(json.dumps({"target": key, "name": rec.name, "image_id": rec.image_id,
-                                   "status": rec.status, "created_at": rec.created_at,
-                                   "origin": rec.origin}))
-        return
-    if not rows:
-        click.echo("no images recorded")
-        return
-    shown = [(terminal(rec.name), terminal(rec.image_id), terminal(rec.status or "-"),
-              terminal(rec.created_at or "-"), terminal(key)) for key, rec in rows]
-    width = max(len(row[0]) for row in shown)
-    for name, image_id, status, created_at, key in shown:
-        click.echo(f"{name:<{width}}  {image_id}  {status:<8}  {created_at}  {key}")
-    click.echo(f"{len(rows)} image{'s' if len(rows) != 1 else ''} recorded", err=True)
+    _echo(formatting.records(rows, as_json=as_json or fmt == "json"))
 
 
 @state.command("show")
@@ -783,23 +635,7 @@ def state_show(name: str, state: str, fmt: str, as_json: bool) -> None:
       reconcile state show ubuntu-18.04-base --format json | jq .response.created_at
     """
     docs = show_records(state, name)
-    if as_json or fmt == "json":
-        click.echo(json.dumps(docs if len(docs) > 1 else docs[0], indent=2, sort_keys=True))
-        return
-    for doc in docs:
-        resp = doc["response"]
-        for key in ("name", "target", "image_id", "status", "created_at", "updated_at"):
-            click.echo(f"{key + ':':<13} {terminal(doc[key])}")
-        for key in ("self", "file", "schema", "owner"):
-            click.echo(f"{key + ':':<13} {terminal(resp.get(key))}")
-        click.echo(f"{'origin:':<13} {terminal(doc['origin'])}")
-        click.echo(f"{'recorded_at:':<13} {terminal(doc['recorded_at'])} "
-                   f"(run {terminal(doc['run_id'])})")
-        click.echo(f"{'spec_digest:':<13} {terminal(doc['spec_digest'])}")
-        # json.dumps escapes every control and non-ASCII character: safe as it is.
-        for key, body in (("request", doc["request"]), ("response", resp)):
-            text = json.dumps(body, sort_keys=True, indent=2)
-            click.echo(f"{key}:\n" + "\n".join(f"  {line}" for line in text.splitlines()))
+    _echo(formatting.record_documents(docs, as_json=as_json or fmt == "json"))
 
 
 @state.command("import")
@@ -829,28 +665,18 @@ def state_import(rt: Runtime, /, name: str, image_id: str, catalog: Path, state:
       reconcile state import ubuntu-18.04-base 4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba86
       reconcile state import ubuntu-18.04-base 4ca46bf1-... --target cn-north-4
     """
-    if target:
-        chosen = select_targets(declared_targets(catalog), target)
-        if len(chosen) != 1:
-            raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
-                              + ", ".join(t.name for t in chosen) + ")")
+    one = one_target(declared_targets(catalog), target) if target else None
+    if one:
         single_target_only(endpoint=endpoint, plan_file=None)
-        one = chosen[0]
-        with _connector(rt, auth)(one) as session:
-            record = import_image(
-                catalog, state, name, image_id, profile=one.profile or profile,
-                endpoint=session.endpoint, api=session.client, force=force,
-                lock_timeout_s=lock_timeout,
-                target=(one.name, target_key(session.endpoint, one.project)))
-        click.echo(terminal(f"imported {name} into {one.name}: {record.image_id} "
-                            f"({record.status}, created {record.created_at})"))
-        return
-    with _api(rt, endpoint, auth) as session:
-        record = import_image(catalog, state, name, image_id, profile=profile,
-                              endpoint=session.endpoint, api=session.client, force=force,
-                              lock_timeout_s=lock_timeout)
-    click.echo(terminal(f"imported {name}: {record.image_id} ({record.status}, created "
-                        f"{record.created_at})"))
+    connect = _connect(rt, auth)
+    with connect.target(one) if one else connect.session(endpoint) as session:
+        record = import_image(
+            catalog, state, name, image_id, profile=(one.profile if one else None) or profile,
+            endpoint=session.endpoint, api=session.client, force=force,
+            lock_timeout_s=lock_timeout,
+            target=(one.name, target_key(session.endpoint, one.project)) if one else None)
+    click.echo(terminal(f"imported {name}{f' into {one.name}' if one else ''}: "
+                        f"{record.image_id} ({record.status}, created {record.created_at})"))
 
 
 @state.command("copy")
@@ -917,25 +743,7 @@ def history(state: str, limit: int, target: tuple[str, ...], catalog: Path, prof
     """
     keys = _keys(catalog, target)
     runs = run_history(state, limit, None if keys is None else set(keys.values()))
-    if as_json or fmt == "json":
-        for run in runs:
-            click.echo(json.dumps(run, sort_keys=True))
-        return
-    if not runs:
-        click.echo("no runs recorded")
-        return
-    for run in runs:
-        outcome, note = run["outcome"], run.get("error")
-        if run.get("process_gone"):
-            outcome = "interrupted"
-            note = (f"process {run['pid']} is gone: killed before it finished (the next "
-                    "apply records it as interrupted)")
-        click.echo(terminal(f"{run['started_at']}  {run['id']}  {outcome:<11}  "
-                            f"created {run['created']}, adopted {run['adopted']}, "
-                            + (f"updated {run['updated']}, " if run.get("updated") else "")
-                            + f"failed {run['failed']}  {run['target']}"))
-        if note and outcome != "success":
-            click.echo("    " + terminal(note))
+    _echo(formatting.runs(runs, as_json=as_json or fmt == "json"))
 
 
 # --- entry point ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,8 +24,9 @@ from reconciler import logs, redaction
 from reconciler.errors import ConfigError
 from reconciler.escape import terminal
 from reconciler.models import Outcome, Plan, RunReport
+from reconciler.operations import TargetPart
 from reconciler.output import check_writable, write_text
-from reconciler.report import render, summary_line
+from reconciler.report import chunks, render, summary_line
 
 
 def fail(message: str) -> NoReturn:
@@ -58,6 +59,23 @@ def write_report(pieces: Iterable[str], output: Path | None,
         raise ConfigError(f"cannot write report to {output}: {exc.strerror}") from None
     notice(f"{summary_line(report)} Report written to {output}." if report is not None
            else f"report written to {output}")
+
+
+def show_report(report: RunReport, fmt: str, output: Path | None, templates: Path | None,
+                show_unchanged: bool = False) -> None:
+    """A run's report in ``fmt`` (the report options' values), written as it is rendered."""
+    write_report(chunks(report, fmt, color=color(output), templates=templates,
+                        show_unchanged=show_unchanged), output, report)
+
+
+def fail_targets(failed: Sequence[TargetPart]) -> None:
+    """Each target that failed to connect or apply on stderr, then exit 1 if any target
+    failed at all (the report says the same and names the images)."""
+    for part in failed:
+        if part.error:
+            click.echo(terminal(f"error: target {part.target.name}: {part.error}"), err=True)
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 def check_outputs(report: Path | None, plan: Path | None = None) -> None:

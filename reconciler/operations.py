@@ -462,18 +462,23 @@ def offline_keys(targets: Sequence[Target], patterns: Sequence[str], *,
                  one: bool = False) -> dict[str, str]:
     """The state keys of the targets ``--target`` picks, known without connecting: each
     needs its ``endpoint:``. ``one``: exactly one target must be picked."""
-    chosen = select_targets(targets, patterns)
-    if one and len(chosen) != 1:
-        raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
-                          + ", ".join(t.name for t in chosen) + ")")
     keys = {}
-    for target in chosen:
+    for target in [one_target(targets, patterns)] if one else select_targets(targets, patterns):
         if not target.endpoint:
             raise ConfigError(f"target {target.name} has no `endpoint:`, so its state rows "
                               "are known only by the endpoint its service catalog gives; "
                               "declare `endpoint:` for it to use --target here")
         keys[target.name] = target_key(normalize_endpoint(target.endpoint), target.project)
     return keys
+
+
+def one_target(targets: Sequence[Target], patterns: Sequence[str]) -> Target:
+    """The one target ``--target`` must pick for a command that works on one."""
+    chosen = select_targets(targets, patterns)
+    if len(chosen) != 1:
+        raise ConfigError(f"--target must pick one target here; it picks {len(chosen)} ("
+                          + ", ".join(t.name for t in chosen) + ")")
+    return chosen[0]
 
 
 def single_target_only(*, endpoint: str | None, plan_file: object | None) -> None:

@@ -1,9 +1,11 @@
 """The options several commands share, one decorator each, so every command spells, documents
-and defaults them alike (the ``auth_options`` apply to each command that talks to the API).
+and defaults them alike (the ``auth_options`` apply to each command that talks to the API);
+the settings file as their defaults, and the suggestions for a mistyped one.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -199,3 +201,31 @@ def allow_options(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Also allow this disk_format (repeatable), for a deployment whose "
                              "schema cannot be read. Once the server's schema is known, it "
                              "alone decides.")(f)
+
+
+# --- defaults and suggestions for every command ------------------------------------------
+
+def default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]:
+    """click default_map for every (sub)command that has an option named like a setting."""
+    out: dict[str, Any] = {}
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out[name] = default_map(cmd, settings)
+        else:
+            params = {p.name for p in cmd.params}
+            out[name] = {k: v for k, v in settings.items() if k in params}
+    return out
+
+
+def close_suggestions(group: click.Group,
+                      exc: click.exceptions.NoSuchOption) -> click.ClickException:
+    """click suggests any option that is a little alike (`--config` → `--token-file`); keep
+    only close ones, and say where an option of `reconcile` itself goes."""
+    name = exc.option_name
+    own = {o for p in group.params for o in getattr(p, "opts", ())}
+    if name in own and exc.ctx is not None and exc.ctx.command is not group:
+        command = exc.ctx.command.name
+        return click.UsageError(f"{name} is an option of reconcile itself, not of {command}: "
+                                f"put it first, e.g. `reconcile {name} ... {command}`", exc.ctx)
+    close = difflib.get_close_matches(name, list(exc.possibilities or ()), n=3, cutoff=0.75)
+    return click.exceptions.NoSuchOption(name, possibilities=close or None, ctx=exc.ctx)

@@ -64,6 +64,29 @@ def test_the_rules_of_an_applys_options(saved: SavedPlan | None, given: set[str]
                          plan_file="plan.json")
 
 
+@pytest.mark.parametrize(
+    ("saved", "refresh", "refresh_only", "targets", "refused"),
+    [
+        (None, True, True, False, None),
+        (None, False, False, False, None),
+        (None, False, True, False, "cannot be combined with --no-refresh"),
+        (None, True, False, True, None),                 # --target picks catalog targets
+        (SAVED, True, False, True, "a saved plan holds one endpoint"),
+    ],
+)
+def test_what_refresh_only_and_target_combine_with(saved: SavedPlan | None, refresh: bool,
+                                                   refresh_only: bool, targets: bool,
+                                                   refused: str | None) -> None:
+    def check() -> None:
+        check_invocation(saved, given=set(), dry_run=False, yes=True, interactive=False,
+                         refresh=refresh, refresh_only=refresh_only, targets=targets)
+    if refused is None:
+        check()
+        return
+    with pytest.raises(ConfigError, match=refused):
+        check()
+
+
 # --- library-level apply -----------------------------------------------------------------------
 
 class Lib:

@@ -13,6 +13,7 @@ from reconciler.apply.request import (
     ApplyResult,
     Preview,
     check_invocation,
+    local_state_warning,
 )
 from reconciler.apply.run import apply_catalog, preview
 from reconciler.apply.targets import TargetsApply, TargetsResult, apply_targets
@@ -27,5 +28,6 @@ __all__ = [
     "apply_catalog",
     "apply_targets",
     "check_invocation",
+    "local_state_warning",
     "preview",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +18,7 @@ from reconciler.models import DriftPolicy, Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
-from reconciler.state import StateStore
+from reconciler.state import StateStore, is_url
 
 
 class ApplyApi(ImageApi, UpdateApi, ListingApi, RulesApi, Protocol):
@@ -31,13 +31,19 @@ SAVED_PLAN_FIXES = ("catalog", "profile", "refresh", "only", "refresh_only")
 
 
 def check_invocation(saved: SavedPlan | None, *, given: Collection[str], dry_run: bool,
-                     yes: bool, interactive: bool, plan_file: str | Path | None = None) -> None:
+                     yes: bool, interactive: bool, plan_file: str | Path | None = None,
+                     refresh: bool = True, refresh_only: bool = False,
+                     targets: bool = False) -> None:
     """The rules of an apply's options, checked before any request is sent.
 
     ``given``: the options set explicitly (not by default). A saved plan fixes the catalog and
     profile and is always checked against the cloud; it is already reviewable, so it has no
-    dry run. Without a terminal to ask, an apply runs only with ``--yes``.
+    dry run, and it holds one endpoint (``targets``: --target was given). Without a terminal
+    to ask, an apply runs only with ``--yes``.
     """
+    if refresh_only and not refresh:
+        raise ConfigError("--refresh-only records what the cloud shows; it cannot be "
+                          "combined with --no-refresh")
     if saved is not None:
         fixed = sorted(set(given) & set(SAVED_PLAN_FIXES))
         if fixed:
@@ -50,6 +56,19 @@ def check_invocation(saved: SavedPlan | None, *, given: Collection[str], dry_run
     if not dry_run and not yes and not interactive:
         raise ConfigError("apply changes the cloud; pass --yes to confirm when not running "
                           "in a terminal")
+    if saved is not None and targets:
+        raise ConfigError("--target picks targets of a catalog; a saved plan holds one "
+                          "endpoint already")
+
+
+def local_state_warning(env: Mapping[str, str], state_path: str | Path, *,
+                        dry_run: bool) -> str | None:
+    """Why an apply in CI (``CI=true``) should not keep a local state file, if it does."""
+    if dry_run or env.get("CI", "").lower() != "true" or is_url(state_path):
+        return None
+    return (f"apply in CI with a local state file ({state_path}): it goes with the runner, "
+            "and another runner's apply cannot see it. Share a PostgreSQL state "
+            "(--state postgresql://...; README \"Working as a team\")")
 
 
 @dataclass(frozen=True)
