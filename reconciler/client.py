@@ -756,6 +756,9 @@ class ImageClient:
         self._http = http if http is not None else http_client(
             verify, connect_timeout=connect_timeout, read_timeout=read_timeout,
             request_timeout=request_timeout)
+        # The collection's URL, parsed once: every create and listing page is sent there, and
+        # parsing a URL costs as much as the rest of building the request.
+        self._images_url = httpx.URL(self.endpoint + "/v2/images")
 
     def __repr__(self) -> str:
         return f"ImageClient({self.endpoint!r})"
@@ -1036,8 +1039,9 @@ class ImageClient:
             if json_body is not None:
                 headers["Content-Type"] = content_type
                 content = json.dumps(json_body, ensure_ascii=False).encode()
+            url = self._images_url if path == "/v2/images" else self.endpoint + path
             request = self._http.build_request(
-                method, self.endpoint + path, params=params, headers=headers, content=content,
+                method, url, params=params, headers=headers, content=content,
                 extensions={"deadline_s": deadline_s} if deadline_s else None,
             )
         except (UnicodeError, ValueError) as exc:

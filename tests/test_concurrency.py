@@ -7,6 +7,7 @@ full: so few refusals means few moments with more in flight than the server take
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,14 @@ from apply_helpers import (
 )
 from click.testing import Result
 
+from reconciler.apply.creates import Creator
+from reconciler.apply.runstate import RunState
 from reconciler.cli import Runtime
+from reconciler.client import ImageClient, StaticToken
 from reconciler.clock import SYSTEM_CLOCK
+from reconciler.models import Change, ImageSpec, Record
 from reconciler.sandbox import Sandbox
+from reconciler.state import open_for_write
 
 Run = Callable[..., Result]
 ENV = {"OS_AUTH_TOKEN": "tok-test"}
@@ -96,6 +102,46 @@ def test_the_adaptive_limit_never_exceeds_the_ceiling(
     sb = sandbox(capacity=64, latency_ms=30)
     apply(run_cli, tmp_path, sb, 60, "--parallelism", "4")
     assert sb.capacity_counts == (4, 0)
+
+
+def test_the_next_create_is_sent_while_an_answer_is_recorded(
+        tmp_path: Path, sandbox: SandboxFactory) -> None:
+    """A create gives its slot back once answered: with one request in flight at most, the
+    second POST goes out while the first answer is still being written to the state. The
+    extra worker journals only once it has the slot, so nothing waiting is left pending."""
+    sb = sandbox()
+    clock = SYSTEM_CLOCK
+    store = open_for_write(tmp_path / "state.db", clock=clock)
+    client = ImageClient(sb.url, token_provider=StaticToken(ENV["OS_AUTH_TOKEN"]), clock=clock)
+    run = RunState("run-1", clock)
+    store.start_run("run-1", target=client.endpoint, profile="ims", catalog_digest="x",
+                    tool_version="test", started_at="2024-05-17T00:00:00Z")
+    save = store.save_record
+    seen: list[tuple[int, list[str]]] = []  # at each record: POSTs sent, entries pending
+
+    def save_record(target: str, record: Record, *, nonce: str | None = None) -> None:
+        if not seen:  # the first answer: wait (a while) for the second POST to go out
+            deadline = time.monotonic() + 10
+            while sb.post_count < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        seen.append((sb.post_count, sorted(p.name for p in store.pending(target))))
+        save(target, record, nonce=nonce)
+
+    store.save_record = save_record  # type: ignore[method-assign]
+    creator = Creator(store, client, client.endpoint, run, parallelism=1, adaptive=False)
+    changes = [Change(name=n, action="create", reason="not_recorded",
+                      spec=ImageSpec(name=n, disk_format="zvhd2", min_disk=40))
+               for n in ("alpha", "beta", "gamma")]
+    try:
+        outcomes = creator.create_all(changes)
+    finally:
+        store.close()
+        client.close()
+    assert sorted(o.result for o in outcomes) == ["created"] * 3
+    posts, pending = seen[0]
+    assert posts == 2  # beta was sent while alpha's answer was being recorded
+    assert pending == ["alpha", "beta"]  # gamma, waiting for the slot, journaled nothing
+    assert creator.limit.peak == 1  # and never more than one request in flight
 
 
 # -- updates in place: the same limit --------------------------------------------------------

@@ -232,6 +232,48 @@ def test_threads_wait_for_a_slot_and_never_exceed_the_limit() -> None:
     assert limit.limit == 8  # fixed: never adapted
 
 
+def test_a_limit_that_grows_lets_in_as_many_waiting_threads_as_it_has_new_slots() -> None:
+    """A slot given back wakes as many waiters as there are free slots, not one (nor all):
+    the answer that takes a slow start from 1 to 2 lets two of the three waiters in."""
+    ticks = Ticks()
+    limit = ConcurrencyLimit(4, ticks)  # adaptive: starts at one slot
+    answer, release = threading.Event(), threading.Event()
+    entered = 0  # waiters that got a slot
+    lock = threading.Lock()
+
+    def first() -> None:
+        with limit.request() as slot:
+            slot.send()
+            answer.wait(10)
+            ticks.t += 0.05
+
+    def waiter() -> None:
+        nonlocal entered
+        with limit.request() as slot:
+            slot.send()
+            with lock:
+                entered += 1
+            release.wait(10)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    waiters = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.1)  # the three wait for the one slot (were they late, none would wait)
+    answer.set()  # OK: the limit grows to 2, and both free slots are taken
+    holder.join(10)
+    deadline = time.monotonic() + 5
+    while entered < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert (limit.limit, entered) == (2, 2)
+    release.set()
+    for t in waiters:
+        t.join(10)
+    assert entered == 3 and limit.peak == 2
+
+
 def test_an_adaptive_limit_starts_at_one_and_learns_from_exceptions() -> None:
     ticks = Ticks()
     limit = ConcurrencyLimit(4, ticks)

@@ -304,8 +304,8 @@ def test_a_target_whose_credentials_are_refused_fails_alone(
 
 def test_a_region_stopped_mid_way_fails_alone(tmp_path: Path,
                                              regions: dict[str, Sandbox]) -> None:
-    """The library run: `sea` goes down after its first create; its other image fails,
-    the other targets finish, and the part of `sea` says what happened."""
+    """The library run: `sea` goes down right after answering its first create; its other
+    image fails, the other targets finish, and the part of `sea` says what happened."""
     clouds = clouds_yaml(tmp_path, regions)
     catalog_dir = tmp_path / "catalog"
     catalog_dir.mkdir()
@@ -318,13 +318,19 @@ def test_a_region_stopped_mid_way_fails_alone(tmp_path: Path,
         return open_session(env, None, ConnectOptions(os_cloud=target.cloud), retries=0)
 
     def request(target: Target, session: ApiSession) -> ApplyRequest:
-        def stop_after_first(outcome: Any) -> None:
-            if target.name == "sea":
+        if target.name == "sea":  # down before the next create can be sent
+            create = session.client.create_image
+
+            def create_then_stop(body: Any) -> dict[str, Any]:
+                image = create(body)
                 regions["sea"].stop()
+                return image
+
+            session.client.create_image = create_then_stop  # type: ignore[method-assign]
         return ApplyRequest(catalog_dir=catalog_dir, state_path=state, profile="ims",
                             endpoint=session.endpoint, api=session.client,
                             parallelism=1, retry=RetryPolicy(attempts=1),
-                            on_outcome=stop_after_first, project_id=session.project_id)
+                            project_id=session.project_id)
 
     result = apply_targets(TargetsApply(catalog_dir, catalog.targets, state, connect,
                                         request))

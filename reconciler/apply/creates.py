@@ -63,6 +63,13 @@ _UNKNOWN = ("outcome unknown (kept as pending; the next apply looks the image up
             "creating it again): ")
 
 
+def workers(parallelism: int) -> int:
+    """Worker threads for ``parallelism`` requests in flight: a few more than that, so that
+    while a create's answer is being recorded (its slot already given back) the next create
+    is sent; the extra workers wait for a slot before they journal anything."""
+    return parallelism + parallelism // 4 + 1
+
+
 class ImageApi(Protocol):
     """The part of ``ImageClient`` the protocol needs."""
 
@@ -195,7 +202,8 @@ class Creator:
         then the interrupt propagates.
         """
         return run_bounded([c for c in changes if c.spec is not None], self._create_change,
-                           run=self.run, parallelism=self.parallelism, deliver=self._deliver,
+                           run=self.run, parallelism=workers(self.parallelism),
+                           deliver=self._deliver,
                            delivered=self.delivered, skipped=self.run.skipped,
                            abort=self.api.abort, prefix="reconcile")
 

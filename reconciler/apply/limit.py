@@ -280,7 +280,9 @@ class ConcurrencyLimit:
                                  else "answers slowed down",
                                  extra={"event": "concurrency_lowered",
                                         "limit": self.state.slots, "signal": str(signal)})
-                self._cond.notify_all()
+                # As many waiters as there are free slots, not every waiter: the pool has
+                # more workers than slots (``creates.workers``).
+                self._cond.notify(max(0, self.state.slots - self._in_flight))
 
 
 class Slot:

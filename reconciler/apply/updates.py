@@ -22,6 +22,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any, Protocol
 
 from reconciler import patch
+from reconciler.apply.creates import workers
 from reconciler.apply.decisions import (
     UpdateFate,
     UpdateStep,
@@ -154,12 +155,12 @@ class Updater:
 
     def update_all(self, changes: Sequence[Change],
                    records: Mapping[str, Record]) -> list[Outcome]:
-        """Update every image of ``changes`` (all ``update``), at most ``parallelism`` at
-        once. On KeyboardInterrupt no new update starts, running ones finish and are
-        recorded, then the interrupt propagates."""
+        """Update every image of ``changes`` (all ``update``), as many at once as the limit
+        allows (a few more workers, as for creates). On KeyboardInterrupt no new update
+        starts, running ones finish and are recorded, then the interrupt propagates."""
         todo = [c for c in changes if c.spec is not None and c.name in records]
         return run_bounded(todo, lambda c: self._update_one(c, records[c.name]), run=self.run,
-                           parallelism=self.parallelism, deliver=self._deliver,
+                           parallelism=workers(self.parallelism), deliver=self._deliver,
                            delivered=self.delivered, skipped=self.run.skipped,
                            abort=self.api.abort, prefix="reconcile-update")
 
