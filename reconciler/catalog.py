@@ -9,17 +9,19 @@ because a catalog must never silently turn a name into a number.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import copy
 import dataclasses
 import difflib
+import itertools
 import multiprocessing
 import os
 import re
 import signal
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ import yaml
 from reconciler import jsonfile
 from reconciler.errors import CatalogError, Problem
 from reconciler.escape import terminal
-from reconciler.models import Catalog, ImageSpec, Target
+from reconciler.models import Catalog, ImageSpec, Target, body_digest, build, request_body
 from reconciler.nodes import LineDict, LineList, RawScalar
 from reconciler.profiles import FIELDS, INT_FIELDS, PROFILES, STRING_FIELDS, Profile
 
@@ -619,28 +621,28 @@ def catalog_files(directory: Path) -> list[Path]:
 
 #: Catalogs at least this large (bytes of catalog files) are parsed by worker processes.
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024
-#: The fields of an ``ImageSpec`` in the order a worker sends them (``file`` and ``line`` apart).
-_SPEC_KEYS = ("name", "os_version", "visibility", "protected", "container_format",
-              "disk_format", "min_ram", "min_disk", "tags", "drift", "properties")
-
-# One checked image as a worker sends it: its fields in _SPEC_KEYS order, its line, its path
-# (`images[N]`), its count of extra properties, its lint warnings (field, message, line) and
-# the targets it is limited to (name, line), or None for every target.
+# One checked image as a worker sends it: the ``ImageSpec``'s fields with its digest (its
+# cached property), its line, its path (`images[N]`), its count of extra properties, its
+# lint warnings (field, message, line) and the targets it is limited to (name, line), or
+# None for every target.
 _Selection = tuple[tuple[str, int], ...] | None
-_Image = tuple[tuple[Any, ...], int, str, int, tuple[tuple[str, str, int], ...], _Selection]
+_Image = tuple[dict[str, Any], int, str, int, tuple[tuple[str, str, int], ...], _Selection]
 # One valid entry of `targets:`: its name, its settings and its line.
 _TargetEntry = tuple[str, dict[str, str], int]
 _Checked = tuple[list[Problem], list[_Image], list[_TargetEntry]]
 
 
 def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = False,
-                 workers: int | None = None) -> Catalog:
+                 workers: int | None = None,
+                 meanwhile: Callable[[], None] = lambda: None) -> Catalog:
     """Load and validate every catalog file; raise CatalogError listing every problem.
 
     Files are independent until names are compared, so a large catalog is parsed and checked
     by ``workers`` processes (default: one per available CPU, or none below
-    PARALLEL_MIN_BYTES); each sends back plain tuples, and this process checks names across
-    files and builds the specs. Problems come in file order either way.
+    PARALLEL_MIN_BYTES); each sends back plain values, and this process checks names across
+    files and builds the specs. Problems come in file order either way. ``meanwhile`` is
+    called once the files are found, while the workers start on them (a plan reads its
+    state then); a catalog that loads has always called it.
     """
     root = Path(directory)
     if not root.exists():
@@ -660,15 +662,14 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     warnings: dict[str, tuple[str, ...]] = {}
     declared: dict[str, Target] = {}
     selections: list[tuple[str, str, str, tuple[tuple[str, int], ...]]] = []
-    shared: dict[Any, Any] = {}  # one object per repeated value (os versions, tags, ...)
     base = Path(os.path.realpath(root))
-    with _checked_files(files, profile, strict, base, workers) as results:
+    with _checked_files(files, profile, strict, base, workers, meanwhile) as results:
         for path, (file_problems, images, targets) in zip(files, results, strict=True):
             display = display_path(path)
             problems.extend(file_problems)
             _declare(declared, targets, display, problems)
-            for values, line, where, extras, messages, selection in images:
-                name = values[0]
+            for fields, line, where, extras, messages, selection in images:
+                name = fields["name"]
                 if name in seen:
                     first_file, first_line = seen[name]
                     problems.append(Problem(display, line, f"{where}.name", f"duplicate image "
@@ -690,9 +691,7 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                     warnings[name] = tuple(f"{f} {m}" for f, m, _ in messages)
                 if problems:
                     continue  # the catalog is invalid: no need to build specs any more
-                fields = dict(zip(_SPEC_KEYS, _share(values, shared), strict=True))
-                specs.append(ImageSpec.model_construct(_fields_set=_SPEC_FIELDS, **fields,
-                                                       file=display, line=line))
+                specs.append(build(ImageSpec, _SPEC_FIELDS, fields))
     placement = _placement(declared, selections, problems)
     files_order = {display_path(p): i for i, p in enumerate(files)}
     if strict:
@@ -792,40 +791,42 @@ def _placement(declared: dict[str, Target],
     return placement
 
 
-def _share(values: tuple[Any, ...], shared: dict[Any, Any]) -> Iterator[Any]:
-    """The values with repeated text and tag lists replaced by one shared object each: a
-    100,000-image catalog repeats a few dozen OS versions, tags and property names."""
-    for key, value in zip(_SPEC_KEYS, values, strict=True):
+def _shared(spec: dict[str, Any], shared: dict[Any, Any]) -> dict[str, Any]:
+    """The spec with repeated text and tag lists replaced by one object each (a catalog
+    repeats a few dozen OS versions, tags and property names): a worker's answer keeps them
+    shared, since pickling keeps an object sent twice one object."""
+    for key, value in spec.items():
         if key == "properties":
-            yield {shared.setdefault(k, k): shared.setdefault(v, v) if len(v) < 64 else v
-                   for k, v in value}
+            spec[key] = {shared.setdefault(k, k): shared.setdefault(v, v) if len(v) < 64 else v
+                         for k, v in value.items()}
         elif key != "name" and isinstance(value, (str, tuple)):
-            yield shared.setdefault(value, value)
-        else:
-            yield value
+            spec[key] = shared.setdefault(value, value)
+    return spec
 
 
 def check_file(path: Path, profile: Profile, strict: bool, base: Path) -> _Checked:
     """Parse and check one file of the catalog at ``base``: its problems and its images as
-    plain tuples."""
+    plain values (``_Image``)."""
     display = display_path(path)
     data, problems = parse_file(path, display, base)
     if problems:
         return problems, [], []
     checker = _FileChecker(display, profile, strict)
     images: list[_Image] = []
+    shared: dict[Any, Any] = {}
     for fields, line, where, field_lines in checker.check(data):
         selection = fields.pop("targets", None)
         extras = len(fields.get("properties", ())) + ("os_version" in fields) + 1
-        spec = {**_SPEC_DEFAULTS, **profile.defaults, **fields}
-        values = (*(spec[k] for k in _SPEC_KEYS[:-1]), tuple(spec["properties"].items()))
+        spec = _shared({**_SPEC_DEFAULTS, **profile.defaults, **fields}, shared)
         lint = tuple((f, m, field_lines.get(f, line)) for f, m in profile.lint(spec)) \
             if extras <= profile.max_properties else ()
-        images.append((values, line, where, extras, lint, selection))
+        spec.update(file=display, line=line, digest=body_digest(request_body(spec)))
+        images.append((spec, line, where, extras, lint, selection))
     return checker.problems, images, checker.targets
 
 
-# What forked workers check with: set before the pool starts, inherited, never pickled.
+# What a worker checks with: its pool's, set in the worker as it starts (a plan of several
+# targets loads catalogs in several threads at once, each with its own profile).
 _job: tuple[Profile, bool, Path] | None = None
 
 
@@ -836,43 +837,62 @@ def _check_in_worker(path: Path) -> _Checked:
 
 @contextlib.contextmanager
 def _checked_files(files: list[Path], profile: Profile, strict: bool, base: Path,
-                   workers: int | None) -> Iterator[Iterator[_Checked]]:
+                   workers: int | None,
+                   meanwhile: Callable[[], None]) -> Iterator[Iterator[_Checked]]:
     """``check_file`` of each file, in order: here, or in forked worker processes."""
-    global _job
     if workers is None:
         workers = _default_workers(files)
     workers = min(workers, len(files))
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        meanwhile()
         yield (check_file(path, profile, strict, base) for path in files)
         return
-    _job = (profile, strict, base)
-    # fork: workers start in milliseconds with the modules loaded and the profile inherited
-    # (the catalog is loaded before reconcile starts any thread of its own).
+    # fork: workers start in milliseconds with the modules loaded and the job inherited, not
+    # pickled. A lock another thread holds at the fork stays held in the worker, so the
+    # caller's ``meanwhile`` runs here, in this thread, once the workers are forked.
     pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start)
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
+        initargs=((profile, strict, base),))
     try:
-        yield _in_order(pool, files, profile, strict, base)
+        queued = iter(files)
+        waiting = collections.deque(pool.submit(_check_in_worker, path)
+                                    for path in itertools.islice(queued, _AHEAD * workers))
+        meanwhile()
+        yield _in_order(pool, waiting, queued, files, profile, strict, base)
     finally:
         pool.shutdown(cancel_futures=True)
-        _job = None
 
 
-def _worker_start() -> None:
+def _worker_start(job: tuple[Profile, bool, Path]) -> None:
+    global _job
+    _job = job
     # Ctrl-C stops the command in the main process, which then cancels the rest; a worker
     # finishes its file instead of printing a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _in_order(pool: concurrent.futures.Executor, files: list[Path], profile: Profile,
-              strict: bool, base: Path) -> Iterator[_Checked]:
-    results = pool.map(_check_in_worker, files)
-    for done, _ in enumerate(files):
+#: Files handed to each worker ahead of the one this process takes next: enough that a
+#: worker never waits for work, few enough that results outrunning this process do not pile
+#: up in memory (a 50-file catalog of 100,000 images: about 3 MB per file).
+_AHEAD = 4
+
+
+def _in_order(pool: concurrent.futures.Executor,
+              waiting: collections.deque[concurrent.futures.Future[_Checked]],
+              queued: Iterator[Path], files: list[Path], profile: Profile, strict: bool,
+              base: Path) -> Iterator[_Checked]:
+    """The workers' results in file order; one more file is handed out as each is taken."""
+    done = 0
+    while waiting:
         try:
-            yield next(results)
+            result = waiting.popleft().result()
+            waiting.extend(pool.submit(_check_in_worker, p) for p in itertools.islice(queued, 1))
         except concurrent.futures.process.BrokenProcessPool:
             # A worker died (killed, out of memory): the rest is checked here instead.
             yield from (check_file(path, profile, strict, base) for path in files[done:])
             return
+        done += 1
+        yield result
 
 
 def _default_workers(files: list[Path]) -> int:

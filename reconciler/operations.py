@@ -16,7 +16,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +39,7 @@ from reconciler.models import (
     Outcome,
     Plan,
     Record,
+    RecordRows,
     RunOutcome,
     RunReport,
     Target,
@@ -110,13 +111,18 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                                          state_path=state_path, allow=allow, clock=clock)
             # kept even if the catalog fails; a dry run (keep=False) writes nothing
             notes = kept_notes(rules, target, state_path) if keep else rules.notes
-            catalog = load_catalog(catalog_dir, rules.profile, strict=strict)
+            # The state is read while the catalog's workers parse (its errors, after the
+            # catalog's).
+            read: Future[_StateRead] = Future()
+            catalog = load_catalog(catalog_dir, rules.profile, strict=strict,
+                                   meanwhile=lambda: _settle(read, lambda: _read_state(
+                                       store, target, full=api is not None)))
+            state = read.result()
             if place is not None:
                 catalog = catalog.for_target(place)
-            records = _HandedOver(_records_for_plan(store, target, catalog, full=api is not None)
-                                  if store else {})
-            pending = {p.name: p.nonce for p in store.pending(target)} if store else {}
-            revision = store.revision() if store else 0
+            records = _HandedOver(state.records, _drifted(store, target, state.records,
+                                                           catalog) if store else {})
+            pending, revision = state.pending, state.revision
         finally:
             if store:
                 store.close()
@@ -146,25 +152,66 @@ def kept_notes(rules: RunProfile, target: str, state_path: str | Path,
     return (*rules.notes, *([note] if note else []))
 
 
-def _records_for_plan(store: StateStore, target: str, catalog: Catalog, *,
-                      full: bool) -> dict[str, Record]:
-    """What the planner needs: everything for a refresh; otherwise ids and digests, plus the
-    complete record where the catalog's digest differs (a drift diff needs the request)."""
-    records = store.records(target, full=full)
-    if not full:
-        digests = {s.name: s.digest for s in catalog.images}
-        drifted = [n for n, r in records.items() if n in digests and digests[n] != r.spec_digest]
-        records.update(store.records_of(target, drifted))
-    return records
+@dataclass(frozen=True)
+class _StateRead:
+    revision: int
+    pending: dict[str, str]  # name -> nonce of each unresolved create
+    records: dict[str, Record] | RecordRows
 
 
-class _HandedOver(dict[str, Record]):
+def _settle(future: Future[Any], call: Callable[[], Any]) -> None:
+    """Run ``call`` now; its value or its error is taken from ``future`` later."""
+    try:
+        future.set_result(call())
+    except Exception as exc:  # raised again by future.result()
+        future.set_exception(exc)
+
+
+def _read_state(store: StateStore | None, target: str, *, full: bool) -> _StateRead:
+    """What a plan compares with: everything for a refresh; otherwise ids and digests (an
+    unchanged image needs no more). The revision is read first and the journal before the
+    records, so a write landing meanwhile makes a saved plan stale, never wrongly fresh, and
+    an image being recorded shows as recorded or pending, never as neither."""
+    if store is None:
+        return _StateRead(0, {}, {})
+    revision = store.revision()
+    pending = {p.name: p.nonce for p in store.pending(target)}
+    return _StateRead(revision, pending, store.records(target, full=full))
+
+
+def _drifted(store: StateStore, target: str, records: dict[str, Record] | RecordRows,
+             catalog: Catalog) -> dict[str, Record]:
+    """The complete records of the images whose catalog digest differs from the light
+    record's: a drift diff needs the request that was sent."""
+    if not isinstance(records, RecordRows):
+        return {}  # complete already
+    digests = {s.name: s.digest for s in catalog.images}
+    return store.records_of(target, [name for name, digest in records.digests()
+                                     if digests.get(name, digest) != digest])
+
+
+class _HandedOver(Mapping[str, Record]):
     """Records handed to the planner, which looks each one up once: ``get`` lets go of the
     record it returns, so a big plan frees each record as it makes its change, and its peak
-    memory is catalog plus records rather than catalog plus records plus plan."""
+    memory is catalog plus records rather than catalog plus records plus plan.
+    ``complete``: records read in full, which stand in for their light rows."""
+
+    def __init__(self, records: dict[str, Record] | RecordRows,
+                 complete: dict[str, Record]) -> None:
+        self._records, self._complete = records, complete
+
+    def __getitem__(self, key: str) -> Record:
+        return self._complete.get(key) or self._records[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.pop(key, default)
+        record = self._records.pop(key, None)
+        return default if record is None else self._complete.pop(key, record)
 
 
 @contextlib.contextmanager

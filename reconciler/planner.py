@@ -27,6 +27,7 @@ from reconciler.models import (
     Plan,
     Record,
     Target,
+    build,
 )
 
 PENDING_DETAIL = ("an earlier apply stopped while creating this image; the next apply looks it "
@@ -195,12 +196,12 @@ def _duplicates_detail(name: str, live: list[dict[str, Any]]) -> str:
 
 
 def _make(name: str, action: str, reason: str, detail: str = "", **fields: Any) -> Change:
-    values: dict[str, Any] = {"detail": detail, "diff": (), "warnings": (), "file": None,
+    values: dict[str, Any] = {"name": name, "action": action, "reason": reason,
+                              "detail": detail, "diff": (), "warnings": (), "file": None,
                               "line": None, "image_id": None, "spec": None, "remote": None,
-                              "patch": (), "patch_api": None}
+                              "patch": (), "patch_api": None, "target": None}
     values.update(fields)
-    return Change.model_construct(_fields_set=_CHANGE_FIELDS, name=name, action=action,
-                                  reason=reason, **values)
+    return build(Change, _CHANGE_FIELDS, values)
 
 
 _CHANGE_FIELDS: set[str] = set(Change.model_fields)  # one set shared by every change

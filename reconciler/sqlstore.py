@@ -27,7 +27,9 @@ from reconciler.models import (
     PendingCreate,
     PendingUpdate,
     Record,
+    RecordRows,
     RunOutcome,
+    build,
     iso,
 )
 
@@ -44,7 +46,8 @@ class StateStore(Protocol):
     def close(self) -> None: ...
     def revision(self) -> int: ...
     def targets(self) -> list[str]: ...
-    def records(self, target: str, *, full: bool = True) -> dict[str, Record]: ...
+    def records(self, target: str, *,
+                full: bool = True) -> dict[str, Record] | RecordRows: ...
     def records_of(self, target: str, names: list[str] | None = None) -> dict[str, Record]: ...
     def record(self, target: str, name: str) -> Record | None: ...
     def records_named(self, name: str) -> list[tuple[str, Record]]: ...
@@ -213,19 +216,17 @@ class SqlStore:
                            (JournalState.PENDING,))
         return sorted(r[0] for r in rows)
 
-    def records(self, target: str, *, full: bool = True) -> dict[str, Record]:
-        """Every record of a target. ``full=False`` reads only name, id and digest (an
-        offline plan needs no more for an unchanged image: 100,000 of them then cost a
+    def records(self, target: str, *, full: bool = True) -> dict[str, Record] | RecordRows:
+        """Every record of a target. ``full=False`` reads only name, id and digest, as rows
+        (an offline plan needs no more for an unchanged image: 100,000 of them then cost a
         fraction of the memory); ``records_of`` reads the rest where it is needed."""
         if full:
             return self.records_of(target)
         cursor = self._query(
-            "SELECT name, image_id, spec_digest, origin FROM images WHERE target = ?",
+            "SELECT name, image_id, spec_digest, COALESCE(origin, 'created') FROM images "
+            "WHERE target = ?",
             (target,))
-        return {row[0]: Record.model_construct(
-            _fields_set=_RECORD_FIELDS, name=row[0], image_id=row[1], spec_digest=row[2],
-            request_json="{}", response_json="{}", status=None, created_at=None,
-            updated_at=None, recorded_at="", run_id=None, origin=row[3]) for row in cursor}
+        return RecordRows({row[0]: row for row in cursor})
 
     def records_of(self, target: str, names: list[str] | None = None) -> dict[str, Record]:
         """Complete records of a target: all of them, or those of ``names``."""
@@ -500,11 +501,11 @@ class SqlStore:
 
 
 def _record(row: tuple[Any, ...]) -> Record:
-    return Record.model_construct(
-        _fields_set=_RECORD_FIELDS, name=row[0], image_id=row[1], spec_digest=row[2],
-        request_json=row[3] or "{}", response_json=row[4] or "{}", status=row[5],
-        created_at=row[6], updated_at=row[7], recorded_at=row[8], run_id=row[9],
-        origin=row[10] or "created")
+    return build(Record, _RECORD_FIELDS, {
+        "name": row[0], "image_id": row[1], "spec_digest": row[2],
+        "request_json": row[3] or "{}", "response_json": row[4] or "{}", "status": row[5],
+        "created_at": row[6], "updated_at": row[7], "recorded_at": row[8],
+        "run_id": row[9], "origin": row[10] or "created"})
 
 
 _RECORD_FIELDS: set[str] = set(Record.model_fields)  # shared: see models._RECORD_FIELDS

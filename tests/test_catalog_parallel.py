@@ -7,6 +7,7 @@ test catalog counts as large.
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 from reconciler import catalog as catalog_module
 from reconciler.catalog import check_file, load_catalog
 from reconciler.errors import CatalogError
-from reconciler.profiles import IMS
+from reconciler.models import body_digest
+from reconciler.profiles import GLANCE, IMS
 
 OK_OS = "Ubuntu 18.04 server 64bit"
 
@@ -64,6 +66,8 @@ def test_workers_build_the_same_catalog(write_catalog: Callable[..., Path],
     assert pools == [2]
     assert shared == alone
     assert [s.digest for s in shared.images] == [s.digest for s in alone.images]
+    # the workers' digests are the specs' own (computed again here, from the spec)
+    assert [s.digest for s in shared.images] == [body_digest(s.body()) for s in shared.images]
     assert len(shared.images) == 180
     assert shared.warnings == alone.warnings
 
@@ -114,3 +118,54 @@ def test_a_worker_that_dies_is_replaced_by_this_process(
     shared = load_catalog(root, IMS, workers=2)
     assert pools == [2]
     assert len(shared.images) == 180
+
+
+def test_the_callers_work_runs_once_the_workers_are_forked(
+        write_catalog: Callable[..., Path], pools: list[int]) -> None:
+    # A thread running while workers are forked could leave a lock held in them; so the
+    # caller's work meanwhile (a plan reads its state) runs in this thread, after the fork.
+    seen: list[int] = []
+    catalog = load_catalog(write_catalog(VALID), IMS, workers=2,
+                           meanwhile=lambda: seen.append(len(multiprocessing.active_children())))
+    assert pools == [2]
+    assert seen == [2] and len(catalog.images) == 180
+    alone: list[int] = []
+    load_catalog(write_catalog(VALID), IMS, workers=1, meanwhile=lambda: alone.append(1))
+    assert alone == [1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_repeated_values_of_a_file_are_one_object(write_catalog: Callable[..., Path],
+                                                  pools: list[int], workers: int) -> None:
+    # A catalog repeats a few OS versions, tags and property names: each is held once per
+    # file however many images use it (from a worker too: its answer is pickled with them).
+    catalog = load_catalog(write_catalog(VALID), IMS, workers=workers)
+    first = [s for s in catalog.images if s.file.endswith("f0.yaml")]
+    assert len(first) == 30
+    assert len({id(s.os_version) for s in first}) == 1
+    assert len({id(s.tags) for s in first}) == 3  # [managed, tN] for N in 0..2
+    assert len({id(k) for s in first for k in s.properties}) == 2  # team, build
+    assert len({id(s.properties["team"]) for s in first}) == 1
+
+
+def test_two_loads_at_once_each_check_with_their_own_profile(
+        write_catalog: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plan of several targets loads the catalog in one thread per target, each with its
+    # target's profile: a load that starts and ends while another is starting its workers
+    # must leave that one's job alone.
+    monkeypatch.setattr(catalog_module, "PARALLEL_MIN_BYTES", 0)
+    root = write_catalog({**VALID, "g.yaml": "images:\n  - name: g\n    visibility: shared\n"
+                                             "    container_format: ovf\n"})
+    real = concurrent.futures.ProcessPoolExecutor
+    nested: list[Any] = []
+
+    def another_load_first(workers: int, **kwargs: Any) -> concurrent.futures.Executor:
+        if not nested:
+            nested.append(None)
+            with pytest.raises(CatalogError):
+                load_catalog(root, IMS, workers=2)  # not an IMS visibility nor format
+        return real(workers, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", another_load_first)
+    glance = load_catalog(root, GLANCE, workers=2)
+    assert nested and "g" in [s.name for s in glance.images]

@@ -18,14 +18,17 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pg_server
 import pytest
 from click.testing import Result
 from sqlite_utils import Database
 
-from reconciler.errors import StateError, StateLockedError, StateVersionError
+from reconciler.errors import CatalogError, StateError, StateLockedError, StateVersionError
 from reconciler.models import ImageSpec, Record
+from reconciler.operations import make_plan
+from reconciler.sqlstore import SqlStore
 from reconciler.state import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -912,3 +915,42 @@ def test_state_copy_waits_for_no_writer_and_names_one(
         result = run_cli(["state", "copy", pg_url, str(tmp_path / "copy.db")])
     assert result.exit_code == 1
     assert f"pid {proc.pid}" in result.stderr
+
+
+def test_a_plan_reads_the_revision_before_the_records(
+        state_location: str, store: StateStore, write_catalog: Callable[..., Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another apply records an image while a plan reads the state: the plan must carry the
+    # revision from before that write, so that `apply PLAN` finds it stale rather than
+    # creating the image a second time.
+    store.save_record(TARGET, a_record("a"))
+    before = store.revision()
+    read = SqlStore.records
+
+    def records_then_a_write(self: SqlStore, target: str, *, full: bool = True) -> Any:
+        got = read(self, target, full=full)
+        store.save_record(TARGET, a_record("b", "img-b"))
+        return got
+
+    monkeypatch.setattr(SqlStore, "records", records_then_a_write)
+    catalog = write_catalog({"c.yaml": "images:\n  - name: a\n    min_disk: 40\n"
+                                       "  - name: b\n    min_disk: 40\n"})
+    result = make_plan(catalog, state_location, profile="glance")
+    assert {c.name: c.action for c in result.plan.changes}["b"] == "create"
+    assert store.revision() > before
+    assert result.state_revision == before
+
+
+def test_a_catalog_error_is_reported_before_a_state_error(
+        state_location: str, store: StateStore, write_catalog: Callable[..., Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(self: SqlStore, target: str, *, full: bool = True) -> Any:
+        raise StateError("the records cannot be read")
+
+    monkeypatch.setattr(SqlStore, "records", unreadable)
+    bad = write_catalog({"c.yaml": "images:\n  - name: a\n    min_disk: lots\n"})
+    with pytest.raises(CatalogError):
+        make_plan(bad, state_location, profile="glance")
+    good = write_catalog({"c.yaml": "images:\n  - name: a\n    min_disk: 40\n"}, "good")
+    with pytest.raises(StateError, match="cannot be read"):
+        make_plan(good, state_location, profile="glance")

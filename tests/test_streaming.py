@@ -8,17 +8,20 @@ lacks: outcomes, empty lists, many changes), in pieces whose size does not grow 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import Result
 
 from reconciler.clock import ManualClock
-from reconciler.models import Catalog, ErrorInfo, ImageSpec, Outcome, RunReport
+from reconciler.models import Catalog, ErrorInfo, FieldDiff, ImageSpec, Outcome, RunReport
 from reconciler.operations import plan_report
 from reconciler.planner import plan
-from reconciler.report import chunks, to_json
+from reconciler.report import _indented, chunks, to_json
 
 TARGET = "http://127.0.0.1:9999"
 
@@ -56,6 +59,34 @@ def test_json_pieces_of_an_apply_report_with_outcomes() -> None:
     report = base.model_copy(update={"mode": "apply", "outcomes": outcomes, "run_id": "r1",
                                      "warnings": ("w1",), "duration_s": 1.5})
     assert "".join(chunks(report, "json")) == whole(report)
+
+
+AWKWARD: list[Any] = [
+    "", "plain", "quote \" backslash \\ slash /", "\x00\x01\x1f\x7f\n\r\t\b\f",
+    "\u2028\u2029 ünïcode 漢字 \U0001f600", "\ud800 lone surrogate", 0, -1, 2**70, 1.5, -0.0,
+    1e-7, 1e300, float("nan"), float("inf"), float("-inf"), True, False, None, [], {}, (),
+    [1, [2, [3, {}]]], {"k": {"nested": [None, {"x": ""}]}, "": 1, "é": []}, ("t", 1),
+]
+
+
+def test_the_report_encoder_writes_what_the_json_module_writes() -> None:
+    for value in [*AWKWARD, {str(i): v for i, v in enumerate(AWKWARD)}, AWKWARD]:
+        assert _indented(value, "") == json.dumps(value, indent=2, ensure_ascii=False)
+        deeper = json.dumps({"a": [value]}, indent=2, ensure_ascii=False)
+        assert deeper == "{\n  \"a\": [\n    " + _indented(value, "    ") + "\n  ]\n}"
+
+
+def test_values_the_report_encoder_does_not_know_go_to_the_json_module() -> None:
+    for value in ({1: "int key"}, {"set": {1}}, {"x": object()}, OrderedDict(a=1)):
+        with pytest.raises(TypeError):
+            _indented(value, "")
+    report = planned(2)
+    diff = (FieldDiff(field="odd", before={1: "int key"}, after=OrderedDict(a=1)),)
+    odd = report.model_copy(update={"changes": (report.changes[0].model_copy(
+        update={"diff": diff}), *report.changes[1:])})
+    text = "".join(chunks(odd, "json"))
+    assert text == whole(odd)
+    assert '"1": "int key"' in text
 
 
 def test_json_pieces_of_empty_lists() -> None:
