@@ -460,6 +460,84 @@ def render_concurrency(res: Concurrency, load: tuple[float, float], rounds: int)
     return "\n".join(lines)
 
 
+UPDATE_IMAGES = 400
+#: (label, --parallelism, --concurrency fixed): adaptive at the default ceiling beside the
+#: best fixed parallelism (the capacity) and the default one
+UPDATE_RUNS = (("adaptive, ceiling 10", 10, False), (f"fixed p={CAPACITY}", CAPACITY, True),
+               ("fixed p=10", 10, True))
+
+
+@dataclass
+class UpdateRun:
+    updated: int
+    patches: int  # PATCHes sent (refused ones included): the attempts of every outcome
+    seconds: float  # the report's duration_s
+
+    @property
+    def per_second(self) -> float:
+        return self.updated / self.seconds
+
+
+def measure_update(name: str, parallelism: int, fixed: bool) -> UpdateRun:
+    """``UPDATE_IMAGES`` images created (untimed), every one then changed in the catalog (its
+    file's ``owner_team``) and updated by a timed ``apply --no-refresh``, against a fresh
+    sandbox with ``--capacity CAPACITY``; ``--retries 20`` as for the creates."""
+    tag = name.replace(" ", "").replace(",", "-").replace("=", "")
+    catalog = gen_catalog(OUT / f"catalog-updates-{tag}", UPDATE_IMAGES, 4)
+    state, report = OUT / f"updates-{tag}.db", OUT / f"updates-{tag}.json"
+    state.unlink(missing_ok=True)
+    with sandbox(LATENCY_MS, capacity=CAPACITY) as url:
+        base = [RECONCILE, "apply", "--catalog", catalog, "--state", state, "--endpoint", url,
+                "--yes", "--no-refresh", "--format", "json", "--retries", 20]
+        run([*base, "--output", OUT / f"updates-{tag}-creates.json"],
+            env={"OS_AUTH_TOKEN": TOKEN}).check()
+        for path in catalog.glob("*.yaml"):
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace("    owner_team: ", "    owner_team: moved-"),
+                            encoding="utf-8")
+        done = run([*base, "--output", report, "--parallelism", parallelism,
+                    "--concurrency", "fixed" if fixed else "adaptive"],
+                   env={"OS_AUTH_TOKEN": TOKEN})
+    if done.rc not in (0, 1):  # 1: a fixed parallelism over the capacity gave up on some
+        done.check()
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    result = UpdateRun(doc["summary"]["updated"], sum(o["attempts"] for o in doc["outcomes"]),
+                       float(doc["duration_s"]))
+    print(f"  updates {name}: {result.updated} in {result.seconds:.2f} s = "
+          f"{result.per_second:.0f}/s, {result.patches} PATCHes", flush=True)
+    return result
+
+
+def measure_updates(rounds: int) -> dict[str, UpdateRun]:
+    """Every ``UPDATE_RUNS`` entry ``rounds`` times, the order rotating each round, best kept."""
+    found: dict[str, UpdateRun] = {}
+    for i in range(rounds):
+        for name, p, fixed in UPDATE_RUNS[i % 3:] + UPDATE_RUNS[:i % 3]:
+            r = measure_update(name, p, fixed)
+            if name not in found or r.per_second > found[name].per_second:
+                found[name] = r
+    return found
+
+
+def render_updates(res: dict[str, UpdateRun], load: tuple[float, float], rounds: int) -> str:
+    lines = [f"## Updates under the adaptive limit, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} "
+             f"UTC (commit {git_commit()})", "",
+             f"`bench/run.py --updates` ({rounds} round{'s' if rounds > 1 else ''}, the order "
+             f"rotating, best kept); {os.cpu_count()} CPUs, load average {load[0]:.1f} before, "
+             f"{load[1]:.1f} after. Each figure: {UPDATE_IMAGES} images created, then every one "
+             "changed in the catalog and updated by one timed `reconcile apply --no-refresh` "
+             f"against the same fresh `reconcile sandbox --latency-ms {LATENCY_MS} --capacity "
+             f"{CAPACITY}` (`--retries 20`); updates/s from the report's `duration_s`.", ""]
+    best = res[UPDATE_RUNS[1][0]]
+    lines += table(["apply", "updated", "PATCHes sent", "updates/s", f"of fixed p={CAPACITY}"],
+                   [[name, f"{r.updated}", f"{r.patches}", f"{r.per_second:.0f}/s",
+                     f"{r.per_second / best.per_second:.2f}x"] for name, r in res.items()])
+    share = res[UPDATE_RUNS[0][0]].per_second / best.per_second
+    lines += ["", f"Target (as for creates): adaptive ≥ {ADAPTIVE_VS_BEST:.0%} of the best "
+              f"fixed parallelism: {share:.0%}, {verdict(share >= ADAPTIVE_VS_BEST)}.", ""]
+    return "\n".join(lines)
+
+
 def render_formats(scaling: dict[int, Scaling], load: tuple[float, float], rounds: int) -> str:
     """The time and memory targets of every report format, from ``--formats``."""
     big = scaling[max(scaling)]
@@ -613,6 +691,9 @@ def main() -> None:
     parser.add_argument("--concurrency", action="store_true",
                         help="only adaptive vs fixed concurrency against the capacity and the "
                              "latency-bound sandbox (--rounds of each)")
+    parser.add_argument("--updates", action="store_true",
+                        help="only updates in place against the capacity sandbox, adaptive "
+                             "beside fixed parallelism (--rounds of each)")
     parser.add_argument("--state-stores", action="store_true",
                         help="only apply p=16 with an SQLite and a PostgreSQL state, "
                              "side by side (--rounds of each)")
@@ -629,6 +710,9 @@ def main() -> None:
     if args.concurrency:
         return alone(args.no_append, lambda: measure_concurrency(args.rounds),
                      lambda found, load: render_concurrency(found, load, args.rounds))
+    if args.updates:
+        return alone(args.no_append, lambda: measure_updates(args.rounds),
+                     lambda updates, load: render_updates(updates, load, args.rounds))
     if args.state_stores:
         return alone(args.no_append, lambda: measure_state_stores(args.rounds),
                      lambda pairs, load: render_state_stores(pairs))

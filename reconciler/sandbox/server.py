@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from reconciler.errors import ConfigError
 from reconciler.sandbox.app import Request, SandboxApp
+from reconciler.sandbox.capacity import Load
 from reconciler.sandbox.config import SandboxConfig
 from reconciler.sandbox.replies import Reply
 
@@ -273,6 +274,11 @@ class Sandbox:
         """(most image requests served at once, in every mode; requests refused with 503 in
         capacity mode)."""
         return self._app.capacity_counts()
+
+    def capacity_load(self, method: str) -> Load:
+        """Capacity mode: what the requests of one method met (``peak`` and ``refused`` as
+        above; ``opening``: the most in flight before the first was answered)."""
+        return self._app.capacity_load(method)
 
     @property
     def connections(self) -> int:
