@@ -32,10 +32,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -560,6 +560,84 @@ def render_concurrency(res: Concurrency, load: tuple[float, float], rounds: int)
     return "\n".join(lines)
 
 
+UPDATE_IMAGES = 400
+#: (label, --parallelism, --concurrency fixed): adaptive at the default ceiling beside the
+#: best fixed parallelism (the capacity) and the default one
+UPDATE_RUNS = (("adaptive, ceiling 10", 10, False), (f"fixed p={CAPACITY}", CAPACITY, True),
+               ("fixed p=10", 10, True))
+
+
+@dataclass
+class UpdateRun:
+    updated: int
+    patches: int  # PATCHes sent (refused ones included): the attempts of every outcome
+    seconds: float  # the report's duration_s
+
+    @property
+    def per_second(self) -> float:
+        return self.updated / self.seconds
+
+
+def measure_update(name: str, parallelism: int, fixed: bool) -> UpdateRun:
+    """``UPDATE_IMAGES`` images created (untimed), every one then changed in the catalog (its
+    file's ``owner_team``) and updated by a timed ``apply --no-refresh``, against a fresh
+    sandbox with ``--capacity CAPACITY``; ``--retries 20`` as for the creates."""
+    tag = name.replace(" ", "").replace(",", "-").replace("=", "")
+    catalog = gen_catalog(OUT / f"catalog-updates-{tag}", UPDATE_IMAGES, 4)
+    state, report = OUT / f"updates-{tag}.db", OUT / f"updates-{tag}.json"
+    state.unlink(missing_ok=True)
+    with sandbox(LATENCY_MS, capacity=CAPACITY) as url:
+        base = [RECONCILE, "apply", "--catalog", catalog, "--state", state, "--endpoint", url,
+                "--yes", "--no-refresh", "--format", "json", "--retries", 20]
+        run([*base, "--output", OUT / f"updates-{tag}-creates.json"],
+            env={"OS_AUTH_TOKEN": TOKEN}).check()
+        for path in catalog.glob("*.yaml"):
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace("    owner_team: ", "    owner_team: moved-"),
+                            encoding="utf-8")
+        done = run([*base, "--output", report, "--parallelism", parallelism,
+                    "--concurrency", "fixed" if fixed else "adaptive"],
+                   env={"OS_AUTH_TOKEN": TOKEN})
+    if done.rc not in (0, 1):  # 1: a fixed parallelism over the capacity gave up on some
+        done.check()
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    result = UpdateRun(doc["summary"]["updated"], sum(o["attempts"] for o in doc["outcomes"]),
+                       float(doc["duration_s"]))
+    print(f"  updates {name}: {result.updated} in {result.seconds:.2f} s = "
+          f"{result.per_second:.0f}/s, {result.patches} PATCHes", flush=True)
+    return result
+
+
+def measure_updates(rounds: int) -> dict[str, UpdateRun]:
+    """Every ``UPDATE_RUNS`` entry ``rounds`` times, the order rotating each round, best kept."""
+    found: dict[str, UpdateRun] = {}
+    for i in range(rounds):
+        for name, p, fixed in UPDATE_RUNS[i % 3:] + UPDATE_RUNS[:i % 3]:
+            r = measure_update(name, p, fixed)
+            if name not in found or r.per_second > found[name].per_second:
+                found[name] = r
+    return found
+
+
+def render_updates(res: dict[str, UpdateRun], load: tuple[float, float], rounds: int) -> str:
+    lines = [f"## Updates under the adaptive limit, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} "
+             f"UTC (commit {git_commit()})", "",
+             f"`bench/run.py --updates` ({rounds} round{'s' if rounds > 1 else ''}, the order "
+             f"rotating, best kept); {os.cpu_count()} CPUs, load average {load[0]:.1f} before, "
+             f"{load[1]:.1f} after. Each figure: {UPDATE_IMAGES} images created, then every one "
+             "changed in the catalog and updated by one timed `reconcile apply --no-refresh` "
+             f"against the same fresh `reconcile sandbox --latency-ms {LATENCY_MS} --capacity "
+             f"{CAPACITY}` (`--retries 20`); updates/s from the report's `duration_s`.", ""]
+    best = res[UPDATE_RUNS[1][0]]
+    lines += table(["apply", "updated", "PATCHes sent", "updates/s", f"of fixed p={CAPACITY}"],
+                   [[name, f"{r.updated}", f"{r.patches}", f"{r.per_second:.0f}/s",
+                     f"{r.per_second / best.per_second:.2f}x"] for name, r in res.items()])
+    share = res[UPDATE_RUNS[0][0]].per_second / best.per_second
+    lines += ["", f"Target (as for creates): adaptive ≥ {ADAPTIVE_VS_BEST:.0%} of the best "
+              f"fixed parallelism: {share:.0%}, {verdict(share >= ADAPTIVE_VS_BEST)}.", ""]
+    return "\n".join(lines)
+
+
 def render_formats(scaling: dict[int, Scaling], load: tuple[float, float], rounds: int) -> str:
     """The time and memory targets of every report format, from ``--formats``."""
     big = scaling[max(scaling)]
@@ -720,67 +798,39 @@ def main() -> None:
     parser.add_argument("--baseline", default="main", metavar="REV",
                         help="with --latency-bound: the commit to compare with "
                              "(default: %(default)s)")
+    parser.add_argument("--updates", action="store_true",
+                        help="only updates in place against the capacity sandbox, adaptive "
+                             "beside fixed parallelism (--rounds of each)")
     parser.add_argument("--state-stores", action="store_true",
                         help="only apply p=16 with an SQLite and a PostgreSQL state, "
                              "side by side (--rounds of each)")
     args = parser.parse_args()
+    sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
     if args.formats:
-        OUT.mkdir(exist_ok=True)
-        load_before = os.getloadavg()[0]
-        sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
-        measured = {images: measure_scaling(images, files, args.big_rounds,
-                                            formats=images == sizes[-1][0])
-                    for images, files in sizes}
-        text = render_formats(measured, (load_before, os.getloadavg()[0]), args.big_rounds)
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: {
+            images: measure_scaling(images, files, args.big_rounds,
+                                    formats=images == sizes[-1][0])
+            for images, files in sizes},
+            lambda measured, load: render_formats(measured, load, args.big_rounds))
     if args.glance:
-        OUT.mkdir(exist_ok=True)
-        load_before = os.getloadavg()[0]
-        glance_rounds = measure_glance(args.rounds)
-        text = render_glance(glance_rounds, (load_before, os.getloadavg()[0]))
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: measure_glance(args.rounds), render_glance)
     if args.concurrency:
-        OUT.mkdir(exist_ok=True)
-        load_before = os.getloadavg()[0]
-        found = measure_concurrency(args.rounds)
-        text = render_concurrency(found, (load_before, os.getloadavg()[0]), args.rounds)
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: measure_concurrency(args.rounds),
+                     lambda found, load: render_concurrency(found, load, args.rounds))
     if args.latency_bound:
-        OUT.mkdir(exist_ok=True)
-        load_before = os.getloadavg()[0]
-        pairs = measure_latency_bound(args.rounds, args.baseline)
-        text = render_latency_bound(pairs, (load_before, os.getloadavg()[0]), args.rounds)
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: measure_latency_bound(args.rounds, args.baseline),
+                     lambda pairs, load: render_latency_bound(pairs, load, args.rounds))
+    if args.updates:
+        return alone(args.no_append, lambda: measure_updates(args.rounds),
+                     lambda updates, load: render_updates(updates, load, args.rounds))
     if args.state_stores:
-        OUT.mkdir(exist_ok=True)
-        text = render_state_stores(measure_state_stores(args.rounds))
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: measure_state_stores(args.rounds),
+                     lambda pairs, load: render_state_stores(pairs))
 
     started = time.perf_counter()
     OUT.mkdir(exist_ok=True)
     (OUT / "sandbox.log").unlink(missing_ok=True)
     load_before = os.getloadavg()[0]
-    sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
     biggest = sizes[-1][0]
 
     print("== plan scaling (fresh process each; interleaved rounds, best kept)", flush=True)
@@ -823,11 +873,31 @@ def main() -> None:
     print()
     print(text)
     if not args.no_append:
-        with RESULTS.open("a", encoding="utf-8") as handle:
-            if RESULTS.stat().st_size == 0:
-                handle.write(RESULTS_HEADER)
-            handle.write(text + "\n")
+        append_results(text)
         print(f"appended to {RESULTS.relative_to(ROOT)}")
+
+
+_Found = TypeVar("_Found")
+
+
+def alone(no_append: bool, measure: Callable[[], _Found],
+          render_found: Callable[[_Found, tuple[float, float]], str]) -> None:
+    """One part of the benchmark on its own: measure, render it with the load average
+    before and after, print it, and append it to RESULTS.md (unless ``no_append``)."""
+    OUT.mkdir(exist_ok=True)
+    load_before = os.getloadavg()[0]
+    found = measure()
+    text = render_found(found, (load_before, os.getloadavg()[0]))
+    print(text)
+    if not no_append:
+        append_results(text)
+
+
+def append_results(text: str) -> None:
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        if RESULTS.stat().st_size == 0:
+            handle.write(RESULTS_HEADER)
+        handle.write(text + "\n")
 
 
 RESULTS_HEADER = """\

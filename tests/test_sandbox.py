@@ -26,8 +26,9 @@ from click.testing import Result
 from reconciler.errors import ConfigError
 from reconciler.osversions import DEFAULT_OS_VERSION, KNOWN_OS_VERSIONS, derive_os_fields
 from reconciler.sandbox import Sandbox, SandboxConfig
-from reconciler.sandbox.capacity import Capacity
+from reconciler.sandbox.capacity import Capacity, Load
 from reconciler.sandbox.config import DEFAULT_PROJECT_ID
+from reconciler.sandbox.patching import V21
 
 JSON = {"Accept": "application/json"}
 
@@ -728,23 +729,23 @@ def test_dropped_response_commits_the_image_but_the_client_gets_no_answer(ims: S
 
 
 def test_latency_overlaps_across_parallel_requests() -> None:
-    # 8 requests of 500 ms: 4 s one after another. The clients (costly to build on a loaded
-    # machine) are made and connected before the clock starts, so only the latency is timed.
+    # 8 requests sent at once, each held 1 s: a server that serves them side by side has all
+    # 8 in flight together. Counted by the server, not timed: a loaded machine may be slow
+    # to start the threads, not by a second. One after another, it would never see 2.
     with Sandbox(SandboxConfig(latency_ms=0)) as sb:
         clients = [client(sb) for _ in range(8)]
         for c in clients:
-            c.get("/v2/images")
-        sb.config.latency_ms = 500
+            c.get("/v2/images")  # connected before the requests that count
+        assert sb.capacity_counts == (1, 0)
+        sb.config.latency_ms = 1000
         threads = [threading.Thread(target=c.get, args=("/v2/images",)) for c in clients]
-        started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        elapsed = time.monotonic() - started
         for c in clients:
             c.close()
-    assert 0.5 <= elapsed < 2.5
+        assert sb.capacity_counts == (8, 0)
 
 
 def test_request_count_counts_per_method_and_route(ims: Sandbox) -> None:
@@ -852,13 +853,53 @@ def test_sandbox_command_refuses_a_bad_fault_script(run_cli: Callable[..., Resul
 
 def test_capacity_admits_up_to_its_size_with_a_load_factor_and_refuses_the_rest() -> None:
     cap = Capacity(2)
-    with cap.admit() as first, cap.admit() as second, cap.admit() as third:
+    with cap.admit("GET") as first, cap.admit("GET") as second, cap.admit("GET") as third:
         assert (first, second, third) == (1.0, 1.5, None)  # 1 + (n - 1) / capacity
-    with cap.admit() as again:  # every place was given back
+    with cap.admit("GET") as again:  # every place was given back
         assert again == 1.0
     assert (cap.peak, cap.refused) == (2, 1)
-    with Capacity(None).admit() as unlimited:
+    with Capacity(None).admit("GET") as unlimited:
         assert unlimited == 1.0
+
+
+def test_capacity_counts_every_method_against_one_size_and_each_method_apart() -> None:
+    cap = Capacity(2)
+    with cap.admit("POST") as post, cap.admit("PATCH") as patch_, cap.admit("PATCH") as full:
+        # A PATCH takes a worker as a POST does: the third request is refused, whatever it is.
+        assert (post, patch_, full) == (1.0, 1.5, None)
+    with cap.admit("PATCH"), cap.admit("PATCH"):
+        pass
+    assert (cap.peak, cap.refused) == (2, 1)
+    posts, patches = cap.load("POST"), cap.load("PATCH")
+    assert (posts.peak, posts.refused, posts.opening) == (1, 0, 1)
+    # Two PATCHes at once (after one refused), the first of them in flight alone until then.
+    assert (patches.peak, patches.refused, patches.opening) == (2, 1, 1)
+    assert cap.load("DELETE") == Load()
+
+
+def test_capacity_mode_answers_503_to_patches_beyond_its_size() -> None:
+    # Four PATCHes at once (each held 1.5 s) against room for two: two are refused at once.
+    with Sandbox(SandboxConfig(capacity=2, profile="glance")) as sb:
+        clients = [client(sb) for _ in range(4)]
+        image = clients[0].post("/v2/images", json={"name": "web"}).json()
+        sb.config.latency_ms = 1500
+        statuses: list[int] = []
+
+        def send(c: httpx.Client) -> None:
+            statuses.append(c.patch(
+                f"/v2/images/{image['id']}", content=b'[{"op": "add", "path": "/team", '
+                b'"value": "core"}]', headers={"Content-Type": V21}).status_code)
+
+        threads = [threading.Thread(target=send, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for c in clients:
+            c.close()
+        patches = sb.capacity_load("PATCH")
+    assert (patches.peak, patches.refused) == (2, 2)
+    assert sorted(statuses) == [200, 200, 503, 503]
 
 
 def test_capacity_mode_answers_503_over_http_beyond_its_size() -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from apply_helpers import (
     Apply,
     CliWorld,
     SandboxFactory,
+    answered,
     query,
     recorded,
     replace_image,
@@ -31,19 +33,15 @@ from reconciler.apply.decisions import (
     on_update_error,
     resolve_pending_update,
 )
+from reconciler.apply.limit import ConcurrencyLimit, Slot
 from reconciler.apply.runstate import RunState
 from reconciler.apply.updates import Updater
 from reconciler.client import ImageClient, StaticToken, normalize_endpoint
 from reconciler.clock import ManualClock
 from reconciler.errors import (
     ApiError,
-    AuthError,
-    ClientError,
-    GatewayError,
     MalformedResponse,
-    NotFoundError,
     ServerError,
-    ThrottledError,
     TransportError,
 )
 from reconciler.models import MARKER_PROPERTY, Change, ImageSpec, Outcome, Record
@@ -171,27 +169,23 @@ def test_as_add_and_expected() -> None:
 
 # --- what a failed PATCH means (decisions.on_update_error) ------------------------------------
 
-def _err(kind: type[ApiError], status: int | None = None, **kw: Any) -> ApiError:
-    return kind("boom", status=status, **kw)
-
-
 UPDATE_ERRORS: dict[str, tuple[ApiError, bool, bool, UpdateStep]] = {
-    "401": (_err(AuthError, 401), False, False, UpdateStep.STOP_RUN),
-    "409_first": (_err(ClientError, 409), False, False, UpdateStep.REPLAN),
-    "409_again": (_err(ClientError, 409), True, False, UpdateStep.FAIL),
-    "img0035_first": (_err(ClientError, 400, code="IMG.0035"), False, False, UpdateStep.AS_ADD),
-    "img0035_again": (_err(ClientError, 400, code="IMG.0035"), False, True, UpdateStep.FAIL),
-    "403": (_err(ClientError, 403), False, False, UpdateStep.FAIL),
-    "404": (_err(NotFoundError, 404), False, False, UpdateStep.FAIL),
-    "413": (_err(ClientError, 413), False, False, UpdateStep.FAIL),
-    "429": (_err(ThrottledError, 429), False, False, UpdateStep.RESEND),
+    "401": (answered(401), False, False, UpdateStep.STOP_RUN),
+    "409_first": (answered(409), False, False, UpdateStep.REPLAN),
+    "409_again": (answered(409), True, False, UpdateStep.FAIL),
+    "img0035_first": (answered(400, "IMG.0035"), False, False, UpdateStep.AS_ADD),
+    "img0035_again": (answered(400, "IMG.0035"), False, True, UpdateStep.FAIL),
+    "403": (answered(403), False, False, UpdateStep.FAIL),
+    "404": (answered(404), False, False, UpdateStep.FAIL),
+    "413": (answered(413), False, False, UpdateStep.FAIL),
+    "429": (answered(429), False, False, UpdateStep.RESEND),
     "not_sent": (TransportError("refused", sent=False), False, False, UpdateStep.RESEND),
     "sent": (TransportError("reset", sent=True), False, False, UpdateStep.READ_BACK),
     "tls": (TransportError("tls", sent=False, permanent=True), False, False, UpdateStep.FAIL),
-    "502": (_err(GatewayError, 502), False, False, UpdateStep.READ_BACK),
-    "503": (_err(ServerError, 503), False, False, UpdateStep.READ_BACK),
-    "2xx_broken": (_err(MalformedResponse, 200), False, False, UpdateStep.READ_BACK),
-    "other": (_err(ApiError, 302), False, False, UpdateStep.KEEP_PENDING),
+    "502": (answered(502), False, False, UpdateStep.READ_BACK),
+    "503": (answered(503), False, False, UpdateStep.READ_BACK),
+    "2xx_broken": (MalformedResponse("boom", status=200), False, False, UpdateStep.READ_BACK),
+    "other": (answered(302), False, False, UpdateStep.KEEP_PENDING),
 }
 
 
@@ -774,9 +768,63 @@ def test_ctrl_c_during_updates_finishes_what_runs_and_skips_the_rest(direct: Dir
     with pytest.raises(KeyboardInterrupt):
         direct.update(*changes)
     delivered = {o.name: o.result for o in direct.updater.delivered}
-    assert delivered == {"img-00": "updated", "img-01": "skipped", "img-02": "skipped"}
-    assert direct.world.patches() == 1
+    # img-01's worker, one beyond the single slot, waited for it: if it had its PATCH out
+    # before the interrupt, that update finishes and is recorded; img-02 never started.
+    assert (delivered["img-00"], delivered["img-02"]) == ("updated", "skipped")
+    assert delivered["img-01"] in ("updated", "skipped")
+    assert direct.world.patches() == list(delivered.values()).count("updated")
+    assert _states(direct.world).count(("pending",)) == 0
     assert direct.run.stopped
+
+
+# --- the in-flight limit: the target's, shared with its creates (docs/architecture.md §6.6) ---
+
+def _limited(direct: Direct, limit: ConcurrencyLimit) -> Updater:
+    return Updater(direct.store, direct.updater.api, direct.updater.target, direct.run,
+                   direct.world.profile, parallelism=4, shared_limit=limit)
+
+
+@pytest.mark.parametrize(("error", "cuts", "answers"), [
+    # refused: cut; read back (an answer), not applied, sent again (an answer)
+    (answered(503), 1, 2),
+    (answered(429), 1, 1),  # cut; sent again after the backoff
+    (TransportError("reset", sent=True), 1, 2),  # no answer: cut; read back; sent again
+    (TransportError("refused", sent=False), 0, 1),  # never left: says nothing of the load
+    (answered(400), 0, 1),  # an answer, not about load (then it fails)
+], ids=["503", "429", "timeout", "not-sent", "400"])
+def test_each_patch_and_read_back_is_judged_by_the_targets_limit(
+        direct: Direct, error: ApiError, cuts: int, answers: int) -> None:
+    limit = ConcurrencyLimit(4, direct.run.clock.monotonic)
+    updater = _limited(direct, limit)
+    assert updater.limit is limit
+    updater.api = Flaky(direct.client, update=[error])
+    changes = [direct.change(n, [{"op": "add", "path": "/min_ram", "value": 8}], min_ram=8)
+               for n in ("img-00", "img-01")]
+    records = {c.name: direct.record(c.name) for c in changes}
+    updater.update_all(changes[:1], records)
+    assert (limit.state.cuts, limit.state.seen) == (cuts, answers)
+    updater.update_all(changes[1:], records)  # one more, whatever the first did
+    assert (limit.state.cuts, limit.state.seen) == (cuts, answers + 1)
+
+
+def test_an_update_the_run_stopped_while_it_waited_for_a_slot_sends_and_journals_nothing(
+        direct: Direct) -> None:
+    run = direct.run
+
+    class StopsWhileWaiting(ConcurrencyLimit):
+        @contextmanager
+        def request(self) -> Iterator[Slot]:
+            run.stop("interrupted")  # Ctrl-C while this update waits for its slot
+            with super().request() as slot:
+                yield slot
+
+    updater = _limited(direct, StopsWhileWaiting(4, run.clock.monotonic))
+    change = direct.change("img-00", [{"op": "add", "path": "/min_ram", "value": 8}],
+                           min_ram=8)
+    (outcome,) = updater.update_all([change], {"img-00": direct.record("img-00")})
+    assert outcome.result == "skipped"
+    assert direct.world.patches() == 0
+    assert _states(direct.world) == []
 
 
 def test_a_real_kill_mid_update_is_resolved_by_the_next_run_reading_the_image(

@@ -173,8 +173,10 @@ def _apply_locked(req: ApplyRequest, store: StateStore, catalog: Catalog,
                       retry=req.retry, settle_s=settle_s, recovery_settle_s=req.settle_s,
                       on_outcome=req.on_outcome, adaptive=req.adaptive,
                       client_ids=catalog.profile == "glance")  # IMS takes no id (README)
+    # One server, one limit: updates go on from what the creates found the target takes.
     updater = Updater(store, req.api, target, run, catalog.profile,
-                      parallelism=req.parallelism, retry=req.retry, on_outcome=req.on_outcome)
+                      parallelism=req.parallelism, retry=req.retry, on_outcome=req.on_outcome,
+                      shared_limit=creator.limit)
     outcomes: list[Outcome] = []
     taken_in: list[str] = []
     summary: dict[str, int] = {}

@@ -6,6 +6,10 @@ replaces the record's response and closes the entry in one transaction. After a 
 ``decisions.on_update_error`` says what to do; an update whose fate is unknown is resolved
 by reading the image (``decisions.resolve_pending_update``), here or in the next run, and the
 document is computed again from what the image shows: a PATCH is never re-sent blindly.
+
+Every PATCH and every read of an image goes through the target's in-flight limit
+(``apply/limit.py``), the one its creates use: one server, one limit (docs/architecture.md
+§6.6). The entry is written once a slot is free, right before the first PATCH.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Protocol
 
 from reconciler import patch
+from reconciler.apply.creates import workers
 from reconciler.apply.decisions import (
     UpdateFate,
     UpdateStep,
     on_update_error,
     resolve_pending_update,
 )
+from reconciler.apply.limit import ConcurrencyLimit
 from reconciler.apply.pool import run_bounded
 from reconciler.apply.runstate import RunState
 from reconciler.client import RetryPolicy
@@ -68,6 +74,7 @@ class _Work:
     request: dict[str, Any]  # what the record will say was sent (the marker kept)
     started: float
     attempt: int = 0
+    journaled: bool = False
     replanned: bool = False
     as_add: bool = False
 
@@ -88,11 +95,20 @@ class Updater:
     target: str
     run: RunState
     profile: str
-    parallelism: int = 10
+    parallelism: int = 10  # the ceiling of the in-flight limit
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
     rng: random.Random = field(default_factory=random.Random)
     delivered: list[Outcome] = field(default_factory=list)
+    adaptive: bool = True  # False: always ``parallelism`` in flight (--concurrency fixed)
+    #: The target's limit, shared with its creates; None: one of its own, made from
+    #: ``parallelism`` and ``adaptive``.
+    shared_limit: InitVar[ConcurrencyLimit | None] = None
+    limit: ConcurrencyLimit = field(init=False)
+
+    def __post_init__(self, shared_limit: ConcurrencyLimit | None) -> None:
+        self.limit = shared_limit if shared_limit is not None else ConcurrencyLimit(
+            self.parallelism, self.run.clock.monotonic, adaptive=self.adaptive)
 
     # --- recovery of earlier runs ----------------------------------------------------------
 
@@ -103,7 +119,7 @@ class Updater:
         for entry in self.store.pending_updates(self.target):
             started = clock.monotonic()
             try:
-                image = self.api.get_image(entry.image_id)
+                image = self._read(entry.image_id)
             except ApiError as exc:
                 log.warning("cannot resolve the pending update of %s: %s", entry.name, exc,
                             extra={"event": "recover_failed", "image": entry.name})
@@ -139,12 +155,12 @@ class Updater:
 
     def update_all(self, changes: Sequence[Change],
                    records: Mapping[str, Record]) -> list[Outcome]:
-        """Update every image of ``changes`` (all ``update``), at most ``parallelism`` at
-        once. On KeyboardInterrupt no new update starts, running ones finish and are
-        recorded, then the interrupt propagates."""
+        """Update every image of ``changes`` (all ``update``), as many at once as the limit
+        allows (a few more workers, as for creates). On KeyboardInterrupt no new update
+        starts, running ones finish and are recorded, then the interrupt propagates."""
         todo = [c for c in changes if c.spec is not None and c.name in records]
         return run_bounded(todo, lambda c: self._update_one(c, records[c.name]), run=self.run,
-                           parallelism=self.parallelism, deliver=self._deliver,
+                           parallelism=workers(self.parallelism), deliver=self._deliver,
                            delivered=self.delivered, skipped=self.run.skipped,
                            abort=self.api.abort, prefix="reconcile-update")
 
@@ -163,10 +179,6 @@ class Updater:
             return self._record(work.name, request, image, None, old.origin, work.started, 0,
                                 ())
         nonce = uuid.uuid4().hex
-        self.store.journal_open(nonce=nonce, target=self.target, name=work.name,
-                                run_id=self.run.run_id, kind="update", image_id=old.image_id,
-                                request={"patch": list(work.ops), "api": work.api,
-                                         "request": request})
         try:
             while True:
                 self._send(work, nonce)
@@ -179,7 +191,20 @@ class Updater:
         work.attempt += 1
         image_id = work.old.image_id
         try:
-            image = self.api.update_image(image_id, work.ops, api=work.api)
+            with self.limit.request() as slot:
+                if not work.journaled:
+                    # Once a slot is free: updates still waiting for one leave no entry
+                    # behind a crash, nor does one the run stopped meanwhile.
+                    if self.run.stopped:
+                        raise _Done(self.run.skipped(work.name))
+                    self.store.journal_open(
+                        nonce=nonce, target=self.target, name=work.name,
+                        run_id=self.run.run_id, kind="update", image_id=image_id,
+                        request={"patch": list(work.ops), "api": work.api,
+                                 "request": work.request})
+                    work.journaled = True
+                slot.send()
+                image = self.api.update_image(image_id, work.ops, api=work.api)
         except ApiError as exc:
             error = exc
         else:
@@ -230,7 +255,7 @@ class Updater:
         """Read the image and compute its update again: done if it shows the catalog's
         values (the PATCH landed after all), failed if a change is now impossible."""
         try:
-            image = self.api.get_image(work.old.image_id)
+            image = self._read(work.old.image_id)
         except ApiError:
             raise _Done(self.run.failed(work.name, error, work.attempt, work.started,
                                         _UNKNOWN, what=": update")) from None
@@ -245,6 +270,12 @@ class Updater:
             raise _Done(self._record(work.name, work.request, image, nonce, work.old.origin,
                                      work.started, work.attempt, work.ops))
         work.ops, work.api = again.ops, again.api
+
+    def _read(self, image_id: str) -> dict[str, Any] | None:
+        """The image as the server shows it now: a request to the target like a PATCH."""
+        with self.limit.request() as slot:
+            slot.send()
+            return self.api.get_image(image_id)
 
     # --- outcomes --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from reconciler.osversions import KNOWN_OS_VERSIONS, derive_os_fields
-from reconciler.sandbox.capacity import Capacity
+from reconciler.sandbox.capacity import Capacity, Load
 from reconciler.sandbox.config import SandboxConfig
 from reconciler.sandbox.faults import Fault, FaultInjector
 from reconciler.sandbox.images import build_foreign_image, build_image, isotime
@@ -181,9 +181,13 @@ class SandboxApp:
         return self._faults.scripted_left()
 
     def capacity_counts(self) -> tuple[int, int]:
-        """Capacity mode: the most ``/v2`` requests served at once, and how many were
-        refused (503) for want of a place."""
+        """The most ``/v2`` image requests served at once (in every mode), and how many were
+        refused (503) for want of a place (capacity mode)."""
         return self._capacity.peak, self._capacity.refused
+
+    def capacity_load(self, method: str) -> Load:
+        """Capacity mode: what the ``/v2`` requests of one method met."""
+        return self._capacity.load(method)
 
     def hold_creates(self, hold: threading.Event | None) -> None:
         """Creates arriving from now on wait for ``hold`` to be set, before committing
@@ -223,7 +227,7 @@ class SandboxApp:
         if kind not in ("images", "image", "cloudimage") or (
                 kind == "cloudimage" and self.config.profile != "ims"):
             raise GlanceError(404, "The resource could not be found.")
-        with self._capacity.admit() as load:
+        with self._capacity.admit(req.method) as load:
             if load is None:  # over capacity: refused at once, as an overloaded server does
                 return webob_default(503, req.headers.get("accept", ""))
             return self._serve(req, kind, load)
