@@ -448,8 +448,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         if saved is not None:
             planfile.check_target(saved, session.endpoint)
         progress = Progress(sys.stderr.isatty())
-        one = request(session, progress, lambda p: progress.start(
-            len(p.creates) + len(p.adoptions) + len(p.updates)))
+        one = request(session, progress, progress.start)
         if not yes:
             shown = preview(one)
             if not confirm(shown.plan, shown.report, session.endpoint, templates):
