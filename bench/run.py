@@ -32,10 +32,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -698,63 +698,29 @@ def main() -> None:
                         help="only apply p=16 with an SQLite and a PostgreSQL state, "
                              "side by side (--rounds of each)")
     args = parser.parse_args()
+    sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
     if args.formats:
-        OUT.mkdir(exist_ok=True)
-        load_before = os.getloadavg()[0]
-        sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
-        measured = {images: measure_scaling(images, files, args.big_rounds,
-                                            formats=images == sizes[-1][0])
-                    for images, files in sizes}
-        text = render_formats(measured, (load_before, os.getloadavg()[0]), args.big_rounds)
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: {
+            images: measure_scaling(images, files, args.big_rounds,
+                                    formats=images == sizes[-1][0])
+            for images, files in sizes},
+            lambda measured, load: render_formats(measured, load, args.big_rounds))
     if args.glance:
-        OUT.mkdir(exist_ok=True)
-        load_before = os.getloadavg()[0]
-        glance_rounds = measure_glance(args.rounds)
-        text = render_glance(glance_rounds, (load_before, os.getloadavg()[0]))
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: measure_glance(args.rounds), render_glance)
     if args.concurrency:
-        OUT.mkdir(exist_ok=True)
-        load_before = os.getloadavg()[0]
-        found = measure_concurrency(args.rounds)
-        text = render_concurrency(found, (load_before, os.getloadavg()[0]), args.rounds)
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: measure_concurrency(args.rounds),
+                     lambda found, load: render_concurrency(found, load, args.rounds))
     if args.updates:
-        OUT.mkdir(exist_ok=True)
-        load_before = os.getloadavg()[0]
-        updates = measure_updates(args.rounds)
-        text = render_updates(updates, (load_before, os.getloadavg()[0]), args.rounds)
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: measure_updates(args.rounds),
+                     lambda updates, load: render_updates(updates, load, args.rounds))
     if args.state_stores:
-        OUT.mkdir(exist_ok=True)
-        text = render_state_stores(measure_state_stores(args.rounds))
-        print(text)
-        if not args.no_append:
-            with RESULTS.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        return
+        return alone(args.no_append, lambda: measure_state_stores(args.rounds),
+                     lambda pairs, load: render_state_stores(pairs))
 
     started = time.perf_counter()
     OUT.mkdir(exist_ok=True)
     (OUT / "sandbox.log").unlink(missing_ok=True)
     load_before = os.getloadavg()[0]
-    sizes = sorted((int(i), int(f)) for i, f in (s.split(":") for s in args.sizes.split(",")))
     biggest = sizes[-1][0]
 
     print("== plan scaling (fresh process each; interleaved rounds, best kept)", flush=True)
@@ -797,11 +763,31 @@ def main() -> None:
     print()
     print(text)
     if not args.no_append:
-        with RESULTS.open("a", encoding="utf-8") as handle:
-            if RESULTS.stat().st_size == 0:
-                handle.write(RESULTS_HEADER)
-            handle.write(text + "\n")
+        append_results(text)
         print(f"appended to {RESULTS.relative_to(ROOT)}")
+
+
+_Found = TypeVar("_Found")
+
+
+def alone(no_append: bool, measure: Callable[[], _Found],
+          render_found: Callable[[_Found, tuple[float, float]], str]) -> None:
+    """One part of the benchmark on its own: measure, render it with the load average
+    before and after, print it, and append it to RESULTS.md (unless ``no_append``)."""
+    OUT.mkdir(exist_ok=True)
+    load_before = os.getloadavg()[0]
+    found = measure()
+    text = render_found(found, (load_before, os.getloadavg()[0]))
+    print(text)
+    if not no_append:
+        append_results(text)
+
+
+def append_results(text: str) -> None:
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        if RESULTS.stat().st_size == 0:
+            handle.write(RESULTS_HEADER)
+        handle.write(text + "\n")
 
 
 RESULTS_HEADER = """\

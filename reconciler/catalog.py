@@ -454,19 +454,26 @@ class _FileChecker:
 
     def _selection(self, value: Any, line: int, where: str) -> tuple[tuple[str, int], ...] | None:
         """An image's (or the defaults') ``targets:``: a non-empty list of target names."""
-        if not isinstance(value, LineList):
-            self.error(line, where, f"must be a list of target names, but it is "
-                                    f"{_describe(value)}")
-            return None
-        if not value:
+        if isinstance(value, LineList) and not value:
             self.error(line, where, "is empty, so the image would go nowhere; name at least "
                                     "one target, or remove the key to mean every target")
             return None
+        return self._texts(value, line, where, "target names", "a target name")
+
+    def _texts(self, value: Any, line: int, where: str, items: str, item: str,
+               check: Callable[[str], str | None] = lambda text: None,
+               ) -> tuple[tuple[str, int], ...] | None:
+        """A list of text (``items``), each item passing ``check``: every item with its line,
+        or None once every bad item is reported."""
+        if not isinstance(value, LineList):
+            self.error(line, where, f"must be a list of {items}, but it is {_describe(value)}")
+            return None
         ok = True
-        for i, (name, at) in enumerate(zip(value, value.lines, strict=True)):
-            if not isinstance(name, str):
-                self.error(at, f"{where}[{i}]", f"must be a target name, but it is "
-                           f"{_describe(name)}{_quote_hint(name)}")
+        for i, (text, at) in enumerate(zip(value, value.lines, strict=True)):
+            message = f"must be {item}, but it is {_describe(text)}{_quote_hint(text)}" \
+                if not isinstance(text, str) else check(text)
+            if message:
+                self.error(at, f"{where}[{i}]", message)
                 ok = False
         return tuple(zip(value, value.lines, strict=True)) if ok else None
 
@@ -545,25 +552,13 @@ class _FileChecker:
         return value
 
     def _tags(self, value: Any, line: int, where: str) -> tuple[str, ...] | None:
-        if not isinstance(value, LineList):
-            self.error(line, where, f"must be a list of text, but it is {_describe(value)}")
-            return None
-        ok = True
-        for i, (tag, tag_line) in enumerate(zip(value, value.lines, strict=True)):
-            if not isinstance(tag, str):
-                self.error(tag_line, f"{where}[{i}]", f"must be text, but it is "
-                           f"{_describe(tag)}{_quote_hint(tag)}")
-                ok = False
-                continue
-            message = self.profile.check_tag(tag)
-            if message:
-                self.error(tag_line, f"{where}[{i}]", message)
-                ok = False
-        if len(value) > self.profile.max_tags:  # the server counts duplicates too
+        tags = self._texts(value, line, where, "text", "text", self.profile.check_tag)
+        if isinstance(value, LineList) and len(value) > self.profile.max_tags:
+            # the server counts duplicates too
             self.error(line, where, f"has {len(value)} tags; the API allows at most "
                                     f"{self.profile.max_tags}")
-            ok = False
-        return tuple(value) if ok else None
+            return None
+        return tuple(tag for tag, _ in tags) if tags is not None else None
 
     def _properties(self, value: Any, line: int, where: str) -> dict[str, str] | None:
         if not isinstance(value, LineDict):

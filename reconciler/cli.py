@@ -76,18 +76,16 @@ from reconciler.options import (
     catalog_option,
     close_suggestions,
     default_map,
-    drift_option,
     endpoint_option,
     json_format_option,
     lock_timeout_option,
-    only_option,
     plan_file_name,
+    plan_options,
+    plan_output_options,
     profile_option,
-    report_options,
     state_option,
     strict_option,
     target_option,
-    target_options,
 )
 from reconciler.planner import select_targets
 from reconciler.profiles import PROFILES
@@ -241,13 +239,7 @@ def _connect(rt: Runtime, auth: dict[str, Any], retries: int = 5,
 
 
 @cli.command("plan")
-@catalog_option
-@state_option
-@profile_option
-@strict_option
-@drift_option
-@endpoint_option
-@auth_options
+@plan_options
 @click.option("--refresh", is_flag=True,
               help="Also read the cloud (needs --endpoint and a token): find images deleted "
                    "or changed out of band, lost records to adopt, and same-name duplicates.")
@@ -255,10 +247,7 @@ def _connect(rt: Runtime, auth: dict[str, Any], retries: int = 5,
               callback=plan_file_name,
               help="Save the plan (JSON) to this file; `reconcile apply FILE` applies exactly "
                    "it. Not the report: that is -o/--output.")
-@allow_options
-@report_options
-@only_option
-@target_options
+@plan_output_options
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 2 when apply would change something (create, adopt or update), "
                    "0 when it would do nothing (drift reported only, orphans and blocked "
@@ -321,20 +310,11 @@ def plan_cmd(rt: Runtime, /, catalog: Path, state: str, profile: str, strict: bo
 
 @cli.command()
 @click.argument("plan_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@catalog_option
-@state_option
-@profile_option
-@strict_option
-@drift_option
-@endpoint_option
-@auth_options
+@plan_options
 @click.option("--refresh/--no-refresh", default=True, show_default=True,
               help="Read the cloud first: recreate images deleted out of band, adopt lost "
                    "records, block same-name duplicates.")
-@allow_options
-@report_options
-@only_option
-@target_options
+@plan_output_options
 @click.option("--refresh-only", is_flag=True,
               help="Only record what the cloud shows: adopt images that carry reconcile's "
                    "marker and take in changes made outside reconcile; create nothing.")
@@ -468,8 +448,7 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
         if saved is not None:
             planfile.check_target(saved, session.endpoint)
         progress = Progress(sys.stderr.isatty())
-        one = request(session, progress, lambda p: progress.start(
-            len(p.creates) + len(p.adoptions) + len(p.updates)))
+        one = request(session, progress, progress.start)
         if not yes:
             shown = preview(one)
             if not confirm(shown.plan, shown.report, session.endpoint, templates):

@@ -23,7 +23,7 @@ import click
 from reconciler import logs, redaction
 from reconciler.errors import ConfigError
 from reconciler.escape import terminal
-from reconciler.models import Outcome, Plan, RunReport
+from reconciler.models import APPLIED_ACTIONS, Outcome, Plan, RunReport
 from reconciler.operations import TargetPart
 from reconciler.output import check_writable, write_text
 from reconciler.report import chunks, render, summary_line
@@ -96,6 +96,11 @@ def color(output: Path | None) -> bool:
             and "NO_COLOR" not in os.environ)
 
 
+def _work(plan: Plan) -> int:
+    """The images apply reports an outcome for: creates, adoptions and updates."""
+    return sum(1 for change in plan.changes if change.action in APPLIED_ACTIONS)
+
+
 class Progress:
     """A one-line progress display on a terminal's stderr; silent elsewhere."""
 
@@ -104,8 +109,8 @@ class Progress:
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def start(self, total: int) -> None:
-        self.total = total
+    def start(self, plan: Plan) -> None:
+        self.total = _work(plan)
 
     def __call__(self, outcome: Outcome) -> None:
         with self._lock:
@@ -137,7 +142,7 @@ class TargetsProgress:
     def planned(self, target: str) -> Callable[[Plan], None]:
         def start(plan: Plan) -> None:
             with self._lock:
-                self.totals[target] = len(plan.creates) + len(plan.adoptions)
+                self.totals[target] = _work(plan)
                 self.done.setdefault(target, 0)
         return start
 

@@ -203,6 +203,23 @@ def allow_options(f: Callable[..., Any]) -> Callable[..., Any]:
                              "alone decides.")(f)
 
 
+def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """What plan and apply both read, in this order: the catalog, the state, the rules and
+    drift policy, the endpoint and the credentials."""
+    for option in (auth_options, endpoint_option, drift_option, strict_option, profile_option,
+                   state_option, catalog_option):
+        f = option(f)
+    return f
+
+
+def plan_output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """What plan and apply both take after that: formats allowed beyond the built-in ones,
+    the report, --only and the targets."""
+    for option in (target_options, only_option, report_options, allow_options):
+        f = option(f)
+    return f
+
+
 # --- defaults and suggestions for every command ------------------------------------------
 
 def default_map(group: click.Group, settings: dict[str, Any]) -> dict[str, Any]:

@@ -258,24 +258,23 @@ class SqlStore:
         return [(row[11], _record(row[:11])) for row in rows]
 
     def pending(self, target: str) -> list[PendingCreate]:
-        rows = self._query(
-            "SELECT nonce, name, run_id, started_at FROM journal "
-            "WHERE target = ? AND state = ? AND kind = 'create' "
-            f"ORDER BY started_at, name{self._text_order}",
-            (target, JournalState.PENDING))
+        """Creates an earlier run sent (or was about to) without recording the answer."""
         return [PendingCreate.model_construct(nonce=r[0], name=r[1], run_id=r[2], started_at=r[3])
-                for r in rows]
+                for r in self._pending(target, "create")]
 
     def pending_updates(self, target: str) -> list[PendingUpdate]:
         """Updates an earlier run sent (or was about to) without recording the answer."""
-        rows = self._query(
-            "SELECT nonce, name, run_id, started_at, image_id, request_json FROM journal "
-            "WHERE target = ? AND state = ? AND kind = 'update' "
-            f"ORDER BY started_at, name{self._text_order}",
-            (target, JournalState.PENDING))
         return [PendingUpdate.model_construct(
             nonce=r[0], name=r[1], run_id=r[2], started_at=r[3], image_id=r[4],
-            intent=json.loads(r[5] or "{}")) for r in rows]
+            intent=json.loads(r[5] or "{}")) for r in self._pending(target, "update")]
+
+    def _pending(self, target: str, kind: str) -> Any:
+        """A target's pending journal entries of one kind (create, update), oldest first."""
+        return self._query(
+            "SELECT nonce, name, run_id, started_at, image_id, request_json FROM journal "
+            "WHERE target = ? AND state = ? AND kind = ? "
+            f"ORDER BY started_at, name{self._text_order}",
+            (target, JournalState.PENDING, kind))
 
     def pending_request(self, nonce: str) -> dict[str, Any]:
         row = self._query("SELECT request_json FROM journal WHERE nonce = ?",

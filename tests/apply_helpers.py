@@ -26,6 +26,8 @@ import pytest
 import yaml
 from click.testing import Result
 
+from reconciler.client import error_from_response
+from reconciler.errors import ApiError
 from reconciler.sandbox import Sandbox, SandboxConfig
 
 #: The console script of this venv (``python -m reconciler.cli`` would not run ``main``).
@@ -33,6 +35,15 @@ RECONCILE = Path(sys.executable).with_name("reconcile")
 OS_VERSIONS = ("Ubuntu 18.04 server 64bit", "CentOS 7.6 64bit", "EulerOS 2.9 64bit")
 #: Known to the client only as a warning; the sandbox's ``ims`` profile answers IMG.0056.
 UNKNOWN_OS_VERSION = "Plan9 4th edition 64bit"
+
+
+def answered(status: int, code: str | None = None) -> ApiError:
+    """The error ImageClient makes of an error answer with this status (and service code),
+    by its one mapping (``client.error_from_response``): a decision table names the status,
+    and the class is the one the client really gives it."""
+    body = {"error": {"code": code, "message": "boom"}} if code else {"message": "boom"}
+    request = httpx.Request("POST", "http://ims.test/v2/images")
+    return error_from_response(httpx.Response(status, json=body, request=request))
 
 
 def image_names(count: int, prefix: str = "img") -> list[str]:
@@ -248,6 +259,16 @@ def subprocess_env(token: str = "tok-test") -> dict[str, str]:
     return env
 
 
+def reconcile(*args: object, cwd: Path, env: Mapping[str, str] | None = None,
+              stdout: int | None = subprocess.PIPE,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The installed ``reconcile``, run as a user runs it (``env``: added to
+    ``subprocess_env()``); its output as text."""
+    return subprocess.run([str(RECONCILE), *map(str, args)], cwd=cwd,
+                          env={**subprocess_env(), **(env or {})}, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str,
              alive: Callable[[], bool] = lambda: True) -> None:
     deadline = time.monotonic() + timeout
@@ -255,6 +276,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
         assert alive(), f"the process ended before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
+
+
+def served(sb: Sandbox) -> None:
+    """Wait until the sandbox has no connection left (its clients have exited or were
+    killed): every request it received has been served and what it commits is committed.
+    No guessed sleep: a loaded machine only makes this wait longer."""
+    wait_for(lambda: sb.connections == 0, 60, "the sandbox to serve what it received")
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

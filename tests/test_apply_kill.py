@@ -33,6 +33,7 @@ from apply_helpers import (
     pending_names,
     recorded,
     runs,
+    served,
     subprocess_env,
     trickling_server,
     wait_for,
@@ -104,7 +105,7 @@ def test_killed_apply_is_finished_by_the_next_one_without_duplicates(
     run = Apply(tmp_path, sb, state, catalog, "--parallelism", "4", "--concurrency", "fixed")
     wait_for(lambda: moment(sb, run), 30, "the kill moment", alive=run.alive)
     assert run.kill() == -signal.SIGKILL
-    time.sleep(0.4)  # requests the sandbox had already received commit meanwhile
+    served(sb)
     sb.config.latency_ms = 0
     on_server = {n for n, images in by_name(sb.images()).items() if images}
     posts = sb.post_count
@@ -126,7 +127,7 @@ def lose_answers_to_timeouts(tmp_path: Path, sb: Sandbox, state: Path, catalog: 
                 "--no-refresh")
     wait_for(lambda: len(sb.images()) >= 4, 30, "four creates committed", alive=run.alive)
     assert run.kill() == -signal.SIGKILL
-    time.sleep(1.2)  # creates the server had received commit meanwhile
+    served(sb)
 
 
 def lose_answers_to_drops(tmp_path: Path, sb: Sandbox, state: Path, catalog: Path) -> None:
@@ -254,7 +255,7 @@ def test_create_outliving_the_read_timeout_is_not_sent_again(
     wait_for(lambda: sb.post_count >= 2, 30, "two creates in flight", alive=run.alive)
     sb.config.latency_ms = 0
     assert run.wait() == 0, run.output()  # found once they land, within the settle time
-    time.sleep(3.2)  # every POST the sandbox received has committed by now
+    served(sb)
     assert duplicates(sb) == {}
     assert_converged(sb, state, image_names(2))
 

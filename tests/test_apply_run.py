@@ -20,7 +20,13 @@ from apply_helpers import (
 )
 
 from reconciler import planfile
-from reconciler.apply import ApplyRequest, apply_catalog, check_invocation, preview
+from reconciler.apply import (
+    ApplyRequest,
+    apply_catalog,
+    check_invocation,
+    local_state_warning,
+    preview,
+)
 from reconciler.client import ImageClient, RetryPolicy, StaticToken
 from reconciler.clock import ManualClock
 from reconciler.errors import ConfigError, PlanFileError
@@ -85,6 +91,23 @@ def test_what_refresh_only_and_target_combine_with(saved: SavedPlan | None, refr
         return
     with pytest.raises(ConfigError, match=refused):
         check()
+
+
+@pytest.mark.parametrize(
+    ("ci", "state", "dry_run", "warned"),
+    [
+        ("true", "state.db", False, True),
+        ("TRUE", "state.db", False, True),
+        ("true", "state.db", True, False),   # a dry run keeps nothing
+        ("true", "postgresql://db/reconcile", False, False),
+        ("", "state.db", False, False),
+    ],
+)
+def test_an_apply_in_ci_is_told_to_share_its_state(ci: str, state: str, dry_run: bool,
+                                                   warned: bool) -> None:
+    warning = local_state_warning({"CI": ci}, state, dry_run=dry_run)
+    assert (warning is not None) is warned
+    assert warning is None or "Share a PostgreSQL state" in warning
 
 
 # --- library-level apply -----------------------------------------------------------------------

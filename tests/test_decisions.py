@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from apply_helpers import answered
 
 from reconciler.apply.decisions import (
     IfAbsent,
@@ -19,13 +20,7 @@ from reconciler.apply.decisions import (
 )
 from reconciler.errors import (
     ApiError,
-    AuthError,
-    ClientError,
-    GatewayError,
     MalformedResponse,
-    NotFoundError,
-    ServerError,
-    ThrottledError,
     TransportError,
 )
 from reconciler.models import RunOutcome
@@ -34,19 +29,19 @@ from reconciler.models import RunOutcome
 @pytest.mark.parametrize(
     ("error", "look_up", "if_absent", "stops_run"),
     [
-        (AuthError("no", status=401), LookUp.NO, IfAbsent.RELEASE, True),
-        (ClientError("bad", status=400), LookUp.NO, IfAbsent.RELEASE, False),
-        (NotFoundError("gone", status=404), LookUp.NO, IfAbsent.RELEASE, False),
-        (ThrottledError("slow down", status=429), LookUp.NO, IfAbsent.RETRY, False),
+        (answered(401), LookUp.NO, IfAbsent.RELEASE, True),
+        (answered(400), LookUp.NO, IfAbsent.RELEASE, False),
+        (answered(404), LookUp.NO, IfAbsent.RELEASE, False),
+        (answered(429), LookUp.NO, IfAbsent.RETRY, False),
         (TransportError("refused", sent=False), LookUp.NO, IfAbsent.RETRY, False),
         (TransportError("reset", sent=True), LookUp.UNTIL_SETTLED, IfAbsent.RETRY, False),
-        (GatewayError("bad gateway", status=502), LookUp.UNTIL_SETTLED, IfAbsent.RETRY, False),
-        (GatewayError("timeout", status=504), LookUp.UNTIL_SETTLED, IfAbsent.RETRY, False),
-        (ServerError("oops", status=500), LookUp.ONCE, IfAbsent.RETRY, False),
-        (ServerError("busy", status=503), LookUp.ONCE, IfAbsent.RETRY, False),
+        (answered(502), LookUp.UNTIL_SETTLED, IfAbsent.RETRY, False),
+        (answered(504), LookUp.UNTIL_SETTLED, IfAbsent.RETRY, False),
+        (answered(500), LookUp.ONCE, IfAbsent.RETRY, False),
+        (answered(503), LookUp.ONCE, IfAbsent.RETRY, False),
         (MalformedResponse("no id", status=201), LookUp.UNTIL_SETTLED, IfAbsent.KEEP_PENDING,
          False),
-        (ApiError("moved", status=302), LookUp.NO, IfAbsent.KEEP_PENDING, False),
+        (answered(302), LookUp.NO, IfAbsent.KEEP_PENDING, False),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, ApiError) else None,
 )

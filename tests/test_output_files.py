@@ -11,15 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from apply_helpers import RECONCILE, subprocess_env, write_images
+from apply_helpers import reconcile, write_images
 
 from reconciler.output import write_text
-
-
-def reconcile(*args: object, cwd: Path, stdout: int | None = subprocess.PIPE,
-              timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(RECONCILE), *map(str, args)], cwd=cwd, env=subprocess_env(),
-                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -28,17 +22,27 @@ def world(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def expected_report(cwd: Path, *fmt: str) -> str:
-    result = reconcile("plan", *fmt, cwd=cwd)
+def plan(world: Path, *args: object,
+         stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    """``reconcile plan ARGS`` in ``world``, which must succeed."""
+    result = reconcile("plan", *args, cwd=world, stdout=stdout)
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return result
+
+
+def expected_report(world: Path) -> str:
+    return plan(world).stdout
 
 
 def no_temporaries(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
 
 
-def read_fifo(fifo: Path) -> tuple[threading.Thread, list[bytes]]:
+def plan_into_fifo(world: Path, option: str) -> bytes:
+    """``reconcile plan OPTION FIFO`` with a reader at the FIFO's other end: what the reader
+    got. The FIFO must still be one afterwards."""
+    fifo = world / "out.fifo"
+    os.mkfifo(fifo)
     got: list[bytes] = []
 
     def reader() -> None:
@@ -47,30 +51,20 @@ def read_fifo(fifo: Path) -> tuple[threading.Thread, list[bytes]]:
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    return thread, got
+    plan(world, option, fifo)
+    thread.join(10)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert len(got) == 1, "the reader got nothing"
+    return got[0]
 
 
 def test_report_to_a_fifo_is_written_into_it_and_the_fifo_stays(world: Path) -> None:
-    fifo = world / "report.fifo"
-    os.mkfifo(fifo)
-    thread, got = read_fifo(fifo)
-    result = reconcile("plan", "-o", fifo, cwd=world)
-    thread.join(10)
-    assert result.returncode == 0, result.stderr
-    assert got == [expected_report(world).encode()]
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert plan_into_fifo(world, "-o") == expected_report(world).encode()
     assert no_temporaries(world) == []
 
 
 def test_saved_plan_to_a_fifo_is_written_into_it(world: Path) -> None:
-    fifo = world / "plan.fifo"
-    os.mkfifo(fifo)
-    thread, got = read_fifo(fifo)
-    result = reconcile("plan", "--out", fifo, cwd=world)
-    thread.join(10)
-    assert result.returncode == 0, result.stderr
-    assert b'"kind": "reconcile-plan"' in got[0]
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert b'"kind": "reconcile-plan"' in plan_into_fifo(world, "--out")
 
 
 def test_symlink_to_a_regular_file_is_followed_and_kept(world: Path) -> None:
@@ -80,8 +74,7 @@ def test_symlink_to_a_regular_file_is_followed_and_kept(world: Path) -> None:
     real.chmod(0o640)
     link = world / "latest.md"
     link.symlink_to(Path("reports") / "plan.md")
-    result = reconcile("plan", "-o", link, cwd=world)
-    assert result.returncode == 0, result.stderr
+    plan(world, "-o", link)
     assert link.is_symlink() and os.readlink(link) == "reports/plan.md"
     assert real.read_text() == expected_report(world)
     assert stat.S_IMODE(real.stat().st_mode) == 0o640  # the replaced file keeps its mode
@@ -92,8 +85,7 @@ def test_dangling_symlink_creates_its_target_and_stays_a_link(world: Path) -> No
     link = world / "plan.json"
     link.symlink_to("saved/plan.json")
     (world / "saved").mkdir()
-    result = reconcile("plan", "--out", link, cwd=world)
-    assert result.returncode == 0, result.stderr
+    plan(world, "--out", link)
     assert link.is_symlink()
     assert '"kind": "reconcile-plan"' in (world / "saved" / "plan.json").read_text()
 
@@ -105,8 +97,7 @@ def test_dangling_symlink_creates_its_target_and_stays_a_link(world: Path) -> No
 def test_symlink_to_dev_null_is_written_through(world: Path) -> None:
     link = world / "null"
     link.symlink_to(os.devnull)
-    result = reconcile("plan", "-o", link, "--out", link, cwd=world)
-    assert result.returncode == 0, result.stderr
+    plan(world, "-o", link, "--out", link)
     assert link.is_symlink() and os.readlink(link) == os.devnull
     assert stat.S_ISCHR(os.stat(link).st_mode)
     assert no_temporaries(world) == []
@@ -115,9 +106,7 @@ def test_symlink_to_dev_null_is_written_through(world: Path) -> None:
 def test_link_to_dev_stdout_writes_to_standard_output(world: Path) -> None:
     link = world / "out"
     link.symlink_to("/dev/stdout")
-    result = reconcile("plan", "-o", link, cwd=world)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == expected_report(world)
+    assert plan(world, "-o", link).stdout == expected_report(world)
     assert link.is_symlink()
 
 
@@ -127,8 +116,7 @@ def test_dev_stdout_redirected_to_a_file_appends_and_never_replaces_it(world: Pa
     log = world / "cron.log"
     log.write_text("earlier runs\n")
     with open(log, "a") as out:
-        result = reconcile("plan", "-o", link, cwd=world, stdout=out.fileno())
-    assert result.returncode == 0, result.stderr
+        plan(world, "-o", link, stdout=out.fileno())
     assert log.read_text() == "earlier runs\n" + expected_report(world)
     assert link.is_symlink()
 

@@ -37,6 +37,18 @@ def client(sb: Sandbox, **headers: str) -> httpx.Client:
     return httpx.Client(base_url=sb.url, headers={**JSON, **headers}, timeout=5)
 
 
+def at_once(clients: list[httpx.Client], send: Callable[[httpx.Client], object]) -> None:
+    """``send`` from every client at the same time, a thread each; returns once every one
+    is answered, with the clients closed."""
+    threads = [threading.Thread(target=send, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in clients:
+        c.close()
+
+
 @pytest.fixture
 def ims() -> Iterator[Sandbox]:
     with Sandbox(SandboxConfig()) as sb:
@@ -729,23 +741,17 @@ def test_dropped_response_commits_the_image_but_the_client_gets_no_answer(ims: S
 
 
 def test_latency_overlaps_across_parallel_requests() -> None:
-    # 8 requests of 500 ms: 4 s one after another. The clients (costly to build on a loaded
-    # machine) are made and connected before the clock starts, so only the latency is timed.
+    # 8 requests sent at once, each held 1 s: a server that serves them side by side has all
+    # 8 in flight together. Counted by the server, not timed: a loaded machine may be slow
+    # to start the threads, not by a second. One after another, it would never see 2.
     with Sandbox(SandboxConfig(latency_ms=0)) as sb:
         clients = [client(sb) for _ in range(8)]
         for c in clients:
-            c.get("/v2/images")
-        sb.config.latency_ms = 500
-        threads = [threading.Thread(target=c.get, args=("/v2/images",)) for c in clients]
-        started = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - started
-        for c in clients:
-            c.close()
-    assert 0.5 <= elapsed < 2.5
+            c.get("/v2/images")  # connected before the requests that count
+        assert sb.capacity_counts == (1, 0)
+        sb.config.latency_ms = 1000
+        at_once(clients, lambda c: c.get("/v2/images"))
+        assert sb.capacity_counts == (8, 0)
 
 
 def test_request_count_counts_per_method_and_route(ims: Sandbox) -> None:
@@ -890,13 +896,7 @@ def test_capacity_mode_answers_503_to_patches_beyond_its_size() -> None:
                 f"/v2/images/{image['id']}", content=b'[{"op": "add", "path": "/team", '
                 b'"value": "core"}]', headers={"Content-Type": V21}).status_code)
 
-        threads = [threading.Thread(target=send, args=(c,)) for c in clients]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for c in clients:
-            c.close()
+        at_once(clients, send)
         patches = sb.capacity_load("PATCH")
     assert (patches.peak, patches.refused) == (2, 2)
     assert sorted(statuses) == [200, 200, 503, 503]
@@ -910,14 +910,7 @@ def test_capacity_mode_answers_503_over_http_beyond_its_size() -> None:
             c.get("/")  # connected before the requests that count
         sb.config.latency_ms = 1500
         statuses: list[int] = []
-        threads = [threading.Thread(target=lambda c=c: statuses.append(
-            c.get("/v2/images").status_code)) for c in clients]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for c in clients:
-            c.close()
+        at_once(clients, lambda c: statuses.append(c.get("/v2/images").status_code))
         peak, refused = sb.capacity_counts
     assert peak <= 2
     assert refused >= 1

@@ -295,6 +295,18 @@ def test_save_record_closes_its_journal_entry(state_location: str, store: StateS
     assert journal_row(state_location, "n1") == ("done", "img-a")
 
 
+def test_pending_creates_and_pending_updates_are_each_their_own_kind(store: StateStore) -> None:
+    store.journal_open(nonce="c1", target=TARGET, name="a", run_id="r1", request={"name": "a"})
+    store.journal_open(nonce="u1", target=TARGET, name="b", run_id="r1", kind="update",
+                       image_id="img-b", request={"patch": [], "api": "glance"})
+    store.journal_open(nonce="c2", target="elsewhere", name="c", run_id="r1",
+                       request={"name": "c"})
+    assert [(p.nonce, p.name) for p in store.pending(TARGET)] == [("c1", "a")]
+    [update] = store.pending_updates(TARGET)
+    assert (update.nonce, update.name, update.image_id) == ("u1", "b", "img-b")
+    assert update.intent == {"patch": [], "api": "glance"}
+
+
 def refuse_journal_updates(location: str) -> None:
     """Make every UPDATE of the journal fail, as a full disk would."""
     if is_url(location):

@@ -166,6 +166,23 @@ def test_catalog_target_errors_are_located(tmp_path: Path) -> None:
                for p in found)
 
 
+def test_every_bad_item_of_a_target_list_or_a_tag_list_is_reported(tmp_path: Path) -> None:
+    tags = ", ".join(["7", "''", *(f"t{i}" for i in range(127))])
+    found = problems(tmp_path, {
+        "a.yaml": "targets:\n  north: {endpoint: 'https://ims.example.com'}\n"
+                  "images:\n  - name: x\n    targets: [north, 7, [a]]\n"
+                  f"  - name: y\n    tags: [{tags}]\n  - name: z\n    tags: base\n"})
+    assert [p.split("/c/", 1)[1] for p in found] == [
+        'a.yaml:5: x.targets[1] (images[0]): must be a target name, but it is a number (7); '
+        'quote it: "7"',
+        "a.yaml:5: x.targets[2] (images[0]): must be a target name, but it is a list",
+        'a.yaml:7: y.tags[0] (images[1]): must be text, but it is a number (7); quote it: "7"',
+        "a.yaml:7: y.tags[1] (images[1]): must not be empty",
+        "a.yaml:7: y.tags (images[1]): has 129 tags; the API allows at most 128",
+        "a.yaml:9: z.tags (images[2]): must be a list of text, but it is text ('base')",
+    ]
+
+
 def test_a_selection_without_declared_targets_says_where_to_declare_them(
         tmp_path: Path) -> None:
     found = problems(tmp_path, {"a.yaml": "images:\n  - name: x\n    targets: [north]\n"})

@@ -10,117 +10,126 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from apply_helpers import (
-    RECONCILE,
     Apply,
     SandboxFactory,
     assert_converged,
     image_names,
+    reconcile,
     runs,
-    subprocess_env,
     wait_for,
     write_images,
 )
 from click.testing import Result
 
+from reconciler.sandbox import Sandbox
+
 IMAGES = 30
 
 
-def checkout(tmp_path: Path, name: str, names: list[str]) -> Path:
-    """A working directory with its own copy of the catalog, as a CI job has."""
-    work = tmp_path / name
-    work.mkdir()
-    write_images(work / "catalog", names)
-    return work
+@dataclass
+class Team:
+    """Working directories on one PostgreSQL state, each with its own copy of the catalog
+    (``names``), as CI jobs on several machines have."""
+
+    root: Path
+    state: str
+    names: list[str]
+
+    def checkout(self, name: str, names: list[str] | None = None) -> Path:
+        work = self.root / name
+        work.mkdir()
+        write_images(work / "catalog", self.names if names is None else names)
+        return work
+
+    def apply(self, name: str, sb: Sandbox, *extra: str) -> Apply:
+        """``reconcile apply --yes`` from a fresh checkout ``name``."""
+        work = self.checkout(name)
+        return Apply(work, sb, self.state, work / "catalog", *extra)
+
+
+@pytest.fixture
+def team(tmp_path: Path, pg_url: str) -> Team:
+    return Team(tmp_path, pg_url, image_names(IMAGES))
 
 
 @pytest.mark.timeout(120)
 def test_two_applies_at_once_on_one_postgresql_state_create_each_image_once(
-        tmp_path: Path, sandbox: SandboxFactory, pg_url: str) -> None:
+        team: Team, sandbox: SandboxFactory) -> None:
     sb = sandbox(latency_ms=50)
-    names = image_names(IMAGES)
-    first, second = (checkout(tmp_path, d, names) for d in ("one", "two"))
-    a = Apply(first, sb, pg_url, first / "catalog", "--lock-timeout", "2m")
-    b = Apply(second, sb, pg_url, second / "catalog", "--lock-timeout", "2m")
+    a = team.apply("one", sb, "--lock-timeout", "2m")
+    b = team.apply("two", sb, "--lock-timeout", "2m")
     assert a.wait(90) == 0, a.output()
     assert b.wait(90) == 0, b.output()
     assert sb.post_count == IMAGES
-    assert_converged(sb, pg_url, names)
-    assert sorted(r["created"] for r in runs(pg_url)) == [0, IMAGES]
+    assert_converged(sb, team.state, team.names)
+    assert sorted(r["created"] for r in runs(team.state)) == [0, IMAGES]
 
 
 @pytest.mark.timeout(120)
 def test_a_second_apply_without_lock_timeout_fails_at_once_naming_the_first(
-        tmp_path: Path, sandbox: SandboxFactory, pg_url: str) -> None:
+        team: Team, sandbox: SandboxFactory) -> None:
     sb = sandbox(latency_ms=300)
-    names = image_names(IMAGES)
-    first, second = (checkout(tmp_path, d, names) for d in ("one", "two"))
-    a = Apply(first, sb, pg_url, first / "catalog", "--parallelism", "1")
+    a = team.apply("one", sb, "--parallelism", "1")
     wait_for(lambda: sb.post_count >= 1, 30, "the first apply to send", alive=a.alive)
-    b = Apply(second, sb, pg_url, second / "catalog")
+    b = team.apply("two", sb)
     assert b.wait(30) == 1, b.output()
     assert time.monotonic() - b.started < 10
     assert a.alive()
     assert f"locked by apply (pid {a.proc.pid} on host " in b.stderr
     assert "Traceback" not in b.stderr
     assert a.wait(90) == 0, a.output()
-    assert_converged(sb, pg_url, names)
+    assert_converged(sb, team.state, team.names)
 
 
 @pytest.mark.timeout(150)
 def test_a_killed_apply_frees_its_lock_and_the_waiting_one_finishes_without_duplicates(
-        tmp_path: Path, sandbox: SandboxFactory, pg_url: str) -> None:
+        team: Team, sandbox: SandboxFactory) -> None:
     sb = sandbox(latency_ms=150)
-    names = image_names(IMAGES)
-    first, second, third = (checkout(tmp_path, d, names) for d in ("one", "two", "three"))
-    a = Apply(first, sb, pg_url, first / "catalog", "--parallelism", "4")
+    a = team.apply("one", sb, "--parallelism", "4")
     wait_for(lambda: sb.post_count >= 8, 30, "creates in flight", alive=a.alive)
-    b = Apply(second, sb, pg_url, second / "catalog", "--lock-timeout", "2m",
-              "--settle-time", "1")
+    b = team.apply("two", sb, "--lock-timeout", "2m", "--settle-time", "1")
     time.sleep(0.5)
     assert b.alive()  # waiting for the lock
     killed_at = time.monotonic()
     assert a.kill() == -signal.SIGKILL
     # The lock went with the killed connection: b goes on at once, no stale lock to wait out.
-    wait_for(lambda: len(runs(pg_url)) >= 2, 20, "the waiting apply to take the lock",
+    wait_for(lambda: len(runs(team.state)) >= 2, 20, "the waiting apply to take the lock",
              alive=b.alive)
     assert time.monotonic() - killed_at < 15
     b.wait(90)
     # Creates a sent just before it died may still have been settling for b; a later run
     # (as the next cron run would) finishes whatever b left blocked.
     time.sleep(1.0)
-    c = Apply(third, sb, pg_url, third / "catalog", "--settle-time", "1")
+    c = team.apply("three", sb, "--settle-time", "1")
     assert c.wait(90) == 0, c.output()
-    assert_converged(sb, pg_url, names)
-    outcomes = [r["outcome"] for r in runs(pg_url)]
+    assert_converged(sb, team.state, team.names)
+    outcomes = [r["outcome"] for r in runs(team.state)]
     assert outcomes[0] == "interrupted"  # a's run, marked by b when it took the lock
 
 
 @pytest.mark.timeout(120)
 def test_a_pull_request_plan_from_a_fresh_checkout_sees_every_recorded_image(
-        tmp_path: Path, sandbox: SandboxFactory, pg_url: str) -> None:
+        team: Team, sandbox: SandboxFactory) -> None:
     sb = sandbox()
-    names = image_names(12)
-    cron = checkout(tmp_path, "cron", names)
-    assert Apply(cron, sb, pg_url, cron / "catalog").wait(60) == 0
-    pr = checkout(tmp_path, "pr", [*names, "img-new"])
-    shutil.rmtree(cron)  # nothing of the machine that applied is left
-    done = subprocess.run([str(RECONCILE), "plan", "--state", pg_url, "--catalog",
-                           str(pr / "catalog"), "--format", "json", "--detailed-exitcode"],
-                          capture_output=True, text=True, cwd=pr, env=subprocess_env(),
-                          timeout=60)
+    team.names = image_names(12)
+    assert team.apply("cron", sb).wait(60) == 0
+    pr = team.checkout("pr", [*team.names, "img-new"])
+    shutil.rmtree(team.root / "cron")  # nothing of the machine that applied is left
+    done = reconcile("plan", "--state", team.state, "--catalog", pr / "catalog", "--format",
+                     "json", "--detailed-exitcode", cwd=pr)
     assert done.returncode == 2, done.stderr
     actions = {c["name"]: c["action"] for c in json.loads(done.stdout)["changes"]}
-    assert actions == {**dict.fromkeys(names, "unchanged"), "img-new": "create"}
+    assert actions == {**dict.fromkeys(team.names, "unchanged"), "img-new": "create"}
 
 
 def test_a_password_in_the_state_url_is_never_printed(tmp_path: Path) -> None:
@@ -128,9 +137,7 @@ def test_a_password_in_the_state_url_is_never_printed(tmp_path: Path) -> None:
     write_images(tmp_path / "catalog", ["a"])
     for command in (["plan"], ["history"], ["state", "list"],
                     ["apply", "--yes", "--endpoint", "http://127.0.0.1:1"]):
-        done = subprocess.run([str(RECONCILE), *command, "--state", url],
-                              capture_output=True, text=True, cwd=tmp_path,
-                              env=subprocess_env(), timeout=60)
+        done = reconcile(*command, "--state", url, cwd=tmp_path)
         assert done.returncode == 1
         assert "s3cr3t-pw" not in done.stdout + done.stderr
         assert "postgresql://team:***@127.0.0.1:1/state" in done.stderr, done.stderr
@@ -142,10 +149,8 @@ def test_apply_in_ci_with_a_local_state_file_warns_and_with_postgresql_does_not(
     sb = sandbox()
     write_images(tmp_path / "catalog", ["a"])
     for state, warned in ((str(tmp_path / "state.db"), True), (pg_url, False)):
-        done = subprocess.run([str(RECONCILE), "apply", "--yes", "--endpoint", sb.url,
-                               "--state", state, "--catalog", str(tmp_path / "catalog")],
-                              capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                              env={**subprocess_env(), "CI": "true"})
+        done = reconcile("apply", "--yes", "--endpoint", sb.url, "--state", state,
+                         "--catalog", tmp_path / "catalog", cwd=tmp_path, env={"CI": "true"})
         assert done.returncode == 0, done.stderr
         assert ("warning: apply in CI with a local state file" in done.stderr) is warned
 

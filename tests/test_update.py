@@ -18,6 +18,7 @@ from apply_helpers import (
     Apply,
     CliWorld,
     SandboxFactory,
+    answered,
     query,
     recorded,
     replace_image,
@@ -39,13 +40,8 @@ from reconciler.client import ImageClient, StaticToken, normalize_endpoint
 from reconciler.clock import ManualClock
 from reconciler.errors import (
     ApiError,
-    AuthError,
-    ClientError,
-    GatewayError,
     MalformedResponse,
-    NotFoundError,
     ServerError,
-    ThrottledError,
     TransportError,
 )
 from reconciler.models import MARKER_PROPERTY, Change, ImageSpec, Outcome, Record
@@ -173,27 +169,23 @@ def test_as_add_and_expected() -> None:
 
 # --- what a failed PATCH means (decisions.on_update_error) ------------------------------------
 
-def _err(kind: type[ApiError], status: int | None = None, **kw: Any) -> ApiError:
-    return kind("boom", status=status, **kw)
-
-
 UPDATE_ERRORS: dict[str, tuple[ApiError, bool, bool, UpdateStep]] = {
-    "401": (_err(AuthError, 401), False, False, UpdateStep.STOP_RUN),
-    "409_first": (_err(ClientError, 409), False, False, UpdateStep.REPLAN),
-    "409_again": (_err(ClientError, 409), True, False, UpdateStep.FAIL),
-    "img0035_first": (_err(ClientError, 400, code="IMG.0035"), False, False, UpdateStep.AS_ADD),
-    "img0035_again": (_err(ClientError, 400, code="IMG.0035"), False, True, UpdateStep.FAIL),
-    "403": (_err(ClientError, 403), False, False, UpdateStep.FAIL),
-    "404": (_err(NotFoundError, 404), False, False, UpdateStep.FAIL),
-    "413": (_err(ClientError, 413), False, False, UpdateStep.FAIL),
-    "429": (_err(ThrottledError, 429), False, False, UpdateStep.RESEND),
+    "401": (answered(401), False, False, UpdateStep.STOP_RUN),
+    "409_first": (answered(409), False, False, UpdateStep.REPLAN),
+    "409_again": (answered(409), True, False, UpdateStep.FAIL),
+    "img0035_first": (answered(400, "IMG.0035"), False, False, UpdateStep.AS_ADD),
+    "img0035_again": (answered(400, "IMG.0035"), False, True, UpdateStep.FAIL),
+    "403": (answered(403), False, False, UpdateStep.FAIL),
+    "404": (answered(404), False, False, UpdateStep.FAIL),
+    "413": (answered(413), False, False, UpdateStep.FAIL),
+    "429": (answered(429), False, False, UpdateStep.RESEND),
     "not_sent": (TransportError("refused", sent=False), False, False, UpdateStep.RESEND),
     "sent": (TransportError("reset", sent=True), False, False, UpdateStep.READ_BACK),
     "tls": (TransportError("tls", sent=False, permanent=True), False, False, UpdateStep.FAIL),
-    "502": (_err(GatewayError, 502), False, False, UpdateStep.READ_BACK),
-    "503": (_err(ServerError, 503), False, False, UpdateStep.READ_BACK),
-    "2xx_broken": (_err(MalformedResponse, 200), False, False, UpdateStep.READ_BACK),
-    "other": (_err(ApiError, 302), False, False, UpdateStep.KEEP_PENDING),
+    "502": (answered(502), False, False, UpdateStep.READ_BACK),
+    "503": (answered(503), False, False, UpdateStep.READ_BACK),
+    "2xx_broken": (MalformedResponse("boom", status=200), False, False, UpdateStep.READ_BACK),
+    "other": (answered(302), False, False, UpdateStep.KEEP_PENDING),
 }
 
 
@@ -794,11 +786,11 @@ def _limited(direct: Direct, limit: ConcurrencyLimit) -> Updater:
 
 @pytest.mark.parametrize(("error", "cuts", "answers"), [
     # refused: cut; read back (an answer), not applied, sent again (an answer)
-    (ServerError("busy", status=503), 1, 2),
-    (ThrottledError("slow down", status=429), 1, 1),  # cut; sent again after the backoff
+    (answered(503), 1, 2),
+    (answered(429), 1, 1),  # cut; sent again after the backoff
     (TransportError("reset", sent=True), 1, 2),  # no answer: cut; read back; sent again
     (TransportError("refused", sent=False), 0, 1),  # never left: says nothing of the load
-    (ClientError("bad", status=400), 0, 1),  # an answer, not about load (then it fails)
+    (answered(400), 0, 1),  # an answer, not about load (then it fails)
 ], ids=["503", "429", "timeout", "not-sent", "400"])
 def test_each_patch_and_read_back_is_judged_by_the_targets_limit(
         direct: Direct, error: ApiError, cuts: int, answers: int) -> None:

@@ -181,8 +181,8 @@ class SandboxApp:
         return self._faults.scripted_left()
 
     def capacity_counts(self) -> tuple[int, int]:
-        """Capacity mode: the most ``/v2`` requests served at once, and how many were
-        refused (503) for want of a place."""
+        """The most ``/v2`` image requests served at once (in every mode), and how many were
+        refused (503) for want of a place (capacity mode)."""
         return self._capacity.peak, self._capacity.refused
 
     def capacity_load(self, method: str) -> Load:

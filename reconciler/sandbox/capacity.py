@@ -10,6 +10,9 @@ an adaptive client has to find that without being told.
 Every ``/v2`` request counts against the capacity, whatever its method: a PATCH takes a worker
 as a POST or a GET does. What each method met is kept apart too (``Load``), so a test can say
 how a client sent its updates, not only its requests.
+
+Without a capacity every request is admitted and served at the unloaded latency; the requests
+in flight are counted all the same, so tests can see how many the server held at once.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class Load:
 
 
 class Capacity:
-    """Requests in flight at the sandbox, and the load factor each one gets."""
+    """Requests in flight at the sandbox, and the load factor each one gets (``capacity``
+    None: no limit, factor 1)."""
 
     def __init__(self, capacity: int | None) -> None:
         self.capacity = capacity
@@ -71,12 +75,9 @@ class Capacity:
     def admit(self, method: str) -> Iterator[float | None]:
         """Hold a place while the request is served; yields its latency factor, or None
         when it is refused (no place is held then)."""
-        if self.capacity is None:
-            yield 1.0
-            return
         with self._lock:
             loads = (self._all, self._methods.setdefault(method, Load()))
-            if self._all.in_flight >= self.capacity:
+            if self.capacity is not None and self._all.in_flight >= self.capacity:
                 load = None
                 for one in loads:
                     one.refused += 1
@@ -88,7 +89,7 @@ class Capacity:
             yield None
             return
         try:
-            yield 1 + (load - 1) / self.capacity
+            yield 1.0 if self.capacity is None else 1 + (load - 1) / self.capacity
         finally:
             with self._lock:
                 for one in loads:

@@ -54,6 +54,10 @@ class _Server(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
+    def open_connections(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
+
     def close_connections(self) -> None:
         """End kept-alive connections, so a stopped sandbox really stops answering."""
         with self._connections_lock:
@@ -267,13 +271,20 @@ class Sandbox:
 
     @property
     def capacity_counts(self) -> tuple[int, int]:
-        """Capacity mode: (most requests served at once, requests refused with 503)."""
+        """(most image requests served at once, in every mode; requests refused with 503 in
+        capacity mode)."""
         return self._app.capacity_counts()
 
     def capacity_load(self, method: str) -> Load:
         """Capacity mode: what the requests of one method met (``peak`` and ``refused`` as
         above; ``opening``: the most in flight before the first was answered)."""
         return self._app.capacity_load(method)
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now. 0 once a client has gone: every request it sent
+        has been served (whatever it commits is committed), or was lost with it."""
+        return self._server.open_connections() if self._server else 0
 
     @property
     def post_count(self) -> int:
