@@ -13,7 +13,7 @@ and the best of the rounds is kept. Prints the table and appends it to bench/RES
   at parallelism 1 (200 creates: 2,000 would take 100 s), 4, 16 and 32, next to a naive
   sequential client; then at zero latency next to a raw client that records nothing, and the
   state store's own recording rate;
-- refresh: listing 10,000 images over the paged API.
+- refresh: listing 10,000 and 100,000 images over the paged API (`--refresh` alone).
 """
 
 from __future__ import annotations
@@ -801,6 +801,9 @@ def main() -> None:
     parser.add_argument("--updates", action="store_true",
                         help="only updates in place against the capacity sandbox, adaptive "
                              "beside fixed parallelism (--rounds of each)")
+    parser.add_argument("--refresh", action="store_true",
+                        help="only refresh's listing of preloaded sandboxes (10k and 100k "
+                             "images), linear in pages and memory")
     parser.add_argument("--state-stores", action="store_true",
                         help="only apply p=16 with an SQLite and a PostgreSQL state, "
                              "side by side (--rounds of each)")
@@ -823,6 +826,8 @@ def main() -> None:
     if args.updates:
         return alone(args.no_append, lambda: measure_updates(args.rounds),
                      lambda updates, load: render_updates(updates, load, args.rounds))
+    if args.refresh:
+        return alone(args.no_append, measure_refresh, render_refresh)
     if args.state_stores:
         return alone(args.no_append, lambda: measure_state_stores(args.rounds),
                      lambda pairs, load: render_state_stores(pairs))
@@ -857,15 +862,7 @@ def main() -> None:
     api = measure_api()
 
     print("== refresh: listing preloaded sandboxes", flush=True)
-    listings: dict[tuple[int, int], dict[str, Any]] = {}
-    for images, latency in REFRESH_RUNS:
-        data = OUT / f"sandbox-{label(images)}.json"
-        if not data.exists():
-            task("sandbox-data", "--images", images, "--files", 10, "--out", data)
-        with sandbox(latency, data) as url:
-            listings[images, latency] = task("list", "--url", url, "--page-size", 1000).json()
-        print(f"  {label(images)} images, latency {latency} ms: "
-              f"{listings[images, latency]['seconds']:.2f} s", flush=True)
+    listings = measure_refresh()
 
     elapsed = time.perf_counter() - started
     results = Results(scaling, profiled, phases_prev, api, listings, prof_file)
@@ -875,6 +872,29 @@ def main() -> None:
     if not args.no_append:
         append_results(text)
         print(f"appended to {RESULTS.relative_to(ROOT)}")
+
+
+def measure_refresh() -> dict[tuple[int, int], dict[str, Any]]:
+    """``refresh.observe`` against a sandbox preloaded with each of REFRESH_RUNS."""
+    listings: dict[tuple[int, int], dict[str, Any]] = {}
+    for images, latency in REFRESH_RUNS:
+        data = OUT / f"sandbox-{label(images)}.json"
+        if not data.exists():
+            task("sandbox-data", "--images", images, "--files", 10, "--out", data)
+        with sandbox(latency, data) as url:
+            listings[images, latency] = task("list", "--url", url, "--page-size", 1000).json()
+        print(f"  {label(images)} images, latency {latency} ms: "
+              f"{listings[images, latency]['seconds']:.2f} s", flush=True)
+    return listings
+
+
+def render_refresh(listings: dict[tuple[int, int], dict[str, Any]],
+                   load: tuple[float, float]) -> str:
+    lines = [f"## Refresh at scale, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC (commit "
+             f"{git_commit()})", "", f"`bench/run.py --refresh`; {os.cpu_count()} CPUs, load "
+             f"average {load[0]:.1f} before, {load[1]:.1f} after.",
+             *_refresh(listings), ""]
+    return "\n".join(lines)
 
 
 _Found = TypeVar("_Found")
@@ -941,7 +961,8 @@ def render(res: Results, *, elapsed: float, load: tuple[float, float]) -> str:
              f"({platform.python_implementation()}), {platform.system()} "
              f"{platform.release()}; load average {load[0]:.1f} before, {load[1]:.1f} after; "
              f"`make bench` took {elapsed / 60:.1f} min.", ""]
-    for part in (_targets, _scaling, _profile, _apply, _refresh, _reports):
+    for part in (_targets, _scaling, _profile, _apply, lambda r: _refresh(r.listings),
+                 _reports):
         lines += part(res)
     return "\n".join(lines) + "\n"
 
@@ -1179,13 +1200,13 @@ def _apply(res: Results) -> list[str]:
             "ms)."]
 
 
-def _refresh(res: Results) -> list[str]:
+def _refresh(listings: dict[tuple[int, int], dict[str, Any]]) -> list[str]:
     rows = [[f"{images:,}", f"{lat} ms", r["requests"], f"{r['seconds']:.2f} s",
              f"{r['per_second']:,.0f}", f"{r['requests'] * lat / 1000:.2f} s",
              f"{r['kept_mb']:.0f} MB", f"{r['kb_per_image']:.2f} KB"]
-            for (images, lat), r in res.listings.items()]
-    small = res.listings.get((10_000, 0))
-    big = res.listings.get((100_000, 0))
+            for (images, lat), r in listings.items()]
+    small = listings.get((10_000, 0))
+    big = listings.get((100_000, 0))
     lines = ["", "### Refresh: listing a preloaded sandbox", "",
              "`refresh.observe` (what `plan --refresh` and `apply` read: every page of "
              "`GET /v2/images`, page size 1,000, each live image kept) against a sandbox "

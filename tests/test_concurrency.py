@@ -80,8 +80,11 @@ def test_adaptive_apply_finds_the_capacity_below_its_ceiling(
     peak, refused = sb.capacity_counts
     assert peak == 3  # it did use all the room there was
     assert refused <= 16, refused  # the slow start's overshoot, then rare probes
+    # After the first cut it stays near the capacity, far below the ceiling: not exactly at
+    # 3, since a slot comes back when the answer arrives, a moment after the server let go
+    # of the request, so on a loaded machine the limit may probe a step or two above it.
     lowered = [e for e in json_lines(result.stderr) if e["event"] == "concurrency_lowered"]
-    assert lowered and all(e["limit"] <= 3 for e in lowered[1:]), [
+    assert lowered and all(e["limit"] <= 5 for e in lowered[1:]), [
         e["message"] for e in lowered]
     assert sb.post_count == 80 + refused  # each refused create sent once more, no others
 
