@@ -14,6 +14,10 @@ and the best of the rounds is kept. Prints the table and appends it to bench/RES
   sequential client; then at zero latency next to a raw client that records nothing, and the
   state store's own recording rate;
 - refresh: listing 10,000 and 100,000 images over the paged API (`--refresh` alone).
+
+One part can also run alone, beside what it is compared with: `--formats`, `--refresh`,
+`--concurrency`, `--latency-bound [--baseline REV]`, `--updates`, `--state-stores`,
+`--glance` (see `--help`).
 """
 
 from __future__ import annotations

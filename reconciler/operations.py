@@ -111,12 +111,15 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                                          state_path=state_path, allow=allow, clock=clock)
             # kept even if the catalog fails; a dry run (keep=False) writes nothing
             notes = kept_notes(rules, target, state_path) if keep else rules.notes
-            # The state is read while the catalog's workers parse (its errors, after the
-            # catalog's).
+            # The state is read while the catalog's workers parse; its error, if any, is
+            # raised after the catalog's.
             read: Future[_StateRead] = Future()
+
+            def read_state() -> None:
+                _settle(read, lambda: _read_state(store, target, full=api is not None))
+
             catalog = load_catalog(catalog_dir, rules.profile, strict=strict,
-                                   meanwhile=lambda: _settle(read, lambda: _read_state(
-                                       store, target, full=api is not None)))
+                                   meanwhile=read_state)
             state = read.result()
             if place is not None:
                 catalog = catalog.for_target(place)
