@@ -1,6 +1,8 @@
 """The bounded worker pool creates and updates share (docs/architecture.md §6.6, §6.7).
 
-At most ``parallelism`` calls run at once; each outcome is delivered as it comes. On Ctrl-C
+At most ``parallelism`` calls run at once: worker threads, which callers size a few above
+``--parallelism`` (``creates.workers``); the requests in flight are bounded by the target's
+limit (``limit.py``). Each outcome is delivered as it comes. On Ctrl-C
 or SIGTERM no new call starts, the running ones get ``STOP_GRACE_S`` to finish and be
 recorded (then their connections are cut), the rest are delivered as skipped, and the
 interrupt propagates. A state store that cannot be written stops the run the same way.
@@ -28,7 +30,8 @@ def run_bounded(todo: Sequence[T], work: Callable[[T], Outcome], *, run: RunStat
                 parallelism: int, deliver: Callable[[Outcome], Outcome],
                 delivered: list[Outcome], skipped: Callable[[str], Outcome],
                 abort: Callable[[], None], prefix: str) -> list[Outcome]:
-    """``work(change)`` for every change of ``todo``, at most ``parallelism`` at once."""
+    """``work(change)`` for every change of ``todo``, at most ``parallelism`` (threads) at
+    once."""
     outcomes: list[Outcome] = []
     first = len(delivered)
     # Each call puts its future here when it ends, so waiting for the next one costs the
