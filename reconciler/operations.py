@@ -223,7 +223,10 @@ def bulk_build() -> Iterator[None]:
 
     Those are up to a few hundred thousand objects with no reference cycles; the collector
     would walk all of them again on every generation-2 pass (38 % of a 100,000-image plan)
-    and find nothing to free.
+    and find nothing to free. A big build is then frozen: once enabled again, the collector's
+    next pass would still walk every object made in the meantime (0.3 s at 100,000 images);
+    frozen, they are still freed by their reference counts. A small one is left to the
+    collector (a cycle made meanwhile stays collectable).
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -231,7 +234,13 @@ def bulk_build() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            if gc.get_count()[0] > FREEZE_MIN_OBJECTS:
+                gc.freeze()
             gc.enable()
+
+
+#: Objects made during a ``bulk_build`` above which they are frozen (about 5,000 images).
+FREEZE_MIN_OBJECTS = 50_000
 
 
 def save_plan(result: PlanResult, path: Path, *, clock: Clock = SYSTEM_CLOCK,
