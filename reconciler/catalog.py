@@ -21,7 +21,7 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -627,9 +627,15 @@ _TargetEntry = tuple[str, dict[str, str], int]
 _Checked = tuple[list[Problem], list[_Image], list[_TargetEntry]]
 
 
+#: What ``load_catalog`` hands its caller file by file: the file's new specs, and the lint
+#: warnings of the catalog so far (by image name).
+FileSpecs = Callable[[Sequence[ImageSpec], Mapping[str, tuple[str, ...]]], None]
+
+
 def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = False,
                  workers: int | None = None,
-                 meanwhile: Callable[[], None] = lambda: None) -> Catalog:
+                 meanwhile: Callable[[], None] = lambda: None,
+                 each: FileSpecs | None = None) -> Catalog:
     """Load and validate every catalog file; raise CatalogError listing every problem.
 
     Files are independent until names are compared, so a large catalog is parsed and checked
@@ -637,7 +643,10 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     PARALLEL_MIN_BYTES); each sends back plain values, and this process checks names across
     files and builds the specs. Problems come in file order either way. ``meanwhile`` is
     called once the files are found, while the workers start on them (a plan reads its
-    state then); a catalog that loads has always called it.
+    state then); a catalog that loads has always called it. ``each`` is given each file's
+    specs as they are built, in file order, while no problem has been found (a plan makes
+    their changes then, as the workers parse the next files); a catalog that loads has
+    given it every spec it holds, and none twice.
     """
     root = Path(directory)
     if not root.exists():
@@ -663,6 +672,7 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
             display = display_path(path)
             problems.extend(file_problems)
             _declare(declared, targets, display, problems)
+            first = len(specs)
             for fields, line, where, extras, messages, selection in images:
                 name = fields["name"]
                 if name in seen:
@@ -687,6 +697,8 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                 if problems:
                     continue  # the catalog is invalid: no need to build specs any more
                 specs.append(build(ImageSpec, _SPEC_FIELDS, fields))
+            if each is not None and not problems and len(specs) > first:
+                each(specs[first:], warnings)
     placement = _placement(declared, selections, problems)
     files_order = {display_path(p): i for i, p in enumerate(files)}
     if strict:

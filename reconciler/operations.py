@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,13 @@ from reconciler.models import (
     target_key,
 )
 from reconciler.planfile import SavedPlan
-from reconciler.planner import adoption_request, diff_bodies, plan, select, select_targets
+from reconciler.planner import (
+    Planner,
+    adoption_request,
+    diff_bodies,
+    select,
+    select_targets,
+)
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import ListingApi, observe
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
@@ -111,29 +117,33 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                                          state_path=state_path, allow=allow, clock=clock)
             # kept even if the catalog fails; a dry run (keep=False) writes nothing
             notes = kept_notes(rules, target, state_path) if keep else rules.notes
-            # The state is read while the catalog's workers parse; its error, if any, is
-            # raised after the catalog's.
-            read: Future[_StateRead] = Future()
 
-            def read_state() -> None:
-                _settle(read, lambda: _read_state(store, target, full=api is not None))
+            def planner_of(records: _HandedOver, pending: dict[str, str]) -> Planner:
+                return Planner(records, target=target, profile=rules.profile.name,
+                               pending=pending, drift=drift)
 
+            # offline and one target: the plan is made as the catalog loads
+            loading = _Loading(store, target, full=api is not None,
+                               planner=planner_of if api is None and place is None else None)
             catalog = load_catalog(catalog_dir, rules.profile, strict=strict,
-                                   meanwhile=read_state)
-            state = read.result()
+                                   meanwhile=loading.started, each=loading.checked)
+            state = loading.result()
             if place is not None:
                 catalog = catalog.for_target(place)
-            records = _HandedOver(state.records, _drifted(store, target, state.records,
-                                                           catalog) if store else {})
-            pending, revision = state.pending, state.revision
+            records = _HandedOver(state.records, loading.complete)
+            if loading.planner is None:
+                loading.complete.update(_drifted(store, target, state.records, catalog.images))
         finally:
             if store:
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
-        result = select(plan(catalog, records, target=target, pending=pending,
-                             observed=observed, drift=drift), only, must_match=must_match)
+        planner = loading.planner or Planner(records, target=target, profile=catalog.profile,
+                                             pending=state.pending, observed=observed,
+                                             drift=drift)
+        result = select(planner.plan(catalog), only, must_match=must_match)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
                              refreshed=api is not None, warnings=notes)
+        revision = state.revision
     return PlanResult(catalog, result, report, revision, observed)
 
 
@@ -182,15 +192,54 @@ def _read_state(store: StateStore | None, target: str, *, full: bool) -> _StateR
     return _StateRead(revision, pending, store.records(target, full=full))
 
 
-def _drifted(store: StateStore, target: str, records: dict[str, Record] | RecordRows,
-             catalog: Catalog) -> dict[str, Record]:
+class _Loading:
+    """A plan's work while its catalog loads: the state is read once the catalog's workers
+    have started, and with ``planner`` (made from the records and the pending creates) each
+    file's changes are made as its specs come, while the workers parse the next files; what
+    needs the whole catalog is left for after (docs/architecture.md §4). An error of the
+    state is raised by ``result``, after the catalog's own problems."""
+
+    def __init__(self, store: StateStore | None, target: str, *, full: bool,
+                 planner: Callable[[_HandedOver, dict[str, str]], Planner] | None) -> None:
+        self._store, self._target, self._full, self._make = store, target, full, planner
+        self._read: Future[_StateRead] = Future()
+        self._error: ReconcileError | None = None
+        self.complete: dict[str, Record] = {}  # records read in full for a drift diff
+        self.planner: Planner | None = None
+
+    def started(self) -> None:
+        _settle(self._read, lambda: _read_state(self._store, self._target, full=self._full))
+        if self._make is not None and self._read.exception() is None:
+            state = self._read.result()
+            self.planner = self._make(_HandedOver(state.records, self.complete), state.pending)
+
+    def checked(self, specs: Sequence[ImageSpec],
+                warnings: Mapping[str, tuple[str, ...]]) -> None:
+        if self.planner is None:
+            return
+        try:
+            self.complete.update(_drifted(self._store, self._target,
+                                          self._read.result().records, specs))
+        except ReconcileError as exc:
+            self._error, self.planner = exc, None
+            return
+        self.planner.add(specs, warnings)
+
+    def result(self) -> _StateRead:
+        state = self._read.result()
+        if self._error is not None:
+            raise self._error
+        return state
+
+
+def _drifted(store: StateStore | None, target: str, records: dict[str, Record] | RecordRows,
+             specs: Iterable[ImageSpec]) -> dict[str, Record]:
     """The complete records of the images whose catalog digest differs from the light
     record's: a drift diff needs the request that was sent."""
-    if not isinstance(records, RecordRows):
+    if store is None or not isinstance(records, RecordRows):
         return {}  # complete already
-    digests = {s.name: s.digest for s in catalog.images}
-    return store.records_of(target, [name for name, digest in records.digests()
-                                     if digests.get(name, digest) != digest])
+    names = [s.name for s in specs if records.digest(s.name) not in (None, s.digest)]
+    return store.records_of(target, names) if names else {}
 
 
 class _HandedOver(Mapping[str, Record]):
