@@ -196,7 +196,7 @@ class _Loading:
     """A plan's work while its catalog loads: the state is read once the catalog's workers
     have started, and with ``planner`` (made from the records and the pending creates) each
     file's changes are made as its specs come, while the workers parse the next files; what
-    needs the whole catalog is left for after (docs/architecture.md §4). An error of the
+    needs the whole catalog is left for after (docs/architecture.md §3). An error of the
     state is raised by ``result``, after the catalog's own problems."""
 
     def __init__(self, store: StateStore | None, target: str, *, full: bool,

@@ -69,19 +69,21 @@ class Planner:
 
     def plan(self, catalog: Catalog) -> Plan:
         added, records = self._added, self._records
-        changes = []
-        for spec in catalog.images:  # in name order
-            made = added.pop(spec.name, None)
+        changes, ordered, last = [], True, ""
+        for spec in catalog.images:  # in name order once loaded
+            name = spec.name
+            ordered, last = ordered and last < name, name
+            made = added.pop(name, None)
             if made is not None and made[0] is not spec:
-                raise ValueError(f"{spec.name!r} was added as another image")
-            changes.append(made[1] if made else self._change(spec.name, spec, catalog.warnings))
+                raise ValueError(f"{name!r} was added as another image")
+            changes.append(made[1] if made else self._change(name, spec, catalog.warnings))
         if added:
             raise ValueError(f"{len(added)} added image(s) are not in the catalog, e.g. "
                              f"{next(iter(added))!r}")
         names = {s.name for s in catalog.images} if records else set()
-        rest = sorted(records.keys() - names)  # recorded, not in the catalog
-        if rest:
-            changes.extend(self._change(name, None, catalog.warnings) for name in rest)
+        rest = records.keys() - names  # recorded, not in the catalog
+        changes.extend(self._change(name, None, catalog.warnings) for name in rest)
+        if rest or not ordered:
             changes.sort(key=lambda c: c.name)
         return Plan.model_construct(target=self._target, profile=catalog.profile,
                                     catalog_digest=catalog.digest, changes=tuple(changes))
