@@ -19,12 +19,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler import __version__, planfile, schemacache
-from reconciler.auth import ApiSession
 from reconciler.catalog import image_names, lint_problems, load_catalog
-from reconciler.client import ImageClient, normalize_endpoint
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, Problem, ReconcileError, StateError
 from reconciler.models import (
@@ -60,9 +58,21 @@ from reconciler.refresh import ListingApi, observe
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
 from reconciler.state import LockRequest, StateStore, open_for_write, open_readonly, redact
 
+if TYPE_CHECKING:
+    from reconciler.auth import ApiSession
+    from reconciler.client import ImageClient
+
 
 class PlanApi(ListingApi, RulesApi, Protocol):
     """What a refreshed plan reads: the listing, and the server's rules."""
+
+
+def _endpoint(endpoint: str) -> str:
+    """``client.normalize_endpoint``, imported when first needed: an offline plan of one
+    target never is, and starts without the HTTP library."""
+    from reconciler.client import normalize_endpoint
+
+    return normalize_endpoint(endpoint)
 
 
 def get_profile(name: str) -> Profile:
@@ -76,7 +86,7 @@ def get_profile(name: str) -> Profile:
 def resolve_target(store: StateStore | None, endpoint: str | None) -> str:
     """Which target's records to compare with: the endpoint, or the state's only target."""
     if endpoint:
-        return normalize_endpoint(endpoint)
+        return _endpoint(endpoint)
     targets = store.targets() if store else []
     if len(targets) > 1:
         raise ConfigError("the state file holds records for several endpoints ("
@@ -451,7 +461,7 @@ def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, ima
     """Start managing an existing image under a catalog name, after comparing it.
 
     ``target``: one target of a catalog with targets, as its name and state key."""
-    key = target[1] if target else normalize_endpoint(endpoint)
+    key = target[1] if target else _endpoint(endpoint)
     rules = run_profile(profile, None, key, api=api, state_path=state_path,
                         allow=NO_ALLOWANCES, clock=clock)
     catalog = load_catalog(catalog_dir, rules.profile)
@@ -576,7 +586,7 @@ def offline_keys(targets: Sequence[Target], patterns: Sequence[str], *,
             raise ConfigError(f"target {target.name} has no `endpoint:`, so its state rows "
                               "are known only by the endpoint its service catalog gives; "
                               "declare `endpoint:` for it to use --target here")
-        keys[target.name] = target_key(normalize_endpoint(target.endpoint), target.project)
+        keys[target.name] = target_key(_endpoint(target.endpoint), target.project)
     return keys
 
 
@@ -602,7 +612,7 @@ def single_target_only(*, endpoint: str | None, plan_file: object | None) -> Non
 
 #: Opens an authenticated session for one target (its clouds.yaml entry or the run's
 #: credentials, its region and project); supplied by the command line.
-Connect = Callable[[Target], contextlib.AbstractContextManager[ApiSession]]
+Connect = Callable[[Target], "contextlib.AbstractContextManager[ApiSession]"]
 
 
 @dataclass(frozen=True)
@@ -748,7 +758,7 @@ def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Seque
         with contextlib.ExitStack() as stack:
             session = stack.enter_context(connect(target)) \
                 if refresh or not target.endpoint else None
-            endpoint = session.endpoint if session else normalize_endpoint(
+            endpoint = session.endpoint if session else _endpoint(
                 target.endpoint or "")
             key = keys[target.name] = target_key(endpoint, target.project)
             api = session.client if session and refresh else None

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
+from reconciler.apply.creates import ImageApi
 from reconciler.apply.runstate import RunState
 from reconciler.apply.updates import UpdateApi
-from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
+from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
+from reconciler.defaults import DEFAULT_REQUEST_TIMEOUT, DEFAULT_SETTLE_S
 from reconciler.errors import ConfigError
 from reconciler.models import DriftPolicy, Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
