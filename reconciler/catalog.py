@@ -51,7 +51,17 @@ _TRUE_FALSE = {"true": True, "false": False}
 # --- YAML loading with line numbers and strict scalars -------------------------------------
 
 class _Loader(_BaseLoader):  # type: ignore[misc]
-    """The fast loader (C parser and composer when available)."""
+    """The fast loader: the C parser and composer when available, and ``_built``, which
+    makes the data of the composed nodes directly (files with aliases use _AliasLoader)."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        try:
+            return _built(self, node)
+        except RecursionError:  # deeper than Python's stack: the iterative generic way
+            return self.construct_document(node)
 
 
 #: Levels of nesting a file with aliases may have (a catalog needs five: images, an image,
@@ -144,6 +154,48 @@ def _construct_int(loader: Any, node: yaml.ScalarNode) -> Any:
 
 def _construct_null(loader: Any, node: yaml.ScalarNode) -> RawScalar:
     return RawScalar(node.value or "", "null", None)
+
+
+_STR, _MAP, _SEQ = (f"tag:yaml.org,2002:{t}" for t in ("str", "map", "seq"))
+_FLATTEN = frozenset({"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"})
+
+
+def _built(loader: Any, node: yaml.Node) -> Any:
+    """What the constructors above make of ``node`` and its children, without PyYAML's
+    generic machinery (a third of a file's load): no aliases reach here, so nothing is
+    shared and nothing needs deferring. Text, mappings and lists are made here; any other
+    tag goes to its constructor, and an odd pairing (``!!str`` on a list) to the generic
+    way, which raises what it always raised."""
+    tag, kind = node.tag, type(node)
+    if tag == _STR and kind is yaml.ScalarNode:
+        return node.value
+    if tag == _MAP and kind is yaml.MappingNode:
+        data = LineDict()
+        data.line = node.start_mark.line + 1
+        data.key_lines, data.duplicates, data.bad_keys = {}, [], []
+        if any(k.tag in _FLATTEN for k, _ in node.value):
+            loader.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = _built(loader, key_node)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, RawScalar):
+                key = key.text  # a key like `on:` or `1.10:` is meant as text
+            if isinstance(key, (list, dict)):
+                data.bad_keys.append((_describe(key), line))
+                continue
+            if key in data:
+                data.duplicates.append((key, line))
+            data[key] = _built(loader, value_node)
+            data.key_lines[key] = line
+        return data
+    if tag == _SEQ and kind is yaml.SequenceNode:
+        items = LineList(_built(loader, item) for item in node.value)
+        items.line = node.start_mark.line + 1
+        items.lines = [item.start_mark.line + 1 for item in node.value]
+        return items
+    if kind is yaml.ScalarNode and tag in loader.yaml_constructors:
+        return loader.yaml_constructors[tag](loader, node)
+    return loader.construct_object(node, deep=True)
 
 
 for _loader in (_Loader, _AliasLoader):
