@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from reconciler import __version__, planfile
@@ -32,6 +33,8 @@ from reconciler.models import (
     Observed,
     Outcome,
     Plan,
+    Record,
+    RecordRows,
     RunOutcome,
     RunReport,
     iso,
@@ -88,11 +91,19 @@ def target_revision(store: StateStore | None, target: str) -> int:
     own rows, its records and pending creates (docs/architecture.md §13)."""
     h = hashlib.sha256()
     if store is not None:
-        for name, record in sorted(store.records(target, full=False).items()):
-            h.update(f"{name}\0{record.image_id}\0{record.spec_digest}\n".encode())
+        for name, image_id, digest in identities(store.records(target, full=False)):
+            h.update(f"{name}\0{image_id}\0{digest}\n".encode())
         for entry in store.pending(target):
             h.update(f"{entry.nonce}\n".encode())
     return int.from_bytes(h.digest()[:4], "big")
+
+
+def identities(records: Mapping[str, Record] | RecordRows) -> Iterator[tuple[str, str, str]]:
+    """(name, image id, spec digest) of every record, by name: straight from light rows (a
+    target of 100,000 images builds no model), or from the records a store gave in full."""
+    if isinstance(records, RecordRows):
+        return records.identities()
+    return ((name, r.image_id, r.spec_digest) for name, r in sorted(records.items()))
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
