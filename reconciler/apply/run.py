@@ -60,14 +60,15 @@ INTERRUPTED = "interrupted"
 def preview(req: ApplyRequest) -> Preview:
     """The plan to confirm before ``apply_catalog(req)`` with ``preview=`` set: made without
     the lock, from the cloud as it is now (read once; the apply reuses what it saw)."""
-    rules = _rules(req)  # read online even without a refresh, as the apply would
+    rules = req.rules or rules_of(req)  # read online even without a refresh, as the apply would
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
                        clock=req.clock, rules=rules, keep=False,  # the apply keeps
                        only=req.saved.only if req.saved else req.only,
                        key=req.target_key, place=req.target_name,
-                       must_match=req.target_key is None, drift=_policy(req))
+                       must_match=req.target_key is None, drift=_policy(req),
+                       loaded=req.loaded)
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
@@ -119,9 +120,10 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
     target = req.target_key or normalize_endpoint(req.endpoint)
     # The server's rules first (read now, or by the preview; kept once the work is done):
     # the catalog is checked against what this server accepts.
-    rules = req.preview.rules if req.preview else _rules(req)
+    rules = req.preview.rules if req.preview else req.rules or rules_of(req)
     with bulk_build():
-        catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
+        catalog = req.loaded if req.loaded is not None else load_catalog(
+            req.catalog_source, rules.profile, strict=req.strict)
         if req.target_name is not None:  # one target of several: the images placed there
             catalog = catalog.for_target(req.target_name)
     if req.store is not None:  # shared by several targets, and closed by their run
@@ -135,7 +137,8 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
         store.close()
 
 
-def _rules(req: ApplyRequest) -> RunProfile:
+def rules_of(req: ApplyRequest) -> RunProfile:
+    """The server's rules the apply checks its catalog with (read online: ``req.api``)."""
     return run_profile(req.catalog_profile, None,
                        req.target_key or normalize_endpoint(req.endpoint),
                        api=req.api, state_path=req.state_path, allow=req.allow,
