@@ -722,6 +722,7 @@ def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Seque
 
         parts = parallel(targets, connected, target_parallelism)
         ready = [p for p in parts if p.error is None]
+        endpoints = {p.target.name: p.endpoint for p in ready}
         catalogs = dict(zip([p.target.name for p in ready], load_catalogs(
             catalog_dir, [read[p.target.name].profile for p in ready], strict=strict),
             strict=True))
@@ -737,8 +738,7 @@ def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Seque
                                if api and session else None, clock=clock, rules=rules,
                                keep=False, only=only, key=keys[target.name], place=target.name,
                                must_match=False, drift=drift, loaded=loaded)
-            return TargetPart(target, session.endpoint if session else normalize_endpoint(
-                target.endpoint or ""), result.report)
+            return TargetPart(target, endpoints[target.name], result.report)
 
         done = iter(parallel([p.target for p in ready], planned, target_parallelism))
         parts = [next(done) if p.error is None else p for p in parts]
