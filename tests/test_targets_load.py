@@ -310,3 +310,21 @@ def test_an_invalid_catalog_fails_every_target_of_an_apply_with_its_problems(
     assert errors[0] == errors[1] and errors[0].startswith("catalog is invalid (1 problem)")
     assert "b.yaml:2: images[0].name: must be text" in errors[0]
     assert [p.endpoint for p in result.parts] == [sb.url for sb in boxes]
+
+
+def test_ctrl_c_while_the_catalog_loads_starts_no_target(
+        tmp_path: Path, two_boxes: tuple[Path, list[Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.apply import targets as apply_targets_module
+
+    directory, boxes = two_boxes
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(apply_targets_module, "load_catalogs", interrupted)
+    result = apply_targets(job(directory, tmp_path / "state.db"))
+    assert result.interrupted
+    assert [p.error for p in result.parts] == ["not started: the run was interrupted"] * 2
+    assert all(sb.images() == [] for sb in boxes)
+    assert "run interrupted: run `reconcile apply` again to finish" in result.report.warnings
