@@ -802,6 +802,63 @@ def declared_targets(directory: str | Path) -> tuple[Target, ...]:
     return tuple(sorted(declared.values(), key=lambda t: t.name))
 
 
+#: Stand-ins for where a profile's rules come from (``Profile.source``, ``os_source``), which
+#: only messages show: one load made with them serves every profile with the same rules.
+_LABELS = (f"{{source {os.urandom(8).hex()}}}", f"{{os_source {os.urandom(8).hex()}}}")
+
+
+def load_catalogs(directory: str | Path, profiles: Sequence[Profile], *,
+                  strict: bool = False) -> list[Catalog | CatalogError]:
+    """``load_catalog`` with each of ``profiles``: its catalog, or its error. The files are
+    read and checked once per distinct set of rules, in the calling thread (a plan or apply
+    of several targets calls it before their threads start: docs/architecture.md §13).
+
+    What a load depends on is the profile's rules and defaults (and ``strict``). Where the
+    rules come from, a server's URL and when it was read, differs for every target that read
+    or kept its server's rules, and shows only in messages. So profiles that differ only
+    there share one load, made with stand-ins for those two labels, and each gets a copy with
+    its own labels put back: every problem and warning is the one its own load would give,
+    in the same order.
+    """
+    loads: list[tuple[Profile, Catalog | CatalogError]] = []
+    out: list[Catalog | CatalogError] = []
+    for profile in profiles:
+        rules = dataclasses.replace(profile, source=_LABELS[0], os_source=_LABELS[1])
+        loaded = next((done for known, done in loads if known == rules), None)
+        if loaded is None:
+            try:
+                loaded = load_catalog(directory, rules, strict=strict)
+            except CatalogError as exc:
+                loaded = exc
+            loads.append((rules, loaded))
+        out.append(_labelled(loaded, (profile.source, profile.os_source)))
+    return out
+
+
+def _labelled(loaded: Catalog | CatalogError,
+              labels: tuple[str, str]) -> Catalog | CatalogError:
+    """A shared load with a profile's own labels in place of the stand-ins."""
+    def put(problem: Problem) -> Problem:
+        message = problem.message
+        for stand_in, label in zip(_LABELS, labels, strict=True):
+            if stand_in in message:
+                message = message.replace(stand_in, label)
+        return problem if message is problem.message else dataclasses.replace(
+            problem, message=message)
+
+    if isinstance(loaded, CatalogError):
+        return CatalogError([put(p) for p in loaded.problems])
+    if not any(stand_in in w for stand_in in _LABELS for ws in loaded.warnings.values()
+               for w in ws):
+        return loaded  # nothing says where the rules came from: the same object serves
+    warnings = {name: tuple(put(Problem("", None, "", w)).message for w in ws)
+                for name, ws in loaded.warnings.items()}
+    return Catalog.model_construct(
+        directory=loaded.directory, profile=loaded.profile, images=loaded.images,
+        warnings=warnings, files=loaded.files, lint=tuple(put(p) for p in loaded.lint),
+        targets=loaded.targets, placement=loaded.placement)
+
+
 def image_names(directory: str | Path) -> set[str]:
     """The image names the catalog's files hold, read without checking them (``--only``
     over several targets is checked against them before any target is planned)."""

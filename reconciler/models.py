@@ -318,6 +318,10 @@ class RecordRows(Mapping[str, Record]):
         row = self._rows.get(name)
         return None if row is None else row[2]
 
+    def identities(self) -> Iterator[tuple[str, str, str]]:
+        """(name, image id, spec digest) of every row, by name, without making records."""
+        return ((name, row[1], row[2]) for name, row in sorted(self._rows.items()))
+
 
 def _light_record(row: tuple[str, str, str, str]) -> Record:
     name, image_id, digest, origin = row

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler import __version__, planfile, schemacache
-from reconciler.catalog import image_names, lint_problems, load_catalog
+from reconciler.catalog import image_names, lint_problems, load_catalog, load_catalogs
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, Problem, ReconcileError, StateError
+from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError, StateError
 from reconciler.models import (
     ACTIONS,
     APPLIED_ACTIONS,
@@ -109,7 +110,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
               rules: RunProfile | None = None, keep: bool = True,
               only: tuple[str, ...] = (), key: str | None = None, place: str | None = None,
-              must_match: bool = True, drift: DriftPolicy = "update") -> PlanResult:
+              must_match: bool = True, drift: DriftPolicy = "update",
+              loaded: Catalog | None = None) -> PlanResult:
     """Compare the catalog with the state file, whose records are only read.
 
     With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
@@ -118,6 +120,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
     to the names matching these globs. One target of several: ``key`` is its state key,
     ``place`` its name (the images placed there), and ``only`` is checked over all of them
     (``must_match=False``). ``drift``: the policy of images whose catalog entry sets none.
+    ``loaded``: the catalog loaded already with ``rules`` (several targets load it once for
+    all, ``plan_targets``), not loaded again.
     """
     with bulk_build():
         store = open_readonly(state_path, clock=clock)
@@ -132,11 +136,16 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                 return Planner(records, target=target, profile=rules.profile.name,
                                pending=pending, drift=drift)
 
-            # offline and one target: the plan is made as the catalog loads
+            # offline, one target, loaded here: the plan is made as the catalog loads
+            early = api is None and place is None and loaded is None
             loading = _Loading(store, target, full=api is not None,
-                               planner=planner_of if api is None and place is None else None)
-            catalog = load_catalog(catalog_dir, rules.profile, strict=strict,
-                                   meanwhile=loading.started, each=loading.checked)
+                               planner=planner_of if early else None)
+            if loaded is None:
+                catalog = load_catalog(catalog_dir, rules.profile, strict=strict,
+                                       meanwhile=loading.started, each=loading.checked)
+            else:
+                loading.started()
+                catalog = loaded
             state = loading.result()
             if place is not None:
                 catalog = catalog.for_target(place)
@@ -750,34 +759,59 @@ def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Seque
     when it must be: to read its cloud (``refresh``), or to find its endpoint in the service
     catalog (no ``endpoint:``). A target that cannot be planned (bad credentials,
     unreachable) fails alone: its part carries the error. The rules read are kept once all
-    are planned, one target after the other (one writer at a time)."""
+    are planned, one target after the other (one writer at a time).
+
+    In three steps (docs/architecture.md §13): the targets are connected to and their rules
+    read, side by side; then the catalog is loaded here, once per distinct set of rules
+    (``load_catalogs``), while no target's thread runs; then each target is planned with
+    its part of it, side by side."""
     keys: dict[str, str] = {}
     read: dict[str, RunProfile] = {}
+    sessions: dict[str, ApiSession | None] = {}
+    with contextlib.ExitStack() as stack:
+        lock = threading.Lock()
 
-    def one(target: Target) -> TargetPart:
-        with contextlib.ExitStack() as stack:
-            session = stack.enter_context(connect(target)) \
+        def connected(target: Target) -> TargetPart:
+            session = enter(stack, lock, connect(target)) \
                 if refresh or not target.endpoint else None
             endpoint = session.endpoint if session else _endpoint(
                 target.endpoint or "")
             key = keys[target.name] = target_key(endpoint, target.project)
             api = session.client if session and refresh else None
-            name = target.profile or profile
             store = open_readonly(state_path, clock=clock)
             try:
-                rules = read[target.name] = run_profile(name, store, key, api=api,
-                                                        state_path=state_path, allow=allow,
-                                                        clock=clock)
+                read[target.name] = run_profile(target.profile or profile, store, key,
+                                                api=api, state_path=state_path, allow=allow,
+                                                clock=clock)
             finally:
                 if store:
                     store.close()
-            result = make_plan(catalog_dir, state_path, profile=name, strict=strict,
-                               api=api, project_id=session.project_id if api and session
-                               else None, clock=clock, rules=rules, keep=False, only=only,
-                               key=key, place=target.name, must_match=False, drift=drift)
-            return TargetPart(target, endpoint, result.report)
+            sessions[target.name] = session
+            return TargetPart(target, endpoint)
 
-    parts = check_distinct(parallel(targets, one, target_parallelism), keys)
+        parts = parallel(targets, connected, target_parallelism)
+        ready = [p for p in parts if p.error is None]
+        endpoints = {p.target.name: p.endpoint for p in ready}
+        catalogs = dict(zip([p.target.name for p in ready], load_catalogs(
+            catalog_dir, [read[p.target.name].profile for p in ready], strict=strict),
+            strict=True))
+
+        def planned(target: Target) -> TargetPart:
+            loaded = catalogs[target.name]
+            if isinstance(loaded, CatalogError):  # as its own load would have raised it
+                return TargetPart(target, error=str(loaded))
+            session, rules = sessions[target.name], read[target.name]
+            api = session.client if session and refresh else None
+            result = make_plan(catalog_dir, state_path, profile=target.profile or profile,
+                               strict=strict, api=api, project_id=session.project_id
+                               if api and session else None, clock=clock, rules=rules,
+                               keep=False, only=only, key=keys[target.name], place=target.name,
+                               must_match=False, drift=drift, loaded=loaded)
+            return TargetPart(target, endpoints[target.name], result.report)
+
+        done = iter(parallel([p.target for p in ready], planned, target_parallelism))
+        parts = [next(done) if p.error is None else p for p in parts]
+    parts = check_distinct(parts, keys)
     check_only(parts, only)
     if not dry_run:  # a dry run writes nothing
         parts = [_kept(part, read, keys, state_path) for part in parts]
@@ -785,6 +819,16 @@ def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Seque
                             mode="apply" if dry_run else "plan", clock=clock,
                             state=str(state_path), refreshed=refresh, dry_run=dry_run)
     return TargetsPlan(parts, report)
+
+
+def enter(stack: contextlib.ExitStack, lock: threading.Lock,
+          manager: contextlib.AbstractContextManager[ApiSession]) -> ApiSession:
+    """Enter a session from a target's thread; the stack (closed by the caller, once every
+    step of every target is done) exits it."""
+    session = manager.__enter__()
+    with lock:
+        stack.push(manager.__exit__)
+    return session
 
 
 def _kept(part: TargetPart, read: Mapping[str, RunProfile], keys: Mapping[str, str],
