@@ -104,23 +104,38 @@ _ALIAS = re.compile(r"(^|[\s\[{,:-])\*[^\s,\]}]+", re.MULTILINE)
 
 
 def _construct_map(loader: Any, node: yaml.MappingNode) -> Iterator[LineDict]:
-    data = LineDict()
-    data.line = node.start_mark.line + 1
-    data.key_lines, data.duplicates, data.bad_keys = {}, [], []
+    data = _empty_map(node)
     yield data
     loader.flatten_mapping(node)
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=False)
-        line = key_node.start_mark.line + 1
-        if isinstance(key, RawScalar):
-            key = key.text  # a key like `on:` or `1.10:` is meant as text
-        if isinstance(key, (list, dict)):
-            data.bad_keys.append((_describe(key), line))
-            continue
-        if key in data:
-            data.duplicates.append((key, line))
-        data[key] = loader.construct_object(value_node, deep=False)
-        data.key_lines[key] = line
+        key = _map_key(data, loader.construct_object(key_node, deep=False), key_node)
+        if key is not _BAD:
+            data[key] = loader.construct_object(value_node, deep=False)
+
+
+def _empty_map(node: yaml.Node) -> LineDict:
+    data = LineDict()
+    data.line = node.start_mark.line + 1
+    data.key_lines, data.duplicates, data.bad_keys = {}, [], []
+    return data
+
+
+_BAD = object()
+
+
+def _map_key(data: LineDict, key: Any, node: yaml.Node) -> Any:
+    """``key`` as the checks read it, its line noted; ``_BAD`` (noted too) for a list or a
+    mapping used as a key."""
+    line = node.start_mark.line + 1
+    if isinstance(key, RawScalar):
+        key = key.text  # a key like `on:` or `1.10:` is meant as text
+    if isinstance(key, (list, dict)):
+        data.bad_keys.append((_describe(key), line))
+        return _BAD
+    if key in data:
+        data.duplicates.append((key, line))
+    data.key_lines[key] = line
+    return key
 
 
 def _construct_seq(loader: Any, node: yaml.SequenceNode) -> Iterator[LineList]:
@@ -170,23 +185,13 @@ def _built(loader: Any, node: yaml.Node) -> Any:
     if tag == _STR and kind is yaml.ScalarNode:
         return node.value
     if tag == _MAP and kind is yaml.MappingNode:
-        data = LineDict()
-        data.line = node.start_mark.line + 1
-        data.key_lines, data.duplicates, data.bad_keys = {}, [], []
+        data = _empty_map(node)
         if any(k.tag in _FLATTEN for k, _ in node.value):
             loader.flatten_mapping(node)
         for key_node, value_node in node.value:
-            key = _built(loader, key_node)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, RawScalar):
-                key = key.text  # a key like `on:` or `1.10:` is meant as text
-            if isinstance(key, (list, dict)):
-                data.bad_keys.append((_describe(key), line))
-                continue
-            if key in data:
-                data.duplicates.append((key, line))
-            data[key] = _built(loader, value_node)
-            data.key_lines[key] = line
+            key = _map_key(data, _built(loader, key_node), key_node)
+            if key is not _BAD:
+                data[key] = _built(loader, value_node)
         return data
     if tag == _SEQ and kind is yaml.SequenceNode:
         items = LineList(_built(loader, item) for item in node.value)
