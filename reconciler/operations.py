@@ -294,17 +294,29 @@ def bulk_build() -> Iterator[None]:
     and find nothing to free. A big build is then frozen: once enabled again, the collector's
     next pass would still walk every object made in the meantime (0.3 s at 100,000 images);
     frozen, they are still freed by their reference counts. A small one is left to the
-    collector (a cycle made meanwhile stays collectable).
+    collector (a cycle made meanwhile stays collectable). The collector is one per process:
+    builds in several threads at once (one per target) resume it when the last one ends.
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    global _builds, _resume
+    with _builds_lock:
+        if _builds == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _builds += 1
     try:
         yield
     finally:
-        if enabled:
-            if gc.get_count()[0] > FREEZE_MIN_OBJECTS:
-                gc.freeze()
-            gc.enable()
+        with _builds_lock:
+            _builds -= 1
+            if _builds == 0 and _resume:
+                if gc.get_count()[0] > FREEZE_MIN_OBJECTS:
+                    gc.freeze()
+                gc.enable()
+
+
+_builds_lock = threading.Lock()
+_builds = 0  # bulk builds running now, in any thread
+_resume = False  # whether the collector ran before the first of them began
 
 
 #: Objects made during a ``bulk_build`` above which they are frozen (about 5,000 images).
