@@ -690,17 +690,21 @@ def check_only(parts: Sequence[TargetPart], only: tuple[str, ...]) -> None:
                               "has a name it matches in any target (a glob: * ? [...])")
 
 
-def check_only_names(catalog_dir: str | Path, state_path: str | Path,
-                     only: tuple[str, ...]) -> None:
+def check_only_names(loaded: Sequence[Catalog | CatalogError], catalog_dir: str | Path,
+                     state_path: str | Path, only: tuple[str, ...]) -> None:
     """``--only`` before an apply of several targets: each glob must match an image of the
-    catalog or one the state records, so a typo fails before anything is sent."""
+    catalog (``loaded`` for the targets; a load that failed has its names read from the
+    files) or one the state records, so a typo fails before anything is sent."""
     if not only:
         return
-    names = image_names(catalog_dir)
+    names = {s.name for c in loaded if isinstance(c, Catalog) for s in c.images}
+    if not loaded or any(isinstance(c, CatalogError) for c in loaded):
+        names |= image_names(catalog_dir)
     store = open_readonly(state_path)
     if store is not None:
         try:
-            names.update(r.name for _, r in store.all_records())
+            for target in store.targets():
+                names.update(store.records(target, full=False))
         finally:
             store.close()
     for pattern in only:
