@@ -149,16 +149,19 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
             state = loading.result()
             if place is not None:
                 catalog = catalog.for_target(place)
-            records = _HandedOver(state.records, loading.complete)
-            if loading.planner is None:
-                loading.complete.update(_drifted(store, target, state.records, catalog.images))
+            planner = loading.planner
+            if planner is None:  # planned after the load
+                records = _HandedOver(state.records, _drifted(store, target, state.records,
+                                                              catalog.images))
         finally:
             if store:
                 store.close()
-        observed = observe(api, catalog.profile, records.values(), project_id) if api else None
-        planner = loading.planner or Planner(records, target=target, profile=catalog.profile,
-                                             pending=state.pending, observed=observed,
-                                             drift=drift)
+        observed = None
+        if planner is None:
+            observed = observe(api, catalog.profile, records.values(), project_id) if api \
+                else None
+            planner = Planner(records, target=target, profile=catalog.profile,
+                              pending=state.pending, observed=observed, drift=drift)
         result = select(planner.plan(catalog), only, must_match=must_match)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
                              refreshed=api is not None, warnings=notes)
