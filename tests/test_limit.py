@@ -236,7 +236,7 @@ def test_a_limit_that_grows_lets_in_as_many_waiting_threads_as_it_has_new_slots(
     """A slot given back wakes as many waiters as there are free slots, not one (nor all):
     the answer that takes a slow start from 1 to 2 lets two of the three waiters in."""
     ticks = Ticks()
-    limit = ConcurrencyLimit(4, ticks)  # adaptive: starts at one slot
+    limit = ConcurrencyLimit(4, ticks, start=1)  # adaptive, from one slot
     answer, release = threading.Event(), threading.Event()
     entered = 0  # waiters that got a slot
     lock = threading.Lock()
@@ -313,22 +313,25 @@ def test_waiters_woken_but_not_yet_in_count_as_busy() -> None:
     assert entered == 2 and limit.waiting == 0
 
 
-def test_an_adaptive_limit_starts_at_one_and_learns_from_exceptions() -> None:
+def test_an_adaptive_limit_starts_at_four_or_its_ceiling_and_learns_from_exceptions() -> None:
     ticks = Ticks()
-    limit = ConcurrencyLimit(4, ticks)
-    assert limit.limit == 1
-    with limit.request() as slot:
-        slot.send()
-        ticks.t += 0.05
-    assert limit.limit == 2
+    assert ConcurrencyLimit(2, ticks).limit == 2  # a ceiling below the start
+    assert ConcurrencyLimit(16, ticks, adaptive=False).limit == 16
+    limit = ConcurrencyLimit(16, ticks)
+    assert limit.limit == 4
     with pytest.raises(ServerError), limit.request() as slot:
         slot.send()
         ticks.t += 0.05
         raise ServerError("503", status=503)
-    assert limit.limit == 1
+    assert limit.limit == 2  # the slow start halves
     with limit.request():
         pass  # never sent: says nothing
-    assert limit.limit == 1
+    assert limit.limit == 2
+    limit = ConcurrencyLimit(16, ticks, start=1)
+    with limit.request() as slot:
+        slot.send()
+        ticks.t += 0.05
+    assert limit.limit == 2  # one answer with every slot in use: one more
 
 
 # --- the trend of latency, as a table ---------------------------------------------------------
