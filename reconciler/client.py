@@ -563,7 +563,56 @@ def http_client(verify: bool | str = True, *, connect_timeout: float = 10.0,
             raise RuntimeError("this httpx version hides its network backend; request "
                                "deadlines cannot be enforced")
         pool._network_backend = _DeadlineBackend(inner, deadline)
+        if type(pool) is httpcore.ConnectionPool and _LEAN_POOL_FITS:
+            pool.__class__ = _LeanPool  # the same pool, its bookkeeping done in one pass
     return client
+
+
+#: The httpcore whose ``_assign_requests_to_connections`` ``_LeanPool`` redoes (1.0.x,
+#: requests queued as ``PoolRequest``); with any other the pool is left as it is.
+_LEAN_POOL_FITS = httpcore.__version__.startswith("1.0.") and hasattr(
+    httpcore.ConnectionPool, "_assign_requests_to_connections")
+
+
+class _LeanPool(httpcore.ConnectionPool):
+    """httpcore's connection pool, with the bookkeeping it does on every request and every
+    answer closed (under the pool's lock, so one thread at a time) done in one pass over
+    the connections instead of one pass per idle connection: the same decisions, in the
+    same order (``tests/test_client_pool.py`` holds both side by side)."""
+
+    def _assign_requests_to_connections(self) -> list[httpcore.ConnectionInterface]:
+        closing: list[httpcore.ConnectionInterface] = []
+        connections = self._connections
+        keep_idle = self._max_keepalive_connections
+        for connection in list(connections):
+            if connection.is_closed():
+                connections.remove(connection)
+            # (httpcore counts every connection against the idle ones' limit, idle or not)
+            elif connection.has_expired() or (connection.is_idle()
+                                              and len(connections) > keep_idle):
+                connections.remove(connection)
+                closing.append(connection)
+        for pool_request in self._requests:
+            if not pool_request.is_queued():
+                continue
+            origin = pool_request.request.url.origin
+            available = next((c for c in connections
+                              if c.can_handle_request(origin) and c.is_available()), None)
+            if available is not None:
+                pool_request.assign_to_connection(available)
+            elif len(connections) < self._max_connections:
+                connection = self.create_connection(origin)
+                connections.append(connection)
+                pool_request.assign_to_connection(connection)
+            else:
+                idle = next((c for c in connections if c.is_idle()), None)
+                if idle is not None:
+                    connections.remove(idle)
+                    closing.append(idle)
+                    connection = self.create_connection(origin)
+                    connections.append(connection)
+                    pool_request.assign_to_connection(connection)
+        return closing
 
 
 class _Cookies(httpx.Cookies):
