@@ -575,43 +575,52 @@ _LEAN_POOL_FITS = httpcore.__version__.startswith("1.0.") and hasattr(
 
 
 class _LeanPool(httpcore.ConnectionPool):
-    """httpcore's connection pool, with the bookkeeping it does on every request and every
-    answer closed (under the pool's lock, so one thread at a time) done in one pass over
-    the connections instead of one pass per idle connection: the same decisions, in the
-    same order (``tests/test_client_pool.py`` holds both side by side)."""
+    """httpcore's connection pool, with less bookkeeping on every request and every answer
+    closed (done under the pool's lock, one thread at a time). httpcore asks every
+    connection whether it has expired (for an idle one a ``poll()`` of its socket: has the
+    server closed it?) on each request and each close, and counts the connections once per
+    idle one. Here a connection is asked when it is about to be given a request, and all of
+    them only when none is available (before a new one is opened or an idle one replaced):
+    the same connection serves the same request as with httpcore, never one that expired,
+    which is closed when it is found; an expired one not needed meanwhile is closed later
+    (``tests/test_client_pool.py`` holds both side by side). Only for pools that keep every
+    connection they may open (``max_keepalive_connections`` ≥ ``max_connections``, as
+    ``http_client``'s do); any other does as httpcore does."""
 
     def _assign_requests_to_connections(self) -> list[httpcore.ConnectionInterface]:
+        if self._max_keepalive_connections < self._max_connections:
+            return super()._assign_requests_to_connections()
         closing: list[httpcore.ConnectionInterface] = []
         connections = self._connections
-        keep_idle = self._max_keepalive_connections
-        for connection in list(connections):
-            if connection.is_closed():
-                connections.remove(connection)
-            # (httpcore counts every connection against the idle ones' limit, idle or not)
-            elif connection.has_expired() or (connection.is_idle()
-                                              and len(connections) > keep_idle):
-                connections.remove(connection)
-                closing.append(connection)
+        connections[:] = [c for c in connections if not c.is_closed()]
         for pool_request in self._requests:
             if not pool_request.is_queued():
                 continue
             origin = pool_request.request.url.origin
-            available = next((c for c in connections
-                              if c.can_handle_request(origin) and c.is_available()), None)
-            if available is not None:
-                pool_request.assign_to_connection(available)
-            elif len(connections) < self._max_connections:
-                connection = self.create_connection(origin)
-                connections.append(connection)
-                pool_request.assign_to_connection(connection)
-            else:
+            chosen = None
+            for connection in list(connections):
+                if connection.can_handle_request(origin) and connection.is_available():
+                    if not connection.has_expired():
+                        chosen = connection
+                        break
+                    connections.remove(connection)
+                    closing.append(connection)
+            if chosen is None:  # as httpcore decides it: with every expired one gone
+                for connection in list(connections):
+                    if connection.has_expired():
+                        connections.remove(connection)
+                        closing.append(connection)
                 idle = next((c for c in connections if c.is_idle()), None)
-                if idle is not None:
+                if len(connections) < self._max_connections:
+                    chosen = self.create_connection(origin)
+                elif idle is not None:
                     connections.remove(idle)
                     closing.append(idle)
-                    connection = self.create_connection(origin)
-                    connections.append(connection)
-                    pool_request.assign_to_connection(connection)
+                    chosen = self.create_connection(origin)
+                else:
+                    continue
+                connections.append(chosen)
+            pool_request.assign_to_connection(chosen)
         return closing
 
 
