@@ -164,13 +164,13 @@ def test_adaptive_updates_find_the_capacity_below_their_ceiling(
     assert any(e["event"] == "concurrency_lowered" for e in json_lines(result.stderr))
 
 
-def test_adaptive_updates_start_at_four_not_at_the_ceiling(
+def test_adaptive_updates_start_at_two_not_at_the_ceiling(
         tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
     sb = sandbox(capacity=64, latency_ms=100)
     update(run_cli, tmp_path, sb, 30, "--parallelism", "12")
     patches = sb.capacity_load("PATCH")
-    assert (patches.opening, patches.refused) == (4, 0)
-    assert patches.peak > 4  # then more
+    assert (patches.opening, patches.refused) == (2, 0)
+    assert patches.peak > 2  # then more
 
 
 def test_fixed_concurrency_sends_updates_at_the_ceiling_whatever_the_server_answers(
@@ -189,7 +189,7 @@ def test_adaptive_updates_never_exceed_the_ceiling(
     sb = sandbox(capacity=64, latency_ms=30)
     update(run_cli, tmp_path, sb, 60, "--parallelism", "4")
     patches = sb.capacity_load("PATCH")
-    assert (patches.peak, patches.refused, patches.opening) == (4, 0, 4)  # from the start
+    assert (patches.peak, patches.refused, patches.opening) == (4, 0, 2)
 
 
 def test_creates_and_updates_of_one_target_share_one_limit(
@@ -200,7 +200,7 @@ def test_creates_and_updates_of_one_target_share_one_limit(
     apply(run_cli, tmp_path, sb, 70, "--parallelism", "12", edited=30)
     assert patched_once(sb, tmp_path / "state.db", 30)
     patches = sb.capacity_load("PATCH")
-    assert patches.opening >= 2, patches  # below capacity: a limit of its own starts at 4
+    assert patches.opening >= 2, patches
     assert patches.peak == 3
     # No slow start of their own, only the rare probe; a fixed 12 has 9 refused at once.
     assert patches.refused <= 4, patches
@@ -208,11 +208,11 @@ def test_creates_and_updates_of_one_target_share_one_limit(
 
 def test_updates_go_on_at_the_level_the_creates_reached(
         tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
-    # Room for all: the creates take the limit from its start (4) to the ceiling (12), and the
-    # updates after them send more than four at once from their first PATCH.
+    # Room for all: the creates take the limit from its start (2) to the ceiling (12), and the
+    # updates after them send more than two at once from their first PATCH.
     sb = sandbox(capacity=64, latency_ms=100)
     apply(run_cli, tmp_path, sb, 70, "--parallelism", "12", edited=30)
     assert patched_once(sb, tmp_path / "state.db", 30)
     patches = sb.capacity_load("PATCH")
-    assert patches.opening > 4, patches  # a limit of their own would start at four
+    assert patches.opening > 2, patches  # a limit of their own would start at two
     assert patches.refused == 0

@@ -313,20 +313,20 @@ def test_waiters_woken_but_not_yet_in_count_as_busy() -> None:
     assert entered == 2 and limit.waiting == 0
 
 
-def test_an_adaptive_limit_starts_at_four_or_its_ceiling_and_learns_from_exceptions() -> None:
+def test_an_adaptive_limit_starts_at_two_or_its_ceiling_and_learns_from_exceptions() -> None:
     ticks = Ticks()
-    assert ConcurrencyLimit(2, ticks).limit == 2  # a ceiling below the start
+    assert ConcurrencyLimit(1, ticks).limit == 1  # a ceiling below the start
     assert ConcurrencyLimit(16, ticks, adaptive=False).limit == 16
     limit = ConcurrencyLimit(16, ticks)
-    assert limit.limit == 4
+    assert limit.limit == 2
     with pytest.raises(ServerError), limit.request() as slot:
         slot.send()
         ticks.t += 0.05
         raise ServerError("503", status=503)
-    assert limit.limit == 2  # the slow start halves
+    assert limit.limit == 1  # the slow start halves
     with limit.request():
         pass  # never sent: says nothing
-    assert limit.limit == 2
+    assert limit.limit == 1
     limit = ConcurrencyLimit(16, ticks, start=1)
     with limit.request() as slot:
         slot.send()

@@ -6,13 +6,15 @@ saturated one (a single Glance worker on SQLite, a gateway with a quota) answers
 429, or just slower, when more overlap. So the limit is found, not fixed: additive increase,
 multiplicative decrease (AIMD), as TCP finds a link's capacity.
 
-- It starts at ``START`` requests (four, or the ceiling if lower) and grows by one per
+- It starts at ``START`` requests (two, or the ceiling if lower) and grows by one per
   answer (doubling every round trip: slow start) until the first sign of overload, which
-  halves it; from then on it grows by one request per round trip. Four, not one: a slow
-  start from one costs a latency-bound run two more round trips below its ceiling (about
-  one per cent of a 2,000-image apply at 16), and a server that takes fewer than four
-  answers the first round trip with a cut instead (what it refused is retried, as any
-  refused request is).
+  halves it; from then on it grows by one request per round trip. Two, not one: a round
+  trip fewer below the ceiling (half a per cent of a 2,000-image apply at 16 against a
+  latency-bound server). Not more: the latency judged below is compared with the lowest
+  seen, at the in-flight count then, and the first answers of a run, from a server not yet
+  loaded, are the quickest; at four, a server with room for eight (``sandbox --capacity
+  8``) answered seven no faster per second than those first four seemed to, and the limit
+  held at seven for 500 answers.
 - Overload is an answer of 429, 500, 502, 503 or 504, a request sent that got no answer
   (timeout, dropped connection), or answers slowing down by more than more requests in flight
   can make up for (``judge``: by Little's law the rate is in-flight over latency, so latency
@@ -235,7 +237,7 @@ class LimitState:
 
 
 #: Where an adaptive limit starts (its slow start's first level), if the ceiling is higher.
-START = 4
+START = 2
 
 
 class ConcurrencyLimit:
