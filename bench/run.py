@@ -208,6 +208,7 @@ def measure_scaling(images: int, files: int, rounds: int, *, formats: bool) -> S
     catalog = gen_catalog(OUT / f"catalog-{name}", images, files)
     state = OUT / f"state-{name}.db"
     task("state", "--images", images, "--files", files, "--out", state)
+    compiled(ROOT)  # as installed: the floor's PyYAML is byte-compiled too
     result = Scaling(images, files, rounds)
     for _ in range(rounds):  # interleaved, so that noise hits all of them alike
         floor = run([PYTHON, BENCH / "parse_floor.py", catalog]).check()

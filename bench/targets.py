@@ -5,6 +5,11 @@ each with 50 ms latency, standing for three regions) next to the same images app
 target, interleaved, each round with fresh sandboxes and a fresh state file; the best round
 of each is kept. Goal: three targets take about the wall time of one (ratio ≤ 1.5x), not
 three times it. Prints the table and appends it to bench/RESULTS.md.
+
+``python bench/targets.py --plan [--images 100000 --files 50 --targets 3 --baseline REV]``:
+an offline ``reconcile plan`` of one large catalog placed in several targets, the code of
+REV next to this tree's (interleaved rounds; their outputs must be byte-identical): how much
+loading the catalog once per set of rules saves over once per target.
 """
 
 from __future__ import annotations
@@ -78,12 +83,113 @@ def apply_once(targets: int, images: int, parallelism: int, target_parallelism: 
         return elapsed
 
 
+def baseline(rev: str) -> tuple[str, Path]:
+    """The ``reconciler`` package of commit ``rev`` unpacked in the temporary directory (run
+    with PYTHONPATH, by the same venv), and the commit's short name."""
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    where = Path(tempfile.gettempdir()) / f"reconcile-bench-baseline-{commit}"
+    if not (where / "reconciler").is_dir():
+        where.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit, "reconciler"], cwd=ROOT,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", where], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", where / "reconciler",
+                    ROOT / "reconciler"], check=True, stdout=subprocess.DEVNULL)
+    return commit, where
+
+
+def plan_once(work: Path, code: Path | None) -> tuple[float, float, float, str]:
+    """``reconcile plan --format text`` of the catalog in ``work`` (offline: every target
+    has an endpoint): wall time, CPU time (workers included), peak RSS (MB), and stdout."""
+    env = {**os.environ, "HOME": str(work), **({"PYTHONPATH": str(code)} if code else {})}
+    with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen([RECONCILE, "plan", "--catalog", "catalog", "--state",
+                                 "state.db", "--format", "text"], cwd=work, env=env,
+                                stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"plan failed ({os.waitstatus_to_exitcode(status)})")
+        out.seek(0)
+        return (wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+                out.read().decode())
+
+
+def plan_main(args: argparse.Namespace) -> None:
+    """Before/after: an offline plan of several targets of one large catalog, the code of
+    ``--baseline`` next to this tree's, interleaved; their outputs must be byte-identical."""
+    sys.path.insert(0, str(BENCH))
+    from gen_catalog import generate
+
+    commit, code = baseline(args.baseline)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True, check=False).stdout.strip()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        generate(work / "catalog", args.images, args.files, seed=1)
+        declared = "".join(f"  t{i}: {{endpoint: 'https://ims.t{i}.example'}}\n"
+                           for i in range(args.targets))
+        (work / "catalog" / "targets.yaml").write_text(f"targets:\n{declared}",
+                                                       encoding="utf-8")
+        runs: dict[str, list[tuple[float, float, float]]] = {"before": [], "after": []}
+        outputs: dict[str, set[str]] = {"before": set(), "after": set()}
+        for i in range(args.rounds):  # interleaved, alternating which goes first
+            for side in ("before", "after") if i % 2 == 0 else ("after", "before"):
+                wall, cpu, rss, text = plan_once(work, code if side == "before" else None)
+                runs[side].append((wall, cpu, rss))
+                outputs[side].add(text)
+    same = outputs["before"] == outputs["after"] and len(outputs["after"]) == 1
+    rows = []
+    for side, label in (("before", f"before ({commit})"), ("after", f"after ({head})")):
+        best = min(runs[side])
+        rows.append(f"| {label} | {best[0]:.2f} s | {min(r[1] for r in runs[side]):.2f} s | "
+                    f"{min(r[2] for r in runs[side]):.0f} MB | "
+                    f"{', '.join(f'{r[0]:.2f}' for r in runs[side])} |")
+    b, a = min(runs["before"]), min(runs["after"])
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    table = (
+        f"\n## {when}, commit {head}: a plan of several targets, before and after "
+        f"(bench/targets.py --plan)\n\n"
+        f"{os.cpu_count()} CPUs; load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after. `reconcile plan --format text` (offline) of "
+        f"{args.images:,} images in {args.files} files (bench/gen_catalog.py, seed 1) placed "
+        f"in each of {args.targets} targets (each with an `endpoint:`, an empty state), the "
+        f"code of {commit} (PYTHONPATH, same venv) next to this tree's, {args.rounds} "
+        f"interleaved rounds, the best of each; outputs byte-identical: "
+        f"{'yes' if same else '**NO**'}.\n\n"
+        "| code | wall (best) | CPU (best) | peak RSS (lowest) | all rounds (wall) |\n"
+        "|---|---:|---:|---:|---|\n" + "\n".join(rows) + "\n\n"
+        f"after / before: wall {a[0] / b[0]:.2f}x, CPU "
+        f"{min(r[1] for r in runs['after']) / min(r[1] for r in runs['before']):.2f}x\n")
+    print(table)
+    if not args.no_append:
+        with RESULTS.open("a", encoding="utf-8") as f:
+            f.write(table)
+    if not same:
+        raise SystemExit("the outputs of before and after differ")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--parallelism", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--plan", action="store_true",
+                        help="an offline plan of several targets of a large catalog, the "
+                             "code of --baseline next to this tree's")
+    parser.add_argument("--files", type=int, default=50)
+    parser.add_argument("--targets", type=int, default=3)
+    parser.add_argument("--baseline", default="main", metavar="REV")
+    parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
+    if args.plan:
+        args.images = args.images or 100_000
+        plan_main(args)
+        return
+    args.images = args.images or 400
     load_before = os.getloadavg()[0]
     one: list[float] = []
     three: list[float] = []

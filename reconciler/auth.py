@@ -37,7 +37,6 @@ import yaml
 from reconciler import redaction
 from reconciler.answers import KeystoneAnswer, ValidationError, problems
 from reconciler.client import (
-    DEFAULT_REQUEST_TIMEOUT,
     ImageClient,
     RetryPolicy,
     StaticToken,
@@ -50,6 +49,7 @@ from reconciler.client import (
     send_capped,
 )
 from reconciler.clock import SYSTEM_CLOCK, Clock
+from reconciler.defaults import DEFAULT_REQUEST_TIMEOUT
 from reconciler.errors import AuthError, ConfigError, MalformedResponse, TransportError
 from reconciler.models import Target, parse_iso
 

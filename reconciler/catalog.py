@@ -21,7 +21,7 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,17 @@ _TRUE_FALSE = {"true": True, "false": False}
 # --- YAML loading with line numbers and strict scalars -------------------------------------
 
 class _Loader(_BaseLoader):  # type: ignore[misc]
-    """The fast loader (C parser and composer when available)."""
+    """The fast loader: the C parser and composer when available, and ``_built``, which
+    makes the data of the composed nodes directly (files with aliases use _AliasLoader)."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        try:
+            return _built(self, node)
+        except RecursionError:  # deeper than Python's stack: the iterative generic way
+            return self.construct_document(node)
 
 
 #: Levels of nesting a file with aliases may have (a catalog needs five: images, an image,
@@ -94,23 +104,38 @@ _ALIAS = re.compile(r"(^|[\s\[{,:-])\*[^\s,\]}]+", re.MULTILINE)
 
 
 def _construct_map(loader: Any, node: yaml.MappingNode) -> Iterator[LineDict]:
-    data = LineDict()
-    data.line = node.start_mark.line + 1
-    data.key_lines, data.duplicates, data.bad_keys = {}, [], []
+    data = _empty_map(node)
     yield data
     loader.flatten_mapping(node)
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=False)
-        line = key_node.start_mark.line + 1
-        if isinstance(key, RawScalar):
-            key = key.text  # a key like `on:` or `1.10:` is meant as text
-        if isinstance(key, (list, dict)):
-            data.bad_keys.append((_describe(key), line))
-            continue
-        if key in data:
-            data.duplicates.append((key, line))
-        data[key] = loader.construct_object(value_node, deep=False)
-        data.key_lines[key] = line
+        key = _map_key(data, loader.construct_object(key_node, deep=False), key_node)
+        if key is not _BAD:
+            data[key] = loader.construct_object(value_node, deep=False)
+
+
+def _empty_map(node: yaml.Node) -> LineDict:
+    data = LineDict()
+    data.line = node.start_mark.line + 1
+    data.key_lines, data.duplicates, data.bad_keys = {}, [], []
+    return data
+
+
+_BAD = object()
+
+
+def _map_key(data: LineDict, key: Any, node: yaml.Node) -> Any:
+    """``key`` as the checks read it, its line noted; ``_BAD`` (noted too) for a list or a
+    mapping used as a key."""
+    line = node.start_mark.line + 1
+    if isinstance(key, RawScalar):
+        key = key.text  # a key like `on:` or `1.10:` is meant as text
+    if isinstance(key, (list, dict)):
+        data.bad_keys.append((_describe(key), line))
+        return _BAD
+    if key in data:
+        data.duplicates.append((key, line))
+    data.key_lines[key] = line
+    return key
 
 
 def _construct_seq(loader: Any, node: yaml.SequenceNode) -> Iterator[LineList]:
@@ -144,6 +169,38 @@ def _construct_int(loader: Any, node: yaml.ScalarNode) -> Any:
 
 def _construct_null(loader: Any, node: yaml.ScalarNode) -> RawScalar:
     return RawScalar(node.value or "", "null", None)
+
+
+_STR, _MAP, _SEQ = (f"tag:yaml.org,2002:{t}" for t in ("str", "map", "seq"))
+_FLATTEN = frozenset({"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"})
+
+
+def _built(loader: Any, node: yaml.Node) -> Any:
+    """What the constructors above make of ``node`` and its children, without PyYAML's
+    generic machinery (a third of a file's load): no aliases reach here, so nothing is
+    shared and nothing needs deferring. Text, mappings and lists are made here; any other
+    tag goes to its constructor, and an odd pairing (``!!str`` on a list) to the generic
+    way, which raises what it always raised."""
+    tag, kind = node.tag, type(node)
+    if tag == _STR and kind is yaml.ScalarNode:
+        return node.value
+    if tag == _MAP and kind is yaml.MappingNode:
+        data = _empty_map(node)
+        if any(k.tag in _FLATTEN for k, _ in node.value):
+            loader.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = _map_key(data, _built(loader, key_node), key_node)
+            if key is not _BAD:
+                data[key] = _built(loader, value_node)
+        return data
+    if tag == _SEQ and kind is yaml.SequenceNode:
+        items = LineList(_built(loader, item) for item in node.value)
+        items.line = node.start_mark.line + 1
+        items.lines = [item.start_mark.line + 1 for item in node.value]
+        return items
+    if kind is yaml.ScalarNode and tag in loader.yaml_constructors:
+        return loader.yaml_constructors[tag](loader, node)
+    return loader.construct_object(node, deep=True)
 
 
 for _loader in (_Loader, _AliasLoader):
@@ -627,9 +684,15 @@ _TargetEntry = tuple[str, dict[str, str], int]
 _Checked = tuple[list[Problem], list[_Image], list[_TargetEntry]]
 
 
+#: What ``load_catalog`` hands its caller file by file: the file's new specs, and the lint
+#: warnings of the catalog so far (by image name).
+FileSpecs = Callable[[Sequence[ImageSpec], Mapping[str, tuple[str, ...]]], None]
+
+
 def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = False,
                  workers: int | None = None,
-                 meanwhile: Callable[[], None] = lambda: None) -> Catalog:
+                 meanwhile: Callable[[], None] = lambda: None,
+                 each: FileSpecs | None = None) -> Catalog:
     """Load and validate every catalog file; raise CatalogError listing every problem.
 
     Files are independent until names are compared, so a large catalog is parsed and checked
@@ -637,7 +700,10 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
     PARALLEL_MIN_BYTES); each sends back plain values, and this process checks names across
     files and builds the specs. Problems come in file order either way. ``meanwhile`` is
     called once the files are found, while the workers start on them (a plan reads its
-    state then); a catalog that loads has always called it.
+    state then); a catalog that loads has always called it. ``each`` is given each file's
+    specs as they are built, in file order, while no problem has been found (a plan makes
+    their changes then, as the workers parse the next files); a catalog that loads has
+    given it every spec it holds, and none twice.
     """
     root = Path(directory)
     if not root.exists():
@@ -663,6 +729,7 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
             display = display_path(path)
             problems.extend(file_problems)
             _declare(declared, targets, display, problems)
+            first = len(specs)
             for fields, line, where, extras, messages, selection in images:
                 name = fields["name"]
                 if name in seen:
@@ -687,6 +754,8 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
                 if problems:
                     continue  # the catalog is invalid: no need to build specs any more
                 specs.append(build(ImageSpec, _SPEC_FIELDS, fields))
+            if each is not None and not problems and len(specs) > first:
+                each(specs[first:], warnings)
     placement = _placement(declared, selections, problems)
     files_order = {display_path(p): i for i, p in enumerate(files)}
     if strict:
@@ -704,7 +773,10 @@ def load_catalog(directory: str | Path, profile: Profile, *, strict: bool = Fals
 
 
 #: A file that may declare targets: a top-level `targets:` (YAML) or a "targets" key (JSON).
-_DECLARES = re.compile(rb'(?m)^targets[ \t]*:|"targets"[ \t\r\n]*:')
+#: Three patterns, each starting with a literal, which the regex engine finds at memory-search
+#: speed; one alternation anchored at line starts is tried at every byte (12x slower).
+_DECLARES = (re.compile(rb'\ntargets[ \t]*:').search, re.compile(rb'targets[ \t]*:').match,
+             re.compile(rb'"targets"[ \t\r\n]*:').search)
 
 
 def declared_targets(directory: str | Path) -> tuple[Target, ...]:
@@ -721,7 +793,7 @@ def declared_targets(directory: str | Path) -> tuple[Target, ...]:
     for path in catalog_files(root):
         display = display_path(path)
         raw, _ = read_catalog_file(path, base, display)
-        if raw is None or not _DECLARES.search(raw):
+        if raw is None or not any(declares(raw) for declares in _DECLARES):
             continue
         data, parse_problems = parse_file(path, display, base)
         if parse_problems or not isinstance(data, LineDict) or "targets" not in data:
@@ -733,6 +805,63 @@ def declared_targets(directory: str | Path) -> tuple[Target, ...]:
     if problems:
         raise CatalogError(problems)
     return tuple(sorted(declared.values(), key=lambda t: t.name))
+
+
+#: Stand-ins for where a profile's rules come from (``Profile.source``, ``os_source``), which
+#: only messages show: one load made with them serves every profile with the same rules.
+_LABELS = (f"{{source {os.urandom(8).hex()}}}", f"{{os_source {os.urandom(8).hex()}}}")
+
+
+def load_catalogs(directory: str | Path, profiles: Sequence[Profile], *,
+                  strict: bool = False) -> list[Catalog | CatalogError]:
+    """``load_catalog`` with each of ``profiles``: its catalog, or its error. The files are
+    read and checked once per distinct set of rules, in the calling thread (a plan or apply
+    of several targets calls it before their threads start: docs/architecture.md §13).
+
+    What a load depends on is the profile's rules and defaults (and ``strict``). Where the
+    rules come from, a server's URL and when it was read, differs for every target that read
+    or kept its server's rules, and shows only in messages. So profiles that differ only
+    there share one load, made with stand-ins for those two labels, and each gets a copy with
+    its own labels put back: every problem and warning is the one its own load would give,
+    in the same order.
+    """
+    loads: list[tuple[Profile, Catalog | CatalogError]] = []
+    out: list[Catalog | CatalogError] = []
+    for profile in profiles:
+        rules = dataclasses.replace(profile, source=_LABELS[0], os_source=_LABELS[1])
+        loaded = next((done for known, done in loads if known == rules), None)
+        if loaded is None:
+            try:
+                loaded = load_catalog(directory, rules, strict=strict)
+            except CatalogError as exc:
+                loaded = exc
+            loads.append((rules, loaded))
+        out.append(_labelled(loaded, (profile.source, profile.os_source)))
+    return out
+
+
+def _labelled(loaded: Catalog | CatalogError,
+              labels: tuple[str, str]) -> Catalog | CatalogError:
+    """A shared load with a profile's own labels in place of the stand-ins."""
+    def put(problem: Problem) -> Problem:
+        message = problem.message
+        for stand_in, label in zip(_LABELS, labels, strict=True):
+            if stand_in in message:
+                message = message.replace(stand_in, label)
+        return problem if message is problem.message else dataclasses.replace(
+            problem, message=message)
+
+    if isinstance(loaded, CatalogError):
+        return CatalogError([put(p) for p in loaded.problems])
+    if not any(stand_in in w for stand_in in _LABELS for ws in loaded.warnings.values()
+               for w in ws):
+        return loaded  # nothing says where the rules came from: the same object serves
+    warnings = {name: tuple(put(Problem("", None, "", w)).message for w in ws)
+                for name, ws in loaded.warnings.items()}
+    return Catalog.model_construct(
+        directory=loaded.directory, profile=loaded.profile, images=loaded.images,
+        warnings=warnings, files=loaded.files, lint=tuple(put(p) for p in loaded.lint),
+        targets=loaded.targets, placement=loaded.placement)
 
 
 def image_names(directory: str | Path) -> set[str]:

@@ -16,24 +16,12 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from reconciler import __version__, formatting, logs, planfile, settings
-from reconciler.apply import (
-    DEFAULT_SETTLE_S,
-    ApplyRequest,
-    TargetsApply,
-    apply_catalog,
-    apply_targets,
-    check_invocation,
-    local_state_warning,
-    preview,
-)
-from reconciler.auth import ApiSession, ConnectOptions, Connector
 from reconciler.catalog import declared_targets
-from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.console import (
     Progress,
@@ -49,6 +37,7 @@ from reconciler.console import (
     sigterm_as_interrupt,
     write_report,
 )
+from reconciler.defaults import DEFAULT_SETTLE_S
 from reconciler.errors import CatalogError, ReconcileError
 from reconciler.escape import terminal
 from reconciler.models import DriftPolicy, Outcome, Plan, Target, target_key
@@ -92,6 +81,9 @@ from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS, chunks
 from reconciler.schemacache import Allowances
 from reconciler.state import redact
+
+if TYPE_CHECKING:
+    from reconciler.auth import ApiSession, Connector
 
 
 @dataclass
@@ -232,6 +224,8 @@ def _echo(lines: Sequence[formatting.Line]) -> None:
 def _connect(rt: Runtime, auth: dict[str, Any], retries: int = 5,
              limiter: threading.Semaphore | None = None) -> Connector:
     """How this command connects, from its auth options (``auth``)."""
+    from reconciler.auth import ConnectOptions, Connector  # HTTP: imported when it is used
+
     return Connector(rt.env if rt.env is not None else dict(os.environ),
                      ConnectOptions(**auth), retries=retries, clock=rt.clock,
                      warn=lambda m: notice(f"warning: {m}", level=logging.WARNING),
@@ -369,6 +363,17 @@ def apply(rt: Runtime, /, plan_file: Path | None, catalog: Path, state: str, pro
       reconcile apply --yes --parallelism 4 --concurrency fixed
       reconcile apply --target 'cn-*' --yes        # some of the catalog's targets
     """
+    from reconciler.apply import (  # imported here: the other commands start without it
+        ApplyRequest,
+        TargetsApply,
+        apply_catalog,
+        apply_targets,
+        check_invocation,
+        local_state_warning,
+        preview,
+    )
+    from reconciler.client import RetryPolicy
+
     logs.configure(log_format)
     check_outputs(output)
     allow = Allowances(allow_disk_format, allow_container_format)

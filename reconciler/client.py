@@ -40,6 +40,7 @@ from pydantic import BaseModel, ValidationError
 from . import redaction
 from .answers import ImageAnswer, ImagePage, problems
 from .clock import SYSTEM_CLOCK, Clock
+from .defaults import DEFAULT_REQUEST_TIMEOUT
 from .errors import (
     ApiError,
     AuthError,
@@ -535,8 +536,6 @@ class RetryPolicy:
         return backoff * rng.uniform(0.5, 1.5)
 
 
-#: The longest a request may take in all, from connecting to the last byte of the answer.
-DEFAULT_REQUEST_TIMEOUT = 120.0
 #: ... and a read of the server's rules (a few dozen KiB), which the run can do without.
 RULES_DEADLINE = 10.0
 

@@ -313,9 +313,14 @@ class RecordRows(Mapping[str, Record]):
         row = self._rows.pop(name, None)
         return default if row is None else _light_record(row)
 
-    def digests(self) -> Iterator[tuple[str, str]]:
-        """(name, spec digest) of every row, without making records."""
-        return ((name, row[2]) for name, row in self._rows.items())
+    def digest(self, name: str) -> str | None:
+        """The spec digest of ``name``'s row, without making a record."""
+        row = self._rows.get(name)
+        return None if row is None else row[2]
+
+    def identities(self) -> Iterator[tuple[str, str, str]]:
+        """(name, image id, spec digest) of every row, by name, without making records."""
+        return ((name, row[1], row[2]) for name, row in sorted(self._rows.items()))
 
 
 def _light_record(row: tuple[str, str, str, str]) -> Record:

@@ -14,19 +14,18 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler import __version__, planfile, schemacache
-from reconciler.auth import ApiSession
-from reconciler.catalog import image_names, lint_problems, load_catalog
-from reconciler.client import ImageClient, normalize_endpoint
+from reconciler.catalog import image_names, lint_problems, load_catalog, load_catalogs
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ConfigError, Problem, ReconcileError, StateError
+from reconciler.errors import CatalogError, ConfigError, Problem, ReconcileError, StateError
 from reconciler.models import (
     ACTIONS,
     APPLIED_ACTIONS,
@@ -48,15 +47,33 @@ from reconciler.models import (
     target_key,
 )
 from reconciler.planfile import SavedPlan
-from reconciler.planner import adoption_request, diff_bodies, plan, select, select_targets
+from reconciler.planner import (
+    Planner,
+    adoption_request,
+    diff_bodies,
+    select,
+    select_targets,
+)
 from reconciler.profiles import PROFILES, Profile
 from reconciler.refresh import ListingApi, observe
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
 from reconciler.state import LockRequest, StateStore, open_for_write, open_readonly, redact
 
+if TYPE_CHECKING:
+    from reconciler.auth import ApiSession
+    from reconciler.client import ImageClient
+
 
 class PlanApi(ListingApi, RulesApi, Protocol):
     """What a refreshed plan reads: the listing, and the server's rules."""
+
+
+def _endpoint(endpoint: str) -> str:
+    """``client.normalize_endpoint``, imported when first needed: an offline plan of one
+    target never is, and starts without the HTTP library."""
+    from reconciler.client import normalize_endpoint
+
+    return normalize_endpoint(endpoint)
 
 
 def get_profile(name: str) -> Profile:
@@ -70,7 +87,7 @@ def get_profile(name: str) -> Profile:
 def resolve_target(store: StateStore | None, endpoint: str | None) -> str:
     """Which target's records to compare with: the endpoint, or the state's only target."""
     if endpoint:
-        return normalize_endpoint(endpoint)
+        return _endpoint(endpoint)
     targets = store.targets() if store else []
     if len(targets) > 1:
         raise ConfigError("the state file holds records for several endpoints ("
@@ -93,7 +110,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
               clock: Clock = SYSTEM_CLOCK, allow: Allowances = NO_ALLOWANCES,
               rules: RunProfile | None = None, keep: bool = True,
               only: tuple[str, ...] = (), key: str | None = None, place: str | None = None,
-              must_match: bool = True, drift: DriftPolicy = "update") -> PlanResult:
+              must_match: bool = True, drift: DriftPolicy = "update",
+              loaded: Catalog | None = None) -> PlanResult:
     """Compare the catalog with the state file, whose records are only read.
 
     With ``api`` the cloud is read too (``--refresh``), and the server's rules with it (kept
@@ -102,6 +120,8 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
     to the names matching these globs. One target of several: ``key`` is its state key,
     ``place`` its name (the images placed there), and ``only`` is checked over all of them
     (``must_match=False``). ``drift``: the policy of images whose catalog entry sets none.
+    ``loaded``: the catalog loaded already with ``rules`` (several targets load it once for
+    all, ``plan_targets``), not loaded again.
     """
     with bulk_build():
         store = open_readonly(state_path, clock=clock)
@@ -111,29 +131,38 @@ def make_plan(catalog_dir: str | Path, state_path: str | Path, *, profile: str,
                                          state_path=state_path, allow=allow, clock=clock)
             # kept even if the catalog fails; a dry run (keep=False) writes nothing
             notes = kept_notes(rules, target, state_path) if keep else rules.notes
-            # The state is read while the catalog's workers parse; its error, if any, is
-            # raised after the catalog's.
-            read: Future[_StateRead] = Future()
 
-            def read_state() -> None:
-                _settle(read, lambda: _read_state(store, target, full=api is not None))
+            def planner_of(records: _HandedOver, pending: dict[str, str]) -> Planner:
+                return Planner(records, target=target, profile=rules.profile.name,
+                               pending=pending, drift=drift)
 
-            catalog = load_catalog(catalog_dir, rules.profile, strict=strict,
-                                   meanwhile=read_state)
-            state = read.result()
+            # offline, one target, loaded here: the plan is made as the catalog loads
+            early = api is None and place is None and loaded is None
+            loading = _Loading(store, target, full=api is not None,
+                               planner=planner_of if early else None)
+            if loaded is None:
+                catalog = load_catalog(catalog_dir, rules.profile, strict=strict,
+                                       meanwhile=loading.started, each=loading.checked)
+            else:
+                loading.started()
+                catalog = loaded
+            state = loading.result()
             if place is not None:
                 catalog = catalog.for_target(place)
-            records = _HandedOver(state.records, _drifted(store, target, state.records,
-                                                           catalog) if store else {})
-            pending, revision = state.pending, state.revision
+            records = _HandedOver(state.records, loading.complete)
+            if loading.planner is None:
+                loading.complete.update(_drifted(store, target, state.records, catalog.images))
         finally:
             if store:
                 store.close()
         observed = observe(api, catalog.profile, records.values(), project_id) if api else None
-        result = select(plan(catalog, records, target=target, pending=pending,
-                             observed=observed, drift=drift), only, must_match=must_match)
+        planner = loading.planner or Planner(records, target=target, profile=catalog.profile,
+                                             pending=state.pending, observed=observed,
+                                             drift=drift)
+        result = select(planner.plan(catalog), only, must_match=must_match)
         report = plan_report(catalog, result, clock=clock, state=str(state_path),
                              refreshed=api is not None, warnings=notes)
+        revision = state.revision
     return PlanResult(catalog, result, report, revision, observed)
 
 
@@ -182,15 +211,54 @@ def _read_state(store: StateStore | None, target: str, *, full: bool) -> _StateR
     return _StateRead(revision, pending, store.records(target, full=full))
 
 
-def _drifted(store: StateStore, target: str, records: dict[str, Record] | RecordRows,
-             catalog: Catalog) -> dict[str, Record]:
+class _Loading:
+    """A plan's work while its catalog loads: the state is read once the catalog's workers
+    have started, and with ``planner`` (made from the records and the pending creates) each
+    file's changes are made as its specs come, while the workers parse the next files; what
+    needs the whole catalog is left for after (docs/architecture.md §3). An error of the
+    state is raised by ``result``, after the catalog's own problems."""
+
+    def __init__(self, store: StateStore | None, target: str, *, full: bool,
+                 planner: Callable[[_HandedOver, dict[str, str]], Planner] | None) -> None:
+        self._store, self._target, self._full, self._make = store, target, full, planner
+        self._read: Future[_StateRead] = Future()
+        self._error: ReconcileError | None = None
+        self.complete: dict[str, Record] = {}  # records read in full for a drift diff
+        self.planner: Planner | None = None
+
+    def started(self) -> None:
+        _settle(self._read, lambda: _read_state(self._store, self._target, full=self._full))
+        if self._make is not None and self._read.exception() is None:
+            state = self._read.result()
+            self.planner = self._make(_HandedOver(state.records, self.complete), state.pending)
+
+    def checked(self, specs: Sequence[ImageSpec],
+                warnings: Mapping[str, tuple[str, ...]]) -> None:
+        if self.planner is None:
+            return
+        try:
+            self.complete.update(_drifted(self._store, self._target,
+                                          self._read.result().records, specs))
+        except ReconcileError as exc:
+            self._error, self.planner = exc, None
+            return
+        self.planner.add(specs, warnings)
+
+    def result(self) -> _StateRead:
+        state = self._read.result()
+        if self._error is not None:
+            raise self._error
+        return state
+
+
+def _drifted(store: StateStore | None, target: str, records: dict[str, Record] | RecordRows,
+             specs: Iterable[ImageSpec]) -> dict[str, Record]:
     """The complete records of the images whose catalog digest differs from the light
     record's: a drift diff needs the request that was sent."""
-    if not isinstance(records, RecordRows):
+    if store is None or not isinstance(records, RecordRows):
         return {}  # complete already
-    digests = {s.name: s.digest for s in catalog.images}
-    return store.records_of(target, [name for name, digest in records.digests()
-                                     if digests.get(name, digest) != digest])
+    names = [s.name for s in specs if records.digest(s.name) not in (None, s.digest)]
+    return store.records_of(target, names) if names else {}
 
 
 class _HandedOver(Mapping[str, Record]):
@@ -223,7 +291,10 @@ def bulk_build() -> Iterator[None]:
 
     Those are up to a few hundred thousand objects with no reference cycles; the collector
     would walk all of them again on every generation-2 pass (38 % of a 100,000-image plan)
-    and find nothing to free.
+    and find nothing to free. A big build is then frozen: once enabled again, the collector's
+    next pass would still walk every object made in the meantime (0.3 s at 100,000 images);
+    frozen, they are still freed by their reference counts. A small one is left to the
+    collector (a cycle made meanwhile stays collectable).
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -231,7 +302,13 @@ def bulk_build() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            if gc.get_count()[0] > FREEZE_MIN_OBJECTS:
+                gc.freeze()
             gc.enable()
+
+
+#: Objects made during a ``bulk_build`` above which they are frozen (about 5,000 images).
+FREEZE_MIN_OBJECTS = 50_000
 
 
 def save_plan(result: PlanResult, path: Path, *, clock: Clock = SYSTEM_CLOCK,
@@ -393,7 +470,7 @@ def import_image(catalog_dir: str | Path, state_path: str | Path, name: str, ima
     """Start managing an existing image under a catalog name, after comparing it.
 
     ``target``: one target of a catalog with targets, as its name and state key."""
-    key = target[1] if target else normalize_endpoint(endpoint)
+    key = target[1] if target else _endpoint(endpoint)
     rules = run_profile(profile, None, key, api=api, state_path=state_path,
                         allow=NO_ALLOWANCES, clock=clock)
     catalog = load_catalog(catalog_dir, rules.profile)
@@ -518,7 +595,7 @@ def offline_keys(targets: Sequence[Target], patterns: Sequence[str], *,
             raise ConfigError(f"target {target.name} has no `endpoint:`, so its state rows "
                               "are known only by the endpoint its service catalog gives; "
                               "declare `endpoint:` for it to use --target here")
-        keys[target.name] = target_key(normalize_endpoint(target.endpoint), target.project)
+        keys[target.name] = target_key(_endpoint(target.endpoint), target.project)
     return keys
 
 
@@ -544,7 +621,7 @@ def single_target_only(*, endpoint: str | None, plan_file: object | None) -> Non
 
 #: Opens an authenticated session for one target (its clouds.yaml entry or the run's
 #: credentials, its region and project); supplied by the command line.
-Connect = Callable[[Target], contextlib.AbstractContextManager[ApiSession]]
+Connect = Callable[[Target], "contextlib.AbstractContextManager[ApiSession]"]
 
 
 @dataclass(frozen=True)
@@ -682,34 +759,59 @@ def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Seque
     when it must be: to read its cloud (``refresh``), or to find its endpoint in the service
     catalog (no ``endpoint:``). A target that cannot be planned (bad credentials,
     unreachable) fails alone: its part carries the error. The rules read are kept once all
-    are planned, one target after the other (one writer at a time)."""
+    are planned, one target after the other (one writer at a time).
+
+    In three steps (docs/architecture.md §13): the targets are connected to and their rules
+    read, side by side; then the catalog is loaded here, once per distinct set of rules
+    (``load_catalogs``), while no target's thread runs; then each target is planned with
+    its part of it, side by side."""
     keys: dict[str, str] = {}
     read: dict[str, RunProfile] = {}
+    sessions: dict[str, ApiSession | None] = {}
+    with contextlib.ExitStack() as stack:
+        lock = threading.Lock()
 
-    def one(target: Target) -> TargetPart:
-        with contextlib.ExitStack() as stack:
-            session = stack.enter_context(connect(target)) \
+        def connected(target: Target) -> TargetPart:
+            session = enter(stack, lock, connect(target)) \
                 if refresh or not target.endpoint else None
-            endpoint = session.endpoint if session else normalize_endpoint(
+            endpoint = session.endpoint if session else _endpoint(
                 target.endpoint or "")
             key = keys[target.name] = target_key(endpoint, target.project)
             api = session.client if session and refresh else None
-            name = target.profile or profile
             store = open_readonly(state_path, clock=clock)
             try:
-                rules = read[target.name] = run_profile(name, store, key, api=api,
-                                                        state_path=state_path, allow=allow,
-                                                        clock=clock)
+                read[target.name] = run_profile(target.profile or profile, store, key,
+                                                api=api, state_path=state_path, allow=allow,
+                                                clock=clock)
             finally:
                 if store:
                     store.close()
-            result = make_plan(catalog_dir, state_path, profile=name, strict=strict,
-                               api=api, project_id=session.project_id if api and session
-                               else None, clock=clock, rules=rules, keep=False, only=only,
-                               key=key, place=target.name, must_match=False, drift=drift)
-            return TargetPart(target, endpoint, result.report)
+            sessions[target.name] = session
+            return TargetPart(target, endpoint)
 
-    parts = check_distinct(parallel(targets, one, target_parallelism), keys)
+        parts = parallel(targets, connected, target_parallelism)
+        ready = [p for p in parts if p.error is None]
+        endpoints = {p.target.name: p.endpoint for p in ready}
+        catalogs = dict(zip([p.target.name for p in ready], load_catalogs(
+            catalog_dir, [read[p.target.name].profile for p in ready], strict=strict),
+            strict=True))
+
+        def planned(target: Target) -> TargetPart:
+            loaded = catalogs[target.name]
+            if isinstance(loaded, CatalogError):  # as its own load would have raised it
+                return TargetPart(target, error=str(loaded))
+            session, rules = sessions[target.name], read[target.name]
+            api = session.client if session and refresh else None
+            result = make_plan(catalog_dir, state_path, profile=target.profile or profile,
+                               strict=strict, api=api, project_id=session.project_id
+                               if api and session else None, clock=clock, rules=rules,
+                               keep=False, only=only, key=keys[target.name], place=target.name,
+                               must_match=False, drift=drift, loaded=loaded)
+            return TargetPart(target, endpoints[target.name], result.report)
+
+        done = iter(parallel([p.target for p in ready], planned, target_parallelism))
+        parts = [next(done) if p.error is None else p for p in parts]
+    parts = check_distinct(parts, keys)
     check_only(parts, only)
     if not dry_run:  # a dry run writes nothing
         parts = [_kept(part, read, keys, state_path) for part in parts]
@@ -717,6 +819,16 @@ def plan_targets(catalog_dir: str | Path, state_path: str | Path, targets: Seque
                             mode="apply" if dry_run else "plan", clock=clock,
                             state=str(state_path), refreshed=refresh, dry_run=dry_run)
     return TargetsPlan(parts, report)
+
+
+def enter(stack: contextlib.ExitStack, lock: threading.Lock,
+          manager: contextlib.AbstractContextManager[ApiSession]) -> ApiSession:
+    """Enter a session from a target's thread; the stack (closed by the caller, once every
+    step of every target is done) exits it."""
+    session = manager.__enter__()
+    with lock:
+        stack.push(manager.__exit__)
+    return session
 
 
 def _kept(part: TargetPart, read: Mapping[str, RunProfile], keys: Mapping[str, str],

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from reconciler.client import DEFAULT_REQUEST_TIMEOUT
+from reconciler.defaults import DEFAULT_REQUEST_TIMEOUT
 from reconciler.errors import ConfigError
 from reconciler.profiles import PROFILES
 from reconciler.report import FORMATS

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from reconciler import patch
@@ -42,15 +42,56 @@ def plan(catalog: Catalog, records: Mapping[str, Record], *, target: str,
     ``pending``: name -> nonce of each unresolved journal entry. ``observed``: the cloud.
     ``drift``: the policy of images that set none (``drift:`` in the catalog wins).
     """
-    specs = {s.name: s for s in catalog.images}
-    cloud = _Cloud(observed) if observed is not None else None
-    changes = [
-        _change(name, specs.get(name), records.get(name), (pending or {}).get(name), cloud,
-                catalog.warnings.get(name, ()), drift, catalog.profile)
-        for name in sorted(specs.keys() | records.keys())
-    ]
-    return Plan.model_construct(target=target, profile=catalog.profile,
-                                catalog_digest=catalog.digest, changes=tuple(changes))
+    return Planner(records, target=target, profile=catalog.profile, pending=pending,
+                   observed=observed, drift=drift).plan(catalog)
+
+
+class Planner:
+    """``plan`` in steps, for a catalog that is still loading: ``add`` makes the changes of
+    some of its images (a file's, while the next files are parsed), ``plan`` the rest and
+    the ``Plan`` once the catalog is whole. Each change is made by the same function from
+    the same values either way, so the plan is ``plan``'s. ``records`` are looked up once
+    each (``get``): the record of an added image is not there any more for ``plan``, so
+    every added image must be in the catalog ``plan`` is given.
+    """
+
+    def __init__(self, records: Mapping[str, Record], *, target: str, profile: str,
+                 pending: Mapping[str, str] | None = None, observed: Observed | None = None,
+                 drift: DriftPolicy = "update") -> None:
+        self._records, self._pending = records, pending or {}
+        self._target, self._profile, self._drift = target, profile, drift
+        self._cloud = _Cloud(observed) if observed is not None else None
+        self._added: dict[str, tuple[ImageSpec, Change]] = {}
+
+    def add(self, specs: Iterable[ImageSpec], warnings: Mapping[str, tuple[str, ...]]) -> None:
+        for spec in specs:
+            self._added[spec.name] = (spec, self._change(spec.name, spec, warnings))
+
+    def plan(self, catalog: Catalog) -> Plan:
+        added, records = self._added, self._records
+        changes, ordered, last = [], True, ""
+        for spec in catalog.images:  # in name order once loaded
+            name = spec.name
+            ordered, last = ordered and last < name, name
+            made = added.pop(name, None)
+            if made is not None and made[0] is not spec:
+                raise ValueError(f"{name!r} was added as another image")
+            changes.append(made[1] if made else self._change(name, spec, catalog.warnings))
+        if added:
+            raise ValueError(f"{len(added)} added image(s) are not in the catalog, e.g. "
+                             f"{next(iter(added))!r}")
+        names = {s.name for s in catalog.images} if records else set()
+        rest = records.keys() - names  # recorded, not in the catalog
+        changes.extend(self._change(name, None, catalog.warnings) for name in rest)
+        if rest or not ordered:
+            changes.sort(key=lambda c: c.name)
+        return Plan.model_construct(target=self._target, profile=catalog.profile,
+                                    catalog_digest=catalog.digest, changes=tuple(changes))
+
+    def _change(self, name: str, spec: ImageSpec | None,
+                warnings: Mapping[str, tuple[str, ...]]) -> Change:
+        return _change(name, spec, self._records.get(name), self._pending.get(name),
+                       self._cloud, warnings.get(name, ()), self._drift, self._profile)
 
 
 class _Cloud:

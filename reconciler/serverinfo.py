@@ -17,7 +17,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, TypeAdapter, ValidationError
 
 from reconciler.answers import problems
@@ -153,6 +152,8 @@ def _rule_problem(key: str, rule: dict[str, Any]) -> str | None:
     not a JSON schema, or pointing elsewhere (``$ref``), which reconcile does not follow."""
     if not _REFS.isdisjoint(_keys(rule)):
         return f"properties.{key}: refers elsewhere ($ref), which reconcile does not follow"
+    import jsonschema  # here: only a server's answer needs it, not every command's start-up
+
     try:
         jsonschema.validators.validator_for(rule).check_schema(rule)
     except jsonschema.exceptions.SchemaError as exc:

@@ -28,8 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.errors import ConfigError, StateError, StateLockedError, StateVersionError
 from reconciler.sqlstore import (
@@ -45,6 +43,8 @@ from reconciler.sqlstore import (
 )
 
 if TYPE_CHECKING:
+    from sqlite_utils import Database
+
     from reconciler.pgstate import PostgresStore
 
 __all__ = ["DEFAULT_PATH", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "LockRequest",
@@ -155,6 +155,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def _migrate(conn: sqlite3.Connection, current: int, upto: int = SCHEMA_VERSION) -> None:
     """All steps and the new version in one transaction: a kill leaves the old file intact.
     (Python's sqlite3 would commit each CREATE TABLE on its own.)"""
+    from sqlite_utils import Database  # here: a command that only reads starts without it
+
     db = Database(conn)
     with db.atomic():
         for version in range(current, upto):

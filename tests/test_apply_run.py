@@ -4,6 +4,7 @@ against the sandbox, a real SQLite state file, a ManualClock."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from apply_helpers import (
     write_images,
 )
 
-from reconciler import planfile
+from reconciler import models, planfile
 from reconciler.apply import (
     ApplyRequest,
     apply_catalog,
@@ -27,13 +28,15 @@ from reconciler.apply import (
     local_state_warning,
     preview,
 )
+from reconciler.apply.run import identities, target_revision
 from reconciler.client import ImageClient, RetryPolicy, StaticToken
 from reconciler.clock import ManualClock
 from reconciler.errors import ConfigError, PlanFileError
-from reconciler.models import Outcome
+from reconciler.models import Outcome, Record, RecordRows
 from reconciler.operations import forget_image, make_plan, save_plan
 from reconciler.planfile import SavedPlan
 from reconciler.sandbox import Sandbox
+from reconciler.state import LockRequest, open_for_write
 
 TOKEN = "tok-run"
 
@@ -248,3 +251,68 @@ def test_ctrl_c_lets_running_creates_finish_and_records_them(lib: Lib) -> None:
     created = {i["name"] for i in lib.sb.images()}
     assert len(created) >= 1 and created <= set(lib.names)
     assert {o.name for o in seen if o.result == "created"} <= created
+
+
+# --- the several-targets freshness check (target_revision) ------------------------------------
+
+def _revision_before(store: Any, target: str) -> int:
+    """``apply.run.target_revision`` as it was computed before it hashed rows directly (one
+    ``Record`` built per row): revisions saved or shown by earlier versions compare with it."""
+    h = hashlib.sha256()
+    for name, record in sorted(store.records(target, full=False).items()):
+        h.update(f"{name}\0{record.image_id}\0{record.spec_digest}\n".encode())
+    for entry in store.pending(target):
+        h.update(f"{entry.nonce}\n".encode())
+    return int.from_bytes(h.digest()[:4], "big")
+
+
+def _store_of_two_targets(path: Path) -> Any:
+    store = open_for_write(path, LockRequest("", "test"))
+    for target, names in (("https://a.example", ("zeta", "alpha", "ümlaut-ä", "b 2", "b")),
+                          ("https://b.example#project=p", ("alpha",))):
+        for i, name in enumerate(names):  # recorded out of name order
+            store.save_record(target, Record.of(
+                name=name, image_id=f"id-{i}-{target[-1]}", spec_digest=f"d{i}{name}",
+                request={"name": name}, response={"id": f"id-{i}"},
+                recorded_at="2026-12-01T00:00:00Z",
+                origin="adopted" if i % 2 else "created"))
+    store.journal_open(nonce="n-1", target="https://a.example", name="new", run_id="r1",
+                       request={"name": "new"})
+    return store
+
+
+def test_target_revision_is_the_digest_earlier_versions_computed(tmp_path: Path) -> None:
+    store = _store_of_two_targets(tmp_path / "state.db")
+    try:
+        for target in ("https://a.example", "https://b.example#project=p",
+                       "https://unknown.example"):
+            assert target_revision(store, target) == _revision_before(store, target)
+        # pinned as well: the digest must not move with the old computation either
+        assert target_revision(store, "https://a.example") == 3241523450
+        assert target_revision(store, "https://unknown.example") == 3820012610
+    finally:
+        store.close()
+    assert target_revision(None, "https://a.example") == 3820012610  # no state yet
+
+
+def test_target_revision_hashes_the_light_rows_without_building_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store_of_two_targets(tmp_path / "state.db")
+    try:
+        expected = _revision_before(store, "https://a.example")
+
+        def no_models(row: Any) -> Record:
+            raise AssertionError(f"a Record was built for {row[0]!r}")
+
+        monkeypatch.setattr(models, "_light_record", no_models)
+        assert target_revision(store, "https://a.example") == expected
+    finally:
+        store.close()
+
+
+def test_identities_of_complete_records_are_those_of_their_rows() -> None:
+    rows = RecordRows({"b": ("b", "id-b", "d-b", "created"), "a": ("a", "id-a", "d-a",
+                                                                   "adopted")})
+    complete = {name: rows[name] for name in ("b", "a")}
+    assert list(identities(rows)) == list(identities(complete)) == [
+        ("a", "id-a", "d-a"), ("b", "id-b", "d-b")]

@@ -169,3 +169,29 @@ def test_two_loads_at_once_each_check_with_their_own_profile(
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", another_load_first)
     glance = load_catalog(root, GLANCE, workers=2)
     assert nested and "g" in [s.name for s in glance.images]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_files_specs_are_handed_over_as_they_are_built(
+        write_catalog: Callable[..., Path], pools: list[int], workers: int) -> None:
+    # A plan makes each file's changes while the next files are parsed: every spec once, in
+    # file order, the very objects the catalog holds, with the warnings found so far.
+    odd = f'  - name: "odd!"\n    os_version: {OK_OS}\n    min_disk: 4\n'  # a lint warning
+    files = {**VALID, "f5.yaml": images("img5", 2) + odd}
+    handed: list[tuple[list[str], bool]] = []
+    catalog = load_catalog(write_catalog(files), IMS, workers=workers, each=lambda specs,
+                           warnings: handed.append(([s.name for s in specs], "odd!" in warnings)))
+    assert [n for names, _ in handed for n in names] == [
+        n for k in range(6) for n in [f"img{k}-{i:03d}" for i in range(30 if k < 5 else 2)]
+        + (["odd!"] if k == 5 else [])]
+    assert [warned for _, warned in handed] == [False] * 5 + [True]
+    assert sorted(n for names, _ in handed for n in names) == [s.name for s in catalog.images]
+
+
+def test_no_specs_are_handed_over_once_a_problem_is_found(
+        write_catalog: Callable[..., Path], pools: list[int]) -> None:
+    handed: list[str] = []
+    with pytest.raises(CatalogError):
+        load_catalog(write_catalog(INVALID), IMS, workers=2,
+                     each=lambda specs, _: handed.extend(s.name for s in specs))
+    assert handed == [f"img0-{i:03d}" for i in range(30)]  # f1.yaml holds the first problem

@@ -5,6 +5,8 @@ prints JSON, and `state show` that suggests close names and pretty-prints its bo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -118,3 +120,28 @@ def test_state_show_pretty_prints_request_and_response(
 
 def test_cli_group_has_the_options_it_names() -> None:
     assert {o for p in cli.params for o in getattr(p, "opts", ())} >= {"--config"}
+
+
+# --- start-up: an offline command imports no network library ------------------------------------
+
+_PROBE = """
+import sys
+from reconciler.cli import cli
+try:
+    cli.main(sys.argv[1:], standalone_mode=False)
+finally:
+    heavy = ("httpx", "httpcore", "jsonschema", "reconciler.apply", "reconciler.client")
+    print(" ".join(m for m in heavy if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("command", [["plan"], ["plan", "--format", "json"], ["validate"],
+                                     ["state", "list"], ["--help"]])
+def test_an_offline_command_starts_without_the_http_and_apply_code(
+        command: list[str], recorded: Path) -> None:
+    # Their imports are most of a small command's start; an offline plan or a validate in a
+    # pull-request check needs none of them (docs/architecture.md §2, `defaults`).
+    done = subprocess.run([sys.executable, "-c", _PROBE, *command], cwd=recorded.parent,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == ""

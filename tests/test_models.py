@@ -1,7 +1,10 @@
-"""The value models' own helpers: ``build`` and the light records of an offline plan."""
+"""The value models' own helpers: ``build``, the light records of an offline plan, and
+``bulk_build``, which many models are built under."""
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from reconciler.models import (
     build,
     request_body,
 )
+from reconciler.operations import FREEZE_MIN_OBJECTS, bulk_build
 
 SPEC: dict[str, Any] = {
     "name": "web", "os_version": "Ubuntu 22.04 server 64bit", "visibility": "private",
@@ -67,10 +71,41 @@ def test_record_rows_make_light_records_and_let_go_of_them() -> None:
     rows = RecordRows({"a": ("a", "id-a", "d-a", "created"), "b": ("b", "id-b", "d-b",
                                                                    "adopted")})
     assert list(rows) == ["a", "b"] and len(rows) == 2
-    assert dict(rows.digests()) == {"a": "d-a", "b": "d-b"}
+    assert (rows.digest("a"), rows.digest("b"), rows.digest("c")) == ("d-a", "d-b", None)
     a = rows["a"]
     assert (a.name, a.image_id, a.spec_digest, a.origin, a.request) == (
         "a", "id-a", "d-a", "created", {})
     assert rows.pop("b") == Record(name="b", image_id="id-b", spec_digest="d-b",
                                    recorded_at="", origin="adopted")
     assert rows.pop("b") is None and list(rows) == ["a"]
+
+
+@pytest.fixture
+def collecting() -> Iterator[None]:
+    """The collector on, and whatever a test freezes let go of again."""
+    enabled = gc.isenabled()
+    gc.enable()
+    yield
+    gc.unfreeze()
+    if not enabled:
+        gc.disable()
+
+
+def test_a_big_bulk_build_is_frozen_so_the_collector_does_not_walk_it(
+        collecting: None) -> None:
+    frozen = gc.get_freeze_count()
+    with bulk_build():
+        assert not gc.isenabled()
+        kept = [[i] for i in range(FREEZE_MIN_OBJECTS + 1000)]  # lists: tracked objects
+    assert gc.isenabled()
+    assert gc.get_freeze_count() - frozen >= len(kept)
+    assert gc.get_count()[0] < 1000  # nothing left for the next pass to walk
+
+
+def test_a_small_bulk_build_is_left_to_the_collector(collecting: None) -> None:
+    gc.collect()
+    frozen = gc.get_freeze_count()
+    with bulk_build():
+        kept = [[i] for i in range(100)]
+    assert gc.get_freeze_count() == frozen
+    assert gc.get_count()[0] >= len(kept)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from reconciler.models import MARKER_PROPERTY, Catalog, FieldDiff, ImageSpec, Record, body_digest
-from reconciler.planner import PENDING_DETAIL, diff_bodies, plan
+from reconciler.planner import PENDING_DETAIL, Planner, diff_bodies, plan
 
 TARGET = "http://127.0.0.1:9999"
 OS = "Ubuntu 18.04 server 64bit"
@@ -206,3 +206,47 @@ def test_empty_catalog_and_state_plan_nothing() -> None:
     assert result.changes == ()
     assert result.summary() == dict.fromkeys(("create", "adopt", "update", "unchanged", "drift",
                                               "orphan", "blocked"), 0)
+
+
+def test_changes_are_in_name_order_without_orphans_too() -> None:
+    result = plan(catalog(spec("b"), spec("a")), {}, target=TARGET, drift="report")
+    assert [c.name for c in result.changes] == ["a", "b"]
+
+
+# --- a plan made as the catalog loads ---------------------------------------------------------
+
+def steps_table() -> tuple[Catalog, dict[str, Record], dict[str, str]]:
+    specs = [spec("create"), spec("same"), spec("moved"), spec("stuck"), spec("warned")]
+    records = {"same": record("same", spec("same").body()),
+               "moved": recorded(spec("moved"), min_disk=1),
+               "old": record("old", {"name": "old"}), "zold": record("zold", {"name": "z"})}
+    cat = catalog(*sorted(specs, key=lambda s: s.name), warnings={"warned": ("name is odd",)})
+    return cat, records, {"stuck": "n1"}
+
+
+@pytest.mark.parametrize("batches", [[], [["moved"]], [["same", "create"], ["warned"]],
+                                     [["create", "moved", "same", "stuck", "warned"]]])
+def test_a_plan_made_in_steps_is_the_plan(batches: list[list[str]]) -> None:
+    cat, records, pending = steps_table()
+    whole = plan(cat, dict(records), target=TARGET, pending=pending)
+    by_name = {s.name: s for s in cat.images}
+    planner = Planner(dict(records), target=TARGET, profile=cat.profile, pending=pending)
+    for batch in batches:
+        planner.add([by_name[n] for n in batch], cat.warnings)
+    assert planner.plan(cat) == whole
+    assert [c.reason for c in whole.changes] == [
+        "not_recorded", "replace_required", "not_in_catalog", "in_sync", "pending_create",
+        "not_recorded", "not_in_catalog"]
+    assert whole.changes[5].warnings == ("name is odd",)
+
+
+def test_added_images_must_be_the_catalogs() -> None:
+    cat, records, _ = steps_table()
+    planner = Planner(records, target=TARGET, profile=cat.profile)
+    planner.add([spec("elsewhere")], {})
+    with pytest.raises(ValueError, match="not in the catalog"):
+        planner.plan(cat)
+    planner = Planner(records, target=TARGET, profile=cat.profile)
+    planner.add([spec("same", min_disk=1)], {})  # the same name, another image
+    with pytest.raises(ValueError, match="added as another image"):
+        planner.plan(cat)

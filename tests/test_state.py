@@ -953,6 +953,26 @@ def test_a_plan_reads_the_revision_before_the_records(
     assert result.state_revision == before
 
 
+def test_a_state_error_while_the_catalog_loads_comes_after_the_catalogs_problems(
+        state_location: str, store: StateStore, write_catalog: Callable[..., Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The plan reads a drifted image's full record as soon as its file is checked, while the
+    # next files are still loading: a failure then is kept until the catalog is complete.
+    store.save_record(TARGET, a_record("a"))  # recorded with a digest the catalog's lacks
+
+    def unreadable(self: SqlStore, target: str, names: Any = None) -> Any:
+        raise StateError("the full records cannot be read")
+
+    monkeypatch.setattr(SqlStore, "records_of", unreadable)
+    drifted = "images:\n  - name: a\n    min_disk: 50\n"
+    bad = write_catalog({"a.yaml": drifted, "b.yaml": "images:\n  - name: b\n    min_disk: x\n"})
+    with pytest.raises(CatalogError):
+        make_plan(bad, state_location, profile="glance", endpoint=TARGET)
+    good = write_catalog({"a.yaml": drifted, "b.yaml": "images: []\n"}, "good")
+    with pytest.raises(StateError, match="full records cannot be read"):
+        make_plan(good, state_location, profile="glance", endpoint=TARGET)
+
+
 def test_a_catalog_error_is_reported_before_a_state_error(
         state_location: str, store: StateStore, write_catalog: Callable[..., Path],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 
 from reconciler.apply import ApplyRequest, TargetsApply, apply_targets
 from reconciler.auth import ApiSession, ConnectOptions, Scope, open_session
-from reconciler.catalog import load_catalog
+from reconciler.catalog import declared_targets, load_catalog
 from reconciler.cli import Runtime, cli
 from reconciler.client import RetryPolicy
 from reconciler.errors import CatalogError, ConfigError
@@ -138,6 +138,23 @@ def test_targets_and_placement_are_read_from_any_file(tmp_path: Path) -> None:
     assert [s.name for s in catalog.for_target("east").images] == ["y", "z"]
     # A target's catalog has its own digest (saved plans and runs pin it).
     assert catalog.for_target("east").digest != catalog.for_target("north").digest
+
+
+@pytest.mark.parametrize("text", [
+    "targets:\n  north: {endpoint: 'https://ims.example.com'}\n",
+    "images: []\r\ntargets :\r\n  north: {endpoint: 'https://ims.example.com'}\r\n",
+    '{"images": [], "targets"\n  : {"north": {"endpoint": "https://ims.example.com"}}}',
+])
+def test_declared_targets_are_found_wherever_the_file_declares_them(tmp_path: Path,
+                                                                    text: str) -> None:
+    (tmp_path / "a.json" if text.startswith("{") else tmp_path / "a.yaml").write_text(text)
+    assert [t.name for t in declared_targets(tmp_path)] == ["north"]
+
+
+def test_a_selection_alone_declares_no_target(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("defaults:\n  targets: [north]\nimages:\n  - name: x\n"
+                                     "    targets: [north]\n")
+    assert declared_targets(tmp_path) == ()
 
 
 def test_catalog_target_errors_are_located(tmp_path: Path) -> None:

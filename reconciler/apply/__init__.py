@@ -7,7 +7,6 @@ worker pool both use; ``decisions`` holds every choice of the protocol as a pure
 rules its options follow.
 """
 
-from reconciler.apply.creates import DEFAULT_SETTLE_S
 from reconciler.apply.request import (
     ApplyRequest,
     ApplyResult,
@@ -19,7 +18,6 @@ from reconciler.apply.run import apply_catalog, preview
 from reconciler.apply.targets import TargetsApply, TargetsResult, apply_targets
 
 __all__ = [
-    "DEFAULT_SETTLE_S",
     "ApplyRequest",
     "ApplyResult",
     "Preview",

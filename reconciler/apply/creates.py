@@ -38,6 +38,7 @@ from reconciler.apply.limit import ConcurrencyLimit
 from reconciler.apply.pool import run_bounded
 from reconciler.apply.runstate import RunState
 from reconciler.client import RetryPolicy
+from reconciler.defaults import DEFAULT_SETTLE_S
 from reconciler.errors import ApiError, AuthError
 from reconciler.models import (
     GONE_STATUSES,
@@ -54,10 +55,6 @@ from reconciler.planner import adoption_request
 from reconciler.state import StateStore
 
 log = logging.getLogger("reconciler.apply")
-
-#: How long after it was sent an unanswered create may still land. Until then a create that
-#: cannot be found is not presumed lost: it is neither sent again nor released.
-DEFAULT_SETTLE_S = 120.0
 
 _UNKNOWN = ("outcome unknown (kept as pending; the next apply looks the image up before "
             "creating it again): ")

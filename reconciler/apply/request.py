@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from reconciler.apply.creates import DEFAULT_SETTLE_S, ImageApi
+from reconciler.apply.creates import ImageApi
 from reconciler.apply.runstate import RunState
 from reconciler.apply.updates import UpdateApi
-from reconciler.client import DEFAULT_REQUEST_TIMEOUT, RetryPolicy
+from reconciler.client import RetryPolicy
 from reconciler.clock import SYSTEM_CLOCK, Clock
+from reconciler.defaults import DEFAULT_REQUEST_TIMEOUT, DEFAULT_SETTLE_S
 from reconciler.errors import ConfigError
-from reconciler.models import DriftPolicy, Observed, Outcome, Plan, RunReport
+from reconciler.models import Catalog, DriftPolicy, Observed, Outcome, Plan, RunReport
 from reconciler.planfile import SavedPlan
 from reconciler.refresh import ListingApi
 from reconciler.schemacache import NO_ALLOWANCES, Allowances, RulesApi, RunProfile
@@ -121,6 +122,11 @@ class ApplyRequest:
     target_key: str | None = None
     store: StateStore | None = None
     on_run: Callable[[RunState], None] = lambda run: None
+    # Several targets (apply.targets): the server's rules read before the catalog is loaded,
+    # and the whole catalog loaded with them, once for every target with the same rules
+    # (``target_name`` picks this target's part); neither is read or loaded again.
+    rules: RunProfile | None = None
+    loaded: Catalog | None = None
 
     def __post_init__(self) -> None:
         for name in ("settle_s", "request_timeout_s"):

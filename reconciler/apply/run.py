@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from reconciler import __version__, planfile
@@ -32,6 +33,8 @@ from reconciler.models import (
     Observed,
     Outcome,
     Plan,
+    Record,
+    RecordRows,
     RunOutcome,
     RunReport,
     iso,
@@ -57,14 +60,15 @@ INTERRUPTED = "interrupted"
 def preview(req: ApplyRequest) -> Preview:
     """The plan to confirm before ``apply_catalog(req)`` with ``preview=`` set: made without
     the lock, from the cloud as it is now (read once; the apply reuses what it saw)."""
-    rules = _rules(req)  # read online even without a refresh, as the apply would
+    rules = req.rules or rules_of(req)  # read online even without a refresh, as the apply would
     result = make_plan(req.catalog_source, req.state_path, profile=req.catalog_profile,
                        strict=req.strict, endpoint=req.endpoint,
                        api=req.api if req.refresh else None, project_id=req.project_id,
                        clock=req.clock, rules=rules, keep=False,  # the apply keeps
                        only=req.saved.only if req.saved else req.only,
                        key=req.target_key, place=req.target_name,
-                       must_match=req.target_key is None, drift=_policy(req))
+                       must_match=req.target_key is None, drift=_policy(req),
+                       loaded=req.loaded)
     shown, report = result.plan, result.report
     if req.refresh_only:  # what a refresh-only apply does: adopt and take in, nothing more
         shown = shown.model_copy(update={"changes": tuple(
@@ -88,11 +92,19 @@ def target_revision(store: StateStore | None, target: str) -> int:
     own rows, its records and pending creates (docs/architecture.md §13)."""
     h = hashlib.sha256()
     if store is not None:
-        for name, record in sorted(store.records(target, full=False).items()):
-            h.update(f"{name}\0{record.image_id}\0{record.spec_digest}\n".encode())
+        for name, image_id, digest in identities(store.records(target, full=False)):
+            h.update(f"{name}\0{image_id}\0{digest}\n".encode())
         for entry in store.pending(target):
             h.update(f"{entry.nonce}\n".encode())
     return int.from_bytes(h.digest()[:4], "big")
+
+
+def identities(records: Mapping[str, Record] | RecordRows) -> Iterator[tuple[str, str, str]]:
+    """(name, image id, spec digest) of every record, by name: straight from light rows (a
+    target of 100,000 images builds no model), or from the records a store gave in full."""
+    if isinstance(records, RecordRows):
+        return records.identities()
+    return ((name, r.image_id, r.spec_digest) for name, r in sorted(records.items()))
 
 
 def apply_catalog(req: ApplyRequest) -> ApplyResult:
@@ -108,9 +120,10 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
     target = req.target_key or normalize_endpoint(req.endpoint)
     # The server's rules first (read now, or by the preview; kept once the work is done):
     # the catalog is checked against what this server accepts.
-    rules = req.preview.rules if req.preview else _rules(req)
+    rules = req.preview.rules if req.preview else req.rules or rules_of(req)
     with bulk_build():
-        catalog = load_catalog(req.catalog_source, rules.profile, strict=req.strict)
+        catalog = req.loaded if req.loaded is not None else load_catalog(
+            req.catalog_source, rules.profile, strict=req.strict)
         if req.target_name is not None:  # one target of several: the images placed there
             catalog = catalog.for_target(req.target_name)
     if req.store is not None:  # shared by several targets, and closed by their run
@@ -124,7 +137,8 @@ def apply_catalog(req: ApplyRequest) -> ApplyResult:
         store.close()
 
 
-def _rules(req: ApplyRequest) -> RunProfile:
+def rules_of(req: ApplyRequest) -> RunProfile:
+    """The server's rules the apply checks its catalog with (read online: ``req.api``)."""
     return run_profile(req.catalog_profile, None,
                        req.target_key or normalize_endpoint(req.endpoint),
                        api=req.api, state_path=req.state_path, allow=req.allow,

@@ -19,12 +19,13 @@ from pathlib import Path
 
 from reconciler.apply.pool import STOP_GRACE_S
 from reconciler.apply.request import ApplyRequest
-from reconciler.apply.run import INTERRUPTED, apply_catalog, preview
+from reconciler.apply.run import INTERRUPTED, apply_catalog, preview, rules_of
 from reconciler.apply.runstate import RunState
 from reconciler.auth import ApiSession
+from reconciler.catalog import load_catalogs
 from reconciler.clock import SYSTEM_CLOCK, Clock
-from reconciler.errors import ReconcileError
-from reconciler.models import RunReport, Target, target_key
+from reconciler.errors import CatalogError, ReconcileError
+from reconciler.models import Catalog, RunReport, Target, target_key
 from reconciler.operations import (
     Connect,
     TargetPart,
@@ -32,12 +33,16 @@ from reconciler.operations import (
     check_distinct,
     check_only,
     check_only_names,
+    enter,
     targets_report,
 )
+from reconciler.schemacache import RunProfile
 from reconciler.state import LockRequest, StateStore, is_url, open_for_write
 
 #: Builds one target's ApplyRequest from its session (endpoint, client, project).
 MakeRequest = Callable[[Target, ApiSession], ApplyRequest]
+#: The error of a target that a Ctrl-C (or SIGTERM) kept from starting.
+NOT_STARTED = "not started: the run was interrupted"
 
 
 @dataclass
@@ -99,7 +104,7 @@ def apply_targets(job: TargetsApply) -> TargetsResult:
 
         def connect(part: TargetPart) -> TargetPart:
             target = part.target
-            session = _enter(stack, lock, job.connect(target))
+            session = enter(stack, lock, job.connect(target))
             request = job.make_request(target, session)
             request.target_name = target.name
             request.target_key = target_key(session.endpoint, target.project)
@@ -110,6 +115,7 @@ def apply_targets(job: TargetsApply) -> TargetsResult:
         parts, _ = _side_by_side(job, [TargetPart(t) for t in job.targets], connect, runs)
         parts = check_distinct(parts, {n: r.target_key or "" for n, r in requests.items()})
         if job.confirm is not None:
+            parts, _ = _ready(job, parts, requests, runs)
             parts, _ = _side_by_side(job, parts, lambda p: _preview(requests[p.target.name],
                                                                     p), runs)
             check_only(parts, job.only)
@@ -128,8 +134,12 @@ def apply_targets(job: TargetsApply) -> TargetsResult:
             for request in requests.values():
                 request.api.abort()
 
-        parts, interrupted = _side_by_side(
-            job, parts, lambda p: _apply(requests[p.target.name], p), runs, abort=abort)
+        # Loaded again once confirmed, as one target's apply does: a catalog changed while
+        # the question was asked is refused (the preview's digest), never applied unseen.
+        parts, interrupted = _ready(job, parts, requests, runs)
+        if not interrupted:
+            parts, interrupted = _side_by_side(
+                job, parts, lambda p: _apply(requests[p.target.name], p), runs, abort=abort)
     report = targets_report(catalog_info(parts, job.catalog_dir), parts, mode="apply",
                             clock=job.clock,
                             state=str(job.state_path), refreshed=True,
@@ -140,13 +150,46 @@ def apply_targets(job: TargetsApply) -> TargetsResult:
     return TargetsResult(report, parts, interrupted=interrupted)
 
 
-def _enter(stack: contextlib.ExitStack, lock: threading.Lock,
-           manager: contextlib.AbstractContextManager[ApiSession]) -> ApiSession:
-    """Enter a session from a worker thread; the stack (closed by the caller) exits it."""
-    session = manager.__enter__()
-    with lock:
-        stack.push(manager.__exit__)
-    return session
+def _ready(job: TargetsApply, parts: Sequence[TargetPart], requests: dict[str, ApplyRequest],
+           runs: _Runs) -> tuple[list[TargetPart], bool]:
+    """Each target's rules (read side by side, where no preview read them) and catalog,
+    loaded here once per distinct set of rules while no target's thread runs (a large
+    catalog forks its workers from this thread), before the next step starts them. A target
+    whose catalog is invalid fails with the error its own load would give. Ctrl-C: the
+    targets are not started."""
+    def rules(part: TargetPart) -> TargetPart:
+        request = requests[part.target.name]
+        if request.rules is None:
+            request.rules = request.preview.rules if request.preview else rules_of(request)
+        return part
+
+    parts, interrupted = _side_by_side(job, parts, rules, runs)
+    ready = [p.target.name for p in parts if p.error is None]
+    catalogs: list[Catalog | CatalogError] = []
+    try:
+        if not interrupted:
+            catalogs = load_catalogs(job.catalog_dir, [_rules_of(requests[n]).profile
+                                                       for n in ready], strict=job.strict)
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:  # nothing more starts
+        return [TargetPart(p.target, p.endpoint, error=NOT_STARTED) if p.error is None else p
+                for p in parts], True
+    loaded = dict(zip(ready, catalogs, strict=True))
+    out = []
+    for part in parts:
+        catalog = loaded.get(part.target.name)
+        if isinstance(catalog, CatalogError):
+            part = TargetPart(part.target, part.endpoint, error=str(catalog))
+        elif catalog is not None:
+            requests[part.target.name].loaded = catalog
+        out.append(part)
+    return out, False
+
+
+def _rules_of(request: ApplyRequest) -> RunProfile:
+    assert request.rules is not None  # read by _ready
+    return request.rules
 
 
 def _preview(request: ApplyRequest, part: TargetPart) -> TargetPart:
@@ -206,6 +249,6 @@ def _side_by_side(job: TargetsApply, parts: Sequence[TargetPart],
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     for i, future in futures.items():
-        out[i] = TargetPart(parts[i].target, parts[i].endpoint, error="not started: the run "
-                            "was interrupted") if future.cancelled() else future.result()
+        out[i] = TargetPart(parts[i].target, parts[i].endpoint, error=NOT_STARTED) \
+            if future.cancelled() else future.result()
     return out, interrupted
