@@ -1115,7 +1115,7 @@ def _profile(res: Results) -> list[str]:
     rows = [[name, f"{p['seconds']:.1f}", f"{p['seconds'] / total:.0%}", f"{p['gc']:.1f}",
              f"{p['full_gc']}", f"{p['peak_mb']:.0f}", f"{p['rss_mb']:.0f}"]
             for name, p in phases.items()]
-    rest = total - sum(p["seconds"] for p in phases.values())
+    rest = total - sum(p["seconds"] for p in phases.values() if not p.get("nested"))
     rows.append(["(rest of make_plan)", f"{rest:.1f}", f"{rest / total:.0%}", "", "", "", ""])
     return ["", f"### Where plan's time goes at {label(res.big.images)} (cProfile)", "",
             f"`make_plan` + the text report under cProfile; the top is in "

@@ -179,7 +179,9 @@ class _Probes:
     def gc(self) -> dict[str, Any]:
         return {"seconds": self.gc_seconds, "collections": list(self.gc_runs)}
 
-    def wrap(self, owner: Any, attr: str, name: str) -> None:
+    def wrap(self, owner: Any, attr: str, name: str, *, nested: bool = False) -> None:
+        """Time ``owner.attr`` as phase ``name``; ``nested``: it runs within another phase
+        (it is not added up with the others)."""
         original = getattr(owner, attr, None)
         if original is None:
             return
@@ -188,7 +190,8 @@ class _Probes:
             start, gc_before, full_before = time.perf_counter(), self.gc_seconds, self.gc_runs[2]
             value = original(*args, **kwargs)
             peak, now = _rss_mb()
-            phase = self.phases.setdefault(name, {"seconds": 0.0, "gc": 0.0, "full_gc": 0})
+            phase = self.phases.setdefault(name, {"seconds": 0.0, "gc": 0.0, "full_gc": 0,
+                                                  "nested": nested})
             phase.update(seconds=phase["seconds"] + time.perf_counter() - start,
                          gc=phase["gc"] + self.gc_seconds - gc_before,
                          full_gc=phase["full_gc"] + self.gc_runs[2] - full_before,
@@ -209,7 +212,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     """
     from reconciler import operations
     from reconciler.operations import make_plan, plan_report
-    from reconciler.planner import plan
+    from reconciler.planner import Planner, plan
     from reconciler.state import SqliteStore
 
     # First, and before the probes count GC: later, the plan's objects would slow its GC.
@@ -217,8 +220,11 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     probes = _Probes()
     probes.wrap(operations, "load_catalog", "load_catalog")
     probes.wrap(SqliteStore, "open_readonly", "SqliteStore.open_readonly")
-    probes.wrap(SqliteStore, "records", "SqliteStore.records")
-    probes.wrap(operations, "plan", "planner.plan")
+    # the state is read, and each file's changes made, while the catalog loads
+    probes.wrap(SqliteStore, "records", "SqliteStore.records (within load_catalog)",
+                nested=True)
+    probes.wrap(Planner, "add", "Planner.add, each file (within load_catalog)", nested=True)
+    probes.wrap(Planner, "plan", "Planner.plan")
     probes.wrap(operations, "plan_report", "plan_report")
     probes.wrap(sys.modules[__name__], "_text_report", "render text")
     if args.no_profile:

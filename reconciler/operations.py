@@ -294,17 +294,29 @@ def bulk_build() -> Iterator[None]:
     and find nothing to free. A big build is then frozen: once enabled again, the collector's
     next pass would still walk every object made in the meantime (0.3 s at 100,000 images);
     frozen, they are still freed by their reference counts. A small one is left to the
-    collector (a cycle made meanwhile stays collectable).
+    collector (a cycle made meanwhile stays collectable). The collector is one per process:
+    builds in several threads at once (one per target) resume it when the last one ends.
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    global _builds, _resume
+    with _builds_lock:
+        if _builds == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _builds += 1
     try:
         yield
     finally:
-        if enabled:
-            if gc.get_count()[0] > FREEZE_MIN_OBJECTS:
-                gc.freeze()
-            gc.enable()
+        with _builds_lock:
+            _builds -= 1
+            if _builds == 0 and _resume:
+                if gc.get_count()[0] > FREEZE_MIN_OBJECTS:
+                    gc.freeze()
+                gc.enable()
+
+
+_builds_lock = threading.Lock()
+_builds = 0  # bulk builds running now, in any thread
+_resume = False  # whether the collector ran before the first of them began
 
 
 #: Objects made during a ``bulk_build`` above which they are frozen (about 5,000 images).
@@ -678,17 +690,21 @@ def check_only(parts: Sequence[TargetPart], only: tuple[str, ...]) -> None:
                               "has a name it matches in any target (a glob: * ? [...])")
 
 
-def check_only_names(catalog_dir: str | Path, state_path: str | Path,
-                     only: tuple[str, ...]) -> None:
+def check_only_names(loaded: Sequence[Catalog | CatalogError], catalog_dir: str | Path,
+                     state_path: str | Path, only: tuple[str, ...]) -> None:
     """``--only`` before an apply of several targets: each glob must match an image of the
-    catalog or one the state records, so a typo fails before anything is sent."""
+    catalog (``loaded`` for the targets; a load that failed has its names read from the
+    files) or one the state records, so a typo fails before anything is sent."""
     if not only:
         return
-    names = image_names(catalog_dir)
+    names = {s.name for c in loaded if isinstance(c, Catalog) for s in c.images}
+    if not loaded or any(isinstance(c, CatalogError) for c in loaded):
+        names |= image_names(catalog_dir)
     store = open_readonly(state_path)
     if store is not None:
         try:
-            names.update(r.name for _, r in store.all_records())
+            for target in store.targets():
+                names.update(store.records(target, full=False))
         finally:
             store.close()
     for pattern in only:

@@ -109,3 +109,22 @@ def test_a_small_bulk_build_is_left_to_the_collector(collecting: None) -> None:
         kept = [[i] for i in range(100)]
     assert gc.get_freeze_count() == frozen
     assert gc.get_count()[0] >= len(kept)
+
+
+def test_the_collector_resumes_when_the_last_of_overlapping_builds_ends(
+        collecting: None) -> None:
+    # Targets are planned in threads at once; the collector is one per process.
+    first, second = bulk_build(), bulk_build()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second build still runs
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+
+
+def test_a_build_begun_with_the_collector_off_leaves_it_off(collecting: None) -> None:
+    gc.disable()
+    with bulk_build():
+        pass
+    assert not gc.isenabled()

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from apply_helpers import SandboxFactory
 
-from reconciler import catalog
+from reconciler import catalog, operations
 from reconciler.apply import ApplyRequest, TargetsApply, apply_targets
 from reconciler.auth import ConnectOptions, open_session
 from reconciler.client import RetryPolicy
 from reconciler.clock import ManualClock
-from reconciler.errors import AuthError, CatalogError
+from reconciler.errors import AuthError, CatalogError, ConfigError
 from reconciler.models import Target, target_key
 from reconciler.operations import make_plan, plan_targets, run_profile
 from reconciler.profiles import PROFILES
@@ -280,6 +280,26 @@ def test_an_apply_of_several_targets_loads_the_catalog_once(
     loads.check_no_target_thread_ran()
 
 
+def test_only_is_checked_against_the_load_not_a_parse_of_its_own(
+        tmp_path: Path, two_boxes: tuple[Path, list[Any]], loads: Loads,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--only` used to read every file once more before connecting (a whole parse of a big
+    # catalog); the names of the catalog just loaded tell the same.
+    directory, boxes = two_boxes
+    loads.workers = None  # the sandboxes serve from threads of this process: no fork here
+
+    def no_second_read(*args: Any) -> set[str]:
+        raise AssertionError("the catalog's files were read again for --only")
+
+    monkeypatch.setattr(operations, "image_names", no_second_read)
+    result = apply_targets(job(directory, tmp_path / "state.db", only=("b-*",)))
+    assert loads.count == 1 and [p.error for p in result.parts] == [None, None]
+    made = [len(sb.images()) for sb in boxes]
+    with pytest.raises(ConfigError, match="--only bb-\\*: no image of the catalog"):
+        apply_targets(job(directory, tmp_path / "state.db", only=("bb-*",)))
+    assert [len(sb.images()) for sb in boxes] == made  # nothing sent
+
+
 def test_a_confirmed_apply_loads_it_again_and_refuses_a_catalog_changed_meanwhile(
         tmp_path: Path, two_boxes: tuple[Path, list[Any]], loads: Loads) -> None:
     """Once for the plan shown, once after the answer (as one target's apply): a catalog
@@ -309,6 +329,9 @@ def test_an_invalid_catalog_fails_every_target_of_an_apply_with_its_problems(
     errors = [p.error or "" for p in result.parts]
     assert errors[0] == errors[1] and errors[0].startswith("catalog is invalid (1 problem)")
     assert "b.yaml:2: images[0].name: must be text" in errors[0]
+    # --only is still checked against the names the files hold, not refused for the load
+    narrowed = apply_targets(job(directory, tmp_path / "state.db", only=("on*",)))
+    assert [p.error for p in narrowed.parts] == errors
     assert [p.endpoint for p in result.parts] == [sb.url for sb in boxes]
 
 

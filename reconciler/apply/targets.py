@@ -96,7 +96,6 @@ class _Runs:
 def apply_targets(job: TargetsApply) -> TargetsResult:
     """Connect to every target, make sure no two are the same place, then apply each."""
     t0 = job.clock.monotonic()
-    check_only_names(job.catalog_dir, job.state_path, job.only)  # before anything is sent
     runs = _Runs()
     requests: dict[str, ApplyRequest] = {}
     with contextlib.ExitStack() as stack:
@@ -155,8 +154,9 @@ def _ready(job: TargetsApply, parts: Sequence[TargetPart], requests: dict[str, A
     """Each target's rules (read side by side, where no preview read them) and catalog,
     loaded here once per distinct set of rules while no target's thread runs (a large
     catalog forks its workers from this thread), before the next step starts them. A target
-    whose catalog is invalid fails with the error its own load would give. Ctrl-C: the
-    targets are not started."""
+    whose catalog is invalid fails with the error its own load would give. ``--only`` is
+    checked against what was loaded (a typo fails here, before anything is sent). Ctrl-C:
+    the targets are not started."""
     def rules(part: TargetPart) -> TargetPart:
         request = requests[part.target.name]
         if request.rules is None:
@@ -175,6 +175,7 @@ def _ready(job: TargetsApply, parts: Sequence[TargetPart], requests: dict[str, A
     if interrupted:  # nothing more starts
         return [TargetPart(p.target, p.endpoint, error=NOT_STARTED) if p.error is None else p
                 for p in parts], True
+    check_only_names(catalogs, job.catalog_dir, job.state_path, job.only)  # before any is sent
     loaded = dict(zip(ready, catalogs, strict=True))
     out = []
     for part in parts:
