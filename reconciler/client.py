@@ -562,7 +562,65 @@ def http_client(verify: bool | str = True, *, connect_timeout: float = 10.0,
             raise RuntimeError("this httpx version hides its network backend; request "
                                "deadlines cannot be enforced")
         pool._network_backend = _DeadlineBackend(inner, deadline)
+        if type(pool) is httpcore.ConnectionPool and _LEAN_POOL_FITS:
+            pool.__class__ = _LeanPool  # the same pool, its bookkeeping done in one pass
     return client
+
+
+#: The httpcore whose ``_assign_requests_to_connections`` ``_LeanPool`` redoes (1.0.x,
+#: requests queued as ``PoolRequest``); with any other the pool is left as it is.
+_LEAN_POOL_FITS = httpcore.__version__.startswith("1.0.") and hasattr(
+    httpcore.ConnectionPool, "_assign_requests_to_connections")
+
+
+class _LeanPool(httpcore.ConnectionPool):
+    """httpcore's connection pool, with less bookkeeping on every request and every answer
+    closed (done under the pool's lock, one thread at a time). httpcore asks every
+    connection whether it has expired (for an idle one a ``poll()`` of its socket: has the
+    server closed it?) on each request and each close, and counts the connections once per
+    idle one. Here a connection is asked when it is about to be given a request, and all of
+    them only when none is available (before a new one is opened or an idle one replaced):
+    the same connection serves the same request as with httpcore, never one that expired,
+    which is closed when it is found; an expired one not needed meanwhile is closed later
+    (``tests/test_client_pool.py`` holds both side by side). Only for pools that keep every
+    connection they may open (``max_keepalive_connections`` ≥ ``max_connections``, as
+    ``http_client``'s do); any other does as httpcore does."""
+
+    def _assign_requests_to_connections(self) -> list[httpcore.ConnectionInterface]:
+        if self._max_keepalive_connections < self._max_connections:
+            return super()._assign_requests_to_connections()
+        closing: list[httpcore.ConnectionInterface] = []
+        connections = self._connections
+        connections[:] = [c for c in connections if not c.is_closed()]
+        for pool_request in self._requests:
+            if not pool_request.is_queued():
+                continue
+            origin = pool_request.request.url.origin
+            chosen = None
+            for connection in list(connections):
+                if connection.can_handle_request(origin) and connection.is_available():
+                    if not connection.has_expired():
+                        chosen = connection
+                        break
+                    connections.remove(connection)
+                    closing.append(connection)
+            if chosen is None:  # as httpcore decides it: with every expired one gone
+                for connection in list(connections):
+                    if connection.has_expired():
+                        connections.remove(connection)
+                        closing.append(connection)
+                idle = next((c for c in connections if c.is_idle()), None)
+                if len(connections) < self._max_connections:
+                    chosen = self.create_connection(origin)
+                elif idle is not None:
+                    connections.remove(idle)
+                    closing.append(idle)
+                    chosen = self.create_connection(origin)
+                else:
+                    continue
+                connections.append(chosen)
+            pool_request.assign_to_connection(chosen)
+        return closing
 
 
 class _Cookies(httpx.Cookies):

@@ -156,13 +156,21 @@ def test_adaptive_updates_find_the_capacity_below_their_ceiling(
     result = update(run_cli, tmp_path, sb, 80, "--parallelism", "12")
     patches = sb.capacity_load("PATCH")
     assert patches.peak == 3  # it did use all the room there was
-    assert patches.opening == 1  # and started with one, not with the ceiling
     # The slow start's overshoot, then rare probes; a fixed 12 has 9 of 12 refused each time.
     # (Refusals, not the limit's levels: a slot is held from before the journal write to
     # after the record's, so on a busy client the limit may settle above what the server
     # holds at once, and rightly: it bounds the client's pipeline.)
     assert patches.refused <= 16, patches
     assert any(e["event"] == "concurrency_lowered" for e in json_lines(result.stderr))
+
+
+def test_adaptive_updates_start_at_two_not_at_the_ceiling(
+        tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
+    sb = sandbox(capacity=64, latency_ms=100)
+    update(run_cli, tmp_path, sb, 30, "--parallelism", "12")
+    patches = sb.capacity_load("PATCH")
+    assert (patches.opening, patches.refused) == (2, 0)
+    assert patches.peak > 2  # then more
 
 
 def test_fixed_concurrency_sends_updates_at_the_ceiling_whatever_the_server_answers(
@@ -181,7 +189,7 @@ def test_adaptive_updates_never_exceed_the_ceiling(
     sb = sandbox(capacity=64, latency_ms=30)
     update(run_cli, tmp_path, sb, 60, "--parallelism", "4")
     patches = sb.capacity_load("PATCH")
-    assert (patches.peak, patches.refused, patches.opening) == (4, 0, 1)
+    assert (patches.peak, patches.refused, patches.opening) == (4, 0, 2)
 
 
 def test_creates_and_updates_of_one_target_share_one_limit(
@@ -192,7 +200,19 @@ def test_creates_and_updates_of_one_target_share_one_limit(
     apply(run_cli, tmp_path, sb, 70, "--parallelism", "12", edited=30)
     assert patched_once(sb, tmp_path / "state.db", 30)
     patches = sb.capacity_load("PATCH")
-    assert patches.opening >= 2, patches  # a limit of their own would start at one
+    assert patches.opening >= 2, patches
     assert patches.peak == 3
     # No slow start of their own, only the rare probe; a fixed 12 has 9 refused at once.
     assert patches.refused <= 4, patches
+
+
+def test_updates_go_on_at_the_level_the_creates_reached(
+        tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
+    # Room for all: the creates take the limit from its start (2) to the ceiling (12), and the
+    # updates after them send more than two at once from their first PATCH.
+    sb = sandbox(capacity=64, latency_ms=100)
+    apply(run_cli, tmp_path, sb, 70, "--parallelism", "12", edited=30)
+    assert patched_once(sb, tmp_path / "state.db", 30)
+    patches = sb.capacity_load("PATCH")
+    assert patches.opening > 2, patches  # a limit of their own would start at two
+    assert patches.refused == 0

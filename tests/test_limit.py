@@ -236,7 +236,7 @@ def test_a_limit_that_grows_lets_in_as_many_waiting_threads_as_it_has_new_slots(
     """A slot given back wakes as many waiters as there are free slots, not one (nor all):
     the answer that takes a slow start from 1 to 2 lets two of the three waiters in."""
     ticks = Ticks()
-    limit = ConcurrencyLimit(4, ticks)  # adaptive: starts at one slot
+    limit = ConcurrencyLimit(4, ticks, start=1)  # adaptive, from one slot
     answer, release = threading.Event(), threading.Event()
     entered = 0  # waiters that got a slot
     lock = threading.Lock()
@@ -274,22 +274,64 @@ def test_a_limit_that_grows_lets_in_as_many_waiting_threads_as_it_has_new_slots(
     assert entered == 3 and limit.peak == 2
 
 
-def test_an_adaptive_limit_starts_at_one_and_learns_from_exceptions() -> None:
+def test_waiters_woken_but_not_yet_in_count_as_busy() -> None:
+    """A release that grows a slow start wakes waiters; until they have taken their slots
+    the next release still sees every slot wanted, so the limit grows on it too (counting
+    only the requests in flight, it would not, and the slow start would take round trips
+    longer)."""
     ticks = Ticks()
-    limit = ConcurrencyLimit(4, ticks)
-    assert limit.limit == 1
-    with limit.request() as slot:
-        slot.send()
-        ticks.t += 0.05
+    limit = ConcurrencyLimit(8, ticks)
+    limit.state.limit = 2.0  # in slow start
+    entered = 0
+
+    def waiter() -> None:
+        nonlocal entered
+        with limit.request() as slot:
+            slot.send()
+            entered += 1
+
+    a, b = limit.request(), limit.request()
+    for held in (a, b):
+        held.__enter__().send()
+    waiters = [threading.Thread(target=waiter, daemon=True) for _ in range(2)]
+    for t in waiters:
+        t.start()
+    deadline = time.monotonic() + 5
+    while limit.waiting < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ticks.t += 0.05
+    grown = []
+    # Holding the (reentrant) lock, the woken waiters cannot take their slots in between.
+    with limit._cond:
+        a.__exit__(None, None, None)  # 2 in flight of 2: grows to 3, wakes both waiters
+        grown.append(limit.limit)
+        b.__exit__(None, None, None)  # 1 in flight, 2 woken, not yet in: 3 of 3 wanted
+        grown.append(limit.limit)
+    for t in waiters:
+        t.join(10)
+    assert grown == [3, 4]
+    assert entered == 2 and limit.waiting == 0
+
+
+def test_an_adaptive_limit_starts_at_two_or_its_ceiling_and_learns_from_exceptions() -> None:
+    ticks = Ticks()
+    assert ConcurrencyLimit(1, ticks).limit == 1  # a ceiling below the start
+    assert ConcurrencyLimit(16, ticks, adaptive=False).limit == 16
+    limit = ConcurrencyLimit(16, ticks)
     assert limit.limit == 2
     with pytest.raises(ServerError), limit.request() as slot:
         slot.send()
         ticks.t += 0.05
         raise ServerError("503", status=503)
-    assert limit.limit == 1
+    assert limit.limit == 1  # the slow start halves
     with limit.request():
         pass  # never sent: says nothing
     assert limit.limit == 1
+    limit = ConcurrencyLimit(16, ticks, start=1)
+    with limit.request() as slot:
+        slot.send()
+        ticks.t += 0.05
+    assert limit.limit == 2  # one answer with every slot in use: one more
 
 
 # --- the trend of latency, as a table ---------------------------------------------------------
