@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,8 +26,11 @@ import pytest
 import yaml
 from click.testing import Result
 
-from reconciler.client import error_from_response
+from reconciler.apply import ApplyRequest, TargetsApply
+from reconciler.auth import ApiSession, ConnectOptions, open_session
+from reconciler.client import RetryPolicy, error_from_response
 from reconciler.errors import ApiError
+from reconciler.models import Outcome, Target
 from reconciler.sandbox import Sandbox, SandboxConfig
 
 #: The console script of this venv (``python -m reconciler.cli`` would not run ``main``).
@@ -389,3 +392,23 @@ class Apply:
 
     def output(self) -> str:
         return f"exit {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+
+
+def token_targets_apply(directory: Path, targets: Sequence[Target], state: Path,
+                        on_outcome: Callable[[Target, Outcome], None] | None = None,
+                        **job: Any) -> TargetsApply:
+    """A TargetsApply of ``targets`` (token-auth sandboxes at their ``endpoint:``), one
+    request at a time, no retries, no settle time."""
+    def connect(target: Target) -> Any:
+        return open_session({"OS_AUTH_TOKEN": "t"}, target.endpoint, ConnectOptions(),
+                            retries=0)
+
+    def request(target: Target, session: ApiSession) -> ApplyRequest:
+        return ApplyRequest(catalog_dir=directory, state_path=state, profile="ims",
+                            endpoint=session.endpoint, api=session.client, parallelism=1,
+                            retry=RetryPolicy(attempts=1), settle_s=0.0,
+                            request_timeout_s=30.0,
+                            on_outcome=(lambda o: on_outcome(target, o)) if on_outcome
+                            else (lambda o: None))
+
+    return TargetsApply(directory, targets, state, connect, request, **job)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from apply_helpers import SandboxFactory
+from apply_helpers import SandboxFactory, token_targets_apply
 from click.testing import CliRunner, Result
 
 from reconciler.apply import ApplyRequest, TargetsApply, apply_targets
@@ -512,20 +512,7 @@ def token_run(tmp_path: Path, sandboxes: list[Sandbox], catalog_text: str | None
     (directory / "images.yaml").write_text(f"targets:\n{declared}{text}", encoding="utf-8")
     catalog = load_catalog(directory, PROFILES["ims"])
     state = tmp_path / "state.db"
-    on_outcome = job.pop("on_outcome", lambda target, outcome: None)
-
-    def connect(target: Target) -> Any:
-        return open_session({"OS_AUTH_TOKEN": "t"}, target.endpoint, ConnectOptions(),
-                            retries=0)
-
-    def request(target: Target, session: ApiSession) -> ApplyRequest:
-        return ApplyRequest(catalog_dir=directory, state_path=state, profile="ims",
-                            endpoint=session.endpoint, api=session.client, parallelism=1,
-                            retry=RetryPolicy(attempts=1), settle_s=0.0,
-                            request_timeout_s=30.0,
-                            on_outcome=lambda o: on_outcome(target, o))
-
-    return TargetsApply(directory, catalog.targets, state, connect, request, **job), state
+    return token_targets_apply(directory, catalog.targets, state, **job), state
 
 
 def test_the_plan_of_every_target_is_confirmed_before_anything_is_sent(

@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apply_helpers import SandboxFactory
+from apply_helpers import SandboxFactory, token_targets_apply
 
 from reconciler import catalog, operations
-from reconciler.apply import ApplyRequest, TargetsApply, apply_targets
-from reconciler.auth import ConnectOptions, open_session
-from reconciler.client import RetryPolicy
+from reconciler.apply import TargetsApply, apply_targets
 from reconciler.clock import ManualClock
 from reconciler.errors import AuthError, CatalogError, ConfigError
 from reconciler.models import Target, target_key
@@ -255,17 +253,7 @@ def two_boxes(tmp_path: Path, sandbox: SandboxFactory) -> Iterator[tuple[Path, l
 
 
 def job(directory: Path, state: Path, **kwargs: Any) -> TargetsApply:
-    def connect(target: Target) -> Any:
-        return open_session({"OS_AUTH_TOKEN": "t"}, target.endpoint, ConnectOptions(),
-                            retries=0)
-
-    def request(target: Target, session: Any) -> ApplyRequest:
-        return ApplyRequest(catalog_dir=directory, state_path=state, profile="ims",
-                            endpoint=session.endpoint, api=session.client, parallelism=1,
-                            retry=RetryPolicy(attempts=1), settle_s=0.0,
-                            request_timeout_s=30.0)
-
-    return TargetsApply(directory, declared(directory), state, connect, request, **kwargs)
+    return token_targets_apply(directory, declared(directory), state, **kwargs)
 
 
 def test_an_apply_of_several_targets_loads_the_catalog_once(
