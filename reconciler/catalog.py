@@ -843,11 +843,14 @@ def load_catalogs(directory: str | Path, profiles: Sequence[Profile], *,
 def _labelled(loaded: Catalog | CatalogError,
               labels: tuple[str, str]) -> Catalog | CatalogError:
     """A shared load with a profile's own labels in place of the stand-ins."""
-    def put(problem: Problem) -> Problem:
-        message = problem.message
+    def text(message: str) -> str:
         for stand_in, label in zip(_LABELS, labels, strict=True):
             if stand_in in message:
                 message = message.replace(stand_in, label)
+        return message
+
+    def put(problem: Problem) -> Problem:
+        message = text(problem.message)
         return problem if message is problem.message else dataclasses.replace(
             problem, message=message)
 
@@ -856,8 +859,7 @@ def _labelled(loaded: Catalog | CatalogError,
     if not any(stand_in in w for stand_in in _LABELS for ws in loaded.warnings.values()
                for w in ws):
         return loaded  # nothing says where the rules came from: the same object serves
-    warnings = {name: tuple(put(Problem("", None, "", w)).message for w in ws)
-                for name, ws in loaded.warnings.items()}
+    warnings = {name: tuple(map(text, ws)) for name, ws in loaded.warnings.items()}
     return Catalog.model_construct(
         directory=loaded.directory, profile=loaded.profile, images=loaded.images,
         warnings=warnings, files=loaded.files, lint=tuple(put(p) for p in loaded.lint),
@@ -866,7 +868,7 @@ def _labelled(loaded: Catalog | CatalogError,
 
 def image_names(directory: str | Path) -> set[str]:
     """The image names the catalog's files hold, read without checking them (``--only``
-    over several targets is checked against them before any target is planned)."""
+    over several targets is checked against them when a target's load failed)."""
     root = Path(directory)
     base = Path(os.path.realpath(root))
     names: set[str] = set()
