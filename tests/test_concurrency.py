@@ -194,13 +194,13 @@ def test_adaptive_updates_never_exceed_the_ceiling(
 
 def test_creates_and_updates_of_one_target_share_one_limit(
         tmp_path: Path, run_cli: Run, sandbox: SandboxFactory) -> None:
-    # One run: 40 creates, then 30 updates. The updates go on at the level the creates found
-    # (several at once from their first PATCH) instead of starting again from one.
+    # One run: 40 creates, then 30 updates, against a server with room for three: they
+    # share the limit the creates cut down to it (that they go on at its level, rather than
+    # from a start of their own, is the next test's: the start is two, below three here).
     sb = sandbox(capacity=3, latency_ms=50)
     apply(run_cli, tmp_path, sb, 70, "--parallelism", "12", edited=30)
     assert patched_once(sb, tmp_path / "state.db", 30)
     patches = sb.capacity_load("PATCH")
-    assert patches.opening >= 2, patches
     assert patches.peak == 3
     # No slow start of their own, only the rare probe; a fixed 12 has 9 refused at once.
     assert patches.refused <= 4, patches
