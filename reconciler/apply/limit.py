@@ -296,12 +296,12 @@ class ConcurrencyLimit:
                 self._in_flight -= 1
                 had = self.state.slots
                 if self.adaptive and slot.sent_at is not None:
-                    before, signal = self.state.slots, signal_of(error)
+                    signal = signal_of(error)
                     self.state.finish(signal, sent_at=slot.sent_at, now=self._monotonic(),
                                       busy=busy)
-                    if self.state.slots < before:
+                    if self.state.slots < had:
                         log.info("requests in flight limited to %d (was %d): %s",
-                                 self.state.slots, before,
+                                 self.state.slots, had,
                                  "the server is overloaded" if signal is Signal.OVERLOAD
                                  else "answers slowed down",
                                  extra={"event": "concurrency_lowered",
